@@ -1,0 +1,28 @@
+"""The example app: the tutorials' `greeting.py`, plus a page that shows where it runs."""
+
+import os
+import socket
+
+from flask import Flask, jsonify, request, url_for
+
+app = Flask(__name__)
+
+GREETING = "Hello from greeting, served by uWSGI behind nginx!"
+
+
+@app.route("/")
+def index():
+    return GREETING + "\n"
+
+
+@app.route("/info")
+def info():
+    # Handy when debugging a deploy: which host and worker answered, and what
+    # nginx passed through (SCRIPT_NAME matters for apps mounted under a prefix).
+    return jsonify(
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        script_name=request.environ.get("SCRIPT_NAME", ""),
+        static_url=url_for("static", filename="style.css"),
+        server_software=request.environ.get("SERVER_SOFTWARE", ""),
+    )

@@ -1,0 +1,52 @@
+"""Facts this deploy reads from hosts beyond pyinfra's own."""
+
+from __future__ import annotations
+
+import shlex
+from typing import NamedTuple
+
+from pyinfra.api import FactBase
+
+
+class UwsgiBuildInfo(NamedTuple):
+    version: str
+    pcre: bool
+
+
+class UwsgiBuild(FactBase):
+    """The uWSGI in a venv: its version and whether it was compiled with PCRE
+    (internal routing), or None when the venv has no uWSGI."""
+
+    def command(self, venv: str) -> str:
+        uwsgi = shlex.quote(f"{venv}/bin/uwsgi")
+        # `--cflags` lists the build's defines: -DUWSGI_PCRE (or -DUWSGI_PCRE2)
+        # is there only when uWSGI found the PCRE headers at compile time.
+        return (
+            f"if [ -x {uwsgi} ]; then {uwsgi} --version && {uwsgi} --cflags; "
+            "else echo none; fi"
+        )
+
+    def process(self, output: list[str]) -> UwsgiBuildInfo | None:
+        if not output or output[0] == "none":
+            return None
+        version, *flags = output
+        pcre = any(flag.startswith("-DUWSGI_PCRE") for line in flags for flag in line.split())
+        return UwsgiBuildInfo(version.strip(), pcre)
+
+
+class HttpStatus(FactBase):
+    """The HTTP status a request from the host itself gets, 0 when nothing
+    answers (or curl is not installed yet)."""
+
+    def command(self, url: str, host_header: str) -> str:
+        return (
+            "command -v curl >/dev/null 2>&1 && "
+            f"curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 "
+            f"-H {shlex.quote('Host: ' + host_header)} {shlex.quote(url)} || echo 0"
+        )
+
+    def process(self, output: list[str]) -> int:
+        try:
+            return int(output[-1])
+        except (IndexError, ValueError):
+            return 0

@@ -1,0 +1,345 @@
+"""Every setting of the deploy, with its default, in one place.
+
+Settings are pyinfra host/group data: set them in an inventory (per host or per
+group), in ``group_data/*.py``, or on the command line with ``--data key=value``.
+``load_settings`` validates the whole lot before any operation is added, so a typo
+or a bad value stops the run before any host is changed.
+
+The README's settings table is generated from this module
+(``python -m tasks.settings``) and a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+from pyinfra.api.exceptions import DeployError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# A name that becomes a Unix user, a systemd unit, a directory and an nginx file name.
+NAME_RE = r"^[a-z][a-z0-9_-]{0,30}$"
+# Absolute paths without whitespace, quotes or shell/nginx/ini metacharacters.
+ABS_PATH_RE = r"^/[A-Za-z0-9._/+-]*$"
+# An import path and a callable: `wsgi:app`, `pkg.module:app` or a factory `pkg:create_app()`.
+ENTRY_RE = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(\(\))?$"
+# nginx server_name values: host names, wildcards, IPv4 addresses, or `_` (catch-all).
+SERVER_NAME_RE = r"^(_|\*\.[A-Za-z0-9.-]+|\.?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.?(\.\*)?|\[[0-9a-fA-F:]+\])$"
+# A request path for the health check: no spaces, quotes or shell metacharacters.
+URL_PATH_RE = r"^/[A-Za-z0-9._~/%=&+-]*(\?[A-Za-z0-9._~/%=&+-]*)?$"
+# nginx sizes: `75M`, `512k`, `1g`, `0` (no limit).
+SIZE_RE = r"^[0-9]+[kKmMgG]?$"
+STATIC_URL_RE = r"^/([A-Za-z0-9._-]+/)*$"
+VERSION_RE = r"^[0-9]+\.[0-9]+\.[0-9]+$"
+REL_PATH_RE = r"^[A-Za-z0-9._/-]*$"
+
+# What each pattern means, for error messages people can act on.
+PATTERN_HELP = {
+    NAME_RE: "must be 1-31 characters: lowercase letters, digits, '-' or '_', "
+    "starting with a letter",
+    ABS_PATH_RE: "must be an absolute path of letters, digits and . _ / + - "
+    "(no spaces, quotes or shell/nginx metacharacters)",
+    ENTRY_RE: "must be 'module:callable' (e.g. 'wsgi:app') or a factory "
+    "'package:create_app()'",
+    SERVER_NAME_RE: "must be a host name, '*.example.com', an IP address or '_'",
+    URL_PATH_RE: "must be a URL path starting with '/' (no spaces, quotes or ';')",
+    SIZE_RE: "must be a size like '75M', '512k' or '1g'",
+    STATIC_URL_RE: "must start and end with '/' (e.g. '/static/')",
+    VERSION_RE: "must be a release version like '2.0.31'",
+    REL_PATH_RE: "must be a relative path of letters, digits and . _ / -",
+}
+
+
+def _no_dot_dot(value: str) -> str:
+    if ".." in value.split("/"):
+        raise ValueError("must not contain '..'")
+    return value
+
+
+def _relative_path(value: str) -> str:
+    if value.startswith("/") or ".." in value.split("/"):
+        raise ValueError("must be a path inside the app directory, without '..'")
+    return value
+
+
+AbsPath = Annotated[str, Field(pattern=ABS_PATH_RE), AfterValidator(_no_dot_dot)]
+RelPath = Annotated[str, Field(pattern=REL_PATH_RE), AfterValidator(_relative_path)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+ServerName = Annotated[str, Field(pattern=SERVER_NAME_RE, max_length=253)]
+
+
+class Settings(BaseModel):
+    """The deploy's settings. Field descriptions become the README table."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    # The app
+    app_name: str = Field(
+        "greeting",
+        pattern=NAME_RE,
+        description="Name of the app: its system user and group, systemd unit, "
+        "nginx site and directory names derive from it.",
+    )
+    app_source: str = Field(
+        "files/greeting",
+        min_length=1,
+        description="Local directory with the app's code, uploaded to the host "
+        "(relative paths are relative to the repository root).",
+    )
+    app_entry: str = Field(
+        "wsgi:app",
+        pattern=ENTRY_RE,
+        description="WSGI entry point: `module:callable`, or an application factory "
+        "`package:create_app()`.",
+    )
+    app_requirements: RelPath = Field(
+        "requirements.txt",
+        min_length=1,
+        description="The app's pip requirements file, relative to `app_source`.",
+    )
+    app_static_dir: RelPath = Field(
+        "static",
+        description="Directory (relative to `app_source`) that nginx serves itself "
+        "under `app_static_url`; empty to serve no static files.",
+    )
+    app_static_url: str = Field(
+        "/static/",
+        pattern=STATIC_URL_RE,
+        description="URL prefix for the static directory; starts and ends with `/`.",
+    )
+    app_user: str | None = Field(
+        None,
+        pattern=NAME_RE,
+        description="Unprivileged system user (and group) the app runs as. "
+        "Default: `app_name`.",
+    )
+    app_root: AbsPath | None = Field(
+        None,
+        description="Directory on the host holding code, venv and uWSGI config. "
+        "Default: `/srv/<app_name>`.",
+    )
+    venv_path: AbsPath | None = Field(
+        None, description="The app's virtualenv on the host. Default: `<app_root>/venv`."
+    )
+
+    # uWSGI
+    uwsgi_version: str = Field(
+        "2.0.31",
+        pattern=VERSION_RE,
+        description="uWSGI version pinned in the venv (compiled on the host, with PCRE).",
+    )
+    uwsgi_processes: int = Field(4, ge=1, le=256, description="uWSGI worker processes.")
+    uwsgi_threads: int = Field(2, ge=1, le=256, description="Threads per worker process.")
+    uwsgi_harakiri: int = Field(
+        30, ge=0, le=3600, description="Seconds before a stuck request's worker is killed "
+        "(0 disables)."
+    )
+    uwsgi_max_requests: int = Field(
+        5000, ge=0, le=10_000_000,
+        description="Requests a worker serves before it is recycled (0 disables).",
+    )
+    uwsgi_listen: int = Field(
+        128, ge=1, le=4096,
+        description="Socket listen backlog: requests queued while all workers are busy.",
+    )
+    uwsgi_log: Literal["journal"] | AbsPath = Field(
+        "journal",
+        description="`journal` (read with `journalctl -u <app_name>`) or an absolute "
+        "log file path.",
+    )
+
+    # nginx
+    nginx_port: Port = Field(80, description="Port nginx listens on for the site.")
+    nginx_server_names: list[ServerName] = Field(
+        ["_"],
+        min_length=1,
+        description="nginx `server_name` values; `_` matches any host name.",
+    )
+    nginx_client_max_body_size: str = Field(
+        "75M", pattern=SIZE_RE, description="Largest request body nginx accepts."
+    )
+    nginx_access_log: AbsPath | Literal["off"] | None = Field(
+        None,
+        description="Site access log, or `off`. Default: `/var/log/nginx/<app_name>.access.log`.",
+    )
+    nginx_error_log: AbsPath | None = Field(
+        None, description="Site error log. Default: `/var/log/nginx/<app_name>.error.log`."
+    )
+
+    # Health check and packages
+    healthcheck_path: str = Field(
+        "/", pattern=URL_PATH_RE, description="Path requested through nginx after a deploy."
+    )
+    healthcheck_status: int = Field(
+        200, ge=100, le=599, description="HTTP status the health check expects."
+    )
+    healthcheck_retries: int = Field(
+        10, ge=1, le=300, description="Attempts (one second apart) before the check fails."
+    )
+    apt_cache_valid_time: int = Field(
+        86400, ge=0,
+        description="Seconds the package index counts as fresh; it is refreshed only "
+        "when packages are missing and it is older than this.",
+    )
+
+    @model_validator(mode="after")
+    def _derive_defaults(self) -> Settings:
+        # Derived defaults are filled in here so the rest of the deploy sees final values.
+        derived = {
+            "app_user": self.app_user or self.app_name,
+            "app_root": self.app_root or f"/srv/{self.app_name}",
+        }
+        derived["venv_path"] = self.venv_path or f"{derived['app_root']}/venv"
+        derived["nginx_access_log"] = (
+            self.nginx_access_log or f"/var/log/nginx/{self.app_name}.access.log"
+        )
+        derived["nginx_error_log"] = (
+            self.nginx_error_log or f"/var/log/nginx/{self.app_name}.error.log"
+        )
+        for key, value in derived.items():
+            object.__setattr__(self, key, value)
+        return self
+
+    @model_validator(mode="after")
+    def _check_local_app(self) -> Settings:
+        source = self.source_dir
+        if not source.is_dir():
+            raise ValueError(f"app_source: {self.app_source!r} is not a directory ({source})")
+        if not (source / self.app_requirements).is_file():
+            raise ValueError(
+                f"app_requirements: {self.app_requirements!r} not found in {source}"
+            )
+        module = self.app_entry.split(":")[0]
+        module_path = source / Path(*module.split("."))
+        if not (module_path.with_suffix(".py").is_file() or (module_path / "__init__.py").is_file()):
+            raise ValueError(
+                f"app_entry: module {module!r} not found in {source} "
+                f"(looked for {module_path.name}.py and {module_path.name}/__init__.py)"
+            )
+        if self.app_static_dir and not (source / self.app_static_dir).is_dir():
+            raise ValueError(
+                f"app_static_dir: {self.app_static_dir!r} is not a directory in {source} "
+                "(set it to \"\" to serve no static files)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_paths_apart(self) -> Settings:
+        if self.venv_path.rstrip("/") == self.code_dir:
+            raise ValueError("venv_path: must not be the code directory (<app_root>/app)")
+        if self.healthcheck_path.startswith(self.app_static_url) and self.app_static_dir:
+            raise ValueError(
+                "healthcheck_path: points into app_static_url, so it would test nginx, not the app"
+            )
+        return self
+
+    # Paths and names the tasks share, derived from the settings.
+    @property
+    def source_dir(self) -> Path:
+        path = Path(self.app_source)
+        return path if path.is_absolute() else REPO_ROOT / path
+
+    @property
+    def code_dir(self) -> str:
+        return f"{self.app_root}/app"
+
+    @property
+    def service(self) -> str:
+        return f"{self.app_name}.service"
+
+    @property
+    def socket_dir(self) -> str:
+        return f"/run/{self.app_name}"
+
+    @property
+    def socket_path(self) -> str:
+        return f"{self.socket_dir}/uwsgi.sock"
+
+    @property
+    def uwsgi_ini(self) -> str:
+        return f"{self.app_root}/uwsgi.ini"
+
+    @property
+    def entry_is_factory(self) -> bool:
+        return self.app_entry.endswith("()")
+
+
+class SettingsError(DeployError):
+    """Bad settings: raised before any operation is added, so no host is changed."""
+
+
+# Data keys pyinfra itself understands: global arguments (`_sudo`, ...) and
+# connector data (`ssh_port`, `docker_identifier`, ...).
+def _is_pyinfra_key(key: str) -> bool:
+    from pyinfra.api.connectors import get_all_connectors
+
+    if key.startswith("_"):
+        return True
+    return any(key.startswith(f"{name}_") for name in get_all_connectors())
+
+
+def validate(data: dict[str, Any], where: str = "settings") -> Settings:
+    """Validate a host's data and return its settings, or raise a SettingsError
+    that names every bad key and its value."""
+
+    known = set(Settings.model_fields)
+    problems = []
+    for key in sorted(data):
+        if key in known or _is_pyinfra_key(key):
+            continue
+        hint = difflib.get_close_matches(key, known, n=1)
+        problems.append(
+            f"{key}: unknown setting" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+        )
+    ours = {key: value for key, value in data.items() if key in known}
+    try:
+        settings = Settings(**ours)
+    except ValidationError as exc:
+        # One line per bad key; a value failing every branch of a union (e.g.
+        # `journal` or a path) gets the branches' messages joined.
+        by_key: dict[str, tuple[Any, list[str]]] = {}
+        for error in exc.errors():
+            loc = error["loc"]
+            key = "".join([str(loc[0]) if loc else ""] + [f"[{p}]" for p in loc[1:] if isinstance(p, int)])
+            message = error["msg"].removeprefix("Value error, ")
+            if error["type"] == "string_pattern_mismatch":
+                message = PATTERN_HELP.get(error["ctx"]["pattern"], message)
+            by_key.setdefault(key, (error["input"], []))[1].append(message)
+        for key, (value, messages) in by_key.items():
+            message = ", or ".join(messages)
+            problems.append(f"{key} = {value!r}: {message}" if key else message)
+        settings = None
+    if problems:
+        lines = "\n".join(f"  - {problem}" for problem in problems)
+        raise SettingsError(f"Invalid {where}; nothing was changed on any host:\n{lines}")
+    return settings
+
+
+def load_settings(host) -> Settings:
+    """Settings for a pyinfra host, from its inventory, group and --data data."""
+    return validate(host.data.dict(), where=f"settings for host {host.name!r}")
+
+
+def markdown_table() -> str:
+    """The README's settings table."""
+    rows = ["| Setting | Default | Meaning |", "| --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        default = "(derived)" if field.default is None else f"`{field.default!r}`"
+        rows.append(f"| `{name}` | {default} | {field.description} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(markdown_table() + "\n")

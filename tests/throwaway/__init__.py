@@ -1,0 +1,291 @@
+"""Throwaway Debian hosts in Docker containers, booted with systemd and reached over SSH.
+
+No registry is needed: the base image is built locally with debootstrap and
+`docker import`, cached under a tag that carries a hash of its recipe, and rebuilt
+only when the recipe (or the build machine's CA bundle) changes.
+
+Every container and network made here carries the label ``LABEL``, and code here
+only ever removes objects it created.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker
+import docker.errors
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+LABEL = "io.pyinfra-flask.throwaway"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CACHE_DIR = Path(os.environ.get("THROWAWAY_CACHE", Path.home() / ".cache" / "pyinfra-flask-throwaway"))
+CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+
+# What a bare cloud VPS has: systemd, sshd, CA certificates. Nothing the deploy installs.
+BASE_PACKAGES = ["systemd", "systemd-sysv", "dbus", "openssh-server", "ca-certificates", "procps", "iproute2"]
+RELEASES = ("bookworm", "trixie")
+
+# The flags systemd needs to run as PID 1 in a container on these machines.
+SYSTEMD_RUN_KWARGS = dict(
+    cap_add=["SYS_ADMIN"],
+    security_opt=["seccomp=unconfined"],
+    cgroupns="host",
+    tmpfs={"/run": "", "/run/lock": ""},
+)
+
+
+class ThrowawayError(RuntimeError):
+    pass
+
+
+def docker_client() -> docker.DockerClient:
+    try:
+        client = docker.from_env(timeout=300)
+        client.ping()
+        return client
+    except docker.errors.DockerException as exc:
+        raise ThrowawayError(
+            f"No Docker engine answers ({exc}). Start one: `bash .ci/ensure-docker`."
+        ) from exc
+
+
+def debian_mirror() -> str:
+    """The Debian mirror this machine's own apt uses, so containers use it too."""
+    if os.environ.get("DEBIAN_MIRROR"):
+        return os.environ["DEBIAN_MIRROR"]
+    texts = []
+    for path in [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]:
+        if path.is_file():
+            texts.append(path.read_text(errors="replace"))
+    for text in texts:
+        for match in re.finditer(r"(?m)^(?:URIs:\s*|deb\s+(?:\[[^\]]*\]\s*)?)(\S+/debian)/?\s", text):
+            return match.group(1)
+    raise ThrowawayError("No Debian mirror found in this machine's apt sources; set DEBIAN_MIRROR.")
+
+
+def _customize_rootfs(root: Path) -> None:
+    """Turn a debootstrap tree into a bootable test host."""
+    # pip on the host must trust what this machine trusts (HTTPS to the package index).
+    shutil.copy(CA_BUNDLE, root / "etc/ssl/build-host-ca.crt")
+    (root / "etc/pip.conf").write_text("[global]\ncert = /etc/ssl/build-host-ca.crt\n")
+    (root / "etc/apt/apt.conf.d/90throwaway").write_text(
+        'Acquire::Retries "3";\nBinary::apt::APT::Keep-Downloaded-Packages "true";\n'
+    )
+    # Background apt runs would race the deploy for the dpkg lock; units that
+    # make no sense in a container are masked too.
+    for unit in ("apt-daily.timer", "apt-daily-upgrade.timer", "getty@tty1.service",
+                 "systemd-remount-fs.service", "console-getty.service"):
+        link = root / "etc/systemd/system" / unit
+        link.unlink(missing_ok=True)
+        link.symlink_to("/dev/null")
+    (root / "root/.ssh").mkdir(mode=0o700, exist_ok=True)
+
+
+def recipe_hash(release: str) -> str:
+    parts = [release, " ".join(BASE_PACKAGES), inspect.getsource(_customize_rootfs),
+             hashlib.sha256(CA_BUNDLE.read_bytes()).hexdigest()]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
+
+
+def ensure_image(release: str = "bookworm", log=print) -> str:
+    """The tag of the base image for a Debian release, built if missing."""
+    if release not in RELEASES:
+        raise ThrowawayError(f"Unknown release {release!r}; known: {', '.join(RELEASES)}")
+    tag = f"pyinfra-flask-host:{release}-{recipe_hash(release)}"
+    client = docker_client()
+    try:
+        client.images.get(tag)
+        return tag
+    except docker.errors.ImageNotFound:
+        pass
+    if shutil.which("debootstrap") is None:
+        raise ThrowawayError("debootstrap is missing: `apt-get install -y debootstrap`.")
+    log(f"Building base image {tag} with debootstrap (about a minute, cached afterwards)...")
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="throwaway-rootfs-") as tmp:
+        root = Path(tmp) / "root"
+        subprocess.run(
+            ["debootstrap", "--variant=minbase", "--include=" + ",".join(BASE_PACKAGES),
+             release, str(root), debian_mirror()],
+            check=True, stdout=subprocess.DEVNULL,
+        )
+        _customize_rootfs(root)
+        tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
+        subprocess.run(
+            ["docker", "import", "-c", 'CMD ["/lib/systemd/systemd"]',
+             "-c", f"LABEL {LABEL}.recipe={recipe_hash(release)}", "-", tag],
+            stdin=tar.stdout, check=True, stdout=subprocess.DEVNULL,
+        )
+        if tar.wait() != 0:
+            raise ThrowawayError("tar of the rootfs failed")
+    log(f"Built {tag} in {time.monotonic() - started:.0f}s")
+    return tag
+
+
+def ssh_key() -> tuple[Path, str]:
+    """A throwaway SSH key for the test hosts (private key path, public key line),
+    kept in the cache directory, never in the repository."""
+    key_path = CACHE_DIR / "id_ed25519"
+    if not key_path.exists():
+        CACHE_DIR.mkdir(parents=True, exist_ok=True)
+        key = ed25519.Ed25519PrivateKey.generate()
+        private = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+        )
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(private)
+    key = serialization.load_ssh_private_key(key_path.read_bytes(), password=None)
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return key_path, public.decode() + " throwaway-test-key"
+
+
+@dataclass
+class Host:
+    """One running throwaway host."""
+
+    container: docker.models.containers.Container
+    name: str
+    ssh_port: int
+    http_port: int
+    key_path: Path
+    extra_ports: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def exec(self, command: str, check: bool = True) -> str:
+        """Run a shell command as root on the host (through `docker exec`)."""
+        code, output = self.container.exec_run(["sh", "-c", command], demux=False)
+        text = output.decode(errors="replace") if output else ""
+        if check and code != 0:
+            raise ThrowawayError(f"`{command}` failed on {self.name} ({code}):\n{text}")
+        return text
+
+    def inventory_data(self) -> dict:
+        return {
+            "ssh_hostname": "127.0.0.1",
+            "ssh_port": self.ssh_port,
+            "ssh_user": "root",
+            "ssh_key": str(self.key_path),
+            "ssh_known_hosts_file": "/dev/null",
+            "ssh_strict_host_key_checking": "no",
+        }
+
+    def write_inventory(self, path: Path, data: dict | None = None) -> Path:
+        """A pyinfra inventory file targeting this host over SSH."""
+        host_data = {**self.inventory_data(), **(data or {})}
+        path.write_text(f"hosts = [({self.name!r}, {host_data!r})]\n")
+        return path
+
+    def wait_until_ready(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        state = ""
+        while time.monotonic() < deadline:
+            code, output = self.container.exec_run(["systemctl", "is-system-running"])
+            state = output.decode().strip()
+            if state in ("running", "degraded"):
+                break
+            time.sleep(0.5)
+        else:
+            raise ThrowawayError(f"{self.name}: systemd did not finish booting ({state!r})")
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.ssh_port), timeout=2) as sock:
+                    if sock.recv(4).startswith(b"SSH-"):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.5)
+        raise ThrowawayError(f"{self.name}: sshd did not answer on 127.0.0.1:{self.ssh_port}")
+
+    def restart(self) -> None:
+        self.container.restart(timeout=30)
+        self._refresh_ports()
+        self.wait_until_ready()
+
+    def _refresh_ports(self) -> None:
+        self.container.reload()
+        ports = self.container.attrs["NetworkSettings"]["Ports"]
+        published = {int(key.split("/")[0]): int(value[0]["HostPort"]) for key, value in ports.items() if value}
+        self.ssh_port, self.http_port = published[22], published[80]
+        self.extra_ports = published
+
+    def snapshot(self, tag_suffix: str) -> str:
+        """Commit this host's filesystem as an image, to fork hosts in that state."""
+        repository = "pyinfra-flask-snapshot"
+        tag = f"{tag_suffix}-{uuid.uuid4().hex[:8]}"
+        self.container.commit(repository=repository, tag=tag, conf={"Labels": {LABEL: "snapshot"}})
+        return f"{repository}:{tag}"
+
+    def remove(self) -> None:
+        try:
+            self.container.remove(force=True, v=True)
+        except docker.errors.NotFound:
+            pass
+
+
+def start_host(image: str, name: str | None = None, network: str | None = None,
+               ports: tuple[int, ...] = (22, 80), labels: dict | None = None) -> Host:
+    """Boot a container from `image` with systemd as PID 1 and our SSH key authorised."""
+    client = docker_client()
+    key_path, public_key = ssh_key()
+    name = name or f"throwaway-{uuid.uuid4().hex[:8]}"
+    release = "trixie" if "trixie" in image else "bookworm"
+    apt_cache = CACHE_DIR / f"apt-archives-{release}"
+    (apt_cache / "partial").mkdir(parents=True, exist_ok=True)
+    container = client.containers.run(
+        image,
+        detach=True,
+        name=name,
+        hostname=name,
+        labels={LABEL: "host", **(labels or {})},
+        network=network,
+        ports={f"{port}/tcp": ("127.0.0.1", None) for port in ports},
+        volumes={
+            "/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
+            # Debian packages downloaded once, shared by every host of a release.
+            str(apt_cache): {"bind": "/var/cache/apt/archives", "mode": "rw"},
+        },
+        **SYSTEMD_RUN_KWARGS,
+    )
+    host = Host(container=container, name=name, ssh_port=0, http_port=0, key_path=key_path)
+    try:
+        host._refresh_ports()
+        host.exec(
+            "umask 077 && mkdir -p /root/.ssh && "
+            f"echo {json.dumps(public_key)} > /root/.ssh/authorized_keys"
+        )
+        host.wait_until_ready()
+    except Exception:
+        host.remove()
+        raise
+    return host
+
+
+def remove_all(label_value: str | None = None) -> int:
+    """Remove every container (and network) carrying our label; returns how many."""
+    client = docker_client()
+    selector = LABEL if label_value is None else f"{LABEL}={label_value}"
+    removed = 0
+    for container in client.containers.list(all=True, filters={"label": selector}):
+        container.remove(force=True, v=True)
+        removed += 1
+    for network in client.networks.list(filters={"label": selector}):
+        network.remove()
+        removed += 1
+    return removed
