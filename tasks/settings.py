@@ -12,6 +12,7 @@ The README's settings table is generated from this module
 from __future__ import annotations
 
 import difflib
+import json
 import re
 import sys
 from pathlib import Path
@@ -336,7 +337,7 @@ def markdown_table() -> str:
     """The README's settings table."""
     rows = ["| Setting | Default | Meaning |", "| --- | --- | --- |"]
     for name, field in Settings.model_fields.items():
-        default = "(derived)" if field.default is None else f"`{field.default!r}`"
+        default = "(derived)" if field.default is None else f"`{json.dumps(field.default)}`"
         rows.append(f"| `{name}` | {default} | {field.description} |")
     return "\n".join(rows)
 

@@ -25,7 +25,8 @@ if ! {has_pcre}; then
     {pip_cmd} install --no-input --force-reinstall --no-deps --no-cache-dir {spec}
 fi
 if ! {has_pcre}; then
-    {pip_cmd} uninstall --yes uwsgi >/dev/null
+    # uWSGI's setup.py installs its binary behind pip's back: remove both.
+    {pip_cmd} uninstall --yes uwsgi >/dev/null; rm -f {uwsgi}
     echo "ERROR: uWSGI {s.uwsgi_version} built WITHOUT PCRE on $(hostname): it would log" >&2
     echo "'!!! no internal routing support, rebuild with pcre support !!!'. Is the PCRE" >&2
     echo "development package installed and is pcre-config/pcre2-config working? uWSGI was" >&2

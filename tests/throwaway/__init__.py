@@ -44,6 +44,8 @@ SYSTEMD_RUN_KWARGS = dict(
     security_opt=["seccomp=unconfined"],
     cgroupns="host",
     tmpfs={"/run": "", "/run/lock": ""},
+    # systemd shuts down cleanly on SIGRTMIN+3, so `docker stop` is a real shutdown.
+    stop_signal="SIGRTMIN+3",
 )
 
 
@@ -96,6 +98,7 @@ def _customize_rootfs(root: Path) -> None:
 
 def recipe_hash(release: str) -> str:
     parts = [release, " ".join(BASE_PACKAGES), inspect.getsource(_customize_rootfs),
+             inspect.getsource(ensure_image),
              hashlib.sha256(CA_BUNDLE.read_bytes()).hexdigest()]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
 

@@ -1,0 +1,198 @@
+"""The foundation: a bare Debian host converged to nginx -> uWSGI -> Flask by the real CLI."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import testinfra
+
+from tests.conftest import REPO_ROOT, get, run_deploy
+
+pytestmark = pytest.mark.e2e
+
+GREETING = (REPO_ROOT / "files/greeting/greeting.py").read_text().split('GREETING = "')[1].split('"')[0]
+SOCKET = "/run/greeting/uwsgi.sock"
+
+
+@pytest.fixture(scope="module")
+def infra(deployed):
+    return testinfra.get_host(f"docker://{deployed.host.container.id}")
+
+
+def test_first_deploy_serves_the_app_through_nginx(deployed):
+    response = get(deployed.host.url + "/")
+    assert response.status_code == 200
+    assert response.text.strip() == GREETING
+    assert response.headers["Server"].startswith("nginx")
+    # The app really runs under uWSGI: it reports its worker, and uWSGI logged the request.
+    info = get(deployed.host.url + "/info").json()
+    assert info["host"] == deployed.host.name
+    assert f"pid: {info['pid']}" in deployed.host.exec("journalctl -u greeting.service --no-pager")
+
+
+def test_static_files_are_served_by_nginx_not_uwsgi(deployed):
+    response = get(deployed.host.url + "/static/style.css")
+    assert response.status_code == 200
+    assert response.text == (REPO_ROOT / "files/greeting/static/style.css").read_text()
+    journal = deployed.host.exec("journalctl -u greeting.service --no-pager")
+    assert "GET /static/style.css" not in journal
+    access_log = deployed.host.exec("cat /var/log/nginx/greeting.access.log")
+    assert "GET /static/style.css" in access_log
+
+
+def test_services_are_active_and_enabled(infra):
+    for name in ("greeting", "nginx"):
+        service = infra.service(name)
+        assert service.is_running, name
+        assert service.is_enabled, name
+    assert infra.process.filter(user="greeting", comm="uwsgi"), "uWSGI must run as the app user"
+    assert not infra.process.filter(user="root", comm="uwsgi")
+
+
+def test_socket_is_reachable_by_nginx_only(infra):
+    socket = infra.file(SOCKET)
+    assert socket.is_socket
+    assert (socket.user, socket.group, socket.mode) == ("greeting", "greeting", 0o660)
+    run_dir = infra.file("/run/greeting")
+    assert (run_dir.user, run_dir.group, run_dir.mode) == ("greeting", "greeting", 0o750)
+    assert "greeting" in infra.user("www-data").groups
+    # nginx's user can open it; any other unprivileged user cannot even reach it.
+    assert infra.run(f"runuser -u www-data -- test -w {SOCKET}").rc == 0
+    assert infra.run(f"runuser -u nobody -- test -e {SOCKET}").rc != 0
+    # The app user owns no code: it cannot rewrite itself.
+    assert infra.run("runuser -u greeting -- test -w /srv/greeting/app/greeting.py").rc != 0
+    assert infra.user("greeting").shell == "/usr/sbin/nologin"
+
+
+def test_uwsgi_has_pcre(infra):
+    assert "-DUWSGI_PCRE" in infra.check_output("/srv/greeting/venv/bin/uwsgi --cflags")
+    journal = infra.check_output("journalctl -u greeting.service --no-pager")
+    assert "no internal routing support" not in journal
+    assert "Starting uWSGI 2.0.31" in journal
+
+
+def test_nginx_config_is_valid(infra):
+    result = infra.run("nginx -t")
+    assert result.rc == 0, result.stderr
+    assert not infra.file("/etc/nginx/sites-enabled/default").exists
+    site = infra.file("/etc/nginx/sites-available/greeting.conf").content_string
+    assert f"uwsgi_pass unix:{SOCKET};" in site
+    assert not re.search(r"^\s*proxy_pass\s", site, re.M), "uwsgi socket needs uwsgi_pass, not proxy_pass"
+
+
+def test_first_run_reported_changes_and_second_run_none(deployed, tmp_path):
+    assert len(deployed.first_run.changed_operations()) > 10
+    second = run_deploy(deployed.host, tmp_path)
+    assert second.changed_operations() == [], second.output[-4000:]
+    grand = second.results()["Grand total"]
+    assert grand[0] == "-" and grand[1] == "-"
+    print(f"\nno-op re-run: {second.seconds:.1f}s")
+
+
+def test_dry_diff_shows_the_change_and_touches_nothing(deployed, tmp_path):
+    host = deployed.host
+    ini_before = host.exec("sha256sum /srv/greeting/uwsgi.ini")
+    pid_before = host.exec("systemctl show -p MainPID --value greeting.service")
+    run = run_deploy(host, tmp_path, "--dry", "--diff", data={"uwsgi_processes": 3})
+    assert re.search(r"^\s*- processes = 4$", run.output, re.M), run.output[-3000:]
+    assert re.search(r"^\s*\+ processes = 3$", run.output, re.M)
+    assert host.exec("sha256sum /srv/greeting/uwsgi.ini") == ini_before
+    assert host.exec("systemctl show -p MainPID --value greeting.service") == pid_before
+    assert "processes = 4" in host.exec("cat /srv/greeting/uwsgi.ini")
+
+
+def test_failed_health_check_names_the_host(deployed, tmp_path):
+    run = run_deploy(deployed.host, tmp_path, data={"healthcheck_path": "/no-such-page"}, check=False)
+    assert run.returncode != 0
+    assert f"HEALTH CHECK FAILED on host {deployed.host.name}" in run.output
+    assert "answered 404, expected 200" in run.output
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"nginx_port": 70000}, "nginx_port = 70000"),
+        ({"app_entry": "wsgi"}, "app_entry = 'wsgi': must be 'module:callable'"),
+        ({"uwsgi_procesess": 8}, "uwsgi_procesess: unknown setting (did you mean 'uwsgi_processes'?)"),
+        ({"app_source": "files/no-such-app"}, "app_source: 'files/no-such-app' is not a directory"),
+    ],
+)
+def test_bad_settings_fail_before_any_host_is_touched(bare_host, tmp_path, data, message):
+    bare_host.exec("touch /tmp/before-deploy")
+    run = run_deploy(bare_host, tmp_path, data=data, check=False)
+    assert run.returncode != 0
+    assert message in run.output, run.output[-3000:]
+    assert "nothing was changed on any host" in run.output
+    assert "Beginning operation run" not in run.output
+    assert bare_host.exec("dpkg-query -W nginx 2>&1", check=False).startswith("dpkg-query: no packages")
+    assert bare_host.exec("find /etc /srv /usr /var/lib/dpkg -newer /tmp/before-deploy") == ""
+
+
+def test_rejected_nginx_config_keeps_the_previous_one_serving(fork, tmp_path):
+    site = "/etc/nginx/sites-available/greeting.conf"
+    good_site = fork.exec(f"cat {site}")
+    # Someone left a broken file in nginx's config: nginx -t fails for any change.
+    fork.exec("echo 'this is not nginx syntax' > /etc/nginx/conf.d/broken.conf")
+    run = run_deploy(fork, tmp_path, data={"nginx_client_max_body_size": "10M"}, check=False)
+    assert run.returncode != 0
+    assert "[emerg]" in run.output and "broken.conf" in run.output, run.output[-3000:]
+    assert "the previous config keeps serving" in run.output
+    assert fork.exec(f"cat {site}") == good_site
+    assert get(fork.url + "/", retries=5).status_code == 200
+
+    # Once the broken file is gone, the same deploy goes through.
+    fork.exec("rm /etc/nginx/conf.d/broken.conf")
+    run_deploy(fork, tmp_path, data={"nginx_client_max_body_size": "10M"})
+    assert "client_max_body_size 10M;" in fork.exec(f"cat {site}")
+    assert get(fork.url + "/").status_code == 200
+
+
+def test_uwsgi_built_without_pcre_is_rebuilt(fork, tmp_path):
+    # The tutorials' trap: a uWSGI compiled without the PCRE headers.
+    fork.exec(
+        "UWSGI_PROFILE_OVERRIDE=pcre=false /srv/greeting/venv/bin/pip install -q "
+        "--force-reinstall --no-deps --no-cache-dir uwsgi==2.0.31"
+    )
+    assert "-DUWSGI_PCRE" not in fork.exec("/srv/greeting/venv/bin/uwsgi --cflags")
+    run = run_deploy(fork, tmp_path)
+    assert "Install uWSGI 2.0.31 with PCRE (was: 2.0.31 without PCRE)" in run.output
+    assert "-DUWSGI_PCRE" in fork.exec("/srv/greeting/venv/bin/uwsgi --cflags")
+    assert get(fork.url + "/").status_code == 200
+
+
+def test_uwsgi_that_cannot_get_pcre_stops_the_deploy(fork, tmp_path):
+    # pcre-config is how uWSGI's build finds PCRE; a broken one means no PCRE at all.
+    fork.exec("printf '#!/bin/sh\\nexit 1\\n' > /usr/local/bin/pcre-config && chmod +x /usr/local/bin/pcre-config")
+    fork.exec("/srv/greeting/venv/bin/pip uninstall -y -q uwsgi && rm /srv/greeting/venv/bin/uwsgi")
+    run = run_deploy(fork, tmp_path, check=False)
+    assert run.returncode != 0
+    assert "built WITHOUT PCRE" in run.output, run.output[-3000:]
+    assert fork.exec("test -e /srv/greeting/venv/bin/uwsgi || echo gone").strip() == "gone"
+
+
+def test_application_factory_entry_point(fork, tmp_path):
+    run_deploy(fork, tmp_path, data={
+        "app_source": "tests/apps/factory",
+        "app_entry": "factoryapp:create_app()",
+        "app_static_dir": "",
+    })
+    response = get(fork.url + "/")
+    assert response.status_code == 200
+    assert response.text == "made by create_app()\n"
+    assert "wsgi-file = /srv/greeting/factory_entry.py" in fork.exec("cat /srv/greeting/uwsgi.ini")
+
+
+def test_app_that_fails_to_import_fails_the_deploy_with_its_traceback(fork, tmp_path):
+    run = run_deploy(fork, tmp_path, data={"app_entry": "wsgi:no_such_callable"}, check=False)
+    assert run.returncode != 0
+    assert "greeting.service failed to restart" in run.output, run.output[-4000:]
+    assert "callable not found or import error" in run.output
+
+
+def test_host_restart_brings_everything_back(deployed):
+    # Last in this module: the other tests share this host.
+    deployed.host.restart()
+    response = get(deployed.host.url + "/", retries=30)
+    assert response.status_code == 200
+    assert response.text.strip() == GREETING

@@ -1,0 +1,93 @@
+"""Settings validation: every bad value is refused with a message naming the key."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tasks import settings
+from tasks.settings import SettingsError, validate
+from tests.conftest import REPO_ROOT
+
+
+def test_defaults_are_valid_and_derived():
+    s = validate({})
+    assert s.app_user == "greeting"
+    assert s.app_root == "/srv/greeting"
+    assert s.venv_path == "/srv/greeting/venv"
+    assert s.socket_path == "/run/greeting/uwsgi.sock"
+    assert s.nginx_access_log == "/var/log/nginx/greeting.access.log"
+
+
+def test_derived_defaults_follow_app_name_and_root():
+    s = validate({"app_name": "shop", "app_root": "/opt/shop"})
+    assert (s.app_user, s.venv_path, s.service) == ("shop", "/opt/shop/venv", "shop.service")
+
+
+def test_pyinfra_own_data_is_not_mistaken_for_a_typo():
+    validate({"ssh_port": 2222, "ssh_user": "deploy", "_sudo": True, "docker_identifier": "x"})
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"nginx_port": 0}, "nginx_port = 0: Input should be greater than or equal to 1"),
+        ({"nginx_port": 70000}, "nginx_port = 70000"),
+        ({"nginx_port": "80"}, "nginx_port = '80': Input should be a valid integer"),
+        ({"uwsgi_processes": 0}, "uwsgi_processes = 0"),
+        ({"uwsgi_threads": 2.5}, "uwsgi_threads = 2.5"),
+        ({"uwsgi_harakiri": -1}, "uwsgi_harakiri = -1"),
+        ({"app_entry": "wsgi"}, "app_entry = 'wsgi': must be 'module:callable'"),
+        ({"app_entry": "wsgi:app; rm -rf /"}, "app_entry = 'wsgi:app; rm -rf /'"),
+        ({"app_entry": "nosuchmodule:app"}, "app_entry: module 'nosuchmodule' not found"),
+        ({"app_name": "My App"}, "app_name = 'My App': must be 1-31 characters"),
+        ({"app_name": "a;b"}, "app_name = 'a;b'"),
+        ({"app_root": "srv/app"}, "app_root = 'srv/app': must be an absolute path"),
+        ({"app_root": "/srv/my app"}, "app_root = '/srv/my app'"),
+        ({"app_root": "/srv/../etc"}, "app_root = '/srv/../etc': must not contain '..'"),
+        ({"venv_path": "/srv/greeting/app"}, "venv_path: must not be the code directory"),
+        ({"app_source": "files/nope"}, "app_source: 'files/nope' is not a directory"),
+        ({"app_requirements": "missing.txt"}, "app_requirements: 'missing.txt' not found"),
+        ({"app_requirements": "../requirements.txt"}, "app_requirements = '../requirements.txt'"),
+        ({"app_static_dir": "assets"}, "app_static_dir: 'assets' is not a directory"),
+        ({"app_static_url": "static"}, "app_static_url = 'static': must start and end with '/'"),
+        ({"nginx_server_names": "example.com"}, "nginx_server_names = 'example.com': Input should be a valid list"),
+        ({"nginx_server_names": []}, "nginx_server_names = []"),
+        ({"nginx_server_names": ["ok.example", "bad;name"]}, "nginx_server_names[1] = 'bad;name'"),
+        ({"nginx_server_names": ["evil\nserver_name x"]}, "nginx_server_names[0]"),
+        ({"nginx_client_max_body_size": "75 MB"}, "nginx_client_max_body_size = '75 MB': must be a size"),
+        ({"nginx_access_log": "logs/access.log"}, "nginx_access_log = 'logs/access.log'"),
+        ({"uwsgi_log": "uwsgi.log"}, "uwsgi_log = 'uwsgi.log': Input should be 'journal', or must be an absolute path"),
+        ({"uwsgi_version": "latest"}, "uwsgi_version = 'latest': must be a release version"),
+        ({"healthcheck_path": "health"}, "healthcheck_path = 'health'"),
+        ({"healthcheck_path": "/x'; reboot"}, "healthcheck_path = \"/x'; reboot\""),
+        ({"healthcheck_path": "/static/style.css"}, "healthcheck_path: points into app_static_url"),
+        ({"healthcheck_status": 700}, "healthcheck_status = 700"),
+        ({"uwsgi_procesess": 4}, "uwsgi_procesess: unknown setting (did you mean 'uwsgi_processes'?)"),
+        ({"totally_unknown": 1}, "totally_unknown: unknown setting"),
+    ],
+)
+def test_bad_settings_are_refused_naming_the_key(data, expected):
+    with pytest.raises(SettingsError) as caught:
+        validate(data, where="settings for host 'web1'")
+    message = str(caught.value)
+    assert expected in message
+    assert message.startswith("Invalid settings for host 'web1'; nothing was changed on any host")
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(SettingsError) as caught:
+        validate({"nginx_port": -1, "uwsgi_threads": 0, "typo_key": 1})
+    message = str(caught.value)
+    for key in ("nginx_port", "uwsgi_threads", "typo_key"):
+        assert f"  - {key}" in message
+
+
+def test_readme_settings_table_matches_the_code():
+    readme = (REPO_ROOT / "README.md").read_text()
+    table = settings.markdown_table()
+    assert table in readme, "README's settings table is stale: regenerate it with `python -m tasks.settings`"
+    # And every setting is in it.
+    for name in settings.Settings.model_fields:
+        assert re.search(rf"^\| `{name}` \|", readme, re.M), name
