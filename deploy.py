@@ -9,7 +9,7 @@ validated before any operation is added, so bad settings never touch a host.
 
 from pyinfra import host
 
-from tasks import code, healthcheck, nginx, packages, platform, service, users, uwsgi, venv
+from tasks import healthcheck, nginx, packages, platform, release, service, users, uwsgi
 from tasks.settings import load_settings
 
 s = load_settings(host)
@@ -17,9 +17,14 @@ system = platform.detect(host)
 
 packages.install(system, s)
 nginx_in_group = users.create(system, s)
-venv_ops = venv.create(s)
-code_op = code.upload(s)
-uwsgi_ops = uwsgi.configure(s)
-app_ops = service.run(s, restart_triggers=venv_ops + uwsgi_ops, reload_triggers=[code_op])
+uwsgi_installed = uwsgi.install(s)
+new_release = release.prepare(s)
+uwsgi_ini = uwsgi.configure(s)
+unit = service.install(s)
 nginx_ops = nginx.configure(system, s, reload_triggers=[nginx_in_group])
-healthcheck.verify(s, service_ops=app_ops + nginx_ops)
+app_ops = release.activate(
+    s, new_release,
+    restart_triggers=[op for op in (unit, uwsgi_installed) if op],
+    reload_triggers=[uwsgi_ini],
+)
+healthcheck.verify(s, new_release, service_ops=app_ops + nginx_ops)

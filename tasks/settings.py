@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -131,8 +130,23 @@ class Settings(BaseModel):
         description="Directory on the host holding code, venv and uWSGI config. "
         "Default: `/srv/<app_name>`.",
     )
-    venv_path: AbsPath | None = Field(
-        None, description="The app's virtualenv on the host. Default: `<app_root>/venv`."
+    shared_paths: list[RelPath] = Field(
+        ["instance/"],
+        description="Paths (relative to the app) kept outside the releases and linked into "
+        "each, so data survives redeploys and rollbacks; a trailing `/` makes a directory, "
+        "otherwise a file.",
+    )
+    keep_releases: int = Field(5, ge=1, le=100, description="Releases kept on the host (the live one always).")
+    before_switch_commands: list[str] = Field(
+        [],
+        description="Shell commands run in a new release as the app user (venv on PATH) "
+        "before it goes live, e.g. migrations; a failure stops the deploy, the live "
+        "release untouched.",
+    )
+    rollback_to: str | None = Field(
+        None,
+        pattern=r"^[0-9]{8}T[0-9]{6}Z(-[0-9a-f]{4,40})?$",
+        description="For `rollback.py`: the release to go back to. Default: the one before the live one.",
     )
 
     # uWSGI
@@ -186,8 +200,20 @@ class Settings(BaseModel):
     healthcheck_status: int = Field(
         200, ge=100, le=599, description="HTTP status the health check expects."
     )
+    healthcheck_body: str = Field(
+        "",
+        max_length=200,
+        pattern=r"^[^\n\r]*$",
+        description="Text the health check's response body must contain (empty: any body).",
+    )
+    healthcheck_timeout: int = Field(5, ge=1, le=120, description="Seconds one health check request may take.")
     healthcheck_retries: int = Field(
         10, ge=1, le=300, description="Attempts (one second apart) before the check fails."
+    )
+    reload_timeout: int = Field(
+        90, ge=5, le=3600,
+        description="Seconds uWSGI may take to have every worker on the new release before "
+        "the deploy counts it as failed (and rolls back).",
     )
     apt_cache_valid_time: int = Field(
         86400, ge=0,
@@ -202,7 +228,6 @@ class Settings(BaseModel):
             "app_user": self.app_user or self.app_name,
             "app_root": self.app_root or f"/srv/{self.app_name}",
         }
-        derived["venv_path"] = self.venv_path or f"{derived['app_root']}/venv"
         derived["nginx_access_log"] = (
             self.nginx_access_log or f"/var/log/nginx/{self.app_name}.access.log"
         )
@@ -238,8 +263,9 @@ class Settings(BaseModel):
 
     @model_validator(mode="after")
     def _check_paths_apart(self) -> Settings:
-        if self.venv_path.rstrip("/") == self.code_dir:
-            raise ValueError("venv_path: must not be the code directory (<app_root>/app)")
+        for path in self.shared_paths:
+            if path.strip("/") in ("", ".venv", ".deploy-loader.py", ".deploy-release.json"):
+                raise ValueError(f"shared_paths: {path!r} would replace the release itself or its venv")
         if self.healthcheck_path.startswith(self.app_static_url) and self.app_static_dir:
             raise ValueError(
                 "healthcheck_path: points into app_static_url, so it would test nginx, not the app"
@@ -254,7 +280,13 @@ class Settings(BaseModel):
 
     @property
     def code_dir(self) -> str:
-        return f"{self.app_root}/app"
+        """The live release (a symlink switched on each deploy)."""
+        return f"{self.app_root}/current"
+
+    @property
+    def uwsgi_venv(self) -> str:
+        """uWSGI's own venv: one build per uWSGI version, whatever the app's requirements."""
+        return f"{self.app_root}/uwsgi"
 
     @property
     def service(self) -> str:
@@ -275,6 +307,20 @@ class Settings(BaseModel):
     @property
     def entry_is_factory(self) -> bool:
         return self.app_entry.endswith("()")
+
+    @property
+    def health_url(self) -> str:
+        return f"http://127.0.0.1:{self.nginx_port}{self.healthcheck_path}"
+
+    @property
+    def health_host_header(self) -> str:
+        """A Host header nginx routes to this site."""
+        for name in self.nginx_server_names:
+            if name == "_":
+                return "localhost"
+            if "*" not in name:
+                return name.strip(".")
+        return self.nginx_server_names[0].replace("*.", "www.").replace(".*", ".com").strip(".")
 
 
 class SettingsError(DeployError):

@@ -1,14 +1,61 @@
-"""uWSGI's configuration (and the loader for application factories)."""
+"""uWSGI itself (its own venv, compiled with PCRE) and its configuration."""
 
+import shlex
+
+from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.operations import files
+from pyinfra.operations import files, pip, server
 
 from tasks import TEMPLATES
+from tasks.facts import UwsgiBuild, UwsgiBuildInfo
+
+
+def _install_script(s) -> str:
+    """Install uWSGI and prove it has PCRE. A build without it (e.g. a wheel cached
+    before the PCRE headers were installed) is rebuilt from source once; if that
+    fails too, uWSGI is removed and the deploy stops rather than ship it."""
+    pip_cmd = shlex.quote(f"{s.uwsgi_venv}/bin/pip")
+    uwsgi = shlex.quote(f"{s.uwsgi_venv}/bin/uwsgi")
+    spec = shlex.quote(f"uwsgi=={s.uwsgi_version}")
+    has_pcre = f"{uwsgi} --cflags | grep -q -- -DUWSGI_PCRE"
+    return f"""
+set -e
+{pip_cmd} install --no-input --disable-pip-version-check {spec}
+if ! {has_pcre}; then
+    echo "uWSGI {s.uwsgi_version} came without PCRE (a cached build?): rebuilding it from source" >&2
+    {pip_cmd} install --no-input --force-reinstall --no-deps --no-cache-dir {spec}
+fi
+if ! {has_pcre}; then
+    # uWSGI's setup.py installs its binary behind pip's back: remove both.
+    {pip_cmd} uninstall --yes uwsgi >/dev/null; rm -f {uwsgi}
+    echo "ERROR: uWSGI {s.uwsgi_version} built WITHOUT PCRE on $(hostname): it would log" >&2
+    echo "'!!! no internal routing support, rebuild with pcre support !!!'. Is the PCRE" >&2
+    echo "development package installed and is pcre-config/pcre2-config working? uWSGI was" >&2
+    echo "removed from {s.uwsgi_venv}; the running app was left as it was." >&2
+    exit 1
+fi
+"""
+
+
+@deploy("uWSGI")
+def install(s):
+    """uWSGI in a venv of its own, so a change of the app's requirements never
+    recompiles it. Returns the op that (re)installed it, or None."""
+    pip.venv(name=f"Create uWSGI's virtualenv {s.uwsgi_venv}", path=s.uwsgi_venv, python="python3")
+    wanted = UwsgiBuildInfo(s.uwsgi_version, pcre=True)
+    have = host.get_fact(UwsgiBuild, venv=s.uwsgi_venv)
+    if have == wanted:
+        return None
+    was = f"{have.version}{'' if have.pcre else ' without PCRE'}" if have else "none"
+    return server.shell(
+        name=f"Install uWSGI {s.uwsgi_version} with PCRE (was: {was})",
+        commands=[_install_script(s)],
+    )
 
 
 @deploy("uWSGI configuration")
 def configure(s):
-    ini = files.template(
+    return files.template(
         name=f"Write {s.uwsgi_ini}",
         src=str(TEMPLATES / "uwsgi.ini.j2"),
         dest=s.uwsgi_ini,
@@ -17,21 +64,3 @@ def configure(s):
         mode="640",
         s=s,
     )
-    loader_path = f"{s.app_root}/factory_entry.py"
-    if s.entry_is_factory:
-        loader = files.template(
-            name=f"Write the loader that calls {s.app_entry}",
-            src=str(TEMPLATES / "factory_entry.py.j2"),
-            dest=loader_path,
-            user="root",
-            group=s.app_user,
-            mode="640",
-            s=s,
-        )
-    else:
-        loader = files.file(
-            name="Remove the application factory loader (not used)",
-            path=loader_path,
-            present=False,
-        )
-    return [ini, loader]

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import subprocess
-import sys
+import shutil
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -16,62 +14,21 @@ import pytest
 import requests
 
 from tests import throwaway
+from tests.throwaway import DeployRun
 
 REPO_ROOT = throwaway.REPO_ROOT
-PYINFRA = str(Path(sys.executable).parent / "pyinfra")
 SESSION = uuid.uuid4().hex[:8]
 SESSION_LABEL = "io.pyinfra-flask.test-session"
-
-
-@dataclass
-class DeployRun:
-    returncode: int
-    output: str
-    seconds: float
-
-    def results(self) -> dict[str, tuple[str, str, str]]:
-        """The `--> Results:` table: operation name -> (success, error, no change)."""
-        rows = {}
-        in_table = False
-        for line in self.output.splitlines():
-            if line.startswith("--> Results"):
-                in_table = True
-                continue
-            if in_table:
-                match = re.match(r"^\s{4}(.+?)\s{2,}(\d+)\s+(\S+)\s+(\S+)\s+(\S+)\s*$", line)
-                if match:
-                    rows[match.group(1)] = (match.group(3), match.group(4), match.group(5))
-                elif line.startswith("-->"):
-                    break
-        return rows
-
-    def changed_operations(self) -> list[str]:
-        return [name for name, (success, _, _) in self.results().items()
-                if success != "-" and name != "Grand total"]
-
-
-def _encode(value) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
 
 
 def run_deploy(host: throwaway.Host, tmp_path: Path, *flags: str, data: dict | None = None,
                inventory_data: dict | None = None, check: bool = True, deploy: str = "deploy.py",
                timeout: int = 900) -> DeployRun:
     """Run `pyinfra <inventory> deploy.py -y` exactly as a user would, over SSH."""
-    inventory = host.write_inventory(tmp_path / f"inventory_{uuid.uuid4().hex[:6]}.py", inventory_data)
-    command = [PYINFRA, str(inventory), deploy, *flags]
-    if "--dry" not in flags:
-        command.append("-y")
-    for key, value in (data or {}).items():
-        command += ["--data", f"{key}={_encode(value)}"]
-    started = time.monotonic()
-    proc = subprocess.run(
-        command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        stdin=subprocess.DEVNULL, timeout=timeout, env={**os.environ, "PYINFRA_PROGRESS": "off"},
-    )
-    run = DeployRun(proc.returncode, proc.stdout, time.monotonic() - started)
+    run = throwaway.run_pyinfra(host, tmp_path, *flags, data=data, inventory_data=inventory_data,
+                                deploy=deploy, timeout=timeout)
     if check and run.returncode != 0:
-        pytest.fail(f"deploy failed ({run.returncode}):\n{run.output[-6000:]}")
+        pytest.fail(f"{deploy} failed ({run.returncode}):\n{run.output[-6000:]}")
     return run
 
 
@@ -175,3 +132,70 @@ def bare_host(hosts, bookworm_image):
     host = hosts.start(bookworm_image)
     yield host
     hosts.remove(host)
+
+
+class Load:
+    """Continuous HTTP GETs from a few threads, bounded in time, stopping by itself.
+
+    Use as a context manager around whatever must not drop requests; afterwards
+    `.ok`, `.failures` (non-2xx answers and connection errors) and `.bodies`."""
+
+    def __init__(self, url: str, threads: int = 4, max_seconds: float = 240):
+        self.url, self.threads, self.max_seconds = url, threads, max_seconds
+        self.ok = 0
+        self.failures: list[str] = []
+        self.bodies: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+
+    def _run(self):
+        session = requests.Session()
+        deadline = time.monotonic() + self.max_seconds
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            try:
+                response = session.get(self.url, timeout=15)
+                outcome = None if 200 <= response.status_code < 300 else f"HTTP {response.status_code}"
+                body = response.text.strip()[:60]
+            except requests.RequestException as exc:
+                outcome, body = type(exc).__name__, None
+            with self._lock:
+                if outcome:
+                    self.failures.append(outcome)
+                else:
+                    self.ok += 1
+                    self.bodies[body] = self.bodies.get(body, 0) + 1
+
+    def __enter__(self):
+        self._workers = [threading.Thread(target=self._run, daemon=True) for _ in range(self.threads)]
+        for worker in self._workers:
+            worker.start()
+        time.sleep(0.5)
+        return self
+
+    def __exit__(self, *exc):
+        time.sleep(0.5)
+        self._stop.set()
+        for worker in self._workers:
+            worker.join(timeout=30)
+
+    @property
+    def sent(self) -> int:
+        return self.ok + len(self.failures)
+
+    def report(self, label: str) -> str:
+        return f"{label}: {self.sent} requests, {len(self.failures)} failed, bodies {self.bodies}"
+
+
+def app_variant(tmp_path: Path, greeting: str | None = None, append: str = "",
+                requirements: str | None = None) -> Path:
+    """A copy of the example app with a different greeting and/or extra code."""
+    target = tmp_path / f"app-{uuid.uuid4().hex[:6]}"
+    shutil.copytree(REPO_ROOT / "files/greeting", target)
+    module = target / "greeting.py"
+    text = module.read_text()
+    if greeting is not None:
+        text = re.sub(r'GREETING = ".*"', f"GREETING = {greeting!r}", text)
+    module.write_text(text + append)
+    if requirements is not None:
+        (target / "requirements.txt").write_text(requirements)
+    return target

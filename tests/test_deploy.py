@@ -61,12 +61,12 @@ def test_socket_is_reachable_by_nginx_only(infra):
     assert infra.run(f"runuser -u www-data -- test -w {SOCKET}").rc == 0
     assert infra.run(f"runuser -u nobody -- test -e {SOCKET}").rc != 0
     # The app user owns no code: it cannot rewrite itself.
-    assert infra.run("runuser -u greeting -- test -w /srv/greeting/app/greeting.py").rc != 0
+    assert infra.run("runuser -u greeting -- test -w /srv/greeting/current/greeting.py").rc != 0
     assert infra.user("greeting").shell == "/usr/sbin/nologin"
 
 
 def test_uwsgi_has_pcre(infra):
-    assert "-DUWSGI_PCRE" in infra.check_output("/srv/greeting/venv/bin/uwsgi --cflags")
+    assert "-DUWSGI_PCRE" in infra.check_output("/srv/greeting/uwsgi/bin/uwsgi --cflags")
     journal = infra.check_output("journalctl -u greeting.service --no-pager")
     assert "no internal routing support" not in journal
     assert "Starting uWSGI 2.0.31" in journal
@@ -151,24 +151,24 @@ def test_rejected_nginx_config_keeps_the_previous_one_serving(fork, tmp_path):
 def test_uwsgi_built_without_pcre_is_rebuilt(fork, tmp_path):
     # The tutorials' trap: a uWSGI compiled without the PCRE headers.
     fork.exec(
-        "UWSGI_PROFILE_OVERRIDE=pcre=false /srv/greeting/venv/bin/pip install -q "
+        "UWSGI_PROFILE_OVERRIDE=pcre=false /srv/greeting/uwsgi/bin/pip install -q "
         "--force-reinstall --no-deps --no-cache-dir uwsgi==2.0.31"
     )
-    assert "-DUWSGI_PCRE" not in fork.exec("/srv/greeting/venv/bin/uwsgi --cflags")
+    assert "-DUWSGI_PCRE" not in fork.exec("/srv/greeting/uwsgi/bin/uwsgi --cflags")
     run = run_deploy(fork, tmp_path)
     assert "Install uWSGI 2.0.31 with PCRE (was: 2.0.31 without PCRE)" in run.output
-    assert "-DUWSGI_PCRE" in fork.exec("/srv/greeting/venv/bin/uwsgi --cflags")
+    assert "-DUWSGI_PCRE" in fork.exec("/srv/greeting/uwsgi/bin/uwsgi --cflags")
     assert get(fork.url + "/").status_code == 200
 
 
 def test_uwsgi_that_cannot_get_pcre_stops_the_deploy(fork, tmp_path):
     # pcre-config is how uWSGI's build finds PCRE; a broken one means no PCRE at all.
     fork.exec("printf '#!/bin/sh\\nexit 1\\n' > /usr/local/bin/pcre-config && chmod +x /usr/local/bin/pcre-config")
-    fork.exec("/srv/greeting/venv/bin/pip uninstall -y -q uwsgi && rm /srv/greeting/venv/bin/uwsgi")
+    fork.exec("/srv/greeting/uwsgi/bin/pip uninstall -y -q uwsgi && rm /srv/greeting/uwsgi/bin/uwsgi")
     run = run_deploy(fork, tmp_path, check=False)
     assert run.returncode != 0
     assert "built WITHOUT PCRE" in run.output, run.output[-3000:]
-    assert fork.exec("test -e /srv/greeting/venv/bin/uwsgi || echo gone").strip() == "gone"
+    assert fork.exec("test -e /srv/greeting/uwsgi/bin/uwsgi || echo gone").strip() == "gone"
 
 
 def test_application_factory_entry_point(fork, tmp_path):
@@ -180,14 +180,18 @@ def test_application_factory_entry_point(fork, tmp_path):
     response = get(fork.url + "/")
     assert response.status_code == 200
     assert response.text == "made by create_app()\n"
-    assert "wsgi-file = /srv/greeting/factory_entry.py" in fork.exec("cat /srv/greeting/uwsgi.ini")
+    assert "application = create_app()" in fork.exec("cat /srv/greeting/current/.deploy-loader.py")
 
 
 def test_app_that_fails_to_import_fails_the_deploy_with_its_traceback(fork, tmp_path):
+    live = fork.exec("readlink /srv/greeting/current")
     run = run_deploy(fork, tmp_path, data={"app_entry": "wsgi:no_such_callable"}, check=False)
     assert run.returncode != 0
-    assert "greeting.service failed to restart" in run.output, run.output[-4000:]
-    assert "callable not found or import error" in run.output
+    assert "ImportError: cannot import name 'no_such_callable' from 'wsgi'" in run.output, run.output[-4000:]
+    assert "the app failed to import" in run.output
+    # Refused before the switch: the live release never changed and still serves.
+    assert fork.exec("readlink /srv/greeting/current") == live
+    assert get(fork.url + "/").text.strip() == GREETING
 
 
 def test_host_restart_brings_everything_back(deployed):

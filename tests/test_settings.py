@@ -15,14 +15,15 @@ def test_defaults_are_valid_and_derived():
     s = validate({})
     assert s.app_user == "greeting"
     assert s.app_root == "/srv/greeting"
-    assert s.venv_path == "/srv/greeting/venv"
+    assert s.code_dir == "/srv/greeting/current"
+    assert s.uwsgi_venv == "/srv/greeting/uwsgi"
     assert s.socket_path == "/run/greeting/uwsgi.sock"
     assert s.nginx_access_log == "/var/log/nginx/greeting.access.log"
 
 
 def test_derived_defaults_follow_app_name_and_root():
     s = validate({"app_name": "shop", "app_root": "/opt/shop"})
-    assert (s.app_user, s.venv_path, s.service) == ("shop", "/opt/shop/venv", "shop.service")
+    assert (s.app_user, s.uwsgi_venv, s.service) == ("shop", "/opt/shop/uwsgi", "shop.service")
 
 
 def test_pyinfra_own_data_is_not_mistaken_for_a_typo():
@@ -46,7 +47,16 @@ def test_pyinfra_own_data_is_not_mistaken_for_a_typo():
         ({"app_root": "srv/app"}, "app_root = 'srv/app': must be an absolute path"),
         ({"app_root": "/srv/my app"}, "app_root = '/srv/my app'"),
         ({"app_root": "/srv/../etc"}, "app_root = '/srv/../etc': must not contain '..'"),
-        ({"venv_path": "/srv/greeting/app"}, "venv_path: must not be the code directory"),
+        ({"venv_path": "/srv/venv"}, "venv_path: unknown setting"),
+        ({"shared_paths": ["/var/data"]}, "shared_paths[0] = '/var/data'"),
+        ({"shared_paths": ["../up"]}, "shared_paths[0] = '../up'"),
+        ({"shared_paths": [".venv"]}, "shared_paths: '.venv' would replace the release itself or its venv"),
+        ({"shared_paths": "instance/"}, "shared_paths = 'instance/': Input should be a valid list"),
+        ({"keep_releases": 0}, "keep_releases = 0"),
+        ({"before_switch_commands": "flask db upgrade"}, "before_switch_commands = 'flask db upgrade'"),
+        ({"rollback_to": "last"}, "rollback_to = 'last'"),
+        ({"healthcheck_body": "a\nb"}, "healthcheck_body = 'a\\nb'"),
+        ({"reload_timeout": 1}, "reload_timeout = 1"),
         ({"app_source": "files/nope"}, "app_source: 'files/nope' is not a directory"),
         ({"app_requirements": "missing.txt"}, "app_requirements: 'missing.txt' not found"),
         ({"app_requirements": "../requirements.txt"}, "app_requirements = '../requirements.txt'"),

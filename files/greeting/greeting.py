@@ -15,6 +15,22 @@ def index():
     return GREETING + "\n"
 
 
+@app.route("/notes", methods=["GET", "POST"])
+def notes():
+    # Data lives in the instance folder, which the deploy keeps outside the
+    # releases (shared_paths), so notes survive redeploys and rollbacks.
+    path = os.path.join(app.instance_path, "notes.txt")
+    if request.method == "POST":
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(request.get_data(as_text=True).replace("\n", " ") + "\n")
+        return "saved\n", 201
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read(), 200, {"Content-Type": "text/plain; charset=utf-8"}
+    except FileNotFoundError:
+        return "", 200, {"Content-Type": "text/plain; charset=utf-8"}
+
+
 @app.route("/info")
 def info():
     # Handy when debugging a deploy: which host and worker answered, and what

@@ -18,6 +18,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -33,6 +34,7 @@ LABEL = "io.pyinfra-flask.throwaway"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CACHE_DIR = Path(os.environ.get("THROWAWAY_CACHE", Path.home() / ".cache" / "pyinfra-flask-throwaway"))
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+PYINFRA = str(Path(sys.executable).parent / "pyinfra")
 
 # What a bare cloud VPS has: systemd, sshd, CA certificates. Nothing the deploy installs.
 BASE_PACKAGES = ["systemd", "systemd-sysv", "dbus", "openssh-server", "ca-certificates", "procps", "iproute2"]
@@ -278,6 +280,55 @@ def start_host(image: str, name: str | None = None, network: str | None = None,
         host.remove()
         raise
     return host
+
+
+@dataclass
+class DeployRun:
+    returncode: int
+    output: str
+    seconds: float
+
+    def results(self) -> dict[str, tuple[str, str, str]]:
+        """The `--> Results:` table: operation name -> (success, error, no change)."""
+        rows = {}
+        in_table = False
+        for line in self.output.splitlines():
+            if line.startswith("--> Results"):
+                in_table = True
+                continue
+            if in_table:
+                match = re.match(r"^\s{4}(.+?)\s{2,}(\d+)\s+(\S+)\s+(\S+)\s+(\S+)\s*$", line)
+                if match:
+                    rows[match.group(1)] = (match.group(3), match.group(4), match.group(5))
+                elif line.startswith("-->"):
+                    break
+        return rows
+
+    def changed_operations(self) -> list[str]:
+        return [name for name, (success, _, _) in self.results().items()
+                if success != "-" and name != "Grand total"]
+
+
+def _encode(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def run_pyinfra(host: Host, workdir: Path, *flags: str, data: dict | None = None,
+                inventory_data: dict | None = None, deploy: str = "deploy.py",
+                timeout: int = 900) -> DeployRun:
+    """Run `pyinfra <inventory> <deploy> -y --data ...` as a user would, over SSH."""
+    inventory = host.write_inventory(workdir / f"inventory_{uuid.uuid4().hex[:6]}.py", inventory_data)
+    command = [PYINFRA, str(inventory), deploy, *flags]
+    if "--dry" not in flags:
+        command.append("-y")
+    for key, value in (data or {}).items():
+        command += ["--data", f"{key}={_encode(value)}"]
+    started = time.monotonic()
+    proc = subprocess.run(
+        command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdin=subprocess.DEVNULL, timeout=timeout, env={**os.environ, "PYINFRA_PROGRESS": "off"},
+    )
+    return DeployRun(proc.returncode, proc.stdout, time.monotonic() - started)
 
 
 def remove_all(label_value: str | None = None) -> int:

@@ -1,0 +1,271 @@
+"""Releases: each code change becomes releases/<id>, switched to atomically.
+
+    <app_root>/releases/<id>/       code, its .venv link, shared-path links, loader
+    <app_root>/venvs/<hash>/        one venv per requirements file (shared by releases)
+    <app_root>/shared/<path>        data that outlives releases (instance/, uploads/, ...)
+    <app_root>/current -> releases/<id>
+
+A release is made only when what would go into it (code, requirements, entry point,
+shared paths) differs from the live one, so a no-op run stays "No changes". The
+switch, the reload and the health gate with automatic rollback are done on the host
+by bin/release-tool (files/release-tool.py), which rollback.py uses too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shlex
+import subprocess
+import tarfile
+import time
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from pyinfra import host
+from pyinfra.api import FactBase, deploy
+from pyinfra.operations import files, server
+
+from tasks import REPO_ROOT, TEMPLATES
+
+# Local clutter that must never reach a server.
+EXCLUDE_FILES = ("*.pyc", "*.pyo", ".DS_Store", "*.swp")
+EXCLUDE_DIRS = ("__pycache__", ".git", ".venv", "venv", ".pytest_cache", "node_modules")
+META = ".deploy-release.json"
+LOADER = ".deploy-loader.py"
+
+
+class LiveRelease(FactBase):
+    """The live release's metadata (`current/.deploy-release.json`), or None."""
+
+    def command(self, app_root: str) -> str:
+        return f"cat {shlex.quote(app_root)}/current/{META} 2>/dev/null || true"
+
+    def process(self, output: list[str]) -> dict | None:
+        try:
+            return json.loads("\n".join(output))
+        except ValueError:
+            return None
+
+
+class Releases(FactBase):
+    """The release tool's listing of the releases, the live one marked."""
+
+    def command(self, app_root: str) -> str:
+        tool = shlex.quote(f"{app_root}/bin/release-tool")
+        return f"if [ -x {tool} ]; then {tool} list; fi"
+
+    def process(self, output: list[str]) -> str:
+        return "\n".join(f"  {line}" for line in output)
+
+
+class VenvReady(FactBase):
+    """Whether a venv was fully built (its marker is written last)."""
+
+    def command(self, path: str) -> str:
+        return f"test -f {shlex.quote(path)}/.deploy-complete && echo yes || echo no"
+
+    def process(self, output: list[str]) -> bool:
+        return output[-1:] == ["yes"]
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A release as built locally: the tarball and what identifies it."""
+
+    id: str
+    content_hash: str
+    venv_hash: str
+    tar: bytes
+
+
+def _excluded(path: Path) -> bool:
+    return any(part in EXCLUDE_DIRS for part in path.parts[:-1]) or path.name in EXCLUDE_DIRS or any(
+        path.match(pattern) for pattern in EXCLUDE_FILES
+    )
+
+
+def _git_commit(source: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(source), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _loader(s) -> str:
+    from jinja2 import Template
+
+    template = Template((TEMPLATES / "loader.py.j2").read_text(), keep_trailing_newline=True,
+                        trim_blocks=True, lstrip_blocks=True)
+    return template.render(s=s)
+
+
+@cache
+def _release_id(commit: str | None) -> str:
+    # One id per pyinfra run, the same on every host of the run; sortable by time.
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    return f"{stamp}-{commit}" if commit else stamp
+
+
+def build_bundle(s) -> Bundle:
+    source = s.source_dir
+    shared = {path.rstrip("/") for path in s.shared_paths}
+    files_in = sorted(
+        p for p in source.rglob("*")
+        if p.is_file() and not _excluded(p.relative_to(source))
+        and not any(str(p.relative_to(source)) == sp or str(p.relative_to(source)).startswith(sp + "/")
+                    for sp in shared)
+    )
+    requirements = (source / s.app_requirements).read_bytes()
+    venv_hash = hashlib.sha256(requirements).hexdigest()[:16]
+    loader = _loader(s).encode()
+
+    digest = hashlib.sha256()
+    for path in files_in:
+        rel = str(path.relative_to(source))
+        digest.update(f"{rel}\0{path.stat().st_mode & 0o111}\0".encode() + path.read_bytes() + b"\0")
+    digest.update(loader + b"\0" + venv_hash.encode() + b"\0" + "\0".join(sorted(s.shared_paths)).encode())
+    content_hash = digest.hexdigest()
+
+    commit = _git_commit(source)
+    release_id = _release_id(commit)
+    meta = json.dumps({"id": release_id, "content_hash": content_hash, "venv": venv_hash,
+                       "commit": commit, "source": str(s.app_source)}, indent=2).encode()
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        now = int(time.time())
+
+        def add(name: str, data: bytes | None = None, link: str | None = None,
+                mode: int = 0o640, mtime: float = now):
+            info = tarfile.TarInfo(name)
+            # Real modification times: nginx derives Last-Modified and ETag from them.
+            info.mtime = int(mtime)
+            if link is not None:
+                info.type, info.linkname = tarfile.SYMTYPE, link
+                tar.addfile(info)
+            elif data is None:
+                info.type, info.mode = tarfile.DIRTYPE, 0o750
+                tar.addfile(info)
+            else:
+                info.size, info.mode = len(data), mode
+                tar.addfile(info, io.BytesIO(data))
+
+        directories = {parent for p in files_in for parent in p.relative_to(source).parents} - {Path(".")}
+        for directory in sorted(directories):
+            add(str(directory))
+        for path in files_in:
+            stat = path.stat()
+            add(str(path.relative_to(source)), path.read_bytes(),
+                mode=0o750 if stat.st_mode & 0o100 else 0o640, mtime=stat.st_mtime)
+        add(LOADER, loader)
+        add(META, meta)
+        add(".venv", link=f"{s.app_root}/venvs/{venv_hash}")
+        for path in sorted(shared):
+            add(path, link=f"{s.app_root}/shared/{path}")
+    return Bundle(release_id, content_hash, venv_hash, buffer.getvalue())
+
+
+@dataclass
+class Release:
+    id: str
+    tool: str
+    new: bool
+
+
+@deploy("Release")
+def prepare(s) -> Release:
+    """Install the release tool, the shared paths, and (when something changed)
+    a new release with its venv, checked and ready to switch to."""
+    tool = f"{s.app_root}/bin/release-tool"
+    files.put(name="Install the release tool", src=str(REPO_ROOT / "files/release-tool.py"),
+              dest=tool, mode="750")
+    files.template(name="Write the release tool's settings", src=str(TEMPLATES / "release-tool.json.j2"),
+                   dest=f"{s.app_root}/release-tool.json", mode="640", s=s, host_name=host.name)
+    for path in ("releases", "venvs", "shared"):
+        files.directory(name=f"Create {s.app_root}/{path}", path=f"{s.app_root}/{path}",
+                        user="root", group=s.app_user, mode="750")
+    for path in s.shared_paths:
+        target = f"{s.app_root}/shared/{path.rstrip('/')}"
+        if path.endswith("/"):
+            files.directory(name=f"Create shared directory {path} (writable by the app)", path=target,
+                            user=s.app_user, group=s.app_user, mode="750")
+        else:
+            files.file(name=f"Create shared file {path} (writable by the app)", path=target,
+                       user=s.app_user, group=s.app_user, mode="640", touch=False)
+
+    bundle = build_bundle(s)
+    live = host.get_fact(LiveRelease, app_root=s.app_root)
+    if live and live.get("content_hash") == bundle.content_hash:
+        return Release(live["id"], tool, new=False)
+
+    release_dir = f"{s.app_root}/releases/{bundle.id}"
+    upload = f"{s.app_root}/releases/.upload-{bundle.id}.tar"
+    files.put(name=f"Upload release {bundle.id}", src=io.BytesIO(bundle.tar), dest=upload, mode="600")
+    server.shell(
+        name=f"Unpack release {bundle.id}",
+        commands=[
+            f"rm -rf {release_dir} && mkdir {release_dir} && "
+            f"tar -xf {upload} -C {release_dir} --no-same-owner && rm -f {upload} && "
+            f"chown -R -h root:{s.app_user} {release_dir} && chmod 750 {release_dir}"
+        ],
+    )
+
+    venv = f"{s.app_root}/venvs/{bundle.venv_hash}"
+    if not host.get_fact(VenvReady, path=venv):
+        # Built in place (venvs cannot be moved) and marked complete last: a venv
+        # without the marker is half-built and is rebuilt from scratch.
+        pip = shlex.quote(f"{venv}/bin/pip")
+        server.shell(
+            name=f"Build venv {bundle.venv_hash} from {s.app_requirements}",
+            commands=[
+                f"rm -rf {venv} && python3 -m venv {venv} && "
+                f"{pip} install --no-input --disable-pip-version-check -q "
+                f"-r {release_dir}/{s.app_requirements} && touch {venv}/.deploy-complete"
+            ],
+        )
+    server.shell(name=f"Check release {bundle.id} imports (as {s.app_user})",
+                 commands=[f"{tool} check {bundle.id}"])
+    for command in s.before_switch_commands:
+        server.shell(name=f"Before switch: {command}",
+                     commands=[f"{tool} run {bundle.id} -- {shlex.quote(command)}"])
+    return Release(bundle.id, tool, new=True)
+
+
+@deploy("Release activation")
+def activate(s, release: Release, restart_triggers, reload_triggers):
+    """Switch to the release and get uWSGI onto it, health-gated; roll back on failure."""
+    run = f"{release.tool} --host-name {shlex.quote(host.name)} activate {release.id}"
+    restarted = server.shell(
+        name=f"Restart uWSGI on release {release.id} (its unit or uWSGI itself changed)",
+        commands=[f"{run} --mode restart"],
+        _if=lambda: any(op.did_change() for op in restart_triggers),
+    )
+    reloaded = server.shell(
+        name=f"Reload uWSGI gracefully on release {release.id} (its config changed)",
+        commands=[f"{run} --mode graceful"],
+        _if=lambda: not restarted.did_change() and any(op.did_change() for op in reload_triggers),
+    )
+    ops = [restarted, reloaded]
+    running = host.get_fact(ServiceActive, service=s.service)
+    if release.new or not running:
+        ops.append(server.shell(
+            name=f"Switch to release {release.id}, reload uWSGI without dropping requests, check health",
+            commands=[f"{run} --mode auto"],
+            _if=lambda: not restarted.did_change() and not reloaded.did_change(),
+        ))
+    if release.new:
+        server.shell(name=f"Keep the newest {s.keep_releases} releases", commands=[f"{release.tool} prune"])
+    return ops
+
+
+class ServiceActive(FactBase):
+    def command(self, service: str) -> str:
+        return f"systemctl is-active --quiet {shlex.quote(service)} && echo yes || echo no"
+
+    def process(self, output: list[str]) -> bool:
+        return output[-1:] == ["yes"]
