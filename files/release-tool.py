@@ -176,19 +176,60 @@ def reload(mode: str) -> None:
 
 # Health --------------------------------------------------------------------
 
-def health() -> None:
-    """GET the health path through nginx until it answers as expected."""
-    check = CONFIG["health"]
+def http_get(check: dict) -> tuple[int, str]:
+    """GET the health path through nginx."""
     request = urllib.request.Request(check["url"], headers={"Host": check["host_header"]})
+    try:
+        with urllib.request.urlopen(request, timeout=check["timeout"]) as response:
+            return response.status, response.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+
+
+def uwsgi_get(check: dict) -> tuple[int, str]:
+    """GET the health path straight from uWSGI's TCP socket, in the uwsgi protocol
+    the load balancer speaks (app servers behind a balancer have no nginx)."""
+    host, port = check["uwsgi"].rsplit(":", 1)
+    path, _, query = check["path"].partition("?")
+    env = {
+        "REQUEST_METHOD": "GET", "REQUEST_URI": check["path"], "PATH_INFO": path,
+        "QUERY_STRING": query, "SERVER_PROTOCOL": "HTTP/1.1", "SERVER_NAME": check["host_header"],
+        "SERVER_PORT": "80", "HTTP_HOST": check["host_header"], "REMOTE_ADDR": "127.0.0.1",
+    }
+    body = b"".join(
+        len(key).to_bytes(2, "little") + key + len(value).to_bytes(2, "little") + value
+        for key, value in ((k.encode(), v.encode()) for k, v in env.items())
+    )
+    with socket.create_connection((host.strip("[]"), int(port)), timeout=check["timeout"]) as sock:
+        sock.sendall(b"\0" + len(body).to_bytes(2, "little") + b"\0" + body)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    head, _, content = b"".join(chunks).partition(b"\r\n\r\n")
+    status_line = head.split(b"\r\n", 1)[0].decode(errors="replace")
+    try:
+        return int(status_line.split()[1]), content.decode(errors="replace")
+    except (IndexError, ValueError):
+        raise OSError(f"not an HTTP answer: {status_line[:80]!r}") from None
+
+
+def describe_check(check: dict) -> str:
+    if "uwsgi" in check:
+        return f"GET {check['path']} (Host: {check['host_header']}) from uWSGI at {check['uwsgi']}"
+    return f"GET {check['url']} (Host: {check['host_header']}) through nginx"
+
+
+def health(attempts: int | None = None) -> None:
+    """Request the health path until it answers as expected."""
+    check = CONFIG["health"]
+    attempts = attempts or check["retries"]
+    get = uwsgi_get if "uwsgi" in check else http_get
     outcome = "nothing answered"
-    for attempt in range(check["retries"]):
+    for attempt in range(attempts):
         if attempt:
             time.sleep(1)
         try:
-            with urllib.request.urlopen(request, timeout=check["timeout"]) as response:
-                status, body = response.status, response.read().decode(errors="replace")
-        except urllib.error.HTTPError as exc:
-            status, body = exc.code, exc.read().decode(errors="replace")
+            status, body = get(check)
         except (OSError, urllib.error.URLError) as exc:
             outcome = f"no answer ({exc})"
             continue
@@ -198,8 +239,7 @@ def health() -> None:
             outcome = f"answered {status} without {check['body']!r} in the body"
         else:
             return
-    raise Failure(f"health check GET {check['url']} (Host: {check['host_header']}) through nginx "
-                  f"{outcome}, after {check['retries']} attempts")
+    raise Failure(f"health check {describe_check(check)} {outcome}, after {attempts} attempts")
 
 
 # Commands ------------------------------------------------------------------
@@ -238,14 +278,51 @@ def cmd_list(args) -> None:
         log(f"{name}  commit={meta.get('commit') or '-'}  venv={Path(venv_of(name)).name}  {marker}".rstrip())
 
 
+# Run by the release's own python as the app user: import the app through the
+# release's loader and call it once, as a WSGI server would, for the health path.
+CANARY = r"""
+import io, json, runpy, sys
+check = json.loads(sys.argv[2])
+try:
+    application = runpy.run_path(sys.argv[1], run_name="deploy_canary")["application"]
+except ModuleNotFoundError as exc:
+    if exc.name in ("uwsgi", "uwsgidecorators"):
+        print("canary: the app needs uWSGI's own module; the check after the switch covers it")
+        sys.exit(0)
+    raise
+path, _, query = check["path"].partition("?")
+environ = {
+    "REQUEST_METHOD": "GET", "SCRIPT_NAME": "", "PATH_INFO": path,
+    "QUERY_STRING": query, "SERVER_NAME": check["host_header"], "SERVER_PORT": "80",
+    "HTTP_HOST": check["host_header"], "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": "127.0.0.1",
+    "wsgi.version": (1, 0), "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(b""),
+    "wsgi.errors": sys.stderr, "wsgi.multithread": False, "wsgi.multiprocess": True,
+    "wsgi.run_once": False,
+}
+status = []
+body = b"".join(application(environ, lambda s, h, e=None: status.append(s) or (lambda data: None)))
+code = int(status[0].split()[0])
+text = body.decode(errors="replace")
+if code != check["status"]:
+    sys.exit(f"GET {check['path']} answered {code}, expected {check['status']}")
+if check["body"] and check["body"] not in text:
+    sys.exit(f"GET {check['path']} answered {code} without {check['body']!r} in the body")
+print(f"canary: GET {check['path']} answered {code}")
+"""
+
+
 def cmd_check(args) -> None:
+    """Before the switch: the release's app must import and answer its health path
+    (called in-process), so a release that would fail never takes live traffic."""
     path = release_dir(args.release)
-    result = as_app_user(args.release, [f"{path}/.venv/bin/python", str(path / LOADER)])
+    check = {key: CONFIG["health"][key] for key in ("path", "host_header", "status", "body")}
+    result = as_app_user(args.release, [f"{path}/.venv/bin/python", "-c", CANARY, str(path / LOADER),
+                                        json.dumps(check)])
     if result.returncode != 0:
         discard(args.release)
-        raise Failure(f"release {args.release} does not load: the app failed to import "
-                      "(traceback above); the live release was left alone")
-    log(f"release {args.release}: the app imports")
+        raise Failure(f"release {args.release} failed its check before the switch (output above): "
+                      "the live release was left alone and kept serving")
+    log(f"release {args.release}: the app imports and answers its health check")
 
 
 def cmd_run(args) -> None:
@@ -273,10 +350,13 @@ def activate(target: str, mode: str, host_name: str) -> None:
             raise Failure(f"release {target} FAILED on host {host_name}: {failure}") from None
         log(f"release {target} failed ({failure}); switching back to {previous}")
         switch(previous)
-        reload("chain" if venv_of(previous) == venv_of(target) and mode == "chain" else "graceful")
-        health()
-        raise Failure(f"release {target} FAILED on host {host_name}: {failure}. "
-                      f"Rolled back: {previous} is live and healthy again.") from None
+        try:
+            reload("chain" if venv_of(previous) == venv_of(target) and mode == "chain" else "graceful")
+            health()
+            outcome = f"Rolled back: {previous} is live and healthy again."
+        except Failure as again:
+            outcome = f"Rolled back to {previous}, but it is not healthy either: {again}"
+        raise Failure(f"release {target} FAILED on host {host_name}: {failure}. {outcome}") from None
     log(f"release {target} is live and healthy on host {host_name}")
 
 
@@ -319,14 +399,16 @@ def cmd_prune(args) -> None:
 
 def cmd_health(args) -> None:
     try:
-        health()
+        health(args.attempts)
     except Failure as failure:
+        if args.quiet:
+            raise
         error_log = subprocess.run(["tail", "-n", "5", CONFIG["nginx_error_log"]],
                                    capture_output=True, text=True).stdout
         raise Failure(f"HEALTH CHECK FAILED on host {args.host_name}: {failure}\n"
                       f"--- nginx error log ({CONFIG['nginx_error_log']}):\n{error_log}"
                       f"--- {CONFIG['service']} log:\n{journal_tail(20)}") from None
-    log(f"healthy: GET {CONFIG['health']['url']} answered {CONFIG['health']['status']}")
+    log(f"healthy: {describe_check(CONFIG['health'])} answered {CONFIG['health']['status']}")
 
 
 def main() -> int:
@@ -343,7 +425,9 @@ def main() -> int:
     activate_parser.add_argument("--mode", choices=["auto", "chain", "graceful", "restart"], default="auto")
     sub.add_parser("rollback").add_argument("release", nargs="?")
     sub.add_parser("prune")
-    sub.add_parser("health")
+    health_parser = sub.add_parser("health")
+    health_parser.add_argument("--attempts", type=int, help="default: the configured retries")
+    health_parser.add_argument("--quiet", action="store_true", help="no logs on failure")
     args = parser.parse_args()
     handlers = {
         "list": cmd_list, "check": cmd_check, "run": cmd_run, "activate": cmd_activate,

@@ -28,10 +28,11 @@ fi
 
 
 @deploy("nginx site")
-def configure(platform, s, reload_triggers=()):
-    site = f"{platform.nginx_sites_available}/{s.app_name}.conf"
-    enabled = f"{platform.nginx_sites_enabled}/{s.app_name}.conf"
-    last_good = f"{platform.nginx_sites_available}/.{s.app_name}.conf.last-good"
+def configure(platform, s, reload_triggers=(), template="nginx-site.conf.j2", **context):
+    site = platform.site_path(s.app_name)
+    enabled = platform.enabled_path(s.app_name)
+    # Outside anything nginx includes (no .conf suffix).
+    last_good = f"{platform.nginx_site_dir}/.{s.app_name}.conf.last-good"
 
     log_dirs = {path.rsplit("/", 1)[0] for path in (s.nginx_access_log, s.nginx_error_log)
                 if path.startswith("/")}
@@ -42,21 +43,21 @@ def configure(platform, s, reload_triggers=()):
     changes = [
         files.template(
             name=f"Write the site {site}",
-            src=str(TEMPLATES / "nginx-site.conf.j2"),
+            src=str(TEMPLATES / template),
             dest=site,
             mode="644",
             s=s,
-        ),
-        files.link(name=f"Enable the site ({enabled})", path=enabled, target=site),
-        files.link(
-            name="Disable the distribution's default site",
-            path=f"{platform.nginx_sites_enabled}/default",
-            present=False,
+            **context,
         ),
     ]
+    if enabled:
+        changes.append(files.link(name=f"Enable the site ({enabled})", path=enabled, target=site))
+    if platform.nginx_default_site:
+        changes.append(files.link(name="Disable the distribution's default site",
+                                  path=platform.nginx_default_site, present=False))
     validated = server.shell(
         name="Check the new nginx config (nginx -t) before it is loaded",
-        commands=[_validate_or_restore(site, last_good, enabled, s.app_name)],
+        commands=[_validate_or_restore(site, last_good, enabled or site, s.app_name)],
         _if=lambda: any(op.did_change() for op in changes),
     )
     reload = server.shell(
@@ -71,3 +72,22 @@ def configure(platform, s, reload_triggers=()):
         enabled=True,
     )
     return [reload, start]
+
+
+@deploy("nginx site removal")
+def remove(platform, s):
+    """Take the app's site out of this host's nginx (e.g. a host that now sits behind
+    a load balancer): nginx itself stays, for whatever else it serves."""
+    removed = [
+        files.file(name=f"Remove the site {s.app_name}", path=platform.site_path(s.app_name), present=False),
+        files.file(name="Remove its last good copy", present=False,
+                   path=f"{platform.nginx_site_dir}/.{s.app_name}.conf.last-good"),
+    ]
+    if platform.enabled_path(s.app_name):
+        removed.insert(0, files.link(name=f"Disable the site {s.app_name}", present=False,
+                                     path=platform.enabled_path(s.app_name)))
+    return [server.shell(
+        name="Reload nginx without the site (if it runs)",
+        commands=["if systemctl is-active --quiet nginx.service; then systemctl reload nginx.service; fi"],
+        _if=lambda: any(op.did_change() for op in removed),
+    )]

@@ -10,9 +10,10 @@ APT_LOCK_WAIT = "-o DPkg::Lock::Timeout=300"
 
 
 @deploy("System packages")
-def install(platform, s):
+def install(platform, s, app: bool = True, nginx: bool = True):
+    wanted = platform.packages(app=app, nginx=nginx)
     installed = host.get_fact(DebPackages) or {}
-    missing = [name for name in platform.packages if name not in installed]
+    missing = [name for name in wanted if name not in installed]
     if not missing:
         return
 
@@ -22,7 +23,7 @@ def install(platform, s):
     )
     apt.packages(
         name=f"Install {', '.join(missing)}",
-        packages=list(platform.packages),
+        packages=wanted,
         no_recommends=True,
         extra_install_args=APT_LOCK_WAIT,
     )

@@ -11,22 +11,35 @@ from pyinfra.facts.server import LinuxDistribution
 @dataclass(frozen=True)
 class Platform:
     name: str
-    packages: tuple[str, ...]
+    # What an app server needs to build and run uWSGI, and what nginx needs.
+    app_packages: tuple[str, ...]
+    nginx_packages: tuple[str, ...] = ("nginx",)
+    base_packages: tuple[str, ...] = ("curl", "ca-certificates")
     nginx_user: str = "www-data"
-    nginx_sites_available: str = "/etc/nginx/sites-available"
-    nginx_sites_enabled: str = "/etc/nginx/sites-enabled"
+    # Where site files go; the directory of links nginx includes (Debian's
+    # sites-enabled), or None where nginx includes the site directory itself
+    # (conf.d); and the distribution's default site to disable, if any.
+    nginx_site_dir: str = "/etc/nginx/sites-available"
+    nginx_enabled_dir: str | None = "/etc/nginx/sites-enabled"
+    nginx_default_site: str | None = "/etc/nginx/sites-enabled/default"
+
+    def site_path(self, name: str) -> str:
+        return f"{self.nginx_site_dir}/{name}.conf"
+
+    def enabled_path(self, name: str) -> str | None:
+        return f"{self.nginx_enabled_dir}/{name}.conf" if self.nginx_enabled_dir else None
+
+    def packages(self, app: bool, nginx: bool) -> list[str]:
+        return [*self.base_packages, *(self.app_packages if app else ()), *(self.nginx_packages if nginx else ())]
 
 
 # uWSGI compiles on `pip install`, so it needs a compiler, Python's headers and the
 # PCRE headers (without them it builds without internal routing). Debian 13 no
 # longer ships the old libpcre3; uWSGI 2.0.22+ builds against PCRE2 instead.
-_DEBIAN_BASE = (
-    "python3", "python3-venv", "python3-dev", "build-essential",
-    "nginx", "curl", "ca-certificates",
-)
+_DEBIAN_APP = ("python3", "python3-venv", "python3-dev", "build-essential")
 SUPPORTED = {
-    ("Debian", 12): Platform("Debian 12 (bookworm)", _DEBIAN_BASE + ("libpcre3-dev",)),
-    ("Debian", 13): Platform("Debian 13 (trixie)", _DEBIAN_BASE + ("libpcre2-dev",)),
+    ("Debian", 12): Platform("Debian 12 (bookworm)", _DEBIAN_APP + ("libpcre3-dev",)),
+    ("Debian", 13): Platform("Debian 13 (trixie)", _DEBIAN_APP + ("libpcre2-dev",)),
 }
 
 

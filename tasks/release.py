@@ -175,6 +175,7 @@ class Release:
     id: str
     tool: str
     new: bool
+    settings: object  # the op writing the release tool's settings (health check among them)
 
 
 @deploy("Release")
@@ -184,8 +185,8 @@ def prepare(s) -> Release:
     tool = f"{s.app_root}/bin/release-tool"
     files.put(name="Install the release tool", src=str(REPO_ROOT / "files/release-tool.py"),
               dest=tool, mode="750")
-    files.template(name="Write the release tool's settings", src=str(TEMPLATES / "release-tool.json.j2"),
-                   dest=f"{s.app_root}/release-tool.json", mode="640", s=s, host_name=host.name)
+    settings = files.template(name="Write the release tool's settings", src=str(TEMPLATES / "release-tool.json.j2"),
+                              dest=f"{s.app_root}/release-tool.json", mode="640", s=s)
     for path in ("releases", "venvs", "shared"):
         files.directory(name=f"Create {s.app_root}/{path}", path=f"{s.app_root}/{path}",
                         user="root", group=s.app_user, mode="750")
@@ -201,7 +202,7 @@ def prepare(s) -> Release:
     bundle = build_bundle(s)
     live = host.get_fact(LiveRelease, app_root=s.app_root)
     if live and live.get("content_hash") == bundle.content_hash:
-        return Release(live["id"], tool, new=False)
+        return Release(live["id"], tool, new=False, settings=settings)
 
     release_dir = f"{s.app_root}/releases/{bundle.id}"
     upload = f"{s.app_root}/releases/.upload-{bundle.id}.tar"
@@ -233,7 +234,7 @@ def prepare(s) -> Release:
     for command in s.before_switch_commands:
         server.shell(name=f"Before switch: {command}",
                      commands=[f"{tool} run {bundle.id} -- {shlex.quote(command)}"])
-    return Release(bundle.id, tool, new=True)
+    return Release(bundle.id, tool, new=True, settings=settings)
 
 
 @deploy("Release activation")

@@ -12,6 +12,7 @@ The README's settings table is generated from this module
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import json
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     model_validator,
 )
@@ -39,6 +41,8 @@ ENTRY_RE = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z
 SERVER_NAME_RE = r"^(_|\*\.[A-Za-z0-9.-]+|\.?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.?(\.\*)?|\[[0-9a-fA-F:]+\])$"
 # A request path for the health check: no spaces, quotes or shell metacharacters.
 URL_PATH_RE = r"^/[A-Za-z0-9._~/%=&+-]*(\?[A-Za-z0-9._~/%=&+-]*)?$"
+# A TCP socket: IPv4 address, host name or [IPv6] address, then a port.
+SOCKET_RE = r"^([0-9.]+|[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*|\[[0-9a-fA-F:]+\]):[0-9]{1,5}$"
 # nginx sizes: `75M`, `512k`, `1g`, `0` (no limit).
 SIZE_RE = r"^[0-9]+[kKmMgG]?$"
 STATIC_URL_RE = r"^/([A-Za-z0-9._-]+/)*$"
@@ -59,6 +63,7 @@ PATTERN_HELP = {
     STATIC_URL_RE: "must start and end with '/' (e.g. '/static/')",
     VERSION_RE: "must be a release version like '2.0.31'",
     REL_PATH_RE: "must be a relative path of letters, digits and . _ / -",
+    SOCKET_RE: "must be 'unix' or ADDRESS:PORT, e.g. '10.0.0.5:3031' or '[fd00::5]:3031'",
 }
 
 
@@ -66,6 +71,13 @@ def _no_dot_dot(value: str) -> str:
     if ".." in value.split("/"):
         raise ValueError("must not contain '..'")
     return value
+
+
+def _ip_address(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValueError("must be an IPv4 or IPv6 address") from None
 
 
 def _relative_path(value: str) -> str:
@@ -84,6 +96,8 @@ class Settings(BaseModel):
     """The deploy's settings. Field descriptions become the README table."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # Set from the inventory's groups (tasks/topology.py), never from data.
+    _behind_balancer: bool = PrivateAttr(default=False)
 
     # The app
     app_name: str = Field(
@@ -169,6 +183,17 @@ class Settings(BaseModel):
         128, ge=1, le=4096,
         description="Socket listen backlog: requests queued while all workers are busy.",
     )
+    uwsgi_socket: Literal["unix"] | Annotated[str, Field(pattern=SOCKET_RE)] | None = Field(
+        None,
+        description="Where uWSGI listens (uwsgi protocol): `unix` (a socket under /run, "
+        "nginx's group only) or `ADDRESS:PORT` (TCP). Default: `unix`, or "
+        "`<private_address>:3031` on app servers behind a load balancer.",
+    )
+    private_address: Annotated[str, AfterValidator(_ip_address)] | None = Field(
+        None,
+        description="The host's address on the private network its load balancer reaches "
+        "it on (app servers in the `app_servers` group when there are `load_balancers`).",
+    )
     uwsgi_log: Literal["journal"] | AbsPath = Field(
         "journal",
         description="`journal` (read with `journalctl -u <app_name>`) or an absolute "
@@ -192,6 +217,17 @@ class Settings(BaseModel):
     nginx_error_log: AbsPath | None = Field(
         None, description="Site error log. Default: `/var/log/nginx/<app_name>.error.log`."
     )
+
+    # Load balancing (hosts in the `load_balancers` group)
+    lb_method: Literal["round_robin", "least_conn", "ip_hash"] = Field(
+        "round_robin", description="How the balancer spreads requests over the app servers."
+    )
+    lb_max_fails: int = Field(
+        3, ge=0, le=100,
+        description="Failed attempts after which the balancer rests an app server for "
+        "`lb_fail_timeout` (0: never).",
+    )
+    lb_fail_timeout: int = Field(10, ge=1, le=3600, description="Seconds an app server rests after `lb_max_fails`.")
 
     # Health check and packages
     healthcheck_path: str = Field(
@@ -262,6 +298,16 @@ class Settings(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _check_socket(self) -> Settings:
+        if self.uwsgi_tcp:
+            port = int(self.uwsgi_tcp.rsplit(":", 1)[1])
+            if not 1 <= port <= 65535:
+                raise ValueError(f"uwsgi_socket: port {port} is out of range 1-65535")
+            if port == self.nginx_port:
+                raise ValueError(f"uwsgi_socket: port {port} is nginx's port (nginx_port)")
+        return self
+
+    @model_validator(mode="after")
     def _check_paths_apart(self) -> Settings:
         for path in self.shared_paths:
             if path.strip("/") in ("", ".venv", ".deploy-loader.py", ".deploy-release.json"):
@@ -294,11 +340,27 @@ class Settings(BaseModel):
 
     @property
     def socket_dir(self) -> str:
+        """systemd's RuntimeDirectory for the app: the unix socket, master FIFO, stats."""
         return f"/run/{self.app_name}"
 
     @property
     def socket_path(self) -> str:
         return f"{self.socket_dir}/uwsgi.sock"
+
+    @property
+    def behind_balancer(self) -> bool:
+        """An app server behind a load balancer: TCP socket, no nginx of its own."""
+        return self._behind_balancer
+
+    @property
+    def uwsgi_tcp(self) -> str | None:
+        """`ADDRESS:PORT` when uWSGI listens on TCP, None for the unix socket."""
+        return None if self.uwsgi_socket in (None, "unix") else self.uwsgi_socket
+
+    @property
+    def uwsgi_address(self) -> str:
+        """What both uWSGI's `socket =` and nginx's `uwsgi_pass` name."""
+        return self.uwsgi_tcp or f"unix:{self.socket_path}"
 
     @property
     def uwsgi_ini(self) -> str:
@@ -375,8 +437,11 @@ def validate(data: dict[str, Any], where: str = "settings") -> Settings:
 
 
 def load_settings(host) -> Settings:
-    """Settings for a pyinfra host, from its inventory, group and --data data."""
-    return validate(host.data.dict(), where=f"settings for host {host.name!r}")
+    """Settings for a pyinfra host, from its inventory, group and --data data, with
+    the defaults its place in the inventory implies (see tasks/topology.py)."""
+    from tasks import topology
+
+    return topology.place(host, validate(host.data.dict(), where=f"settings for host {host.name!r}"))
 
 
 def markdown_table() -> str:

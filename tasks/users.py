@@ -19,7 +19,7 @@ def create(platform, s):
     )
     # Only nginx joins the app's group: the group can use the socket (mode 660)
     # and read the static files; everybody else is kept out.
-    nginx_in_group = server.user(
+    nginx_in_group = None if s.behind_balancer else server.user(
         name=f"Let nginx ({platform.nginx_user}) use the socket as a member of {s.app_user}",
         user=platform.nginx_user,
         groups=[s.app_user],

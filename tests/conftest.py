@@ -21,7 +21,7 @@ SESSION = uuid.uuid4().hex[:8]
 SESSION_LABEL = "io.pyinfra-flask.test-session"
 
 
-def run_deploy(host: throwaway.Host, tmp_path: Path, *flags: str, data: dict | None = None,
+def run_deploy(host: throwaway.Host | Path, tmp_path: Path, *flags: str, data: dict | None = None,
                inventory_data: dict | None = None, check: bool = True, deploy: str = "deploy.py",
                timeout: int = 900) -> DeployRun:
     """Run `pyinfra <inventory> deploy.py -y` exactly as a user would, over SSH."""
@@ -55,6 +55,14 @@ class HostFactory:
         host = throwaway.start_host(image, name=f"t-{SESSION}-{len(self.hosts)}", labels=labels, **kwargs)
         self.hosts.append(host)
         return host
+
+    def network(self) -> str:
+        """A Docker network of this session's own, for hosts that talk to each other."""
+        name = f"t-{SESSION}-net-{uuid.uuid4().hex[:4]}"
+        throwaway.docker_client().networks.create(
+            name, driver="bridge", labels={throwaway.LABEL: "network", SESSION_LABEL: SESSION}
+        )
+        return name
 
     def snapshot(self, host: throwaway.Host) -> str:
         """An image of `host`'s disk, to boot copies of it from."""

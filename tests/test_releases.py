@@ -62,11 +62,30 @@ def test_release_that_fails_to_import_never_goes_live(fork, tmp_path):
     assert get(fork.url + "/").text.strip() == GREETING
 
 
-def test_failed_health_gate_switches_back(fork, tmp_path):
+def test_release_failing_its_health_check_never_takes_traffic(fork, tmp_path):
     before = live_release(fork)
     failing = app_variant(
         tmp_path, greeting="answers 500",
         append='\n@app.before_request\ndef broken():\n    return "boom", 500\n',
+    )
+    with Load(fork.url + "/") as load:
+        run = run_deploy(fork, tmp_path, data={"app_source": str(failing)}, check=False)
+    assert run.returncode != 0
+    # Called in-process before the switch, the new release answered 500: refused.
+    assert "GET / answered 500, expected 200" in run.output, run.output[-4000:]
+    assert "failed its check before the switch" in run.output
+    assert load.failures == [] and load.sent > 20
+    assert live_release(fork) == before and release_dirs(fork) == [before]
+
+
+def test_failed_health_gate_after_the_switch_switches_back(fork, tmp_path):
+    before = live_release(fork)
+    # Healthy when called directly, broken only when served by uWSGI: only the gate
+    # after the switch (through nginx) can catch it.
+    failing = app_variant(
+        tmp_path, greeting="broken under uWSGI",
+        append='\n@app.before_request\ndef broken():\n'
+               '    if "uwsgi.version" in request.environ:\n        return "boom", 500\n',
     )
     run = run_deploy(fork, tmp_path, data={"app_source": str(failing)}, check=False)
     assert run.returncode != 0

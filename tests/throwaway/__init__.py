@@ -197,6 +197,11 @@ class Host:
         path.write_text(f"hosts = [({self.name!r}, {host_data!r})]\n")
         return path
 
+    def address(self, network: str) -> str:
+        """The host's address on a Docker network (its "private" address)."""
+        self.container.reload()
+        return self.container.attrs["NetworkSettings"]["Networks"][network]["IPAddress"]
+
     def wait_until_ready(self, timeout: float = 90) -> None:
         deadline = time.monotonic() + timeout
         state = ""
@@ -242,6 +247,16 @@ class Host:
             self.container.remove(force=True, v=True)
         except docker.errors.NotFound:
             pass
+
+
+def write_group_inventory(path: Path, groups: dict[str, list[tuple[Host, dict]]]) -> Path:
+    """A pyinfra inventory with groups: {group: [(host, extra host data), ...]}."""
+    lines = []
+    for group, members in groups.items():
+        entries = [(host.name, {**host.inventory_data(), **data}) for host, data in members]
+        lines.append(f"{group} = {entries!r}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def start_host(image: str, name: str | None = None, network: str | None = None,
@@ -313,16 +328,23 @@ def _encode(value) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def run_pyinfra(host: Host, workdir: Path, *flags: str, data: dict | None = None,
+def run_pyinfra(target: Host | Path, workdir: Path, *flags: str, data: dict | None = None,
                 inventory_data: dict | None = None, deploy: str = "deploy.py",
                 timeout: int = 900) -> DeployRun:
-    """Run `pyinfra <inventory> <deploy> -y --data ...` as a user would, over SSH."""
-    inventory = host.write_inventory(workdir / f"inventory_{uuid.uuid4().hex[:6]}.py", inventory_data)
-    command = [PYINFRA, str(inventory), deploy, *flags]
+    """Run `pyinfra <inventory> <deploy> -y --data ...` as a user would, over SSH, at
+    one host (an inventory is written for it) or at an inventory file."""
+    if isinstance(target, Host):
+        target = target.write_inventory(workdir / f"inventory_{uuid.uuid4().hex[:6]}.py", inventory_data)
+    command = [PYINFRA, str(target), deploy, *flags]
     if "--dry" not in flags:
         command.append("-y")
     for key, value in (data or {}).items():
         command += ["--data", f"{key}={_encode(value)}"]
+    return run_command(command, timeout)
+
+
+def run_command(command: list[str], timeout: int = 900) -> DeployRun:
+    """Run a command from the repository root; its exit code, output and duration."""
     started = time.monotonic()
     proc = subprocess.run(
         command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
