@@ -1,5 +1,5 @@
-"""Converge each host to: nginx -> uWSGI (systemd) -> the Flask app, or, for hosts in
-the `load_balancers` group, to nginx balancing over the `app_servers`.
+"""Converge each host to: nginx -> uWSGI (systemd) -> the Flask app(s), or, for hosts
+in the `load_balancers` group, to nginx balancing over the `app_servers`.
 
     pyinfra inventories/prod.py deploy.py               # apply
     pyinfra inventories/prod.py deploy.py --dry --diff  # show what would change
@@ -10,34 +10,44 @@ validated before any operation is added, so bad settings never touch a host.
 
 from pyinfra import host
 
-from tasks import balancer, healthcheck, nginx, packages, platform, release, service, topology, users, uwsgi
-from tasks.settings import load_settings
+from tasks import balancer, healthcheck, logs, nginx, packages, platform, release, service, topology, users, uwsgi
+from tasks.settings import load_apps
 
-s = load_settings(host)
+apps = load_apps(host)
 system = platform.detect(host)
 
 if not topology.is_balancer(host):
-    local_nginx = not s.behind_balancer
-    packages.install(system, s, nginx=local_nginx)
-    nginx_in_group = users.create(system, s)
-    uwsgi_installed = uwsgi.install(s)
-    new_release = release.prepare(s)
-    uwsgi_ini = uwsgi.configure(s)
-    unit = service.install(s)
+    local_nginx = not apps[0].behind_balancer
+    packages.install(system, apps[0], nginx=local_nginx)
+    # One uWSGI build per version, shared by the apps that use it.
+    uwsgi_builds = {version: uwsgi.install(app) for version, app in {a.uwsgi_version: a for a in apps}.items()}
+    prepared = {}
+    for s in host.loop(apps):
+        prepared[s.app_name] = (
+            users.create(system, s),
+            release.prepare(s),
+            uwsgi.configure(s),
+            service.install(s),
+        )
+        logs.rotate(s)
+    service.remove_stale(apps)
     if local_nginx:
-        nginx_ops = nginx.configure(system, s, reload_triggers=[nginx_in_group])
+        nginx_ops = nginx.configure(system, nginx.sites_for(apps),
+                                    reload_triggers=[group for group, *_ in prepared.values()])
     else:
-        nginx_ops = nginx.remove(system, s)
-    app_ops = release.activate(
-        s, new_release,
-        restart_triggers=[op for op in (unit, uwsgi_installed) if op],
-        reload_triggers=[uwsgi_ini],
-    )
-    healthcheck.verify(s, new_release, service_ops=app_ops + nginx_ops)
+        nginx_ops = nginx.remove(system, [site.name for site in nginx.sites_for(apps)])
+    for s in host.loop(apps):
+        _, new_release, uwsgi_ini, unit = prepared[s.app_name]
+        app_ops = release.activate(
+            s, new_release,
+            restart_triggers=[op for op in (unit, uwsgi_builds[s.uwsgi_version]) if op],
+            reload_triggers=[uwsgi_ini],
+        )
+        healthcheck.verify(s, new_release, service_ops=app_ops + nginx_ops)
 
 # In a run over everything, balancers start only once every app server is ready.
 topology.wait_for_app_servers()
 
 if topology.is_balancer(host):
-    packages.install(system, s, app=False)
-    balancer.configure(system, s, upstreams=topology.upstreams(host, load_settings))
+    packages.install(system, apps[0], app=False)
+    balancer.configure(system, apps[0], upstreams=topology.upstreams(host, apps[0].app_name, load_apps))

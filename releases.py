@@ -1,14 +1,14 @@
-"""List each host's releases, the live one marked; changes nothing:
+"""List each host's releases per app, the live one marked; changes nothing:
 
-    pyinfra inventories/prod.py releases.py
+    pyinfra -y inventories/prod.py releases.py
 """
 
 import click
 from pyinfra import host
 
 from tasks.release import Releases
-from tasks.settings import load_settings
+from tasks.settings import load_apps
 
-s = load_settings(host)
-listing = host.get_fact(Releases, app_root=s.app_root)
-click.echo(f"[{host.name}] releases in {s.app_root}/releases:\n" + (listing or "  (none)"), err=True)
+for s in load_apps(host):
+    listing = host.get_fact(Releases, app_root=s.app_root)
+    click.echo(f"[{host.name}] {s.app_name}: releases in {s.app_root}/releases:\n" + (listing or "  (none)"), err=True)

@@ -1,12 +1,13 @@
-"""Roll the app back to the previous release, or to a named one:
+"""Roll an app back to its previous release, or to a named one:
 
     pyinfra inventories/prod.py rollback.py
     pyinfra inventories/prod.py rollback.py --data rollback_to=20261121T073000Z-abc1234
+    pyinfra inventories/prod.py rollback.py --data rollback_app=blog   # hosts with several apps
 
 The switch is atomic, uWSGI is reloaded without dropping requests (with the
-release's own venv), and the result is health-checked through nginx; if the
-check fails, the release that was live stays live. List releases first with
-`pyinfra inventories/prod.py releases.py`.
+release's own venv), and the result is health-checked; if the check fails, the
+release that was live stays live. List releases first with
+`pyinfra -y inventories/prod.py releases.py`.
 """
 
 import shlex
@@ -14,11 +15,19 @@ import shlex
 from pyinfra import host
 from pyinfra.operations import server
 
-from tasks.settings import load_settings
+from tasks.settings import SettingsError, load_apps
 
-s = load_settings(host)
-target = s.rollback_to or ""
+apps = load_apps(host)
+wanted = apps[0].rollback_app
+if wanted is None and len(apps) > 1:
+    raise SettingsError(f"Host {host.name!r} runs several apps ({', '.join(a.app_name for a in apps)}): "
+                        "say which to roll back with --data rollback_app=NAME; nothing was changed.")
+matches = [app for app in apps if wanted in (None, app.app_name)]
+if not matches:
+    raise SettingsError(f"rollback_app = {wanted!r}: host {host.name!r} runs no such app "
+                        f"({', '.join(a.app_name for a in apps)}); nothing was changed.")
+s = matches[0]
 server.shell(
-    name=f"Roll back to {s.rollback_to or 'the previous release'}",
-    commands=[f"{s.app_root}/bin/release-tool --host-name {shlex.quote(host.name)} rollback {target}"],
+    name=f"Roll {s.app_name} back to {s.rollback_to or 'the previous release'}",
+    commands=[f"{s.app_root}/bin/release-tool --host-name {shlex.quote(host.name)} rollback {s.rollback_to or ''}"],
 )

@@ -12,7 +12,8 @@ from tasks.facts import HttpStatus
 
 @deploy("Load balancer")
 def configure(platform, s, upstreams):
-    ops = nginx.configure(platform, s, template="nginx-balancer.conf.j2", upstreams=upstreams)
+    ops = nginx.configure(platform, [nginx.Site(s.app_name, [s])], template="nginx-balancer.conf.j2",
+                          s=s, upstreams=upstreams)
     healthy_before = host.get_fact(HttpStatus, url=s.health_url, host_header=s.health_host_header) == s.healthcheck_status
     check = f"""
 for attempt in $(seq {s.healthcheck_retries}); do

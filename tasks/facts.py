@@ -11,11 +11,13 @@ from pyinfra.api import FactBase
 class UwsgiBuildInfo(NamedTuple):
     version: str
     pcre: bool
+    ssl: bool
 
 
 class UwsgiBuild(FactBase):
     """The uWSGI in a venv: its version and whether it was compiled with PCRE
-    (internal routing), or None when the venv has no uWSGI."""
+    (internal routing) and OpenSSL (the WebSocket handshake needs it), or None when
+    the venv has no uWSGI."""
 
     def command(self, venv: str) -> str:
         uwsgi = shlex.quote(f"{venv}/bin/uwsgi")
@@ -29,9 +31,13 @@ class UwsgiBuild(FactBase):
     def process(self, output: list[str]) -> UwsgiBuildInfo | None:
         if not output or output[0] == "none":
             return None
-        version, *flags = output
-        pcre = any(flag.startswith("-DUWSGI_PCRE") for line in flags for flag in line.split())
-        return UwsgiBuildInfo(version.strip(), pcre)
+        version, *lines = output
+        flags = [flag for line in lines for flag in line.split()]
+        return UwsgiBuildInfo(
+            version.strip(),
+            pcre=any(flag.startswith("-DUWSGI_PCRE") for flag in flags),
+            ssl="-DUWSGI_SSL" in flags,
+        )
 
 
 class HttpStatus(FactBase):

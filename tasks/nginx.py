@@ -1,63 +1,136 @@
-"""The nginx site in front of uWSGI: validated before nginx ever loads it."""
+"""nginx in front of the apps: one site per host name (and port), holding every app
+mounted there; validated before nginx ever loads it."""
+
+from __future__ import annotations
 
 import shlex
+from dataclasses import dataclass
 
-from pyinfra.api import deploy
+from pyinfra import host
+from pyinfra.api import FactBase, deploy
 from pyinfra.operations import files, server, systemd
 
-from tasks import TEMPLATES
+from tasks import JINJA, TEMPLATES
+from tasks.secrets import put_secret
+
+MARKER = "(pyinfra-flask site)"
+TLS_DIR = "/etc/nginx/tls"
 
 
-def _validate_or_restore(site: str, last_good: str, enabled: str, app: str) -> str:
-    """`nginx -t` the new site. On success keep a copy as the last good one; on
-    failure put the last good one back (or take the new site out), print nginx's
-    own message and fail. nginx is not reloaded, so it keeps serving the previous
+@dataclass
+class Site:
+    """The apps served under the same host names and port: one nginx site file."""
+
+    name: str
+    apps: list
+
+    @property
+    def var(self) -> str:
+        return self.name.replace("-", "_")
+
+    @property
+    def websockets(self) -> bool:
+        return any(app.websockets for app in self.apps)
+
+    @property
+    def certificate(self) -> str:
+        return f"{TLS_DIR}/{self.name}.crt"
+
+    @property
+    def certificate_key(self) -> str:
+        return f"{TLS_DIR}/{self.name}.key"
+
+
+def sites_for(apps) -> list[Site]:
+    """Group apps by (port, host names); each group is named after its first app."""
+    groups: dict[tuple, list] = {}
+    for app in apps:
+        groups.setdefault((app.nginx_port, tuple(app.nginx_server_names)), []).append(app)
+    return [Site(group[0].app_name, group) for group in groups.values()]
+
+
+class OurSites(FactBase):
+    """Names of the site files this deploy wrote earlier (they carry its marker)."""
+
+    @staticmethod
+    def default() -> list[str]:
+        return []
+
+    def command(self, site_dir: str) -> str:
+        return f"grep -l -F {shlex.quote(MARKER)} {shlex.quote(site_dir)}/*.conf 2>/dev/null || true"
+
+    def process(self, output: list[str]) -> list[str]:
+        return [line.rsplit("/", 1)[1][: -len(".conf")] for line in output if line.endswith(".conf")]
+
+
+def _validate_or_restore(platform, names: list[str]) -> str:
+    """`nginx -t` the new sites. On success keep copies as the last good ones; on
+    failure put the last good ones back (or take new sites out), print nginx's own
+    message and fail. nginx is not reloaded, so it keeps serving the previous
     config, and the next run sees the difference and tries again."""
-    site, last_good, enabled = map(shlex.quote, (site, last_good, enabled))
+    keep, restore = [], []
+    for name in names:
+        site = shlex.quote(platform.site_path(name))
+        last_good = shlex.quote(f"{platform.nginx_site_dir}/.{name}.conf.last-good")
+        enabled = shlex.quote(platform.enabled_path(name) or platform.site_path(name))
+        keep.append(f"cp -p {site} {last_good}")
+        restore.append(f"if [ -f {last_good} ]; then cp -p {last_good} {site}; else rm -f {enabled} {site}; fi")
+    newline = "\n    "
     return f"""
 if output=$(nginx -t 2>&1); then
-    cp -p {site} {last_good}
+    {newline.join(keep)}
 else
     echo "$output" >&2
-    if [ -f {last_good} ]; then cp -p {last_good} {site}; else rm -f {enabled} {site}; fi
-    echo "nginx rejected the new config for {app} on $(hostname) (nginx -t, above);" \\
+    {newline.join(restore)}
+    echo "nginx rejected the new config on $(hostname) (nginx -t, above);" \\
          "the previous config keeps serving and nginx was not reloaded." >&2
     exit 1
 fi
 """
 
 
-@deploy("nginx site")
-def configure(platform, s, reload_triggers=(), template="nginx-site.conf.j2", **context):
-    site = platform.site_path(s.app_name)
-    enabled = platform.enabled_path(s.app_name)
-    # Outside anything nginx includes (no .conf suffix).
-    last_good = f"{platform.nginx_site_dir}/.{s.app_name}.conf.last-good"
+def _log_dirs(apps) -> list[str]:
+    paths = {path for app in apps for path in (app.nginx_access_log, app.nginx_error_log) if path.startswith("/")}
+    return sorted({path.rsplit("/", 1)[0] for path in paths} - {"/var/log/nginx"})
 
-    log_dirs = {path.rsplit("/", 1)[0] for path in (s.nginx_access_log, s.nginx_error_log)
-                if path.startswith("/")}
-    for log_dir in sorted(log_dirs - {"/var/log/nginx"}):
+
+@deploy("nginx sites")
+def configure(platform, sites: list[Site], reload_triggers=(), template="nginx-site.conf.j2", **context):
+    """Write every site, disable the distribution's default and sites of apps no
+    longer deployed, check it all with `nginx -t`, reload once."""
+    for log_dir in _log_dirs(app for site in sites for app in site.apps):
         # nginx refuses to start when a log file's directory is missing.
         files.directory(name=f"Create the log directory {log_dir}", path=log_dir, mode="755")
 
-    changes = [
-        files.template(
-            name=f"Write the site {site}",
-            src=str(TEMPLATES / template),
-            dest=site,
-            mode="644",
-            s=s,
-            **context,
-        ),
-    ]
-    if enabled:
-        changes.append(files.link(name=f"Enable the site ({enabled})", path=enabled, target=site))
+    changes = []
+    if any(site.apps[0].tls for site in sites):
+        files.directory(name=f"Create {TLS_DIR} (root only)", path=TLS_DIR, user="root", group="root", mode="700")
+    for site in sites:
+        s = site.apps[0]
+        if s.tls:
+            changes.append(files.put(name=f"Upload the certificate for {site.name}", mode="644",
+                                     src=str(s.local_path(s.tls_certificate)), dest=site.certificate))
+            changes.append(put_secret(name=f"Upload the private key for {site.name} (mode 600, never shown)",
+                                      src=str(s.local_path(s.tls_certificate_key)), dest=site.certificate_key))
+        changes.append(files.template(
+            jinja_env_kwargs=JINJA,
+            name=f"Write the site {platform.site_path(site.name)}",
+            src=str(TEMPLATES / template), dest=platform.site_path(site.name), mode="644",
+            site=site, **context,
+        ))
+        if platform.enabled_path(site.name):
+            changes.append(files.link(name=f"Enable the site {site.name}", path=platform.enabled_path(site.name),
+                                      target=platform.site_path(site.name)))
     if platform.nginx_default_site:
         changes.append(files.link(name="Disable the distribution's default site",
                                   path=platform.nginx_default_site, present=False))
+    wanted = {site.name for site in sites}
+    changes += _remove_sites(platform, [name for name in host.get_fact(OurSites, site_dir=platform.nginx_site_dir)
+                                        if name not in wanted])
+
     validated = server.shell(
         name="Check the new nginx config (nginx -t) before it is loaded",
-        commands=[_validate_or_restore(site, last_good, enabled or site, s.app_name)],
+        commands=[_validate_or_restore(platform, sorted(wanted))],
         _if=lambda: any(op.did_change() for op in changes),
     )
     reload = server.shell(
@@ -74,20 +147,25 @@ def configure(platform, s, reload_triggers=(), template="nginx-site.conf.j2", **
     return [reload, start]
 
 
+def _remove_sites(platform, names: list[str]) -> list:
+    ops = []
+    for name in names:
+        if platform.enabled_path(name):
+            ops.append(files.link(name=f"Disable the site {name} (no longer deployed)",
+                                  path=platform.enabled_path(name), present=False))
+        ops.append(files.file(name=f"Remove the site {name}", path=platform.site_path(name), present=False))
+        ops.append(files.file(name=f"Remove the last good copy of {name}", present=False,
+                              path=f"{platform.nginx_site_dir}/.{name}.conf.last-good"))
+    return ops
+
+
 @deploy("nginx site removal")
-def remove(platform, s):
-    """Take the app's site out of this host's nginx (e.g. a host that now sits behind
-    a load balancer): nginx itself stays, for whatever else it serves."""
-    removed = [
-        files.file(name=f"Remove the site {s.app_name}", path=platform.site_path(s.app_name), present=False),
-        files.file(name="Remove its last good copy", present=False,
-                   path=f"{platform.nginx_site_dir}/.{s.app_name}.conf.last-good"),
-    ]
-    if platform.enabled_path(s.app_name):
-        removed.insert(0, files.link(name=f"Disable the site {s.app_name}", present=False,
-                                     path=platform.enabled_path(s.app_name)))
+def remove(platform, names: list[str]):
+    """Take sites out of this host's nginx (e.g. a host that now sits behind a load
+    balancer): nginx itself stays, for whatever else it serves."""
+    removed = _remove_sites(platform, names)
     return [server.shell(
-        name="Reload nginx without the site (if it runs)",
+        name="Reload nginx without them (if it runs)",
         commands=["if systemctl is-active --quiet nginx.service; then systemctl reload nginx.service; fi"],
         _if=lambda: any(op.did_change() for op in removed),
     )]

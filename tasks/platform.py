@@ -14,7 +14,7 @@ class Platform:
     # What an app server needs to build and run uWSGI, and what nginx needs.
     app_packages: tuple[str, ...]
     nginx_packages: tuple[str, ...] = ("nginx",)
-    base_packages: tuple[str, ...] = ("curl", "ca-certificates")
+    base_packages: tuple[str, ...] = ("curl", "ca-certificates", "logrotate")
     nginx_user: str = "www-data"
     # Where site files go; the directory of links nginx includes (Debian's
     # sites-enabled), or None where nginx includes the site directory itself
@@ -36,7 +36,8 @@ class Platform:
 # uWSGI compiles on `pip install`, so it needs a compiler, Python's headers and the
 # PCRE headers (without them it builds without internal routing). Debian 13 no
 # longer ships the old libpcre3; uWSGI 2.0.22+ builds against PCRE2 instead.
-_DEBIAN_APP = ("python3", "python3-venv", "python3-dev", "build-essential")
+# OpenSSL's headers give uWSGI the SHA1 its WebSocket handshake needs.
+_DEBIAN_APP = ("python3", "python3-venv", "python3-dev", "build-essential", "libssl-dev")
 SUPPORTED = {
     ("Debian", 12): Platform("Debian 12 (bookworm)", _DEBIAN_APP + ("libpcre3-dev",)),
     ("Debian", 13): Platform("Debian 13 (trixie)", _DEBIAN_APP + ("libpcre2-dev",)),

@@ -28,7 +28,7 @@ from pyinfra import host
 from pyinfra.api import FactBase, deploy
 from pyinfra.operations import files, server
 
-from tasks import REPO_ROOT, TEMPLATES
+from tasks import JINJA, REPO_ROOT, TEMPLATES
 
 # Local clutter that must never reach a server.
 EXCLUDE_FILES = ("*.pyc", "*.pyo", ".DS_Store", "*.swp")
@@ -186,7 +186,7 @@ def prepare(s) -> Release:
     files.put(name="Install the release tool", src=str(REPO_ROOT / "files/release-tool.py"),
               dest=tool, mode="750")
     settings = files.template(name="Write the release tool's settings", src=str(TEMPLATES / "release-tool.json.j2"),
-                              dest=f"{s.app_root}/release-tool.json", mode="640", s=s)
+                              dest=f"{s.app_root}/release-tool.json", mode="640", jinja_env_kwargs=JINJA, s=s)
     for path in ("releases", "venvs", "shared"):
         files.directory(name=f"Create {s.app_root}/{path}", path=f"{s.app_root}/{path}",
                         user="root", group=s.app_user, mode="750")

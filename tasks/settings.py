@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -133,6 +134,19 @@ class Settings(BaseModel):
         pattern=STATIC_URL_RE,
         description="URL prefix for the static directory; starts and ends with `/`.",
     )
+    url_prefix: str = Field(
+        "/",
+        pattern=r"^/([A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*)?/?$",
+        description="URL path the app is mounted under, e.g. `/blog` (it sees SCRIPT_NAME "
+        "`/blog`; `/blog` and `/blog/` both reach it). Several apps can share a host name "
+        "under different prefixes.",
+    )
+    websockets: bool = Field(
+        False,
+        description="Serve WebSockets: uWSGI runs gevent with `http-websockets` on an HTTP "
+        "socket and nginx proxies with the Upgrade headers. Needs `gevent` in the app's "
+        "requirements; threads are not used.",
+    )
     app_user: str | None = Field(
         None,
         pattern=NAME_RE,
@@ -157,6 +171,11 @@ class Settings(BaseModel):
         "before it goes live, e.g. migrations; a failure stops the deploy, the live "
         "release untouched.",
     )
+    rollback_app: str | None = Field(
+        None,
+        pattern=NAME_RE,
+        description="For `rollback.py` on hosts with several `apps`: which app to roll back.",
+    )
     rollback_to: str | None = Field(
         None,
         pattern=r"^[0-9]{8}T[0-9]{6}Z(-[0-9a-f]{4,40})?$",
@@ -170,7 +189,15 @@ class Settings(BaseModel):
         description="uWSGI version pinned in the venv (compiled on the host, with PCRE).",
     )
     uwsgi_processes: int = Field(4, ge=1, le=256, description="uWSGI worker processes.")
-    uwsgi_threads: int = Field(2, ge=1, le=256, description="Threads per worker process.")
+    uwsgi_threads: int | None = Field(
+        None, ge=1, le=256,
+        description="Threads per worker process. Default: 2 (1 for `websockets` apps, "
+        "where gevent and threads conflict).",
+    )
+    uwsgi_async_cores: int = Field(
+        100, ge=1, le=10000,
+        description="Concurrent requests (gevent greenlets) per worker for `websockets` apps.",
+    )
     uwsgi_harakiri: int = Field(
         30, ge=0, le=3600, description="Seconds before a stuck request's worker is killed "
         "(0 disables)."
@@ -209,6 +236,28 @@ class Settings(BaseModel):
     )
     nginx_client_max_body_size: str = Field(
         "75M", pattern=SIZE_RE, description="Largest request body nginx accepts."
+    )
+    nginx_static_max_age: str = Field(
+        "30d", pattern=r"^(off|[0-9]+[smhdwMy]?)$",
+        description="How long browsers may cache static files (nginx `expires`), or `off`.",
+    )
+    tls_certificate: str | None = Field(
+        None, min_length=1,
+        description="Local path of the site's certificate (PEM, full chain) to serve HTTPS with; "
+        "with `tls_certificate_key`.",
+    )
+    tls_certificate_key: str | None = Field(
+        None, min_length=1,
+        description="Local path of the certificate's private key: uploaded with mode 600, "
+        "never shown in `--diff` output.",
+    )
+    tls_port: Port = Field(443, description="HTTPS port, when a certificate is set.")
+    tls_redirect_http: bool = Field(
+        True, description="With TLS: answer plain HTTP with a redirect to HTTPS (else serve both)."
+    )
+    tls_hsts_max_age: int = Field(
+        0, ge=0, le=63072000,
+        description="With TLS: send Strict-Transport-Security with this max-age (0: no HSTS).",
     )
     nginx_access_log: AbsPath | Literal["off"] | None = Field(
         None,
@@ -263,6 +312,8 @@ class Settings(BaseModel):
         derived = {
             "app_user": self.app_user or self.app_name,
             "app_root": self.app_root or f"/srv/{self.app_name}",
+            "uwsgi_threads": self.uwsgi_threads or (1 if self.websockets else 2),
+            "url_prefix": self.url_prefix.rstrip("/") or "/",
         }
         derived["nginx_access_log"] = (
             self.nginx_access_log or f"/var/log/nginx/{self.app_name}.access.log"
@@ -298,6 +349,27 @@ class Settings(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _check_features(self) -> Settings:
+        if self.websockets:
+            if self.uwsgi_threads > 1:
+                raise ValueError(
+                    f"uwsgi_threads: {self.uwsgi_threads} conflicts with websockets (gevent runs "
+                    "the concurrency; threads and gevent do not mix): leave it unset or set 1"
+                )
+            requirements = (self.source_dir / self.app_requirements).read_text()
+            if not re.search(r"(?im)^\s*gevent\b", requirements):
+                raise ValueError(f"websockets: needs gevent in {self.app_requirements} (uWSGI's gevent loop)")
+        if bool(self.tls_certificate) != bool(self.tls_certificate_key):
+            raise ValueError("tls_certificate and tls_certificate_key: set both or neither")
+        for key in ("tls_certificate", "tls_certificate_key"):
+            path = getattr(self, key)
+            if path and not self.local_path(path).is_file():
+                raise ValueError(f"{key}: {path!r} is not a file ({self.local_path(path)})")
+        if self.tls_certificate and self.tls_port == self.nginx_port:
+            raise ValueError(f"tls_port: {self.tls_port} is also nginx_port")
+        return self
+
+    @model_validator(mode="after")
     def _check_socket(self) -> Settings:
         if self.uwsgi_tcp:
             port = int(self.uwsgi_tcp.rsplit(":", 1)[1])
@@ -319,10 +391,24 @@ class Settings(BaseModel):
         return self
 
     # Paths and names the tasks share, derived from the settings.
+    @staticmethod
+    def local_path(value: str) -> Path:
+        """A path on the laptop: relative paths are relative to the repository root."""
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else REPO_ROOT / path
+
     @property
     def source_dir(self) -> Path:
-        path = Path(self.app_source)
-        return path if path.is_absolute() else REPO_ROOT / path
+        return self.local_path(self.app_source)
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_certificate)
+
+    @property
+    def mount_prefix(self) -> str:
+        """`/blog` for an app under a prefix, "" for one at the root."""
+        return "" if self.url_prefix == "/" else self.url_prefix
 
     @property
     def code_dir(self) -> str:
@@ -331,8 +417,9 @@ class Settings(BaseModel):
 
     @property
     def uwsgi_venv(self) -> str:
-        """uWSGI's own venv: one build per uWSGI version, whatever the app's requirements."""
-        return f"{self.app_root}/uwsgi"
+        """uWSGI's own venv: one build per uWSGI version, shared by every app of the
+        host and untouched when an app's requirements change."""
+        return f"/opt/pyinfra-flask/uwsgi-{self.uwsgi_version}"
 
     @property
     def service(self) -> str:
@@ -371,8 +458,15 @@ class Settings(BaseModel):
         return self.app_entry.endswith("()")
 
     @property
+    def health_path(self) -> str:
+        """The health check's path as requested from outside (under the prefix)."""
+        return self.mount_prefix + self.healthcheck_path
+
+    @property
     def health_url(self) -> str:
-        return f"http://127.0.0.1:{self.nginx_port}{self.healthcheck_path}"
+        if self.tls and self.tls_redirect_http:
+            return f"https://127.0.0.1:{self.tls_port}{self.health_path}"
+        return f"http://127.0.0.1:{self.nginx_port}{self.health_path}"
 
     @property
     def health_host_header(self) -> str:
@@ -436,12 +530,72 @@ def validate(data: dict[str, Any], where: str = "settings") -> Settings:
     return settings
 
 
-def load_settings(host) -> Settings:
-    """Settings for a pyinfra host, from its inventory, group and --data data, with
-    the defaults its place in the inventory implies (see tasks/topology.py)."""
+def load_apps(host) -> list[Settings]:
+    """The settings of every app on a pyinfra host, from its inventory, group and
+    --data data, with the defaults its place in the inventory implies.
+
+    One app: the settings are the data's top-level keys. Several: `apps` is a list
+    of dicts, one per app, each over the top-level keys (shared defaults)."""
     from tasks import topology
 
-    return topology.place(host, validate(host.data.dict(), where=f"settings for host {host.name!r}"))
+    data = host.data.dict()
+    apps = data.pop("apps", None)
+    where = f"settings for host {host.name!r}"
+    if apps is None:
+        return [topology.place(host, validate(data, where=where))]
+    if not isinstance(apps, list) or not apps or not all(isinstance(app, dict) for app in apps):
+        raise SettingsError(f"Invalid {where}; nothing was changed on any host:\n"
+                            f"  - apps = {apps!r}: must be a non-empty list of dicts, one per app")
+    found, problems = [], []
+    for index, app in enumerate(apps):
+        try:
+            found.append(topology.place(host, validate(
+                {**data, **app}, where=f"{where}, apps[{index}] ({app.get('app_name', '?')})")))
+        except SettingsError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise SettingsError("\n".join(problems))
+    _check_apps_apart(found, where)
+    return found
+
+
+def _check_apps_apart(apps: list[Settings], where: str) -> None:
+    problems = []
+    for key in ("app_name", "app_user", "app_root"):
+        seen: dict = {}
+        for app in apps:
+            value = getattr(app, key)
+            if value in seen:
+                problems.append(f"{key} = {value!r}: used by both {seen[value]} and {app.app_name} "
+                                "(each app needs its own)")
+            seen.setdefault(value, app.app_name)
+    routes: dict = {}
+    sockets: dict = {}
+    sites: dict = {}
+    for app in apps:
+        for name in app.nginx_server_names:
+            route = (app.nginx_port, name, app.url_prefix)
+            if route in routes:
+                problems.append(f"url_prefix = {app.url_prefix!r}: {app.app_name} and {routes[route]} "
+                                f"both claim {name}:{app.nginx_port}{app.url_prefix}")
+            routes.setdefault(route, app.app_name)
+        if app.uwsgi_tcp and app.uwsgi_tcp in sockets:
+            problems.append(f"uwsgi_socket = {app.uwsgi_tcp!r}: used by both {sockets[app.uwsgi_tcp]} and {app.app_name}")
+        sockets.setdefault(app.uwsgi_tcp, app.app_name)
+        site = (app.nginx_port, tuple(app.nginx_server_names))
+        tls = (app.tls_certificate, app.tls_certificate_key, app.tls_port, app.tls_redirect_http, app.tls_hsts_max_age)
+        if site in sites and sites[site][1] != tls:
+            problems.append(f"tls_*: {app.app_name} and {sites[site][0]} share host names and port, "
+                            "so they must share their TLS settings")
+        sites.setdefault(site, (app.app_name, tls))
+    if problems:
+        lines = "\n".join(f"  - {problem}" for problem in problems)
+        raise SettingsError(f"Invalid {where}; nothing was changed on any host:\n{lines}")
+
+
+def load_settings(host) -> Settings:
+    """The settings of a host's app (hosts with several apps: see load_apps)."""
+    return load_apps(host)[0]
 
 
 def markdown_table() -> str:

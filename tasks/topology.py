@@ -65,13 +65,21 @@ def place(host, s):
     return s
 
 
-def upstreams(host, load_settings) -> list[tuple[str, str]]:
-    """(app server name, uwsgi address) for every app server a balancer spreads over."""
+def upstreams(host, app_name: str, load_apps) -> list[tuple[str, str]]:
+    """(app server name, uWSGI address) of the app `app_name` on every app server a
+    balancer spreads over."""
     servers = _group(host.inventory, APP_GROUP)
     if not servers:
         raise TopologyError(f"Balancer {host.name!r} has no hosts in the {APP_GROUP} group; "
                             "nothing was changed.")
-    return [(server.name, load_settings(server).uwsgi_tcp) for server in servers]
+    found = []
+    for app_server in servers:
+        match = [app for app in load_apps(app_server) if app.app_name == app_name]
+        if not match:
+            raise TopologyError(f"Balancer {host.name!r} balances {app_name!r}, which app server "
+                                f"{app_server.name!r} does not run; nothing was changed.")
+        found.append((app_server.name, match[0].uwsgi_tcp))
+    return found
 
 
 def wait_for_app_servers() -> None:

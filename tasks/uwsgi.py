@@ -6,7 +6,7 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import files, pip, server
 
-from tasks import TEMPLATES
+from tasks import JINJA, TEMPLATES
 from tasks.facts import UwsgiBuild, UwsgiBuildInfo
 
 
@@ -17,21 +17,22 @@ def _install_script(s) -> str:
     pip_cmd = shlex.quote(f"{s.uwsgi_venv}/bin/pip")
     uwsgi = shlex.quote(f"{s.uwsgi_venv}/bin/uwsgi")
     spec = shlex.quote(f"uwsgi=={s.uwsgi_version}")
-    has_pcre = f"{uwsgi} --cflags | grep -q -- -DUWSGI_PCRE"
+    complete = f"{uwsgi} --cflags | grep -q -- -DUWSGI_PCRE && {uwsgi} --cflags | grep -q -- -DUWSGI_SSL"
     return f"""
 set -e
 {pip_cmd} install --no-input --disable-pip-version-check {spec}
-if ! {has_pcre}; then
-    echo "uWSGI {s.uwsgi_version} came without PCRE (a cached build?): rebuilding it from source" >&2
+if ! {{ {complete}; }}; then
+    echo "uWSGI {s.uwsgi_version} came without PCRE or SSL (a cached build?): rebuilding it from source" >&2
     {pip_cmd} install --no-input --force-reinstall --no-deps --no-cache-dir {spec}
 fi
-if ! {has_pcre}; then
+if ! {{ {complete}; }}; then
     # uWSGI's setup.py installs its binary behind pip's back: remove both.
     {pip_cmd} uninstall --yes uwsgi >/dev/null; rm -f {uwsgi}
-    echo "ERROR: uWSGI {s.uwsgi_version} built WITHOUT PCRE on $(hostname): it would log" >&2
-    echo "'!!! no internal routing support, rebuild with pcre support !!!'. Is the PCRE" >&2
-    echo "development package installed and is pcre-config/pcre2-config working? uWSGI was" >&2
-    echo "removed from {s.uwsgi_venv}; the running app was left as it was." >&2
+    echo "ERROR: uWSGI {s.uwsgi_version} built WITHOUT PCRE or SSL on $(hostname): without PCRE" >&2
+    echo "it logs '!!! no internal routing support, rebuild with pcre support !!!', without" >&2
+    echo "SSL it cannot do WebSocket handshakes. Are the PCRE and OpenSSL development" >&2
+    echo "packages installed and is pcre-config/pcre2-config working? uWSGI was removed" >&2
+    echo "from {s.uwsgi_venv}; the running app was left as it was." >&2
     exit 1
 fi
 """
@@ -42,13 +43,14 @@ def install(s):
     """uWSGI in a venv of its own, so a change of the app's requirements never
     recompiles it. Returns the op that (re)installed it, or None."""
     pip.venv(name=f"Create uWSGI's virtualenv {s.uwsgi_venv}", path=s.uwsgi_venv, python="python3")
-    wanted = UwsgiBuildInfo(s.uwsgi_version, pcre=True)
+    wanted = UwsgiBuildInfo(s.uwsgi_version, pcre=True, ssl=True)
     have = host.get_fact(UwsgiBuild, venv=s.uwsgi_venv)
     if have == wanted:
         return None
-    was = f"{have.version}{'' if have.pcre else ' without PCRE'}" if have else "none"
+    missing = [name for name, ok in (("PCRE", have and have.pcre), ("SSL", have and have.ssl)) if not ok]
+    was = f"{have.version}{' without ' + ' and '.join(missing) if missing else ''}" if have else "none"
     return server.shell(
-        name=f"Install uWSGI {s.uwsgi_version} with PCRE (was: {was})",
+        name=f"Install uWSGI {s.uwsgi_version} with PCRE and SSL (was: {was})",
         commands=[_install_script(s)],
     )
 
@@ -56,6 +58,7 @@ def install(s):
 @deploy("uWSGI configuration")
 def configure(s):
     return files.template(
+        jinja_env_kwargs=JINJA,
         name=f"Write {s.uwsgi_ini}",
         src=str(TEMPLATES / "uwsgi.ini.j2"),
         dest=s.uwsgi_ini,

@@ -66,7 +66,7 @@ def test_socket_is_reachable_by_nginx_only(infra):
 
 
 def test_uwsgi_has_pcre(infra):
-    assert "-DUWSGI_PCRE" in infra.check_output("/srv/greeting/uwsgi/bin/uwsgi --cflags")
+    assert "-DUWSGI_PCRE" in infra.check_output("/opt/pyinfra-flask/uwsgi-2.0.31/bin/uwsgi --cflags")
     journal = infra.check_output("journalctl -u greeting.service --no-pager")
     assert "no internal routing support" not in journal
     assert "Starting uWSGI 2.0.31" in journal
@@ -151,24 +151,24 @@ def test_rejected_nginx_config_keeps_the_previous_one_serving(fork, tmp_path):
 def test_uwsgi_built_without_pcre_is_rebuilt(fork, tmp_path):
     # The tutorials' trap: a uWSGI compiled without the PCRE headers.
     fork.exec(
-        "UWSGI_PROFILE_OVERRIDE=pcre=false /srv/greeting/uwsgi/bin/pip install -q "
+        "UWSGI_PROFILE_OVERRIDE=pcre=false /opt/pyinfra-flask/uwsgi-2.0.31/bin/pip install -q "
         "--force-reinstall --no-deps --no-cache-dir uwsgi==2.0.31"
     )
-    assert "-DUWSGI_PCRE" not in fork.exec("/srv/greeting/uwsgi/bin/uwsgi --cflags")
+    assert "-DUWSGI_PCRE" not in fork.exec("/opt/pyinfra-flask/uwsgi-2.0.31/bin/uwsgi --cflags")
     run = run_deploy(fork, tmp_path)
-    assert "Install uWSGI 2.0.31 with PCRE (was: 2.0.31 without PCRE)" in run.output
-    assert "-DUWSGI_PCRE" in fork.exec("/srv/greeting/uwsgi/bin/uwsgi --cflags")
+    assert "Install uWSGI 2.0.31 with PCRE and SSL (was: 2.0.31 without PCRE)" in run.output
+    assert "-DUWSGI_PCRE" in fork.exec("/opt/pyinfra-flask/uwsgi-2.0.31/bin/uwsgi --cflags")
     assert get(fork.url + "/").status_code == 200
 
 
 def test_uwsgi_that_cannot_get_pcre_stops_the_deploy(fork, tmp_path):
     # pcre-config is how uWSGI's build finds PCRE; a broken one means no PCRE at all.
     fork.exec("printf '#!/bin/sh\\nexit 1\\n' > /usr/local/bin/pcre-config && chmod +x /usr/local/bin/pcre-config")
-    fork.exec("/srv/greeting/uwsgi/bin/pip uninstall -y -q uwsgi && rm /srv/greeting/uwsgi/bin/uwsgi")
+    fork.exec("/opt/pyinfra-flask/uwsgi-2.0.31/bin/pip uninstall -y -q uwsgi && rm /opt/pyinfra-flask/uwsgi-2.0.31/bin/uwsgi")
     run = run_deploy(fork, tmp_path, check=False)
     assert run.returncode != 0
-    assert "built WITHOUT PCRE" in run.output, run.output[-3000:]
-    assert fork.exec("test -e /srv/greeting/uwsgi/bin/uwsgi || echo gone").strip() == "gone"
+    assert "built WITHOUT PCRE or SSL" in run.output, run.output[-3000:]
+    assert fork.exec("test -e /opt/pyinfra-flask/uwsgi-2.0.31/bin/uwsgi || echo gone").strip() == "gone"
 
 
 def test_application_factory_entry_point(fork, tmp_path):

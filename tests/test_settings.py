@@ -16,14 +16,14 @@ def test_defaults_are_valid_and_derived():
     assert s.app_user == "greeting"
     assert s.app_root == "/srv/greeting"
     assert s.code_dir == "/srv/greeting/current"
-    assert s.uwsgi_venv == "/srv/greeting/uwsgi"
+    assert s.uwsgi_venv == "/opt/pyinfra-flask/uwsgi-2.0.31"
     assert s.socket_path == "/run/greeting/uwsgi.sock"
     assert s.nginx_access_log == "/var/log/nginx/greeting.access.log"
 
 
 def test_derived_defaults_follow_app_name_and_root():
     s = validate({"app_name": "shop", "app_root": "/opt/shop"})
-    assert (s.app_user, s.uwsgi_venv, s.service) == ("shop", "/opt/shop/uwsgi", "shop.service")
+    assert (s.app_user, s.code_dir, s.service) == ("shop", "/opt/shop/current", "shop.service")
 
 
 def test_pyinfra_own_data_is_not_mistaken_for_a_typo():
