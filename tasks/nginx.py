@@ -5,7 +5,7 @@ import shlex
 from pyinfra.api import deploy
 from pyinfra.operations import files, server, systemd
 
-from tasks import TEMPLATES
+from tasks import TEMPLATES, default_server
 
 
 def _validate_or_restore(site: str, last_good: str, enabled: str, app: str) -> str:
@@ -41,6 +41,7 @@ def configure(platform, s, reload_triggers=(), template="nginx-site.conf.j2", **
         files.directory(name=f"Create the log directory {log_dir}", path=log_dir, mode="755")
 
     changes = [
+        *default_server.disable(platform),  # RHEL's, inside nginx.conf: before ours, see there
         files.template(
             name=f"Write the site {site}",
             src=str(TEMPLATES / template),

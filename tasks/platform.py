@@ -26,6 +26,9 @@ class Platform:
     nginx_site_dir: str = "/etc/nginx/sites-available"
     nginx_enabled_dir: str | None = "/etc/nginx/sites-enabled"
     nginx_default_site: str | None = "/etc/nginx/sites-enabled/default"
+    # The file whose own `server` blocks are the distribution's default site
+    # (RHEL writes it into nginx.conf), disabled in place: see tasks/default_server.py.
+    nginx_default_server_in: str | None = None
 
     def site_path(self, name: str) -> str:
         return f"{self.nginx_site_dir}/{name}.conf"
@@ -43,8 +46,8 @@ class Platform:
 # 2.0.22+ builds against PCRE2 instead.
 _DEBIAN_APP = ("python3", "python3-venv", "python3-dev", "build-essential")
 # RHEL 9's rebuilds have all of it in BaseOS and AppStream (nginx included), so
-# nothing needs EPEL. Their nginx includes conf.d/*.conf itself and runs as `nginx`.
-# `python3 -m venv` is part of python3
+# nothing needs EPEL. Their nginx includes conf.d/*.conf itself, runs as `nginx`,
+# and has its default site inside nginx.conf. `python3 -m venv` is part of python3
 # there; semanage (policycoreutils-python-utils) labels what SELinux must allow.
 _RHEL9 = {
     "family": "rhel",
@@ -54,6 +57,7 @@ _RHEL9 = {
     "nginx_site_dir": "/etc/nginx/conf.d",
     "nginx_enabled_dir": None,
     "nginx_default_site": None,
+    "nginx_default_server_in": "/etc/nginx/nginx.conf",
 }
 # Keyed by pyinfra's LinuxDistribution name and major version, or name, major and
 # minor where only some minor releases are supported (Ubuntu's LTS are .04).
