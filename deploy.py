@@ -11,6 +11,7 @@ validated before any operation is added, so bad settings never touch a host.
 from pyinfra import host
 
 from tasks import balancer, healthcheck, nginx, packages, platform, release, service, topology, users, uwsgi
+from tasks import selinux
 from tasks.settings import load_settings
 
 s = load_settings(host)
@@ -24,6 +25,7 @@ if not topology.is_balancer(host):
     new_release = release.prepare(s)
     uwsgi_ini = uwsgi.configure(s)
     unit = service.install(s)
+    selinux.allow(system, s, nginx=local_nginx, relabel_after=[uwsgi_installed])
     if local_nginx:
         nginx_ops = nginx.configure(system, s, reload_triggers=[nginx_in_group])
     else:
@@ -40,4 +42,5 @@ topology.wait_for_app_servers()
 
 if topology.is_balancer(host):
     packages.install(system, s, app=False)
+    selinux.allow(system, s, app=False)
     balancer.configure(system, s, upstreams=topology.upstreams(host, load_settings))
