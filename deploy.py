@@ -11,7 +11,7 @@ validated before any operation is added, so bad settings never touch a host.
 from pyinfra import host
 
 from tasks import balancer, healthcheck, nginx, packages, platform, release, service, topology, users, uwsgi
-from tasks import selinux
+from tasks import firewall, selinux
 from tasks.settings import load_settings
 
 s = load_settings(host)
@@ -26,6 +26,7 @@ if not topology.is_balancer(host):
     uwsgi_ini = uwsgi.configure(s)
     unit = service.install(s)
     selinux.allow(system, s, nginx=local_nginx, relabel_after=[uwsgi_installed])
+    firewall.open_ports(system, s, nginx=local_nginx)
     if local_nginx:
         nginx_ops = nginx.configure(system, s, reload_triggers=[nginx_in_group])
     else:
@@ -43,4 +44,5 @@ topology.wait_for_app_servers()
 if topology.is_balancer(host):
     packages.install(system, s, app=False)
     selinux.allow(system, s, app=False)
+    firewall.open_ports(system, s, app=False)
     balancer.configure(system, s, upstreams=topology.upstreams(host, load_settings))
