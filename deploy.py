@@ -10,7 +10,8 @@ validated before any operation is added, so bad settings never touch a host.
 
 from pyinfra import host
 
-from tasks import balancer, healthcheck, logs, nginx, packages, platform, release, service, topology, users, uwsgi
+from tasks import (balancer, firewall, healthcheck, logs, nginx, packages, platform, release, selinux,
+                   service, topology, users, uwsgi)
 from tasks.settings import load_apps
 
 apps = load_apps(host)
@@ -30,6 +31,8 @@ if not topology.is_balancer(host):
             service.install(s),
         )
         logs.rotate(s)
+        selinux.allow(system, s, nginx=local_nginx, relabel_after=[uwsgi_builds[s.uwsgi_version]])
+        firewall.open_ports(system, s, nginx=local_nginx)
     service.remove_stale(apps)
     if local_nginx:
         nginx_ops = nginx.configure(system, nginx.sites_for(apps),
@@ -50,4 +53,6 @@ topology.wait_for_app_servers()
 
 if topology.is_balancer(host):
     packages.install(system, apps[0], app=False)
+    selinux.allow(system, apps[0], app=False)
+    firewall.open_ports(system, apps[0], app=False)
     balancer.configure(system, apps[0], upstreams=topology.upstreams(host, apps[0].app_name, load_apps))

@@ -10,7 +10,7 @@ from pyinfra import host
 from pyinfra.api import FactBase, deploy
 from pyinfra.operations import files, server, systemd
 
-from tasks import JINJA, TEMPLATES
+from tasks import JINJA, TEMPLATES, default_server
 from tasks.secrets import put_secret
 
 MARKER = "(pyinfra-flask site)"
@@ -102,7 +102,8 @@ def configure(platform, sites: list[Site], reload_triggers=(), template="nginx-s
         # nginx refuses to start when a log file's directory is missing.
         files.directory(name=f"Create the log directory {log_dir}", path=log_dir, mode="755")
 
-    changes = []
+    # RHEL keeps a default server inside nginx.conf: disabled before ours, see there.
+    changes = [*default_server.disable(platform)]
     if any(site.apps[0].tls for site in sites):
         files.directory(name=f"Create {TLS_DIR} (root only)", path=TLS_DIR, user="root", group="root", mode="700")
     for site in sites:

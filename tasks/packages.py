@@ -1,17 +1,42 @@
-"""System packages from the distribution."""
+"""System packages from the distribution: apt on Debian and Ubuntu, dnf on RHEL's rebuilds."""
+
+import shlex
 
 from pyinfra import host
-from pyinfra.api import deploy
+from pyinfra.api import FactBase, deploy
 from pyinfra.facts.deb import DebPackages
-from pyinfra.operations import apt
+from pyinfra.operations import apt, dnf
 
 # Wait for unattended-upgrades & co. instead of failing on a held dpkg lock.
 APT_LOCK_WAIT = "-o DPkg::Lock::Timeout=300"
 
 
+class RpmMissing(FactBase):
+    """The names no installed rpm provides, by rpm's own reckoning: a package
+    counts as installed when something provides its name (RHEL 9's minimal
+    images have curl-minimal, which provides `curl`; installing curl itself
+    over it would conflict)."""
+
+    default = list
+
+    def command(self, packages) -> str:
+        return f"rpm -q --whatprovides {' '.join(map(shlex.quote, packages))} 2>&1 || true"
+
+    def process(self, output: list[str]) -> list[str]:
+        prefix = "no package provides "
+        return [line[len(prefix):].strip() for line in output if line.startswith(prefix)]
+
+
 @deploy("System packages")
 def install(platform, s, app: bool = True, nginx: bool = True):
     wanted = platform.packages(app=app, nginx=nginx)
+    if platform.family == "rhel":
+        _dnf_install(platform, wanted)
+    else:
+        _apt_install(s, wanted)
+
+
+def _apt_install(s, wanted):
     installed = host.get_fact(DebPackages) or {}
     missing = [name for name in wanted if name not in installed]
     if not missing:
@@ -27,3 +52,21 @@ def install(platform, s, app: bool = True, nginx: bool = True):
         no_recommends=True,
         extra_install_args=APT_LOCK_WAIT,
     )
+
+
+def _dnf_install(platform, wanted):
+    # dnf refreshes its metadata itself when it is older than the repositories'
+    # metadata_expire, so there is no index step (and apt_cache_valid_time does
+    # not apply).
+    epel = [name for name in wanted if name in platform.epel_packages]
+    missing = host.get_fact(RpmMissing, packages=tuple(wanted + (["epel-release"] if epel else [])))
+    if not missing:
+        return
+    if "epel-release" in missing:
+        dnf.packages(name=f"Enable EPEL (for {', '.join(epel)})", packages=["epel-release"])
+        missing.remove("epel-release")
+    # Only what rpm says is missing: dnf.packages' own check (`dnf repoquery`)
+    # sees only the versions the repositories still carry, so a package installed
+    # at an older one would count as missing and be "installed" on every run.
+    if missing:
+        dnf.packages(name=f"Install {', '.join(missing)}", packages=missing)
