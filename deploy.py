@@ -43,7 +43,7 @@ if not topology.is_balancer(host):
         _, new_release, uwsgi_ini, unit = prepared[s.app_name]
         app_ops = release.activate(
             s, new_release,
-            restart_triggers=[op for op in (unit, uwsgi_builds[s.uwsgi_version]) if op],
+            restart_triggers=[op for op in (unit, uwsgi_builds[s.uwsgi_version], new_release.environment) if op],
             reload_triggers=[uwsgi_ini],
         )
         healthcheck.verify(s, new_release, service_ops=app_ops + nginx_ops)

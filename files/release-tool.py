@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import socket
 import ssl
@@ -51,9 +52,12 @@ def log(message: str) -> None:
 # Releases -----------------------------------------------------------------
 
 def releases() -> list[str]:
+    """Complete releases, oldest first (a deploy interrupted while unpacking leaves
+    a directory without metadata: not a release; prune removes it)."""
     if not RELEASES.is_dir():
         return []
-    return sorted(p.name for p in RELEASES.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(p.name for p in RELEASES.iterdir()
+                  if p.is_dir() and not p.name.startswith(".") and (p / META).is_file())
 
 
 def live() -> str | None:
@@ -250,9 +254,24 @@ def health(attempts: int | None = None) -> None:
 
 # Commands ------------------------------------------------------------------
 
+def app_environment() -> dict[str, str]:
+    """The app's secrets (systemd's EnvironmentFile, KEY="value" lines), if any."""
+    found = {}
+    path = ROOT / "secrets" / "app.env"
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            key, _, value = line.partition("=")
+            if value.startswith('"') and value.endswith('"'):
+                value = re.sub(r"\\(.)", r"\1", value[1:-1])
+            if key:
+                found[key] = value
+    return found
+
+
 def as_app_user(release: str, command: list[str]) -> subprocess.CompletedProcess:
     path = release_dir(release)
     env = {
+        **app_environment(),
         "PATH": f"{path}/.venv/bin:/usr/local/bin:/usr/bin:/bin",
         "HOME": str(ROOT),
         "LANG": "C.UTF-8",
@@ -396,6 +415,12 @@ def cmd_prune(args) -> None:
     for name in names:
         if name not in kept:
             discard(name)
+    # Leftovers of interrupted deploys: half-unpacked releases and uploads.
+    for path in RELEASES.iterdir():
+        if path.name != current and (path.name.startswith(".upload-") or
+                                     (path.is_dir() and not (path / META).is_file())):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            log(f"removed the leftover {path.name} of an interrupted deploy")
     used = {venv_of(name) for name in kept}
     for venv in sorted(VENVS.iterdir()) if VENVS.is_dir() else []:
         if str(venv.resolve()) not in used:

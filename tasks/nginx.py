@@ -10,7 +10,7 @@ from pyinfra import host
 from pyinfra.api import FactBase, deploy
 from pyinfra.operations import files, server, systemd
 
-from tasks import JINJA, TEMPLATES, default_server
+from tasks import JINJA, REPO_ROOT, TEMPLATES, default_server
 from tasks.secrets import put_secret
 
 MARKER = "(pyinfra-flask site)"
@@ -139,6 +139,13 @@ def configure(platform, sites: list[Site], reload_triggers=(), template="nginx-s
         commands=["systemctl reload-or-restart nginx.service"],
         _if=lambda: validated.did_change() or any(op.did_change() for op in reload_triggers),
     )
+    restart_policy = files.put(
+        name="Let systemd restart nginx if it dies",
+        src=str(REPO_ROOT / "files/nginx-restart.conf"),
+        dest="/etc/systemd/system/nginx.service.d/pyinfra-flask.conf",
+        mode="644",
+    )
+    systemd.daemon_reload(name="Reload systemd (nginx's restart policy changed)", _if=restart_policy.did_change)
     start = systemd.service(
         name="Keep nginx running and started at boot",
         service="nginx.service",

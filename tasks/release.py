@@ -29,6 +29,7 @@ from pyinfra.api import FactBase, deploy
 from pyinfra.operations import files, server
 
 from tasks import JINJA, REPO_ROOT, TEMPLATES
+from tasks.secrets import env_file, put_secret
 
 # Local clutter that must never reach a server.
 EXCLUDE_FILES = ("*.pyc", "*.pyo", ".DS_Store", "*.swp")
@@ -176,6 +177,7 @@ class Release:
     tool: str
     new: bool
     settings: object  # the op writing the release tool's settings (health check among them)
+    environment: object = None  # the op uploading the app's environment, if it has one
 
 
 @deploy("Release")
@@ -190,6 +192,16 @@ def prepare(s) -> Release:
     for path in ("releases", "venvs", "shared"):
         files.directory(name=f"Create {s.app_root}/{path}", path=f"{s.app_root}/{path}",
                         user="root", group=s.app_user, mode="750")
+    environment = None
+    variables = s.environment()
+    if variables:
+        files.directory(name=f"Create {s.app_root}/secrets (private)", path=f"{s.app_root}/secrets",
+                        user="root", group="root", mode="700")
+        environment = put_secret(
+            name=f"Upload the app's environment ({len(variables)} variables, values never shown)",
+            src=env_file(variables), dest=s.env_file_path, user=s.app_user, group=s.app_user, mode="600")
+    else:
+        files.file(name="No app environment file", path=s.env_file_path, present=False)
     for path in s.shared_paths:
         target = f"{s.app_root}/shared/{path.rstrip('/')}"
         if path.endswith("/"):
@@ -202,7 +214,7 @@ def prepare(s) -> Release:
     bundle = build_bundle(s)
     live = host.get_fact(LiveRelease, app_root=s.app_root)
     if live and live.get("content_hash") == bundle.content_hash:
-        return Release(live["id"], tool, new=False, settings=settings)
+        return Release(live["id"], tool, new=False, settings=settings, environment=environment)
 
     release_dir = f"{s.app_root}/releases/{bundle.id}"
     upload = f"{s.app_root}/releases/.upload-{bundle.id}.tar"
@@ -234,7 +246,7 @@ def prepare(s) -> Release:
     for command in s.before_switch_commands:
         server.shell(name=f"Before switch: {command}",
                      commands=[f"{tool} run {bundle.id} -- {shlex.quote(command)}"])
-    return Release(bundle.id, tool, new=True, settings=settings)
+    return Release(bundle.id, tool, new=True, settings=settings, environment=environment)
 
 
 @deploy("Release activation")

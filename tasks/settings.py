@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -163,6 +164,16 @@ class Settings(BaseModel):
         description="Paths (relative to the app) kept outside the releases and linked into "
         "each, so data survives redeploys and rollbacks; a trailing `/` makes a directory, "
         "otherwise a file.",
+    )
+    app_env_file: str | None = Field(
+        None, min_length=1,
+        description="Local file of `KEY=value` lines (keep it out of git) that become the app's "
+        "environment: uploaded with mode 600, owned by the app user, never printed.",
+    )
+    app_env_from: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]] = Field(
+        [],
+        description="Names of environment variables of the shell running pyinfra to pass to the app "
+        "the same way (e.g. `SECRET_KEY`).",
     )
     keep_releases: int = Field(5, ge=1, le=100, description="Releases kept on the host (the live one always).")
     before_switch_commands: list[str] = Field(
@@ -368,6 +379,43 @@ class Settings(BaseModel):
         if self.tls_certificate and self.tls_port == self.nginx_port:
             raise ValueError(f"tls_port: {self.tls_port} is also nginx_port")
         return self
+
+    @model_validator(mode="after")
+    def _check_environment(self) -> Settings:
+        if self.app_env_file:
+            path = self.local_path(self.app_env_file)
+            if not path.is_file():
+                raise ValueError(f"app_env_file: {self.app_env_file!r} is not a file ({path})")
+            for number, line in enumerate(path.read_text().splitlines(), 1):
+                if line.strip() and not line.lstrip().startswith("#") and not re.match(
+                        r"^\s*(export\s+)?[A-Za-z_][A-Za-z0-9_]*=", line):
+                    raise ValueError(f"app_env_file: line {number} of {self.app_env_file} is not KEY=value")
+        missing = [name for name in self.app_env_from if name not in os.environ]
+        if missing:
+            raise ValueError(f"app_env_from: {', '.join(missing)} not set in the shell running pyinfra")
+        for key, value in self.environment().items():
+            if "\n" in value or "\r" in value:
+                raise ValueError(f"app_env_file/app_env_from: the value of {key} spans lines (not supported)")
+        return self
+
+    def environment(self) -> dict[str, str]:
+        """The app's environment from app_env_file and app_env_from (read on the laptop)."""
+        found: dict[str, str] = {}
+        if self.app_env_file:
+            for line in self.local_path(self.app_env_file).read_text().splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    key, _, value = line.removeprefix("export ").partition("=")
+                    value = value.strip()
+                    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+                        value = value[1:-1]
+                    found[key.strip()] = value
+        found.update({name: os.environ[name] for name in self.app_env_from})
+        return found
+
+    @property
+    def env_file_path(self) -> str:
+        return f"{self.app_root}/secrets/app.env"
 
     @model_validator(mode="after")
     def _check_socket(self) -> Settings:

@@ -76,8 +76,19 @@ def test_pyinfra_own_data_is_not_mistaken_for_a_typo():
         ({"healthcheck_status": 700}, "healthcheck_status = 700"),
         ({"uwsgi_procesess": 4}, "uwsgi_procesess: unknown setting (did you mean 'uwsgi_processes'?)"),
         ({"totally_unknown": 1}, "totally_unknown: unknown setting"),
+        ({"app_env_file": "no/such.env"}, "app_env_file: 'no/such.env' is not a file"),
+        ({"app_env_from": ["NOT_SET_ANYWHERE_42"]}, "app_env_from: NOT_SET_ANYWHERE_42 not set in the shell"),
+        ({"app_env_from": ["BAD-NAME"]}, "app_env_from[0] = 'BAD-NAME'"),
+        ({"websockets": True, "app_source": "tests/apps/websocket", "app_static_dir": "", "uwsgi_threads": 4},
+         "uwsgi_threads: 4 conflicts with websockets"),
+        ({"websockets": True}, "websockets: needs gevent in requirements.txt"),
+        ({"tls_certificate": "files/greeting/wsgi.py"}, "tls_certificate and tls_certificate_key: set both or neither"),
+        ({"url_prefix": "blog"}, "url_prefix = 'blog'"),
+        ({"uwsgi_socket": "127.0.0.1:80"}, "uwsgi_socket: port 80 is nginx's port"),
+        ({"lb_method": "random"}, "lb_method = 'random'"),
     ],
 )
+@pytest.mark.reliability
 def test_bad_settings_are_refused_naming_the_key(data, expected):
     with pytest.raises(SettingsError) as caught:
         validate(data, where="settings for host 'web1'")
