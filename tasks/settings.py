@@ -199,7 +199,11 @@ class Settings(BaseModel):
         pattern=VERSION_RE,
         description="uWSGI version pinned in the venv (compiled on the host, with PCRE).",
     )
-    uwsgi_processes: int = Field(4, ge=1, le=256, description="uWSGI worker processes.")
+    uwsgi_processes: int | None = Field(
+        None, ge=1, le=256,
+        description="uWSGI worker processes. Default: 2 per CPU of the host (from its facts), "
+        "at least 2, at most 16.",
+    )
     uwsgi_threads: int | None = Field(
         None, ge=1, le=256,
         description="Threads per worker process. Default: 2 (1 for `websockets` apps, "

@@ -4,6 +4,7 @@ import shlex
 
 from pyinfra import host
 from pyinfra.api import deploy
+from pyinfra.facts.hardware import Cpus
 from pyinfra.operations import files, pip, server
 
 from tasks import JINJA, TEMPLATES
@@ -55,6 +56,13 @@ def install(s):
     )
 
 
+def processes(s) -> int:
+    """The setting, or 2 workers per CPU (at least 2, at most 16): with threads=2 that
+    keeps every core busy while some requests wait on I/O, without wasting memory on
+    small hosts."""
+    return s.uwsgi_processes or min(16, max(2, 2 * (host.get_fact(Cpus) or 1)))
+
+
 @deploy("uWSGI configuration")
 def configure(s):
     return files.template(
@@ -66,4 +74,5 @@ def configure(s):
         group=s.app_user,
         mode="640",
         s=s,
+        processes=processes(s),
     )
