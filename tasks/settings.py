@@ -236,6 +236,11 @@ class Settings(BaseModel):
         description="The host's address on the private network its load balancer reaches "
         "it on (app servers in the `app_servers` group when there are `load_balancers`).",
     )
+    uwsgi_log_requests: bool = Field(
+        False,
+        description="Log every request in uWSGI's log too (nginx's access log already has them; "
+        "off saves a log write per request). Errors and start-up lines are always logged.",
+    )
     uwsgi_log: Literal["journal"] | AbsPath = Field(
         "journal",
         description="`journal` (read with `journalctl -u <app_name>`) or an absolute "
