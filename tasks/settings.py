@@ -201,7 +201,7 @@ class Settings(BaseModel):
     )
     uwsgi_processes: int | None = Field(
         None, ge=1, le=256,
-        description="uWSGI worker processes. Default: 2 per CPU of the host (from its facts), "
+        description="uWSGI worker processes. Default: one per CPU of the host (from its facts), "
         "at least 2, at most 16.",
     )
     uwsgi_threads: int | None = Field(
@@ -218,11 +218,12 @@ class Settings(BaseModel):
         "(0 disables)."
     )
     uwsgi_max_requests: int = Field(
-        5000, ge=0, le=10_000_000,
-        description="Requests a worker serves before it is recycled (0 disables).",
+        0, ge=0, le=10_000_000,
+        description="Requests a worker serves before it is recycled, against slow leaks "
+        "(0: never; recycling is spread with `max-requests-delta` so workers never all go at once).",
     )
     uwsgi_listen: int = Field(
-        128, ge=1, le=4096,
+        1024, ge=1, le=4096,
         description="Socket listen backlog: requests queued while all workers are busy.",
     )
     uwsgi_socket: Literal["unix"] | Annotated[str, Field(pattern=SOCKET_RE)] | None = Field(

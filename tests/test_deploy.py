@@ -106,12 +106,14 @@ def test_dry_diff_shows_the_change_and_touches_nothing(deployed, tmp_path):
     host = deployed.host
     ini_before = host.exec("sha256sum /srv/greeting/uwsgi.ini")
     pid_before = host.exec("systemctl show -p MainPID --value greeting.service")
-    run = run_deploy(host, tmp_path, "--dry", "--diff", data={"uwsgi_processes": 3})
-    assert re.search(r"^\s*- processes = 4$", run.output, re.M), run.output[-3000:]
-    assert re.search(r"^\s*\+ processes = 3$", run.output, re.M)
+    # The default is one worker per CPU (at least 2), read from the host's facts.
+    workers = min(16, max(2, int(host.exec("nproc"))))
+    run = run_deploy(host, tmp_path, "--dry", "--diff", data={"uwsgi_processes": workers + 1})
+    assert re.search(rf"^\s*- processes = {workers}$", run.output, re.M), run.output[-3000:]
+    assert re.search(rf"^\s*\+ processes = {workers + 1}$", run.output, re.M)
     assert host.exec("sha256sum /srv/greeting/uwsgi.ini") == ini_before
     assert host.exec("systemctl show -p MainPID --value greeting.service") == pid_before
-    assert "processes = 4" in host.exec("cat /srv/greeting/uwsgi.ini")
+    assert f"processes = {workers}\n" in host.exec("cat /srv/greeting/uwsgi.ini")
 
 
 def test_failed_health_check_names_the_host(deployed, tmp_path):
