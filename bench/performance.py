@@ -18,7 +18,7 @@ one run on throwaway hosts.
    is summed by group (packages, uWSGI compile, app venv, ...).
 
 Prints one table with the goals met or not, and writes bench/results/performance.csv,
-bench/results/performance.png and the output of the cold and last no-op runs
+bench/results/performance.png and the output of the cold and median no-op runs
 with a time on each step (bench/results/cold-*.log, noop-*.log).
 Every container it starts carries the label io.pyinfra-flask.bench and is removed at
 the end, failed or not. Not a test: nothing is asserted.
@@ -321,7 +321,7 @@ def main() -> None:
     sizes = [1, args.hosts]
     deploys: dict[int, dict[str, list[float]]] = {size: {} for size in sizes}
     cold: dict[int, Run] = {}
-    noops: dict[int, Run] = {}  # the last no-op run per host count, for its breakdown
+    noop_runs: dict[int, list[Run]] = {size: [] for size in sizes}
     try:
         with tempfile.TemporaryDirectory(prefix="bench-performance-") as tmp:
             work = Path(tmp)
@@ -350,7 +350,7 @@ def main() -> None:
                     if noop.changed_operations():
                         raise SystemExit(f"the no-op run on {size} host(s) changed {noop.changed_operations()}")
                     times.setdefault("no-op re-run", []).append(noop.seconds)
-                    noops[size] = noop
+                    noop_runs[size].append(noop)
                     times.setdefault("pyinfra floor", []).append(pyinfra(inventory, deploy="bench/floor.py").seconds)
             for host in many:
                 host.remove()
@@ -363,6 +363,8 @@ def main() -> None:
         for host in started:
             host.remove()
 
+    # The no-op run of median wall time, for its breakdown.
+    noops = {size: sorted(runs, key=lambda run: run.seconds)[(len(runs) - 1) // 2] for size, runs in noop_runs.items()}
     report(args, cold, noops, deploys, loads)
 
 
@@ -420,7 +422,7 @@ def report(args, cold: dict[int, Run], noops: dict[int, Run], deploys, loads: li
     for load in loads:
         if load.errors:
             lines.append(f"  ERRORS {load.target}: {load.non_2xx_3xx} non-2xx/3xx, {load.socket_errors} socket errors")
-    lines += ["", "3. Where the cold deploy spends its time (and, for comparison, a no-op re-run)",
+    lines += ["", "3. Where the cold deploy spends its time (and, for comparison, the median no-op re-run)",
               f"  {'':<40}{'cold, 1':>9}{f'cold, {n}':>10}{'no-op, 1':>10}{f'no-op, {n}':>11}"]
     for group in GROUP_ORDER:
         values = [splits[1][0][group], splits[n][0][group], noop_splits[1][0][group], noop_splits[n][0][group]]
@@ -431,9 +433,12 @@ def report(args, cold: dict[int, Run], noops: dict[int, Run], deploys, loads: li
     for label, ops in (("cold, 1 host", splits[1][1]), (f"cold, {n} hosts", splits[n][1])):
         slowest = sorted(ops.items(), key=lambda item: -item[1])[:4]
         lines.append(f"  slowest operations ({label}): " + "; ".join(f"{name[:70]} {sec:.1f}s" for name, sec in slowest))
-    ops = noop_splits[1][1]
-    lines.append(f"  no-op re-run, 1 host: {len(ops)} operations took {sum(ops.values()):.1f}s "
-                 f"({1000 * sum(ops.values()) / max(len(ops), 1):.0f} ms each on average)")
+    for size in (1, n):
+        count = sum(1 for _, line in noops[size].marks if "operation:" in line)
+        seconds = sum(noop_splits[size][1].values())
+        lines.append(f"  no-op re-run, {size} host{'s' if size > 1 else ''}: {count} operations took {seconds:.1f}s "
+                     f"({1000 * seconds / max(count, 1):.0f} ms each); before them, start-up, connect and "
+                     f"deploy.py's facts {noop_splits[size][0][STARTUP] + noop_splits[size][0][PREPARE]:.1f}s")
     lines += ["", "Goals"]
     for text, value, met in goals:
         lines.append(f"  {'met    ' if met else 'NOT MET'}  {text}: {value:.2f}")
@@ -447,7 +452,7 @@ def report(args, cold: dict[int, Run], noops: dict[int, Run], deploys, loads: li
     write_csv(RESULTS / "performance.csv", args, med, kinds, ratios, loads, splits, noop_splits, goals)
     chart(RESULTS / "performance.png", args, med, kinds, loads, splits, ratios)
     print(f"\nWrote {RESULTS / 'performance.csv'}, {RESULTS / 'performance.png'} and the output of the cold "
-          f"and last no-op runs, with times ({RESULTS}/cold-*.log, noop-*.log)")
+          f"and median no-op runs, with times ({RESULTS}/cold-*.log, noop-*.log)")
 
 
 def write_csv(path, args, med, kinds, ratios, loads, splits, noop_splits, goals) -> None:
