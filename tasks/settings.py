@@ -31,7 +31,8 @@ from pydantic import (
 )
 from pyinfra.api.exceptions import DeployError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from tasks import REPO_ROOT
+
 
 # A name that becomes a Unix user, a systemd unit, a directory and an nginx file name.
 NAME_RE = r"^[a-z][a-z0-9_-]{0,30}$"

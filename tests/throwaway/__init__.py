@@ -351,17 +351,3 @@ def run_command(command: list[str], timeout: int = 900) -> DeployRun:
         stdin=subprocess.DEVNULL, timeout=timeout, env={**os.environ, "PYINFRA_PROGRESS": "off"},
     )
     return DeployRun(proc.returncode, proc.stdout, time.monotonic() - started)
-
-
-def remove_all(label_value: str | None = None) -> int:
-    """Remove every container (and network) carrying our label; returns how many."""
-    client = docker_client()
-    selector = LABEL if label_value is None else f"{LABEL}={label_value}"
-    removed = 0
-    for container in client.containers.list(all=True, filters={"label": selector}):
-        container.remove(force=True, v=True)
-        removed += 1
-    for network in client.networks.list(filters={"label": selector}):
-        network.remove()
-        removed += 1
-    return removed
