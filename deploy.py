@@ -10,11 +10,13 @@ validated before any operation is added, so bad settings never touch a host.
 
 from pyinfra import host
 
-from tasks import (balancer, firewall, healthcheck, logs, nginx, packages, platform, release, selinux,
-                   service, topology, users, uwsgi)
+from tasks import (balancer, firewall, healthcheck, logs, nginx, packages, platform, prefetch, release,
+                   selinux, service, topology, users, uwsgi)
 from tasks.settings import load_apps
 
 apps = load_apps(host)
+# The facts this run reads, in one round trip (see tasks/prefetch.py).
+prefetch.start(host)
 system = platform.detect(host)
 
 if not topology.is_balancer(host):
@@ -36,7 +38,7 @@ if not topology.is_balancer(host):
     service.remove_stale(apps)
     if local_nginx:
         nginx_ops = nginx.configure(system, nginx.sites_for(apps),
-                                    reload_triggers=[group for group, *_ in prepared.values()])
+                                    reload_triggers=[group for group, *_ in prepared.values() if group])
     else:
         nginx_ops = nginx.remove(system, [site.name for site in nginx.sites_for(apps)])
     for s in host.loop(apps):

@@ -12,6 +12,7 @@ The README's settings table is generated from this module
 from __future__ import annotations
 
 import difflib
+import functools
 import ipaddress
 import json
 import os
@@ -545,11 +546,14 @@ class SettingsError(DeployError):
 # Data keys pyinfra itself understands: global arguments (`_sudo`, ...) and
 # connector data (`ssh_port`, `docker_identifier`, ...).
 def _is_pyinfra_key(key: str) -> bool:
+    return key.startswith("_") or any(key.startswith(f"{name}_") for name in _connector_names())
+
+
+@functools.cache
+def _connector_names() -> tuple[str, ...]:
     from pyinfra.api.connectors import get_all_connectors
 
-    if key.startswith("_"):
-        return True
-    return any(key.startswith(f"{name}_") for name in get_all_connectors())
+    return tuple(get_all_connectors())
 
 
 def validate(data: dict[str, Any], where: str = "settings") -> Settings:

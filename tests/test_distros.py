@@ -32,7 +32,7 @@ from pyinfra.context import ctx_config, ctx_host, ctx_state
 from pyinfra.facts.server import LinuxDistribution
 
 from tasks import REPO_ROOT, platform
-from tasks.facts import UwsgiBuildInfo
+from tasks.facts import AccountInfo, UwsgiBuildInfo
 from tasks.firewall import FirewalldPort
 from tasks.packages import RpmMissing
 
@@ -73,6 +73,8 @@ def host_facts(system: str, *fixtures: dict, **overrides) -> dict:
         "Which": lambda command: f"/usr/bin/{command}",
         "Users": {nginx_user: {"home": "/var/www", "shell": "/usr/sbin/nologin", "group": nginx_user,
                                "groups": [], "comment": "", "password": "x"}},
+        "Account": lambda user: (AccountInfo("/var/www", "/usr/sbin/nologin", nginx_user, (nginx_user,))
+                                 if user == nginx_user else None),
         "DebPackages": {},
         "RpmMissing": lambda packages: list(packages),
         "Link": lambda path: ({"link_target": "/etc/nginx/sites-available/default", "user": "root", "group": "root"}
@@ -101,6 +103,9 @@ CONVERGED_RHEL = {
     "FirewalldPort": lambda port: True,
     "DefaultServer": lambda path: "none",
     "UwsgiBuild": UwsgiBuildInfo("2.0.31", pcre=True, ssl=True),
+    "Account": lambda user: {"nginx": AccountInfo("/var/cache/nginx", "/sbin/nologin", "nginx", ("nginx", "greeting")),
+                             "greeting": AccountInfo("/srv/greeting", "/usr/sbin/nologin", "greeting", ("greeting",))
+                             }.get(user),
 }
 
 
@@ -285,6 +290,8 @@ def test_rhel_converged_host_changes_nothing_of_its_own():
     run = deploy_one("alma9", CONVERGED_RHEL)
     assert [name for name in run.changed if name.startswith(("System packages", "SELinux", "Firewall"))
             or "default site" in name] == []
+    # Accounts already as wanted: neither user operation is added (each would read every account).
+    assert [name for name in run.changed if "system user" in name or "member of" in name] == []
 
 
 def test_rhel_relabels_when_labels_drifted_or_uwsgi_was_reinstalled():
