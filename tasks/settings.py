@@ -34,7 +34,6 @@ from pyinfra.api.exceptions import DeployError
 
 from tasks import REPO_ROOT
 
-
 # A name that becomes a Unix user, a systemd unit, a directory and an nginx file name.
 NAME_RE = r"^[a-z][a-z0-9_-]{0,30}$"
 # Absolute paths without whitespace, quotes or shell/nginx/ini metacharacters.
