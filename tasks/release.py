@@ -113,29 +113,35 @@ def _release_id(commit: str | None) -> str:
 
 
 def build_bundle(s) -> Bundle:
-    source = s.source_dir
-    shared = {path.rstrip("/") for path in s.shared_paths}
+    return _bundle(id(host.state), s.source_dir, tuple(sorted(s.shared_paths)), s.app_requirements, _loader(s),
+                   s.app_root, str(s.app_source))
+
+
+@cache  # the hosts of one run (one pyinfra state) that deploy the same app share one build
+def _bundle(run: int, source: Path, shared_paths: tuple[str, ...], app_requirements: str, loader_text: str,
+            app_root: str, app_source: str) -> Bundle:
+    shared = {path.rstrip("/") for path in shared_paths}
     files_in = sorted(
         p for p in source.rglob("*")
         if p.is_file() and not _excluded(p.relative_to(source))
         and not any(str(p.relative_to(source)) == sp or str(p.relative_to(source)).startswith(sp + "/")
                     for sp in shared)
     )
-    requirements = (source / s.app_requirements).read_bytes()
+    requirements = (source / app_requirements).read_bytes()
     venv_hash = hashlib.sha256(requirements).hexdigest()[:16]
-    loader = _loader(s).encode()
+    loader = loader_text.encode()
 
     digest = hashlib.sha256()
     for path in files_in:
         rel = str(path.relative_to(source))
         digest.update(f"{rel}\0{path.stat().st_mode & 0o111}\0".encode() + path.read_bytes() + b"\0")
-    digest.update(loader + b"\0" + venv_hash.encode() + b"\0" + "\0".join(sorted(s.shared_paths)).encode())
+    digest.update(loader + b"\0" + venv_hash.encode() + b"\0" + "\0".join(shared_paths).encode())
     content_hash = digest.hexdigest()
 
     commit = _git_commit(source)
     release_id = _release_id(commit)
     meta = json.dumps({"id": release_id, "content_hash": content_hash, "venv": venv_hash,
-                       "commit": commit, "source": str(s.app_source)}, indent=2).encode()
+                       "commit": commit, "source": app_source}, indent=2).encode()
 
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
@@ -165,9 +171,9 @@ def build_bundle(s) -> Bundle:
                 mode=0o750 if stat.st_mode & 0o100 else 0o640, mtime=stat.st_mtime)
         add(LOADER, loader)
         add(META, meta)
-        add(".venv", link=f"{s.app_root}/venvs/{venv_hash}")
+        add(".venv", link=f"{app_root}/venvs/{venv_hash}")
         for path in sorted(shared):
-            add(path, link=f"{s.app_root}/shared/{path}")
+            add(path, link=f"{app_root}/shared/{path}")
     return Bundle(release_id, content_hash, venv_hash, buffer.getvalue())
 
 
