@@ -60,18 +60,20 @@ def _raw(command):
 
 
 def _batch_script(commands: list[str], token: str) -> str:
-    """Run every command in its own shell, side by side; print each one's exit status
-    on a line starting with `token`, then its output."""
-    lines = ['d=$(mktemp -d) || exit 1', 'trap \'rm -rf "$d"\' EXIT']
+    """Run every command in a background subshell, side by side; then print each
+    one's exit status on a line starting with `token`, followed by its output lines."""
+    lines = ['_prefetch_dir=$(mktemp -d) || exit 1', 'trap \'rm -rf "$_prefetch_dir"\' EXIT']
     for i, command in enumerate(commands):
-        lines.append(
-            f'(sh -c {shlex.quote(command)} >"$d/{i}.out" 2>/dev/null </dev/null; '
-            f'printf \'{token} {i} %s\\n\' $? >"$d/{i}"; cat "$d/{i}.out" >>"$d/{i}"; '
-            # keep the next marker on a line of its own when the output has no final newline
-            f'if [ -n "$(tail -c1 "$d/{i}.out")" ]; then echo >>"$d/{i}"; fi) &'
-        )
-    lines.append("wait")
-    lines.append("cd \"$d\" && cat " + " ".join(str(i) for i in range(len(commands))))
+        lines.append(f'(\n{command}\n) >"$_prefetch_dir/{i}" 2>/dev/null </dev/null & _prefetch_{i}=$!')
+    lines.append('_prefetch_status=""')
+    lines += [f'wait $_prefetch_{i}; _prefetch_status="$_prefetch_status $?"' for i in range(len(commands))]
+    # One awk for the read-back: it ends every output line with a newline, so each
+    # marker starts a line of its own even after output without a final newline.
+    lines.append(
+        f'cd "$_prefetch_dir" && awk -v token={token} -v status="$_prefetch_status" \'BEGIN {{ '
+        'n = split(status, rc, " "); '
+        'for (i = 0; i < n; i++) { print token, i, rc[i + 1]; while ((getline line < i) > 0) print line } }\''
+    )
     return "\n".join(lines)
 
 
