@@ -2,6 +2,7 @@
 one run on throwaway hosts.
 
     .venv/bin/python -m bench.performance [--hosts 4] [--duration 10] [--connections 32] [--rounds 3]
+                                          [--serving-rounds 3]
 
 1. Deploy speed. A cold first deploy of the example app on 1 bare host and on N bare
    hosts at once; then, ROUNDS times on each, a code-only redeploy (a new greeting), a
@@ -12,7 +13,8 @@ one run on throwaway hosts.
    against the host's ports published on 127.0.0.1) through nginx -> uWSGI; the same
    app on Flask's built-in server (threaded) behind the same nginx; and nginx answering
    `return 200` itself (the ceiling). Same wrk settings for the three, one after the
-   other; requests/s, p50/p99 latency and every error (non-2xx/3xx, socket errors).
+   other, in SERVING_ROUNDS interleaved rounds (medians); requests/s, p50/p99 latency
+   and every error (non-2xx/3xx, socket errors) of every round.
 3. Where the cold deploys spent their time: pyinfra's output is read line by line as
    it streams; the time between consecutive steps (`--> Starting operation: ...`)
    is summed by group (packages, uWSGI compile, app venv, ...).
@@ -262,13 +264,23 @@ def set_up_serving(host: throwaway.Host) -> dict[str, str]:
     return urls
 
 
-def measure_serving(urls: dict[str, str], duration: int, connections: int) -> list[Load]:
-    loads = []
-    for name, url in urls.items():
+def measure_serving(urls: dict[str, str], duration: int, connections: int, rounds: int) -> list[Load]:
+    """ROUNDS rounds of the targets one after the other, so drift of the shared machine
+    falls on all of them alike; per target the median round's requests/s and latencies
+    (every request and every error of every round counted)."""
+    for url in urls.values():
         wrk(url, min(2, duration), connections)  # warm-up, not counted
-        loads.append(parse_wrk(name, wrk(url, duration, connections)))
-        print(f"  {name}: {loads[-1].requests_per_s:.0f} requests/s, {loads[-1].errors} errors", flush=True)
-    return loads
+    runs: dict[str, list[Load]] = {name: [] for name in urls}
+    for round_number in range(rounds):
+        for name, url in urls.items():
+            runs[name].append(parse_wrk(name, wrk(url, duration, connections)))
+            print(f"  round {round_number + 1}/{rounds}, {name}: {runs[name][-1].requests_per_s:.0f} requests/s, "
+                  f"{runs[name][-1].errors} errors", flush=True)
+    return [Load(target=name, requests_per_s=statistics.median(r.requests_per_s for r in loads),
+                 p50_ms=statistics.median(r.p50_ms for r in loads), p99_ms=statistics.median(r.p99_ms for r in loads),
+                 requests=sum(r.requests for r in loads), non_2xx_3xx=sum(r.non_2xx_3xx for r in loads),
+                 socket_errors=sum(r.socket_errors for r in loads))
+            for name, loads in runs.items()]
 
 
 # --- the run -----------------------------------------------------------------------
@@ -309,6 +321,8 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32, help="wrk's open connections (default 32)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="no-op, code-only and floor runs per host count; medians are reported (default 3)")
+    parser.add_argument("--serving-rounds", type=int, default=3,
+                        help="wrk rounds over the three targets, interleaved; medians are reported (default 3)")
     parser.add_argument("--release", default="bookworm", choices=throwaway.RELEASES)
     args = parser.parse_args()
     if args.hosts < 2:
@@ -358,7 +372,7 @@ def main() -> None:
             step("serving: back to the example app with the deploy's defaults, then wrk")
             pyinfra(inventories[1])
             urls = set_up_serving(single)
-            loads = measure_serving(urls, args.duration, args.connections)
+            loads = measure_serving(urls, args.duration, args.connections, args.serving_rounds)
     finally:
         for host in started:
             host.remove()
@@ -406,7 +420,8 @@ def report(args, cold: dict[int, Run], noops: dict[int, Run], deploys, loads: li
     ]
 
     lines = [(f"\nDebian {args.release}; deploy times: cold once, others median of {args.rounds} rounds; "
-              f"wrk -t2 -c{args.connections} -d{args.duration}s --latency"),
+              f"wrk -t2 -c{args.connections} -d{args.duration}s --latency, "
+              f"median of {args.serving_rounds} interleaved rounds"),
              "", "1. Deploy speed (wall time of `pyinfra ... -y`)",
              f"  {'':<22}{'1 host':>9}{f'{n} hosts':>10}{f'{n} / 1':>9}"]
     for kind in kinds:
