@@ -34,8 +34,10 @@ import itertools
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -330,6 +332,7 @@ def main() -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is missing: `apt-get install -y wrk`.")
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # still remove the hosts below
     image = throwaway.ensure_image(args.release)
     started: list[throwaway.Host] = []
     sizes = [1, args.hosts]
