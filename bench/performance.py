@@ -533,7 +533,7 @@ def chart(path, args, med, kinds, loads, splits, ratios) -> None:
                                      + (f"\n{load.errors} errors" if load.errors else "") for load in loads],
                        fontsize=7, padding=1)
     serve_ax.set_ylabel("requests/s", fontsize=8)
-    serve_ax.set_title(f"Serving GET / (wrk -c{args.connections}, {args.duration}s)\n"
+    serve_ax.set_title(f"Serving GET / (wrk -c{args.connections}, {args.serving_rounds} x {args.duration}s, medians)\n"
                        f"{ratios['vs_flask']:.1f}x Flask dev, {ratios['vs_ceiling']:.0%} of nginx", fontsize=9)
     serve_ax.tick_params(labelsize=7)
     serve_ax.margins(y=0.25)
