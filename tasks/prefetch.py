@@ -1,20 +1,20 @@
 """Read every fact of a run in one round trip instead of one SSH command each.
 
 pyinfra 3 runs one remote command per fact while it works out what would change:
-about 50 for this deploy, each a full SSH exec (~50 ms), so a run that changes
+about 45 for this deploy, each a full SSH exec (~50 ms), so a run that changes
 nothing spent most of its time waiting on the network. At the end of a run we note
-which fact commands it asked for (locally, in .cache/facts/, one file per host);
-the next run sends them all in one command, run side by side on the host, and
-answers the same requests from those results.
+which fact commands it asked each host (locally, in .cache/facts/, one file per host,
+commands only); the next run sends them all to the host in one command, run side by
+side there, and answers the same requests from that output.
 
-What a run decides cannot change: only commands the run asks for again are
-answered, with the output they gave at the start of this same run's planning (when
-pyinfra would have read them anyway, nothing changes before execution); anything
-else, a command that failed, a fact asked for with other connection arguments
-(sudo, env, ...) or anything during execution goes to the host as before. A missing
-or stale list only costs speed. Commands holding masked values are never written
-down. With pyinfra's fact output shown (-vv and up) nothing is batched, so what is
-printed is what ran.
+What a run decides cannot change: a request is answered from the batch only for the
+very command it was run for, with the same connection arguments (sudo, env, ...), if
+it succeeded, and only until the run first changes that host: any other command or
+upload on it ends the batch, and every later fact is read live, as pyinfra would.
+Before that, nothing on the host was changed by this run, so the answer is what a
+live read would give. A missing or stale list costs only speed. Commands holding
+hidden values are never written down. With pyinfra's fact commands shown (-vv and
+up) nothing is batched, so what is printed is what ran.
 """
 
 from __future__ import annotations
