@@ -18,9 +18,10 @@ class Healthy(FactBase):
         tool = shlex.quote(tool)
         if url is None:
             return f"[ -x {tool} ] && {tool} health --attempts 1 --quiet >/dev/null 2>&1 && echo yes || echo no"
-        # -k: the check is of this host's own certificate-bearing site over 127.0.0.1.
-        # The status code comes after the body, on a line of its own.
-        answer = (f"curl -sk --max-time {int(timeout)} -H {shlex.quote('Host: ' + host_header)} "
+        # As the tool's check: -k, this host's own site over 127.0.0.1 (its certificate
+        # names the site, not 127.0.0.1); -L, redirects followed. The status code comes
+        # after the body, on a line of its own.
+        answer = (f"curl -skL --max-time {int(timeout)} -H {shlex.quote('Host: ' + host_header)} "
                   f"-w '\\n%{{http_code}}' {shlex.quote(url)}")
         checks = [f'[ "${{answer##*\n}}" = {int(status)} ]']
         if body:
