@@ -24,7 +24,6 @@ import json
 import os
 import re
 import secrets
-import shlex
 import tempfile
 import weakref
 from pathlib import Path
@@ -104,13 +103,13 @@ class _Batch:
         self.asked: list[str] = []
         self.in_fact = False
         self.get_fact, self.run_shell_command = host.get_fact, host.run_shell_command
-        self.put_file, self.rsync = host.put_file, host.rsync
+        self.changing_command = self.changing(host.run_shell_command)
+        self.put_file, self.rsync = self.changing(host.put_file), self.changing(host.rsync)
 
     def install(self) -> None:
         self.host.get_fact = self.fact
         self.host.run_shell_command = self.command
-        self.host.put_file = self.changing(self.put_file)
-        self.host.rsync = self.changing(self.rsync)
+        self.host.put_file, self.host.rsync = self.put_file, self.rsync
 
     def fetch(self, commands: list[str]) -> None:
         token = "@@prefetch-" + secrets.token_hex(8)
@@ -120,8 +119,10 @@ class _Batch:
         logger.debug("%sprefetched %d of %d facts", self.host.print_prefix, len(self.results), len(commands))
 
     def changing(self, method):
+        """`method`, first ending the batch: the host is about to change, so from now
+        on every fact is read live."""
         def call(*args, **kwargs):
-            self.results = {}  # the host is about to change: from now on every fact is read live
+            self.results = {}
             return method(*args, **kwargs)
         return call
 
@@ -134,7 +135,7 @@ class _Batch:
 
     def command(self, command, *args, **kwargs):
         if not self.in_fact:
-            return self.changing(self.run_shell_command)(command, *args, **kwargs)
+            return self.changing_command(command, *args, **kwargs)
         arguments = {key: value for key, value in kwargs.items() if key in CONNECTOR_ARGUMENT_KEYS}
         raw = _raw(command) if arguments == self.arguments else None
         if raw is None:

@@ -34,13 +34,13 @@ def _frame_info(frame, context: int = 1):
     return inspect.getframeinfo(frame, 0)
 
 
+@functools.cache  # deploy.py runs once per host; the patches go in once per process
 def apply() -> bool:
     """Install both; False (and nothing changed) on another pyinfra release."""
     if not version("pyinfra").startswith(FOR_PYINFRA):
         return False
     from pyinfra.api import arguments, util
 
-    if not getattr(arguments.all_global_arguments, "cache_info", None):
-        arguments.all_global_arguments = functools.cache(arguments.all_global_arguments)
+    arguments.all_global_arguments = functools.cache(arguments.all_global_arguments)
     util.stack, util.getframeinfo = _stack, _frame_info
     return True

@@ -30,15 +30,16 @@ def create(platform, s):
     # Only nginx joins the app's group: the group can use the socket (mode 660)
     # and read the static files; everybody else is kept out.
     nginx_in_group = None
-    nginx_account = None if s.behind_balancer else host.get_fact(Account, user=platform.nginx_user)
-    if not s.behind_balancer and not (nginx_account and s.app_user in nginx_account.groups):
-        nginx_in_group = server.user(
-            name=f"Let nginx ({platform.nginx_user}) use the socket as a member of {s.app_user}",
-            user=platform.nginx_user,
-            groups=[s.app_user],
-            append=True,
-            ensure_home=False,
-        )
+    if not s.behind_balancer:
+        nginx_account = host.get_fact(Account, user=platform.nginx_user)
+        if not (nginx_account and s.app_user in nginx_account.groups):
+            nginx_in_group = server.user(
+                name=f"Let nginx ({platform.nginx_user}) use the socket as a member of {s.app_user}",
+                user=platform.nginx_user,
+                groups=[s.app_user],
+                append=True,
+                ensure_home=False,
+            )
     # Code, venv and config belong to root: the app can read but not rewrite itself.
     files.directory(
         name=f"Create {s.app_root} (root-owned, readable by the app's group)",
