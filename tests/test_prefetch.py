@@ -129,8 +129,10 @@ def test_speedups_keep_pyinfra_operation_order(monkeypatch):
     def operation():
         return util.get_operation_order_from_stack(state)
 
-    def task():
-        return operation()
+    def task():  # the same frames at two places: each keeps its own line
+        first = operation()
+        second = operation()
+        return first, second
 
     orders = []
     for stack, frame_info in ((inspect.stack, inspect.getframeinfo), (speedups._stack, speedups._frame_info)):
@@ -138,7 +140,45 @@ def test_speedups_keep_pyinfra_operation_order(monkeypatch):
         monkeypatch.setattr(util, "getframeinfo", frame_info)
         orders.append(task())  # one line, so both orders come from the same frames
     assert orders[0] == orders[1]
-    assert len(orders[0]) >= 3  # the op number, then this file's lines down to the operation
+    first, second = orders[0]
+    assert len(first) >= 3 and first != second  # the op number, then lines down to the operation
+
+
+@pytest.mark.parametrize("case", ["plain", "host data", "call arguments", "deploy arguments", "bad type"])
+def test_speedups_pop_the_same_global_arguments(case):
+    from pyinfra.api import Config, Inventory, State, arguments
+    from pyinfra.api.exceptions import ArgumentTypeError
+
+    inventory = Inventory(
+        (["web1", ("web2", {"_sudo": True, "_env": {"A": "host"}, "_success_exit_codes": [0, 2]})], {"_shell_executable": "bash"}),
+        app_servers=(["web2"], {"_env": {"A": "group"}, "_sudo_user": "deploy", "app_name": "x"}),
+    )
+    state = State(inventory, Config(SUDO_USER="config-user"))
+    host = inventory.get_host("web2")
+    kwargs = {"name": "an operation", "_timeout": 30} if case == "call arguments" else {}
+    if case == "deploy arguments":
+        host.current_deploy_kwargs = {"_sudo": False, "_chdir": "/srv"}
+    if case == "bad type":
+        kwargs = {"_sudo": "yes"}
+    if case == "host data":
+        host.data.override_me = 1  # pyinfra's override data, searched first
+
+    results = []
+    for pop in (arguments.pop_global_arguments, speedups._pop_global_arguments):
+        given = dict(kwargs)
+        try:
+            popped, found = pop(state, host, given)
+        except ArgumentTypeError as error:
+            results.append(("raised", str(error)))
+        else:
+            results.append((popped, found, given))
+    assert results[0] == results[1]
+    if case == "plain":
+        popped = results[0][0]
+        assert (popped["_sudo"], popped["_sudo_user"], popped["_env"]) == (True, "deploy", {"A": "host"})
+        # A copy, as pyinfra hands out: changing it leaves the host's data alone.
+        assert popped["_success_exit_codes"] == [0, 2]
+        assert results[1][0]["_success_exit_codes"] is not inventory.get_host_data("web2")["_success_exit_codes"]
 
 
 @pytest.mark.e2e
