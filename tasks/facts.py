@@ -17,24 +17,23 @@ class UwsgiBuildInfo(NamedTuple):
 class UwsgiBuild(FactBase):
     """The uWSGI in a venv: its version and whether it was compiled with PCRE
     (internal routing) and OpenSSL (the WebSocket handshake needs it), or None when
-    the venv has no uWSGI."""
+    the venv has no uWSGI (or one that cannot say)."""
 
     def command(self, venv: str) -> str:
         uwsgi = shlex.quote(f"{venv}/bin/uwsgi")
         # `--cflags` lists the build's defines: -DUWSGI_PCRE (or -DUWSGI_PCRE2)
-        # is there only when uWSGI found the PCRE headers at compile time.
-        return (
-            f"if [ -x {uwsgi} ]; then {uwsgi} --version && {uwsgi} --cflags; "
-            "else echo none; fi"
-        )
+        # is there only when uWSGI found the PCRE headers at compile time, and
+        # -DUWSGI_VERSION is what `--version` prints (one start of uWSGI, not two).
+        return f"if [ -x {uwsgi} ]; then {uwsgi} --cflags; else echo none; fi"
 
     def process(self, output: list[str]) -> UwsgiBuildInfo | None:
-        if not output or output[0] == "none":
+        flags = [flag for line in output for flag in line.split()]
+        version = next((flag.removeprefix("-DUWSGI_VERSION=") for flag in flags
+                        if flag.startswith("-DUWSGI_VERSION=")), None)
+        if version is None:
             return None
-        version, *lines = output
-        flags = [flag for line in lines for flag in line.split()]
         return UwsgiBuildInfo(
-            version.strip(),
+            version.replace("\\", "").strip('"'),
             pcre=any(flag.startswith("-DUWSGI_PCRE") for flag in flags),
             ssl="-DUWSGI_SSL" in flags,
         )

@@ -15,15 +15,26 @@ Before that, nothing on the host was changed by this run, so the answer is what 
 live read would give. A missing or stale list costs only speed. Commands holding
 hidden values are never written down. With pyinfra's fact commands shown (-vv and
 up) nothing is batched, so what is printed is what ran.
+
+Most of those commands are pyinfra's per-file and per-unit facts (a `stat` and a
+`sha1sum` for each file an operation manages, a `systemctl show` for each unit),
+and on the host each costs a process or three. In the batch, one `stat`, one
+`sha1sum` and one `systemctl show` answer them all: each command's part of the
+output is exactly what it prints when run alone (same tool, same format), a
+command is only grouped if pyinfra still builds it exactly as it was noted, and
+if the grouped call fails in any way its commands are read live.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import json
 import os
 import re
 import secrets
+import shlex
 import tempfile
 import weakref
 from pathlib import Path
@@ -33,11 +44,13 @@ from pyinfra.api import StringCommand
 from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS, pop_global_arguments
 from pyinfra.api.state import BaseStateCallback
 from pyinfra.connectors.util import CommandOutput, OutputLine
+from pyinfra.facts.files import LINUX_STAT_COMMAND, File, Sha1File
+from pyinfra.facts.systemd import SYSTEMD_UNIT_NAME_REGEX, SystemdStatus
 
 from tasks import REPO_ROOT
 
 CACHE_DIR = REPO_ROOT / ".cache" / "facts"
-FORMAT = 1
+FORMAT = 2
 _BATCHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # pyinfra Host -> its _Batch
 
 
@@ -58,14 +71,121 @@ def _raw(command):
     return command if isinstance(command, str) else None
 
 
-def _batch_script(commands: list[str], token: str) -> str:
-    """Run every command in a background subshell, side by side; then print each
-    one's exit status on a line starting with `token`, followed by its output lines."""
+# Which pyinfra fact a noted command is, when one process can answer it together
+# with others of its kind: ("stat", path), ("sha1", path) or ("systemctl", key, unit).
+Kind = tuple
+
+
+def _kind_of(fact, args: tuple, kwargs: dict) -> Kind | None:
+    """The kind of fact `fact(*args, **kwargs)` asks, if it is one we group."""
+    if not isinstance(fact, type):
+        return None
+    values = {key: value for key, value in kwargs.items() if not key.startswith("_")}
+    try:
+        bound = inspect.signature(fact.command).bind(None, *args, **values).arguments
+    except TypeError:
+        return None
+    if fact.command is File.command or fact is Sha1File:
+        path = bound.get("path")
+        if isinstance(path, str) and path.startswith("/"):
+            return ("stat" if fact.command is File.command else "sha1", path)
+    elif issubclass(fact, SystemdStatus) and fact.command is SystemdStatus.command:
+        units = bound.get("services")
+        unit = units if isinstance(units, str) else (units[0] if isinstance(units, list | tuple)
+                                                     and len(units) == 1 else None)
+        options = (bound.get("user_mode", False), bound.get("machine"), bound.get("user_name"))
+        if options == (False, None, None) and isinstance(unit, str) and _UNIT.fullmatch(unit):
+            return ("systemctl", fact.state_key, unit)
+    return None
+
+
+_UNIT = re.compile(SYSTEMD_UNIT_NAME_REGEX)
+
+
+@functools.lru_cache(maxsize=4096)  # the same files and units on every host
+def _command_of(kind: Kind) -> str:
+    """The command pyinfra runs for a fact of this kind (its raw text)."""
+    if kind[0] == "stat":
+        return File().command(kind[1]).get_raw_value()
+    if kind[0] == "sha1":
+        return Sha1File().command(kind[1]).get_raw_value()
+    fact = SystemdStatus()
+    fact.state_key = kind[1]
+    # pyinfra's guard for facts that need a program (pyinfra.api.facts._get_fact)
+    return StringCommand(
+        "if", "command", "-v", fact.requires_command(), ">/dev/null", "2>&1;", "then", "(",
+        fact.command(services=[kind[2]]), ");", "else", "echo", "'##PYINFRA_NOCMD##';", "fi",
+    ).get_raw_value()
+
+
+def _grouped_script(kind: str, members: list[tuple[int, Kind]]) -> str:
+    """Shell that writes each member's output to "$_prefetch_dir/<index>" as its
+    command alone would print it, and fails if it cannot ("$_prefetch_dir/<kind>"
+    holds the tool's own output)."""
+    scratch = f'"$_prefetch_dir/{kind}"'
+    if kind == "systemctl":
+        keys = sorted({key for _, (_, key, _) in members})
+        units = list(dict.fromkeys(unit for _, (_, _, unit) in members))
+        properties = " ".join(f"--property {key}" for key in ["Id", *keys])
+        # One block per unit, blank-line separated; each member keeps its unit's
+        # block with only the properties its own command asks for.
+        spread = " ".join(
+            f'printf "" > (d "/{index}"); '
+            f'n = split(block[{units.index(unit) + 1}], line, "\\n"); '
+            f'for (j = 1; j <= n; j++) if (line[j] ~ /^(Id|{key})=/) print line[j] > (d "/{index}"); '
+            f'close(d "/{index}");'
+            for index, (_, key, unit) in members
+        )
+        return (
+            "command -v systemctl >/dev/null 2>&1 || exit 1\n"
+            f'systemctl show --all {properties} {" ".join(units)} > {scratch} || exit 1\n'
+            f'awk -v d="$_prefetch_dir" \'BEGIN {{ RS = "" }} {{ block[NR] = $0 }} '
+            f'END {{ if (NR != {len(units)}) exit 1; {spread} }}\' {scratch}'
+        )
+    # stat / sha1sum: one line per existing path, in argument order; nothing for
+    # a missing one (the same tests as pyinfra's commands decide which exist).
+    exists, tool = {"stat": ("test -e {0} || test -L {0}", LINUX_STAT_COMMAND),
+                    "sha1": ("test -e {0}", "sha1sum")}[kind]
+    lines = ["set --"]
+    for index, (_, path) in members:
+        quoted = shlex.quote(path)
+        lines.append(f'if {exists.format(quoted)}; then set -- "$@" {quoted}; _e{index}=1; else _e{index}=; fi')
+    lines.append(f'if [ $# -gt 0 ]; then {tool} "$@" > {scratch} || exit 1; else : > {scratch}; fi')
+    lines.append(f'exec < {scratch}')
+    for index, _ in members:
+        lines.append(f'if [ -n "$_e{index}" ]; then IFS= read -r _line || exit 1; '
+                     f'printf \'%s\\n\' "$_line" > "$_prefetch_dir/{index}"; else : > "$_prefetch_dir/{index}"; fi')
+    lines.append("if IFS= read -r _line; then exit 1; fi")
+    return "\n".join(lines)
+
+
+def _batch_script(commands: list[str], token: str, kinds: dict[str, Kind] | None = None) -> str:
+    """Run every command in a background subshell, side by side (those of a kind
+    grouped into one), then print each one's exit status on a line starting with
+    `token`, followed by its output lines."""
+    kinds = kinds or {}
+    groups: dict[str, list[tuple[int, Kind]]] = {}
+    for i, command in enumerate(commands):
+        kind = kinds.get(command)
+        if kind is not None and _command_of(kind) == command:
+            groups.setdefault(kind[0], []).append((i, kind))
+    groups = {name: members for name, members in groups.items() if len(members) > 1}
+    grouped = {i for members in groups.values() for i, _ in members}
+
+    jobs: dict[str, list[int]] = {}  # background job -> the commands its exit status is for
     lines = ['_prefetch_dir=$(mktemp -d) || exit 1', 'trap \'rm -rf "$_prefetch_dir"\' EXIT']
     for i, command in enumerate(commands):
-        lines.append(f'(\n{command}\n) >"$_prefetch_dir/{i}" 2>/dev/null </dev/null & _prefetch_{i}=$!')
-    lines.append('_prefetch_status=""')
-    lines += [f'wait $_prefetch_{i}; _prefetch_status="$_prefetch_status $?"' for i in range(len(commands))]
+        if i not in grouped:
+            lines.append(f'(\n{command}\n) >"$_prefetch_dir/{i}" 2>/dev/null </dev/null & _prefetch_{i}=$!')
+            jobs[str(i)] = [i]
+    for name, members in groups.items():
+        lines.append(f'(\n{_grouped_script(name, members)}\n) 2>/dev/null </dev/null & _prefetch_{name}=$!')
+        jobs[name] = [i for i, _ in members]
+    status = {}
+    for job, members in jobs.items():
+        lines.append(f"wait $_prefetch_{job}; _prefetch_rc_{job}=$?")
+        status.update({i: f"$_prefetch_rc_{job}" for i in members})
+    lines.append(f'_prefetch_status="{" ".join(status[i] for i in range(len(commands)))}"')
     # One awk for the read-back: it ends every output line with a newline, so each
     # marker starts a line of its own even after output without a final newline.
     lines.append(
@@ -101,7 +221,8 @@ class _Batch:
         self.arguments = _default_connector_arguments(host)
         self.results: dict[str, list[str]] = {}
         self.asked: list[str] = []
-        self.in_fact = False
+        self.kinds: dict[str, Kind] = {}  # asked commands that can be grouped
+        self.in_fact: bool | Kind = False  # in a fact: True, or the kind of fact it is
         self.get_fact, self.run_shell_command = host.get_fact, host.run_shell_command
         self.changing_command = self.changing(host.run_shell_command)
         self.put_file, self.rsync = self.changing(host.put_file), self.changing(host.rsync)
@@ -111,9 +232,10 @@ class _Batch:
         self.host.run_shell_command = self.command
         self.host.put_file, self.host.rsync = self.put_file, self.rsync
 
-    def fetch(self, commands: list[str]) -> None:
+    def fetch(self, commands: list[str], kinds: dict[str, Kind] | None = None) -> None:
         token = "@@prefetch-" + secrets.token_hex(8)
-        ok, output = self.run_shell_command(StringCommand(_batch_script(commands, token)), **self.arguments)
+        script = _batch_script(commands, token, kinds)
+        ok, output = self.run_shell_command(StringCommand(script), **self.arguments)
         if ok:
             self.results = _parse(output, commands, token)
         logger.debug("%sprefetched %d of %d facts", self.host.print_prefix, len(self.results), len(commands))
@@ -126,10 +248,11 @@ class _Batch:
             return method(*args, **kwargs)
         return call
 
-    def fact(self, *args, **kwargs):
-        outer, self.in_fact = self.in_fact, True
+    def fact(self, fact, *args, **kwargs):
+        outer = self.in_fact
+        self.in_fact = _kind_of(fact, args, kwargs) or True
         try:
-            return self.get_fact(*args, **kwargs)
+            return self.get_fact(fact, *args, **kwargs)
         finally:
             self.in_fact = outer
 
@@ -142,6 +265,8 @@ class _Batch:
             return self.run_shell_command(command, *args, **kwargs)
         if raw not in self.asked:
             self.asked.append(raw)
+            if self.in_fact is not True:
+                self.kinds[raw] = self.in_fact
         if raw in self.results:
             return True, CommandOutput([OutputLine("stdout", line) for line in self.results[raw]])
         return self.run_shell_command(command, *args, **kwargs)
@@ -165,7 +290,8 @@ def start(host) -> None:
     if remembered.get("format") == FORMAT and remembered.get("commands"):
         if not host.connected:
             host.connect(reason="to load facts", raise_exceptions=True)
-        batch.fetch(list(remembered["commands"]))
+        kinds = {command: tuple(kind) for command, kind in remembered.get("kinds", {}).items()}
+        batch.fetch(list(remembered["commands"]), kinds)
 
 
 class _RememberOnDisconnect(BaseStateCallback):
@@ -180,7 +306,8 @@ def _remember(host) -> None:
     if batch is None or not batch.asked:
         return
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    content = json.dumps({"format": FORMAT, "host": host.name, "commands": batch.asked}, indent=1)
+    content = json.dumps({"format": FORMAT, "host": host.name, "commands": batch.asked,
+                          "kinds": batch.kinds}, indent=1)
     with tempfile.NamedTemporaryFile("w", dir=CACHE_DIR, delete=False, suffix=".tmp") as tmp:
         tmp.write(content)
     os.replace(tmp.name, _cache_file(host))

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from pyinfra import host
 from pyinfra.api import FactBase, deploy
+from pyinfra.facts.systemd import SystemdStatus
 from pyinfra.operations import files, server
 
 from tasks import JINJA, REPO_ROOT, TEMPLATES
@@ -98,11 +99,15 @@ def _git_commit(source: Path) -> str | None:
 
 
 def _loader(s) -> str:
+    return _loader_template().render(s=s)
+
+
+@cache  # compiled once per run, rendered for every host
+def _loader_template():
     from jinja2 import Template
 
-    template = Template((TEMPLATES / "loader.py.j2").read_text(), keep_trailing_newline=True,
-                        trim_blocks=True, lstrip_blocks=True)
-    return template.render(s=s)
+    return Template((TEMPLATES / "loader.py.j2").read_text(), keep_trailing_newline=True,
+                    trim_blocks=True, lstrip_blocks=True)
 
 
 @cache
@@ -270,7 +275,7 @@ def activate(s, release: Release, restart_triggers, reload_triggers):
         _if=lambda: not restarted.did_change() and any(op.did_change() for op in reload_triggers),
     )
     ops = [restarted, reloaded]
-    running = host.get_fact(ServiceActive, service=s.service)
+    running = host.get_fact(ServiceActive, services=[s.service]).get(s.service, False)
     if release.new or not running:
         ops.append(server.shell(
             name=f"Switch to release {release.id}, reload uWSGI without dropping requests, check health",
@@ -282,9 +287,9 @@ def activate(s, release: Release, restart_triggers, reload_triggers):
     return ops
 
 
-class ServiceActive(FactBase):
-    def command(self, service: str) -> str:
-        return f"systemctl is-active --quiet {shlex.quote(service)} && echo yes || echo no"
+class ServiceActive(SystemdStatus):
+    """{unit: active?}, as `systemctl is-active` answers it (active or reloading),
+    read like pyinfra's own unit facts (so a run reads them all in one call)."""
 
-    def process(self, output: list[str]) -> bool:
-        return output[-1:] == ["yes"]
+    state_key = "ActiveState"
+    state_values = ("active", "reloading")

@@ -16,6 +16,10 @@ nothing, and they grow with the host count: every host repeats them.
    host's data sources are read once per call and the type hints once per process;
    everything else is pyinfra's function line for line.
 
+3. Fact commands: pyinfra builds most of them (a `stat`, a `sha1sum` per file) with
+   `make_formatted_string_command`, which splits the same format string with
+   `shlex.split` every time; here each string is split once (a new list each call).
+
 Applied only to the pyinfra release they were written against (requirements.txt pins
 it); with any other, pyinfra runs as shipped. tests/test_prefetch.py compares both
 with pyinfra's originals.
@@ -24,7 +28,9 @@ with pyinfra's originals.
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
+import shlex
 import sys
 from copy import copy
 from importlib.metadata import version
@@ -62,6 +68,10 @@ def _host_default(datas: list, key: str):
     """What `getattr(host.data, key, _MISSING)` returns, given the host's data
     sources already read (pyinfra's HostData.__getattr__)."""
     for data in datas:
+        if type(data) is dict:  # no __missing__: `in` answers as data[key] would
+            if key in data:
+                return copy(data[key])
+            continue
         try:
             return copy(data[key])
         except KeyError:
@@ -111,15 +121,42 @@ def _pop_global_arguments(state, host, kwargs: dict[str, Any]):
     return arguments, found_keys
 
 
+@functools.lru_cache(maxsize=1024)
+def _split_once(string: str) -> tuple[str, ...]:
+    return tuple(shlex.split(string))
+
+
+class _ShlexSplittingOnce:
+    """The `shlex` module as pyinfra.api.command sees it: `split` remembers."""
+
+    def __getattr__(self, name: str):
+        return getattr(shlex, name)
+
+    @staticmethod
+    def split(string: str, comments: bool = False, posix: bool = True) -> list[str]:
+        if comments or not posix or not isinstance(string, str):
+            return shlex.split(string, comments, posix)
+        return list(_split_once(string))
+
+
 @functools.cache  # deploy.py runs once per host; the patches go in once per process
 def apply() -> bool:
     """Install them; False (and nothing changed) on another pyinfra release."""
     if not version("pyinfra").startswith(FOR_PYINFRA):
         return False
-    from pyinfra.api import arguments, deploy, facts, operation, util
-
+    arguments, util = _module("arguments"), _module("util")
     arguments.all_global_arguments = functools.cache(arguments.all_global_arguments)
     util.stack, util.getframeinfo = _stack, _frame_info
-    for module in (arguments, deploy, facts, operation):
-        module.pop_global_arguments = _pop_global_arguments
+    for name in PATCHED_MODULES:  # each imported the function by name
+        _module(name).pop_global_arguments = _pop_global_arguments
+    _module("command").shlex = _ShlexSplittingOnce()
     return True
+
+
+# The modules calling pop_global_arguments (pyinfra.api's own `deploy` and
+# `operation` attributes are the decorators, hence the modules by full name).
+PATCHED_MODULES = ("arguments", "deploy", "facts", "operation")
+
+
+def _module(name: str):
+    return importlib.import_module(f"pyinfra.api.{name}")

@@ -1,12 +1,15 @@
 """Less work per host and run. A run's facts read in one round trip (tasks/prefetch.py):
-the batch reads back exactly as each command alone would, nothing stale is ever used,
+the batch reads back exactly as each command alone would (per-file and per-unit facts
+too, grouped into one stat, sha1sum and systemctl call), nothing stale is ever used,
 and on a real host a run that changes nothing sends one command. pyinfra's per-operation
-costs cut (tasks/speedups.py) without changing the operation order."""
+costs cut (tasks/speedups.py) with the same results as pyinfra's own code."""
 
 from __future__ import annotations
 
 import inspect
+import os
 import subprocess
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -51,6 +54,105 @@ def test_batch_reads_back_as_each_command_alone():
             expected[command] = lines(alone.stdout)
     assert results == expected
     assert "echo partial; exit 3" not in results
+
+
+def grouped_and_alone(kinds: list[tuple], run) -> tuple[dict, dict]:
+    """Each kind's command answered by one grouped batch, and run alone (`run`
+    takes a script, returns (exit status, stdout))."""
+    commands = ["echo not grouped", *(prefetch._command_of(kind) for kind in kinds)]
+    token = "@@prefetch-0123456789abcdef"
+    _, batch = run(prefetch._batch_script(commands, token, dict(zip(commands[1:], kinds))))
+    output = CommandOutput([OutputLine("stdout", line) for line in lines(batch)])
+    results = prefetch._parse(output, commands, token)
+    alone = {}
+    for command in commands:
+        status, stdout = run(command)
+        if status == 0:
+            alone[command] = lines(stdout)
+    return results, alone
+
+
+def run_locally(script: str) -> tuple[int, str]:
+    done = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30, check=False)
+    return done.returncode, done.stdout
+
+
+def test_grouped_file_facts_read_back_as_each_command_alone(tmp_path):
+    (tmp_path / "dir with space").mkdir()
+    (tmp_path / "dir with space" / "it's").write_text("x")
+    (tmp_path / "file").write_text("hello\n")
+    (tmp_path / "link").symlink_to("file")
+    (tmp_path / "dangling").symlink_to("missing")
+    for path in tmp_path.rglob("*"):  # reading a file (sha1sum) must not move what stat says:
+        # an access time after the last change is left alone (relatime)
+        os.utime(path, (time.time() + 3600, 2_000_000), follow_symlinks=False)
+    paths = [str(tmp_path / name) for name in ("file", "link", "dangling", "missing", "dir with space/it's")]
+    kinds = [("stat", path) for path in [*paths, str(tmp_path)]] + [("sha1", path) for path in paths]
+
+    results, alone = grouped_and_alone(kinds, run_locally)
+    assert results == alone
+    assert len(results) == 1 + len(kinds)  # every one answered
+    assert results[prefetch._command_of(("stat", paths[3]))] == []  # missing: no output, as alone
+
+
+def test_a_failing_group_is_read_live_and_the_others_still_answer(tmp_path):
+    (tmp_path / "file").write_text("x")
+    # sha1sum of a directory fails: alone, the command falls back to printing nothing.
+    kinds = [("sha1", str(tmp_path / "file")), ("sha1", str(tmp_path)), ("stat", str(tmp_path)),
+             ("stat", str(tmp_path / "file"))]
+    results, alone = grouped_and_alone(kinds, run_locally)
+    sha1 = [prefetch._command_of(kind) for kind in kinds[:2]]
+    assert not any(command in results for command in sha1)  # both left to be read live
+    assert {command: out for command, out in results.items() if command not in sha1} == {
+        command: out for command, out in alone.items() if command not in sha1}
+
+
+def test_only_commands_still_built_as_noted_are_grouped():
+    # Noted by a run whose pyinfra built them differently: each runs as noted, alone.
+    kinds = {prefetch._command_of(("stat", path)).replace("stat -c", "stat -L -c"): ("stat", path)
+             for path in ("/etc/hostname", "/etc/passwd")}
+    script = prefetch._batch_script(list(kinds), "@@t", kinds)
+    assert all(f"(\n{command}\n)" in script for command in kinds)
+
+
+def test_fact_kinds_are_noted_for_the_facts_we_group():
+    from pyinfra.facts.files import Directory, File, Link, Sha1File, Sha256File
+    from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
+
+    from tasks.release import ServiceActive
+
+    kind = prefetch._kind_of
+    assert kind(File, ("/srv/a",), {"_sudo": False}) == ("stat", "/srv/a")
+    assert kind(Directory, (), {"path": "/srv"}) == ("stat", "/srv")
+    assert kind(Link, (), {"path": "/srv/current"}) == ("stat", "/srv/current")
+    assert kind(Sha1File, (), {"path": "/srv/a"}) == ("sha1", "/srv/a")
+    assert kind(SystemdStatus, (), {"services": ["nginx.service"]}) == ("systemctl", "SubState", "nginx.service")
+    assert kind(SystemdEnabled, (), {"services": ["a.service"]}) == ("systemctl", "UnitFileState", "a.service")
+    assert kind(ServiceActive, (), {"services": ["a.service"]}) == ("systemctl", "ActiveState", "a.service")
+    for fact, args, kwargs in [
+        (Sha256File, (), {"path": "/srv/a"}),  # another tool
+        (File, ("~/a",), {}),  # relative to the home directory
+        (SystemdStatus, (), {"services": ["a.service"], "user_mode": True}),
+        (SystemdStatus, (), {"services": ["a.service", "b.service"]}),
+        (SystemdStatus, (), {}),  # every unit
+        ("cat /a", (), {}),  # a bare command
+    ]:
+        assert kind(fact, args, kwargs) is None, fact
+
+
+@pytest.mark.e2e
+def test_grouped_unit_facts_read_back_as_each_command_alone(deployed):
+    def run_there(script: str) -> tuple[int, str]:
+        code, output = deployed.host.container.exec_run(["sh", "-c", script], demux=True)
+        return code, (output[0] or b"").decode()
+
+    units = ["greeting.service", "nginx.service", "no-such-unit.service", "sshd.service", "ssh.socket"]
+    kinds = [("systemctl", key, unit) for unit in units for key in ("SubState", "UnitFileState", "ActiveState")]
+    results, alone = grouped_and_alone(kinds, run_there)
+    assert results == alone
+    assert len(results) == 1 + len(kinds)
+    assert results[prefetch._command_of(("systemctl", "SubState", "sshd.service"))] == [
+        "Id=ssh.service", "SubState=running"]  # an alias: one block, under the unit's own name
 
 
 class FakeHost:
@@ -144,6 +246,21 @@ def test_speedups_keep_pyinfra_operation_order(monkeypatch):
     assert len(first) >= 3 and first != second  # the op number, then lines down to the operation
 
 
+def test_speedups_build_the_same_fact_commands():
+    from pyinfra.api.command import make_formatted_string_command
+    from pyinfra.facts.files import File, Sha1File
+
+    def built():
+        return [File().command("/srv/a b").get_raw_value(), Sha1File().command("/etc/x'y").get_raw_value(),
+                make_formatted_string_command("echo {0} '{1}'", "a b", "c").get_raw_value()]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(speedups._module("command"), "shlex", __import__("shlex"))
+        shipped = built()
+    assert speedups.apply()
+    assert built() == built() == shipped
+
+
 @pytest.mark.parametrize("case", ["plain", "host data", "call arguments", "deploy arguments", "bad type"])
 def test_speedups_pop_the_same_global_arguments(case):
     from pyinfra.api import Config, Inventory, State, arguments
@@ -174,6 +291,9 @@ def test_speedups_pop_the_same_global_arguments(case):
             results.append((popped, found, given))
     assert results[0] == results[1]
     if case == "plain":
+        assert speedups.apply()  # and it is what pyinfra's operations, facts and deploys now call
+        assert all(speedups._module(name).pop_global_arguments is speedups._pop_global_arguments
+                   for name in speedups.PATCHED_MODULES)
         popped = results[0][0]
         assert (popped["_sudo"], popped["_sudo_user"], popped["_env"]) == (True, "deploy", {"A": "host"})
         # A copy, as pyinfra hands out: changing it leaves the host's data alone.
