@@ -78,11 +78,12 @@ Kind = tuple
 
 def _kind_of(fact, args: tuple, kwargs: dict) -> Kind | None:
     """The kind of fact `fact(*args, **kwargs)` asks, if it is one we group."""
-    if not isinstance(fact, type):
+    if not isinstance(fact, type) or not (fact.command in (File.command, SystemdStatus.command)
+                                          or fact is Sha1File):
         return None
     values = {key: value for key, value in kwargs.items() if not key.startswith("_")}
     try:
-        bound = inspect.signature(fact.command).bind(None, *args, **values).arguments
+        bound = _signature(fact.command).bind(None, *args, **values).arguments
     except TypeError:
         return None
     if fact.command is File.command or fact is Sha1File:
@@ -100,6 +101,7 @@ def _kind_of(fact, args: tuple, kwargs: dict) -> Kind | None:
 
 
 _UNIT = re.compile(SYSTEMD_UNIT_NAME_REGEX)
+_signature = functools.lru_cache(maxsize=None)(inspect.signature)
 
 
 @functools.lru_cache(maxsize=4096)  # the same files and units on every host
@@ -173,7 +175,10 @@ def _batch_script(commands: list[str], token: str, kinds: dict[str, Kind] | None
     grouped = {i for members in groups.values() for i, _ in members}
 
     jobs: dict[str, list[int]] = {}  # background job -> the commands its exit status is for
-    lines = ['_prefetch_dir=$(mktemp -d) || exit 1', 'trap \'rm -rf "$_prefetch_dir"\' EXIT']
+    # Outputs go to files in memory (/dev/shm) where there is one: on a disk or an
+    # overlay filesystem, creating and deleting the files costs more than the commands.
+    lines = ['_prefetch_dir=$(mktemp -d -p /dev/shm 2>/dev/null || mktemp -d) || exit 1',
+             'trap \'rm -rf "$_prefetch_dir"\' EXIT']
     for i, command in enumerate(commands):
         if i not in grouped:
             lines.append(f'(\n{command}\n) >"$_prefetch_dir/{i}" 2>/dev/null </dev/null & _prefetch_{i}=$!')
