@@ -32,7 +32,7 @@ from pyinfra.context import ctx_config, ctx_host, ctx_state
 from pyinfra.facts.server import LinuxDistribution
 
 from tasks import REPO_ROOT, platform
-from tasks.facts import AccountInfo, UwsgiBuildInfo
+from tasks.facts import AccountInfo, UwsgiBuild, UwsgiBuildInfo
 from tasks.firewall import FirewalldPort
 from tasks.packages import DebInstalled, RpmMissing
 
@@ -223,6 +223,18 @@ def test_debian_family(system, name, pcre):
 
 def test_debian_family_host_with_the_packages_installs_none():
     assert deploy_one("ubuntu2404", DebInstalled=lambda packages: set(packages)).named("System packages") == {}
+
+
+def test_uwsgi_build_read_from_its_cflags():
+    # `uwsgi --cflags` of a build with PCRE and SSL, and of one without (abridged)
+    with_both = ['-O2 -I. -Wall -D_LARGEFILE_SOURCE -DUWSGI_HAS_IFADDRS -DUWSGI_PCRE -DUWSGI_ROUTING '
+                 '-DUWSGI_VERSION="\\"2.0.31\\"" -DUWSGI_VERSION_BASE="2" -DUWSGI_VERSION_MAJOR="0" -DUWSGI_SSL '
+                 '-DUWSGI_PLUGIN_DIR="\\".\\""']
+    assert UwsgiBuild().process(with_both) == UwsgiBuildInfo("2.0.31", pcre=True, ssl=True)
+    without = ['-O2 -DUWSGI_VERSION="\\"2.0.28\\"" -DUWSGI_VERSION_BASE="2"']
+    assert UwsgiBuild().process(without) == UwsgiBuildInfo("2.0.28", pcre=False, ssl=False)
+    assert UwsgiBuild().process(["none"]) is None  # no uWSGI in the venv
+    assert UwsgiBuild().process([]) is None  # one that cannot say: rebuilt
 
 
 def test_debian_missing_packages_as_dpkg_reports_them():
