@@ -227,9 +227,9 @@ def test_debian_family_host_with_the_packages_installs_none():
 
 def test_uwsgi_build_read_from_its_cflags():
     # `uwsgi --cflags` of a build with PCRE and SSL, and of one without (abridged)
-    with_both = ['-O2 -I. -Wall -D_LARGEFILE_SOURCE -DUWSGI_HAS_IFADDRS -DUWSGI_PCRE -DUWSGI_ROUTING '
-                 '-DUWSGI_VERSION="\\"2.0.31\\"" -DUWSGI_VERSION_BASE="2" -DUWSGI_VERSION_MAJOR="0" -DUWSGI_SSL '
-                 '-DUWSGI_PLUGIN_DIR="\\".\\""']
+    with_both = [('-O2 -I. -Wall -D_LARGEFILE_SOURCE -DUWSGI_HAS_IFADDRS -DUWSGI_PCRE -DUWSGI_ROUTING '
+                  '-DUWSGI_VERSION="\\"2.0.31\\"" -DUWSGI_VERSION_BASE="2" -DUWSGI_VERSION_MAJOR="0" -DUWSGI_SSL '
+                  '-DUWSGI_PLUGIN_DIR="\\".\\""')]
     assert UwsgiBuild().process(with_both) == UwsgiBuildInfo("2.0.31", pcre=True, ssl=True)
     without = ['-O2 -DUWSGI_VERSION="\\"2.0.28\\"" -DUWSGI_VERSION_BASE="2"']
     assert UwsgiBuild().process(without) == UwsgiBuildInfo("2.0.28", pcre=False, ssl=False)
