@@ -18,6 +18,10 @@ from pyinfra.api.hiddenvalue import HiddenValue
 from pyinfra.connectors.util import CommandOutput, OutputLine
 
 from tasks import prefetch, speedups
+
+# pyinfra's own, taken when the tests are collected: before any test (or deploy run
+# in this process) applies the speedups, which replace it in pyinfra's modules.
+SHIPPED_POP_GLOBAL_ARGUMENTS = speedups._module("arguments").pop_global_arguments
 from tests.conftest import run_deploy
 
 # Outputs that could trip the framing: none at all, no final newline, blank lines,
@@ -263,7 +267,7 @@ def test_speedups_build_the_same_fact_commands():
 
 @pytest.mark.parametrize("case", ["plain", "host data", "call arguments", "deploy arguments", "bad type"])
 def test_speedups_pop_the_same_global_arguments(case):
-    from pyinfra.api import Config, Inventory, State, arguments
+    from pyinfra.api import Config, Inventory, State
     from pyinfra.api.exceptions import ArgumentTypeError
 
     inventory = Inventory(
@@ -281,7 +285,8 @@ def test_speedups_pop_the_same_global_arguments(case):
         host.data.override_me = 1  # pyinfra's override data, searched first
 
     results = []
-    for pop in (arguments.pop_global_arguments, speedups._pop_global_arguments):
+    assert SHIPPED_POP_GLOBAL_ARGUMENTS is not speedups._pop_global_arguments
+    for pop in (SHIPPED_POP_GLOBAL_ARGUMENTS, speedups._pop_global_arguments):
         given = dict(kwargs)
         try:
             popped, found = pop(state, host, given)
