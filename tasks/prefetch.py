@@ -76,32 +76,37 @@ def _raw(command):
 Kind = tuple
 
 
+_UNIT = re.compile(SYSTEMD_UNIT_NAME_REGEX)
+_signature = functools.lru_cache(maxsize=None)(inspect.signature)
+
+
 def _kind_of(fact, args: tuple, kwargs: dict) -> Kind | None:
     """The kind of fact `fact(*args, **kwargs)` asks, if it is one we group."""
-    if not isinstance(fact, type) or not (fact.command in (File.command, SystemdStatus.command)
-                                          or fact is Sha1File):
+    if not isinstance(fact, type):
+        return None
+    if fact.command is File.command:  # File, Directory, Link...: the same stat
+        kind = "stat"
+    elif fact is Sha1File:
+        kind = "sha1"
+    elif fact.command is SystemdStatus.command and issubclass(fact, SystemdStatus):
+        kind = "systemctl"
+    else:
         return None
     values = {key: value for key, value in kwargs.items() if not key.startswith("_")}
     try:
         bound = _signature(fact.command).bind(None, *args, **values).arguments
     except TypeError:
         return None
-    if fact.command is File.command or fact is Sha1File:
+    if kind != "systemctl":
         path = bound.get("path")
-        if isinstance(path, str) and path.startswith("/"):
-            return ("stat" if fact.command is File.command else "sha1", path)
-    elif issubclass(fact, SystemdStatus) and fact.command is SystemdStatus.command:
-        units = bound.get("services")
-        unit = units if isinstance(units, str) else (units[0] if isinstance(units, list | tuple)
-                                                     and len(units) == 1 else None)
-        options = (bound.get("user_mode", False), bound.get("machine"), bound.get("user_name"))
-        if options == (False, None, None) and isinstance(unit, str) and _UNIT.fullmatch(unit):
-            return ("systemctl", fact.state_key, unit)
+        return (kind, path) if isinstance(path, str) and path.startswith("/") else None
+    units = bound.get("services")
+    unit = units if isinstance(units, str) else (units[0] if isinstance(units, list | tuple)
+                                                 and len(units) == 1 else None)
+    options = (bound.get("user_mode", False), bound.get("machine"), bound.get("user_name"))
+    if options == (False, None, None) and isinstance(unit, str) and _UNIT.fullmatch(unit):
+        return (kind, fact.state_key, unit)
     return None
-
-
-_UNIT = re.compile(SYSTEMD_UNIT_NAME_REGEX)
-_signature = functools.lru_cache(maxsize=None)(inspect.signature)
 
 
 @functools.lru_cache(maxsize=4096)  # the same files and units on every host
