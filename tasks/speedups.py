@@ -36,7 +36,19 @@ from copy import copy
 from importlib.metadata import version
 from typing import Any
 
+from pyinfra.api.exceptions import ArgumentTypeError
+from pyinfra.api.util import raise_if_bad_type
+from pyinfra.context import ctx_config
+
 FOR_PYINFRA = "3.10."
+
+
+def _module(name: str):
+    return importlib.import_module(f"pyinfra.api.{name}")
+
+
+# Read through the module at each call: apply() replaces all_global_arguments.
+_arguments = _module("arguments")
 
 _frame_infos: dict = {}  # (code object, instruction offset) -> inspect.Traceback
 
@@ -81,11 +93,6 @@ def _host_default(datas: list, key: str):
 
 def _pop_global_arguments(state, host, kwargs: dict[str, Any]):
     """pyinfra 3.10's `pop_global_arguments`, reading the host's data sources once."""
-    from pyinfra.api.arguments import all_argument_meta, all_global_arguments
-    from pyinfra.api.exceptions import ArgumentTypeError
-    from pyinfra.api.util import raise_if_bad_type
-    from pyinfra.context import ctx_config
-
     config = state.config
     if ctx_config.isset():
         config = ctx_config.get()
@@ -96,8 +103,8 @@ def _pop_global_arguments(state, host, kwargs: dict[str, Any]):
 
     arguments: dict[str, Any] = {}
     found_keys: list[str] = []
-    for key, type_ in all_global_arguments():
-        argument_meta = all_argument_meta[key]
+    for key, type_ in _arguments.all_global_arguments():
+        argument_meta = _arguments.all_argument_meta[key]
         handler = argument_meta.handler
         default: Any = argument_meta.default(config)
 
@@ -144,8 +151,8 @@ def apply() -> bool:
     """Install them; False (and nothing changed) on another pyinfra release."""
     if not version("pyinfra").startswith(FOR_PYINFRA):
         return False
-    arguments, util = _module("arguments"), _module("util")
-    arguments.all_global_arguments = functools.cache(arguments.all_global_arguments)
+    _arguments.all_global_arguments = functools.cache(_arguments.all_global_arguments)
+    util = _module("util")
     util.stack, util.getframeinfo = _stack, _frame_info
     for name in PATCHED_MODULES:  # each imported the function by name
         _module(name).pop_global_arguments = _pop_global_arguments
@@ -156,7 +163,3 @@ def apply() -> bool:
 # The modules calling pop_global_arguments (pyinfra.api's own `deploy` and
 # `operation` attributes are the decorators, hence the modules by full name).
 PATCHED_MODULES = ("arguments", "deploy", "facts", "operation")
-
-
-def _module(name: str):
-    return importlib.import_module(f"pyinfra.api.{name}")
