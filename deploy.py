@@ -9,18 +9,20 @@ validated before any operation is added, so bad settings never touch a host.
 """
 
 from pyinfra import host
+from pyinfra.api import deploy
 
 from tasks import (balancer, firewall, healthcheck, logs, nginx, packages, platform, prefetch, release,
-                   selinux, service, speedups, topology, users, uwsgi)
+                   selinux, service, topology, uploads, users, uwsgi)
 from tasks.settings import load_apps
 
 apps = load_apps(host)
-# Less work per host: less of pyinfra's per-operation cost, facts in one round trip.
-speedups.apply()
+# Facts in one round trip (see tasks/prefetch.py).
 prefetch.start(host)
 system = platform.detect(host)
 
-if not topology.is_balancer(host):
+
+@deploy("App server")
+def app_server():
     local_nginx = not apps[0].behind_balancer
     packages.install(system, apps[0], nginx=local_nginx)
     # One uWSGI build per version, shared by the apps that use it.
@@ -51,11 +53,20 @@ if not topology.is_balancer(host):
         )
         healthcheck.verify(s, new_release, service_ops=app_ops + nginx_ops)
 
-# In a run over everything, balancers start only once every app server is ready.
-topology.wait_for_app_servers()
 
-if topology.is_balancer(host):
+@deploy("Load balancer")
+def load_balancer():
     packages.install(system, apps[0], app=False)
     selinux.allow(system, apps[0], app=False)
     firewall.open_ports(system, apps[0], app=False)
     balancer.configure(system, apps[0], upstreams=topology.upstreams(host, apps[0].app_name, load_apps))
+
+
+# Every upload passes through a directory only the SSH user can enter.
+private = {"_temp_dir": uploads.private_directory()}
+if not topology.is_balancer(host):
+    app_server(**private)
+# In a run over everything, balancers start only once every app server is ready.
+topology.wait_for_app_servers()
+if topology.is_balancer(host):
+    load_balancer(**private)

@@ -45,7 +45,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests import throwaway
+from dev import throwaway
 
 LABELS = {"io.pyinfra-flask.bench": "1"}
 RESULTS = throwaway.REPO_ROOT / "bench" / "results"

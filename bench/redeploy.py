@@ -13,7 +13,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from tests import throwaway
+from dev import throwaway
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests import throwaway
+from dev import throwaway
 
 
 def main() -> None:

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests import throwaway
-from tests.throwaway import DeployRun
+from dev import throwaway
+from dev.throwaway import DeployRun
 
 REPO_ROOT = throwaway.REPO_ROOT
 SESSION = uuid.uuid4().hex[:8]

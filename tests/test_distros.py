@@ -160,7 +160,10 @@ def deploy(facts: dict[str, dict], groups: dict[str, list[str]] | None = None,
                 op = state.ops[host][op_hash]
                 if op.operation_meta.did_change():
                     with ctx_host.use(host):
-                        changed[", ".join(sorted(state.op_meta[op_hash].names))] = [
+                        # Named by their step, without the role that wraps them all.
+                        names = (name.split(" | ", 1)[1] if name.startswith(ROLES) else name
+                                 for name in state.op_meta[op_hash].names)
+                        changed[", ".join(sorted(names))] = [
                             _text(command) for command in op.command_generator()
                         ]
             runs[host.name.removeprefix("@fake/")] = Run(changed)
@@ -168,6 +171,7 @@ def deploy(facts: dict[str, dict], groups: dict[str, list[str]] | None = None,
 
 
 DEPLOY = str(REPO_ROOT / "deploy.py")
+ROLES = ("App server | ", "Load balancer | ")
 
 
 def load_deploy(state: State) -> None:

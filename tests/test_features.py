@@ -222,7 +222,7 @@ def test_log_files_get_rotated(fork, tmp_path):
 
 
 def test_debian_13_end_to_end(hosts, tmp_path):
-    from tests import throwaway
+    from dev import throwaway
 
     host = hosts.start(throwaway.ensure_image("trixie"))
     try:

@@ -6,22 +6,16 @@ costs cut (tasks/speedups.py) with the same results as pyinfra's own code."""
 
 from __future__ import annotations
 
-import inspect
 import os
 import subprocess
 import time
-from types import SimpleNamespace
 
 import pytest
 from pyinfra.api import StringCommand
 from pyinfra.api.hiddenvalue import HiddenValue
 from pyinfra.connectors.util import CommandOutput, OutputLine
 
-from tasks import prefetch, speedups
-
-# pyinfra's own, taken when the tests are collected: before any test (or deploy run
-# in this process) applies the speedups, which replace it in pyinfra's modules.
-SHIPPED_POP_GLOBAL_ARGUMENTS = speedups._module("arguments").pop_global_arguments
+from tasks import prefetch
 from tests.conftest import run_deploy
 
 # Outputs that could trip the framing: none at all, no final newline, blank lines,
@@ -227,85 +221,6 @@ def test_commands_holding_hidden_values_are_never_written_down(fake):
     assert batch.asked == []
 
 
-def test_speedups_keep_pyinfra_operation_order(monkeypatch):
-    from pyinfra.api import util
-
-    state = SimpleNamespace(current_deploy_filename=__file__, current_op_file_number=7)
-
-    def operation():
-        return util.get_operation_order_from_stack(state)
-
-    def task():  # the same frames at two places: each keeps its own line
-        first = operation()
-        second = operation()
-        return first, second
-
-    orders = []
-    for stack, frame_info in ((inspect.stack, inspect.getframeinfo), (speedups._stack, speedups._frame_info)):
-        monkeypatch.setattr(util, "stack", stack)
-        monkeypatch.setattr(util, "getframeinfo", frame_info)
-        orders.append(task())  # one line, so both orders come from the same frames
-    assert orders[0] == orders[1]
-    first, second = orders[0]
-    assert len(first) >= 3 and first != second  # the op number, then lines down to the operation
-
-
-def test_speedups_build_the_same_fact_commands():
-    from pyinfra.api.command import make_formatted_string_command
-    from pyinfra.facts.files import File, Sha1File
-
-    def built():
-        return [File().command("/srv/a b").get_raw_value(), Sha1File().command("/etc/x'y").get_raw_value(),
-                make_formatted_string_command("echo {0} '{1}'", "a b", "c").get_raw_value()]
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(speedups._module("command"), "shlex", __import__("shlex"))
-        shipped = built()
-    assert speedups.apply()
-    assert built() == built() == shipped
-
-
-@pytest.mark.parametrize("case", ["plain", "host data", "call arguments", "deploy arguments", "bad type"])
-def test_speedups_pop_the_same_global_arguments(case):
-    from pyinfra.api import Config, Inventory, State
-    from pyinfra.api.exceptions import ArgumentTypeError
-
-    inventory = Inventory(
-        (["web1", ("web2", {"_sudo": True, "_env": {"A": "host"}, "_success_exit_codes": [0, 2]})], {"_shell_executable": "bash"}),
-        app_servers=(["web2"], {"_env": {"A": "group"}, "_sudo_user": "deploy", "app_name": "x"}),
-    )
-    state = State(inventory, Config(SUDO_USER="config-user"))
-    host = inventory.get_host("web2")
-    kwargs = {"name": "an operation", "_timeout": 30} if case == "call arguments" else {}
-    if case == "deploy arguments":
-        host.current_deploy_kwargs = {"_sudo": False, "_chdir": "/srv"}
-    if case == "bad type":
-        kwargs = {"_sudo": "yes"}
-    if case == "host data":
-        host.data.override_me = 1  # pyinfra's override data, searched first
-
-    results = []
-    assert SHIPPED_POP_GLOBAL_ARGUMENTS is not speedups._pop_global_arguments
-    for pop in (SHIPPED_POP_GLOBAL_ARGUMENTS, speedups._pop_global_arguments):
-        given = dict(kwargs)
-        try:
-            popped, found = pop(state, host, given)
-        except ArgumentTypeError as error:
-            results.append(("raised", str(error)))
-        else:
-            results.append((popped, found, given))
-    assert results[0] == results[1]
-    if case == "plain":
-        assert speedups.apply()  # and it is what pyinfra's operations, facts and deploys now call
-        assert all(speedups._module(name).pop_global_arguments is speedups._pop_global_arguments
-                   for name in speedups.PATCHED_MODULES)
-        popped = results[0][0]
-        assert (popped["_sudo"], popped["_sudo_user"], popped["_env"]) == (True, "deploy", {"A": "host"})
-        # A copy, as pyinfra hands out: changing it leaves the host's data alone.
-        assert popped["_success_exit_codes"] == [0, 2]
-        assert results[1][0]["_success_exit_codes"] is not inventory.get_host_data("web2")["_success_exit_codes"]
-
-
 @pytest.mark.e2e
 def test_a_run_that_changes_nothing_sends_one_command(fork, tmp_path):
     def remote_commands(run) -> int:
@@ -315,7 +230,7 @@ def test_a_run_that_changes_nothing_sends_one_command(fork, tmp_path):
     # Changed behind the deploy's back: found, although the batch's list is from before.
     fork.exec("echo 'stray' > /etc/logrotate.d/pyinfra-flask-greeting")
     fixing = run_deploy(fork, tmp_path, "--debug")
-    assert fixing.changed_operations() == ["Log rotation | No log rotation needed for greeting"]
+    assert fixing.changed_operations() == ["App server | Log rotation | No log rotation needed for greeting"]
     assert fork.exec("ls /etc/logrotate.d/").split().count("pyinfra-flask-greeting") == 0
     # The removal ended the batch: every later fact was read from the host again.
     assert remote_commands(fixing) > 10

@@ -10,7 +10,7 @@ import time
 import pytest
 import requests
 
-from tests import throwaway
+from dev import throwaway
 from tests.conftest import Load, app_variant, get, run_deploy
 from tests.test_deploy import GREETING
 
@@ -130,7 +130,7 @@ def test_interrupted_deploy_keeps_serving_and_next_run_converges(fork, tmp_path)
         proc = subprocess.Popen(command, cwd=throwaway.REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, env={**os.environ, "PYINFRA_PROGRESS": "off"})
         for line in proc.stdout:  # kill pyinfra as soon as it starts unpacking the release
-            if "Starting operation: Release | Unpack release" in line:
+            if "Starting operation: App server | Release | Unpack release" in line:
                 proc.send_signal(signal.SIGKILL)
                 break
         proc.wait(timeout=60)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import throwaway
+from dev import throwaway
 from tests.conftest import Load, app_variant, get, run_deploy
 from tests.test_deploy import GREETING
 

@@ -1,8 +1,8 @@
 """Manage the local throwaway demo host.
 
-    python -m tests.throwaway up [--release bookworm|trixie]   # boot it (idempotent)
-    python -m tests.throwaway down                             # remove it
-    python -m tests.throwaway image [--release ...]            # only build the image
+    python -m dev.throwaway up [--release bookworm|trixie]   # boot it (idempotent)
+    python -m dev.throwaway down                             # remove it
+    python -m dev.throwaway image [--release ...]            # only build the image
 
 `up` records how to reach the host in .throwaway/local.json, which
 inventories/local.py reads.
@@ -14,7 +14,7 @@ import sys
 
 import docker.errors
 
-from tests.throwaway import REPO_ROOT, Host, ThrowawayError, docker_client, ensure_image, ssh_key, start_host
+from dev.throwaway import REPO_ROOT, Host, ThrowawayError, docker_client, ensure_image, ssh_key, start_host
 
 STATE = REPO_ROOT / ".throwaway" / "local.json"
 DEMO_NAME = "pyinfra-flask-demo"
@@ -47,7 +47,7 @@ def down() -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.throwaway", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m dev.throwaway", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["up", "down", "image"])
     parser.add_argument("--release", default="bookworm", choices=["bookworm", "trixie"])

@@ -37,7 +37,11 @@ CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 PYINFRA = str(Path(sys.executable).parent / "pyinfra")
 
 # What a bare cloud VPS has: systemd, sshd, CA certificates. Nothing the deploy installs.
-BASE_PACKAGES = ["systemd", "systemd-sysv", "dbus", "openssh-server", "ca-certificates", "procps", "iproute2"]
+BASE_PACKAGES = ["systemd", "systemd-sysv", "dbus", "openssh-server", "ca-certificates", "procps", "iproute2",
+                 "sudo"]
+# The account the tests connect as, the way the README's inventories do: a normal
+# user with passwordless sudo (root's login is there only for tests that need it).
+DEPLOY_USER = "deploy"
 RELEASES = ("bookworm", "trixie")
 
 # The flags systemd needs to run as PID 1 in a container on these machines.
@@ -62,7 +66,7 @@ def docker_client() -> docker.DockerClient:
         return client
     except docker.errors.DockerException as exc:
         raise ThrowawayError(
-            f"No Docker engine answers ({exc}). Start one: `bash .ci/ensure-docker`."
+            f"No Docker engine answers ({exc}). Start one: `./run test` (it starts one)."
         ) from exc
 
 
@@ -96,6 +100,11 @@ def _customize_rootfs(root: Path) -> None:
         link.unlink(missing_ok=True)
         link.symlink_to("/dev/null")
     (root / "root/.ssh").mkdir(mode=0o700, exist_ok=True)
+    subprocess.run(["chroot", str(root), "useradd", "--create-home", "--shell", "/bin/bash", DEPLOY_USER],
+                   check=True)
+    sudoers = root / "etc/sudoers.d" / DEPLOY_USER
+    sudoers.write_text(f"{DEPLOY_USER} ALL=(ALL:ALL) NOPASSWD: ALL\n")
+    sudoers.chmod(0o440)
 
 
 def recipe_hash(release: str) -> str:
@@ -181,11 +190,13 @@ class Host:
             raise ThrowawayError(f"`{command}` failed on {self.name} ({code}):\n{text}")
         return text
 
-    def inventory_data(self) -> dict:
+    def inventory_data(self, as_root: bool = False) -> dict:
+        """How pyinfra reaches the host: as the sudo user, as users connect to their
+        servers, or as root for the tests that need it."""
         return {
             "ssh_hostname": "127.0.0.1",
             "ssh_port": self.ssh_port,
-            "ssh_user": "root",
+            **({"ssh_user": "root"} if as_root else {"ssh_user": DEPLOY_USER, "_sudo": True}),
             "ssh_key": str(self.key_path),
             "ssh_known_hosts_file": "/dev/null",
             "ssh_strict_host_key_checking": "no",
@@ -286,9 +297,11 @@ def start_host(image: str, name: str | None = None, network: str | None = None,
     host = Host(container=container, name=name, ssh_port=0, http_port=0, key_path=key_path)
     try:
         host._refresh_ports()
+        key = json.dumps(public_key)
         host.exec(
-            "umask 077 && mkdir -p /root/.ssh && "
-            f"echo {json.dumps(public_key)} > /root/.ssh/authorized_keys"
+            f"umask 077 && mkdir -p /root/.ssh && echo {key} > /root/.ssh/authorized_keys && "
+            f"mkdir -p /home/{DEPLOY_USER}/.ssh && echo {key} > /home/{DEPLOY_USER}/.ssh/authorized_keys && "
+            f"chown -R {DEPLOY_USER}: /home/{DEPLOY_USER}/.ssh"
         )
         host.wait_until_ready()
     except Exception:

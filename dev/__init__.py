@@ -1,0 +1,1 @@
+"""Development tooling: throwaway Docker hosts for the demo, the tests and the benchmarks."""
