@@ -11,14 +11,16 @@ validated before any operation is added, so bad settings never touch a host.
 from pyinfra import host
 from pyinfra.api import deploy
 
-from tasks import (balancer, firewall, healthcheck, logs, nginx, packages, platform, prefetch, release,
-                   selinux, service, topology, uploads, users, uwsgi)
+from tasks import (balancer, firewall, healthcheck, logs, nginx, packages, platform, preflight, prefetch,
+                   release, selinux, service, topology, uploads, users, uwsgi)
 from tasks.settings import load_apps
 
 apps = load_apps(host)
 # Facts in one round trip (see tasks/prefetch.py).
 prefetch.start(host)
 system = platform.detect(host)
+if not topology.is_balancer(host):
+    preflight.check(apps)
 
 
 @deploy("App server")

@@ -1,11 +1,16 @@
 """The systemd unit that runs uWSGI. Starting and reloading it onto a release is
 the release tool's job (tasks/release.py), so every (re)load is health-gated."""
 
+import shlex
+
 from pyinfra import host
 from pyinfra.api import FactBase, deploy
 from pyinfra.operations import files, systemd
 
 from tasks import JINJA, TEMPLATES
+
+# In every unit this deploy writes (templates/uwsgi.service.j2's first line).
+MARKER = "(pyinfra-flask app)"
 
 
 @deploy("uWSGI service")
@@ -32,7 +37,7 @@ class OurApps(FactBase):
         return []
 
     def command(self) -> str:
-        return "grep -l -F '(pyinfra-flask app)' /etc/systemd/system/*.service 2>/dev/null || true"
+        return f"grep -l -F {shlex.quote(MARKER)} /etc/systemd/system/*.service 2>/dev/null || true"
 
     def process(self, output: list[str]) -> list[str]:
         return [line.rsplit("/", 1)[1][: -len(".service")] for line in output if line.endswith(".service")]

@@ -18,7 +18,7 @@ import json
 import os
 import re
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -32,7 +32,7 @@ from pydantic import (
 )
 from pyinfra.api.exceptions import DeployError
 
-from tasks import REPO_ROOT
+from tasks import REPO_ROOT, reserved, static
 
 # A name that becomes a Unix user, a systemd unit, a directory and an nginx file name.
 NAME_RE = r"^[a-z][a-z0-9_-]{0,30}$"
@@ -90,6 +90,7 @@ def _relative_path(value: str) -> str:
 
 
 AbsPath = Annotated[str, Field(pattern=ABS_PATH_RE), AfterValidator(_no_dot_dot)]
+AppDirectory = Annotated[AbsPath, AfterValidator(reserved.app_directory)]
 RelPath = Annotated[str, Field(pattern=REL_PATH_RE), AfterValidator(_relative_path)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 ServerName = Annotated[str, Field(pattern=SERVER_NAME_RE, max_length=253)]
@@ -103,7 +104,7 @@ class Settings(BaseModel):
     _behind_balancer: bool = PrivateAttr(default=False)
 
     # The app
-    app_name: str = Field(
+    app_name: Annotated[str, AfterValidator(reserved.unit)] = Field(
         "greeting",
         pattern=NAME_RE,
         description="Name of the app: its system user and group, systemd unit, "
@@ -126,17 +127,20 @@ class Settings(BaseModel):
         min_length=1,
         description="The app's pip requirements file, relative to `app_source`.",
     )
-    app_static_dir: RelPath = Field(
-        "static",
+    app_static_dir: RelPath | None = Field(
+        None,
         description="Directory (relative to `app_source`) that nginx serves itself "
-        "under `app_static_url`; empty to serve no static files.",
+        "under `app_static_url`; empty to serve no static files. Default: the app's own static "
+        "folder, found in its `Flask(...)` call (`static/` beside the module, `pkg/static` for a "
+        "package, its `static_folder`), or none when it has none.",
     )
-    app_static_url: str = Field(
-        "/static/",
+    app_static_url: str | None = Field(
+        None,
         pattern=STATIC_URL_RE,
-        description="URL prefix for the static directory; starts and ends with `/`.",
+        description="URL prefix for the static directory; starts and ends with `/`. Default: the "
+        "app's `static_url_path`, or `/static/`.",
     )
-    url_prefix: str = Field(
+    url_prefix: Annotated[str, AfterValidator(reserved.no_dot_segments)] = Field(
         "/",
         pattern=r"^/([A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*)?/?$",
         description="URL path the app is mounted under, e.g. `/blog` (it sees SCRIPT_NAME "
@@ -149,13 +153,13 @@ class Settings(BaseModel):
         "socket and nginx proxies with the Upgrade headers. Needs `gevent` in the app's "
         "requirements; threads are not used.",
     )
-    app_user: str | None = Field(
+    app_user: Annotated[str, AfterValidator(reserved.account)] | None = Field(
         None,
         pattern=NAME_RE,
         description="Unprivileged system user (and group) the app runs as. "
         "Default: `app_name`.",
     )
-    app_root: AbsPath | None = Field(
+    app_root: AppDirectory | None = Field(
         None,
         description="Directory on the host holding code, venv and uWSGI config. "
         "Default: `/srv/<app_name>`.",
@@ -337,6 +341,12 @@ class Settings(BaseModel):
             "uwsgi_threads": self.uwsgi_threads or (1 if self.websockets else 2),
             "url_prefix": self.url_prefix.rstrip("/") or "/",
         }
+        if self.app_static_dir is None or self.app_static_url is None:
+            found = static.find(self.source_dir, self.app_entry.split(":")[0]) if self.source_dir.is_dir() else None
+            if self.app_static_dir is None:
+                derived["app_static_dir"] = found.directory if found else ""
+            if self.app_static_url is None:
+                derived["app_static_url"] = found.url if found and self.app_static_dir is None else "/static/"
         derived["nginx_access_log"] = (
             self.nginx_access_log or f"/var/log/nginx/{self.app_name}.access.log"
         )
@@ -443,10 +453,43 @@ class Settings(BaseModel):
         for path in self.shared_paths:
             if path.strip("/") in ("", ".venv", ".deploy-loader.py", ".deploy-release.json"):
                 raise ValueError(f"shared_paths: {path!r} would replace the release itself or its venv")
+        # Root creates and chowns each shared path: one inside another (which the app
+        # can write) would have root working inside a directory the app controls.
+        names = [PurePosixPath(path.rstrip("/")) for path in self.shared_paths]
+        for path in names:
+            outer = next((other for other in names if other in path.parents), None)
+            if outer is not None:
+                raise ValueError(f"shared_paths: {str(path)!r} is inside the shared {str(outer)!r}/; "
+                                 "share the outer one only")
         if self.healthcheck_path.startswith(self.app_static_url) and self.app_static_dir:
             raise ValueError(
                 "healthcheck_path: points into app_static_url, so it would test nginx, not the app"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _check_log_directories(self) -> Settings:
+        # The uWSGI log's directory is given to the app user (uWSGI runs as it), so it
+        # must be one of the app's own; nginx (root) must never open a log inside a
+        # directory the app can write, where the app could put a link in the log's place.
+        app_writable = [self.app_root, self.socket_dir, "/tmp", "/var/tmp", "/dev/shm"]
+        if self.uwsgi_log != "journal":
+            log_dir = str(PurePosixPath(self.uwsgi_log).parent)
+            try:
+                reserved.app_directory(log_dir, example=f"/var/log/{self.app_name}/uwsgi.log")
+            except ValueError as exc:
+                raise ValueError(f"uwsgi_log: its directory is given to the app user, and {exc}") from None
+            app_writable.append(log_dir)
+        for key in ("nginx_access_log", "nginx_error_log"):
+            path = PurePosixPath(getattr(self, key))
+            if not str(path).startswith("/"):
+                continue
+            writable = next((d for d in app_writable if PurePosixPath(d) == path.parent
+                             or PurePosixPath(d) in path.parents), None)
+            if writable:
+                raise ValueError(f"{key}: {path} is inside {writable}, where the app user can write: nginx "
+                                 "(root) would follow a link the app put in its place; keep nginx's logs in a "
+                                 "directory of root's, e.g. /var/log/nginx")
         return self
 
     # Paths and names the tasks share, derived from the settings.
@@ -603,8 +646,11 @@ def load_apps(host) -> list[Settings]:
     data = host.data.dict()
     apps = data.pop("apps", None)
     where = f"settings for host {host.name!r}"
+    login = data.get("ssh_user")
     if apps is None:
-        return [topology.place(host, validate(data, where=where))]
+        found = [topology.place(host, validate(data, where=where))]
+        _check_apps_apart(found, where, login)
+        return found
     if not isinstance(apps, list) or not apps or not all(isinstance(app, dict) for app in apps):
         raise SettingsError(f"Invalid {where}; nothing was changed on any host:\n"
                             f"  - apps = {apps!r}: must be a non-empty list of dicts, one per app")
@@ -617,12 +663,21 @@ def load_apps(host) -> list[Settings]:
             problems.append(str(exc))
     if problems:
         raise SettingsError("\n".join(problems))
-    _check_apps_apart(found, where)
+    _check_apps_apart(found, where, login)
     return found
 
 
-def _check_apps_apart(apps: list[Settings], where: str) -> None:
+def _check_apps_apart(apps: list[Settings], where: str, login: str | None = None) -> None:
     problems = []
+    for app in apps:
+        if login and app.app_user == login:
+            problems.append(f"app_user = {app.app_user!r}: is the user pyinfra logs in as (ssh_user); the deploy "
+                            "would make it a system account without a login shell")
+    for app in apps:
+        for other in apps:
+            if other is not app and PurePosixPath(other.app_root) in PurePosixPath(app.app_root).parents:
+                problems.append(f"app_root = {app.app_root!r}: is inside {other.app_name}'s app_root "
+                                f"{other.app_root}; each app needs a directory of its own")
     for key in ("app_name", "app_user", "app_root"):
         seen: dict = {}
         for app in apps:

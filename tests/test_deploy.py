@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 
 import pytest
 import testinfra
@@ -185,16 +186,27 @@ def test_uwsgi_that_cannot_get_pcre_stops_the_deploy(fork, tmp_path):
     assert fork.exec("test -e /opt/pyinfra-flask/uwsgi-2.0.31/bin/uwsgi || echo gone").strip() == "gone"
 
 
-def test_application_factory_entry_point(fork, tmp_path):
-    run_deploy(fork, tmp_path, data={
-        "app_source": "tests/apps/factory",
-        "app_entry": "factoryapp:create_app()",
-        "app_static_dir": "",
-    })
+def test_application_factory_entry_point_and_its_static_folder(fork, tmp_path):
+    # A package app without any static folder: the default must not refuse it.
+    factory = {"app_source": "tests/apps/factory", "app_entry": "factoryapp:create_app()"}
+    run_deploy(fork, tmp_path, data=factory)
     response = get(fork.url + "/")
     assert response.status_code == 200
     assert response.text == "made by create_app()\n"
     assert "application = create_app()" in fork.exec("cat /srv/greeting/current/.deploy-loader.py")
+    assert "location /static/" not in fork.exec("cat /etc/nginx/sites-available/greeting.conf")
+
+    # The same package with its static folder where Flask keeps it (factoryapp/static):
+    # found, and served by nginx (its `expires`), not by the app.
+    app = tmp_path / "factory"
+    shutil.copytree(REPO_ROOT / "tests/apps/factory", app)
+    (app / "factoryapp/static").mkdir()
+    (app / "factoryapp/static/app.css").write_text("body { color: teal }\n")
+    run_deploy(fork, tmp_path, data={**factory, "app_source": str(app)})
+    response = get(fork.url + "/static/app.css")
+    assert response.status_code == 200 and response.text == "body { color: teal }\n"
+    assert response.headers.get("Cache-Control") == "max-age=2592000", response.headers
+    assert "alias /srv/greeting/current/factoryapp/static/;" in fork.exec("cat /etc/nginx/sites-available/greeting.conf")
 
 
 def test_app_that_fails_to_import_fails_the_deploy_with_its_traceback(fork, tmp_path):

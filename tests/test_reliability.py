@@ -169,6 +169,12 @@ def test_reboot_brings_everything_back(fork):
     ({"uwsgi_log": "/var/log/x y.log"}, "uwsgi_log"),
     ({"nginx_client_max_body_size": "1m; include /etc/shadow"}, "nginx_client_max_body_size"),
     ({"url_prefix": "/blog { }"}, "url_prefix"),
+    # Values that pass every pattern but would take over the system's own.
+    ({"app_root": "/etc"}, "app_root"),
+    ({"app_name": "ssh"}, "app_name"),
+    ({"app_user": "www-data"}, "app_user"),
+    ({"app_user": throwaway.DEPLOY_USER}, "app_user"),
+    ({"url_prefix": "/blog/../admin"}, "url_prefix"),
 ])
 def test_hostile_values_are_refused_before_any_host(deployed, tmp_path, data, key):
     host = deployed.host

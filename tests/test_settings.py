@@ -86,6 +86,32 @@ def test_pyinfra_own_data_is_not_mistaken_for_a_typo():
         ({"url_prefix": "blog"}, "url_prefix = 'blog'"),
         ({"uwsgi_socket": "127.0.0.1:80"}, "uwsgi_socket: port 80 is nginx's port"),
         ({"lb_method": "random"}, "lb_method = 'random'"),
+        # Values no pattern refuses but the system does not survive.
+        ({"app_root": "/"}, "app_root = '/': / is a directory the system and other software share"),
+        ({"app_root": "/etc"}, "app_root = '/etc': /etc is inside /etc, which belongs to the system"),
+        ({"app_root": "/var"}, "app_root = '/var': /var is a directory the system and other software share"),
+        ({"app_root": "/srv"}, "app_root = '/srv'"),
+        ({"app_root": "/usr/local/lib/app"}, "app_root = '/usr/local/lib/app': /usr/local/lib/app is inside /usr"),
+        ({"app_root": "/home/alice"}, "app_root = '/home/alice': /home/alice is a user's home directory"),
+        ({"app_root": "/opt/pyinfra-flask/x"}, "app_root = '/opt/pyinfra-flask/x'"),
+        ({"app_name": "ssh"}, "app_name = 'ssh': would replace the system's own ssh.service"),
+        ({"app_name": "nginx"}, "app_name = 'nginx': would replace the system's own nginx.service"),
+        ({"app_name": "systemd-journald"}, "app_name = 'systemd-journald'"),
+        ({"app_user": "www-data"}, "app_user = 'www-data': is an account the system or one of its services uses"),
+        ({"app_user": "root"}, "app_user = 'root'"),
+        ({"app_user": "nginx"}, "app_user = 'nginx'"),
+        ({"url_prefix": "/blog/../admin"}, "url_prefix = '/blog/../admin': must not contain '.' or '..'"),
+        ({"url_prefix": "/./x"}, "url_prefix = '/./x'"),
+        ({"uwsgi_log": "/var/log/uwsgi.log"}, "uwsgi_log: its directory is given to the app user, and /var/log is"),
+        ({"uwsgi_log": "/etc/greeting/uwsgi.log"}, "uwsgi_log: its directory is given to the app user, and /etc"),
+        # nginx (root) must never open a log where the app user could put a link.
+        ({"uwsgi_log": "/var/log/greeting/uwsgi.log", "nginx_access_log": "/var/log/greeting/access.log"},
+         "nginx_access_log: /var/log/greeting/access.log is inside /var/log/greeting, where the app user can write"),
+        ({"nginx_error_log": "/srv/greeting/shared/instance/error.log"}, "nginx_error_log: /srv/greeting/shared"),
+        ({"nginx_access_log": "/tmp/access.log"}, "nginx_access_log: /tmp/access.log is inside /tmp"),
+        ({"nginx_error_log": "/run/greeting/error.log"}, "nginx_error_log: /run/greeting/error.log"),
+        ({"shared_paths": ["instance/", "instance/uploads/"]},
+         "shared_paths: 'instance/uploads' is inside the shared 'instance'/"),
     ],
 )
 @pytest.mark.reliability
@@ -112,3 +138,57 @@ def test_readme_settings_table_matches_the_code():
     # And every setting is in it.
     for name in settings.Settings.model_fields:
         assert re.search(rf"^\| `{name}` \|", readme, re.M), name
+
+
+def test_an_app_user_that_is_the_ssh_user_is_refused():
+    apps = [validate({"app_user": "deploy"})]
+    with pytest.raises(SettingsError, match="app_user = 'deploy': is the user pyinfra logs in as"):
+        settings._check_apps_apart(apps, "settings", login="deploy")
+    settings._check_apps_apart(apps, "settings", login="admin")
+
+
+def test_an_app_root_inside_another_apps_is_refused():
+    apps = [validate({"app_name": "shop"}), validate({"app_name": "blog", "app_root": "/srv/shop/blog"})]
+    with pytest.raises(SettingsError, match="app_root = '/srv/shop/blog': is inside shop's app_root /srv/shop"):
+        settings._check_apps_apart(apps, "settings")
+
+
+@pytest.mark.parametrize(("files", "entry", "expected"), [
+    # The example app: Flask(__name__) in greeting.py, static/ beside it.
+    ({"greeting.py": "from flask import Flask\napp = Flask(__name__)\n", "static/a.css": ""}, "wsgi",
+     ("static", "/static/")),
+    # No static folder at all: nothing to serve, and no error.
+    ({"app.py": "from flask import Flask\napp = Flask(__name__)\n"}, "app", None),
+    # A package keeps it beside its __init__.py.
+    ({"shop/__init__.py": "import flask\ndef create_app():\n    return flask.Flask(__name__)\n",
+      "shop/static/a.css": "", "wsgi.py": "from shop import create_app\n"}, "shop", ("shop/static", "/static/")),
+    # Its own folder and URL.
+    ({"app.py": "from flask import Flask\napp = Flask(__name__, static_folder='assets', static_url_path='/a')\n",
+      "assets/x.js": ""}, "app", ("assets", "/a/")),
+    ({"app.py": "from flask import Flask\napp = Flask(__name__, static_folder='public')\n", "public/x": ""},
+     "app", ("public", "/public/")),
+    # Turned off, even with a static/ directory lying around.
+    ({"app.py": "from flask import Flask\napp = Flask(__name__, static_folder=None)\n", "static/x": ""},
+     "app", None),
+    # Two apps in the tree: the one the entry point imports wins.
+    ({"admin/__init__.py": "from flask import Flask\napp = Flask(__name__)\n", "admin/static/x": "",
+      "site/__init__.py": "from flask import Flask\napp = Flask(__name__)\n", "site/static/y": ""},
+     "site", ("site/static", "/static/")),
+])
+def test_static_folder_is_found_where_flask_keeps_it(tmp_path, files, entry, expected):
+    from tasks import static
+
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    found = static.find(tmp_path, entry)
+    assert (tuple(found) if found else None) == expected
+
+
+def test_an_app_without_a_static_folder_is_valid_and_serves_none():
+    s = validate({"app_source": "tests/apps/factory", "app_entry": "factoryapp:create_app()"})
+    assert s.app_static_dir == ""
+    # Set on purpose and missing: that is a mistake, named.
+    with pytest.raises(SettingsError, match="app_static_dir: 'static' is not a directory"):
+        validate({"app_source": "tests/apps/factory", "app_entry": "factoryapp:create_app()",
+                  "app_static_dir": "static"})
