@@ -17,7 +17,7 @@ from tasks.settings import load_apps
 
 apps = load_apps(host)
 # Facts in one round trip (see tasks/prefetch.py).
-prefetch.start(host)
+prefetch.start(host, enabled=apps[0].fact_batch)
 system = platform.detect(host)
 if not topology.is_balancer(host):
     preflight.check(apps)

@@ -11,10 +11,19 @@ What a run decides cannot change: a request is answered from the batch only for 
 very command it was run for, with the same connection arguments (sudo, env, ...), if
 it succeeded, and only until the run first changes that host: any other command or
 upload on it ends the batch, and every later fact is read live, as pyinfra would.
-Before that, nothing on the host was changed by this run, so the answer is what a
-live read would give. A missing or stale list costs only speed. Commands holding
+pyinfra reads every fact again when it executes, after the confirmation prompt: the
+batch is read again then too (a second round trip), so no answer is older than a
+live read would be. A missing or stale list costs only speed. Commands holding
 hidden values are never written down. With pyinfra's fact commands shown (-vv and
 up) nothing is batched, so what is printed is what ran.
+
+The boundary: this module leans on how pyinfra 3.10 runs facts (the host's
+`get_fact` and `run_shell_command`, its connector arguments). It switches itself on
+only for the pyinfra releases it was tested with (TESTED_PYINFRA), and any surprise
+while it starts leaves the run to plain pyinfra with a warning, never an error.
+`fact_batch: false` (a setting) turns it off. The list of commands lives outside the
+checkout, in the user's own cache directory (mode 700), so nothing committed or
+pulled can put a command into it.
 
 Most of those commands are pyinfra's per-file and per-unit facts (a `stat` and a
 `sha1sum` for each file an operation manages, a `systemctl show` for each unit),
@@ -37,6 +46,7 @@ import secrets
 import shlex
 import tempfile
 import weakref
+from importlib.metadata import version
 from pathlib import Path
 
 from pyinfra import logger
@@ -49,18 +59,31 @@ from pyinfra.facts.systemd import SYSTEMD_UNIT_NAME_REGEX, SystemdStatus
 
 from tasks import REPO_ROOT
 
-CACHE_DIR = REPO_ROOT / ".cache" / "facts"
-FORMAT = 2
+# pyinfra releases this was tested with (`version()` prefixes); any other runs plain.
+TESTED_PYINFRA = ("3.10.",)
+CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pyinfra-flask" / "facts"
+FORMAT = 3
 _BATCHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # pyinfra Host -> its _Batch
 
 
 def _cache_file(host) -> Path:
-    return CACHE_DIR / (hashlib.sha256(host.name.encode()).hexdigest()[:24] + ".json")
+    # One list per checkout and host: two checkouts deploying the same host differ.
+    key = f"{REPO_ROOT}\0{host.name}"
+    return CACHE_DIR / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".json")
+
+
+# Connector arguments that change how commands run (and so what they print): all but
+# where uploads wait on their way (the deploy sets `_temp_dir` for every operation).
+RUN_ARGUMENT_KEYS = frozenset(CONNECTOR_ARGUMENT_KEYS) - {"_temp_dir"}
+
+
+def _run_arguments(arguments: dict) -> dict:
+    return {key: value for key, value in arguments.items() if key in RUN_ARGUMENT_KEYS}
 
 
 def _default_connector_arguments(host) -> dict:
     arguments, _ = pop_global_arguments(host.state, host, {})
-    return {key: value for key, value in arguments.items() if key in CONNECTOR_ARGUMENT_KEYS}
+    return _run_arguments(arguments)
 
 
 def _raw(command):
@@ -233,6 +256,7 @@ class _Batch:
         self.asked: list[str] = []
         self.kinds: dict[str, Kind] = {}  # asked commands that can be grouped
         self.in_fact: bool | Kind = False  # in a fact: True, or the kind of fact it is
+        self.executing = False  # pyinfra has started executing on this host
         self.get_fact, self.run_shell_command = host.get_fact, host.run_shell_command
         self.changing_command = self.changing(host.run_shell_command)
         self.put_file, self.rsync = self.changing(host.put_file), self.changing(host.rsync)
@@ -242,7 +266,14 @@ class _Batch:
         self.host.run_shell_command = self.command
         self.host.put_file, self.host.rsync = self.put_file, self.rsync
 
+    def uninstall(self) -> None:
+        for name in ("get_fact", "run_shell_command", "put_file", "rsync"):
+            self.host.__dict__.pop(name, None)
+
     def fetch(self, commands: list[str], kinds: dict[str, Kind] | None = None) -> None:
+        self.results = {}
+        if not commands:
+            return
         token = "@@prefetch-" + secrets.token_hex(8)
         script = _batch_script(commands, token, kinds)
         ok, output = self.run_shell_command(StringCommand(script), **self.arguments)
@@ -269,8 +300,7 @@ class _Batch:
     def command(self, command, *args, **kwargs):
         if not self.in_fact:
             return self.changing_command(command, *args, **kwargs)
-        arguments = {key: value for key, value in kwargs.items() if key in CONNECTOR_ARGUMENT_KEYS}
-        raw = _raw(command) if arguments == self.arguments else None
+        raw = _raw(command) if _run_arguments(kwargs) == self.arguments else None
         if raw is None:
             return self.run_shell_command(command, *args, **kwargs)
         if raw not in self.asked:
@@ -282,29 +312,62 @@ class _Batch:
         return self.run_shell_command(command, *args, **kwargs)
 
 
-def start(host) -> None:
-    """Answer this run's facts from one batched command (call before the first fact)."""
+def start(host, enabled: bool = True) -> bool:
+    """Answer this run's facts from one batched command (call before the first fact).
+    False when the run is left to plain pyinfra."""
     host = host._get_module() if hasattr(host, "_get_module") else host  # pyinfra's context proxy
+    if not enabled or not version("pyinfra").startswith(TESTED_PYINFRA):
+        return False
     state = host.state
-    if state.print_fact_output or state.print_fact_input or host in _BATCHES:
-        return
-    batch = _Batch(host)
-    batch.install()
-    if not any(isinstance(handler, _RememberOnDisconnect) for handler in state.callback_handlers):
-        state.add_callback_handler(_RememberOnDisconnect())
-    _BATCHES[host] = batch
+    if state.print_fact_output or state.print_fact_input:
+        return False
+    if host in _BATCHES:
+        return True
+    batch = None
+    try:
+        batch = _Batch(host)
+        batch.install()
+        if not any(isinstance(handler, _Callbacks) for handler in state.callback_handlers):
+            state.add_callback_handler(_Callbacks())
+        _BATCHES[host] = batch
+        remembered = _remembered(host)
+        if remembered:
+            if not host.connected:
+                host.connect(reason="to load facts", raise_exceptions=True)
+            batch.fetch(*remembered)
+    except Exception as exc:  # never an error: the run goes on as plain pyinfra
+        logger.warning(f"{host.print_prefix}fact batch off for this run ({type(exc).__name__}: {exc})")
+        if batch is not None:
+            batch.uninstall()
+        _BATCHES.pop(host, None)
+        return False
+    return True
+
+
+def _remembered(host) -> tuple[list[str], dict[str, Kind]] | None:
     try:
         remembered = json.loads(_cache_file(host).read_text())
     except (OSError, ValueError):
-        return
-    if remembered.get("format") == FORMAT and remembered.get("commands"):
-        if not host.connected:
-            host.connect(reason="to load facts", raise_exceptions=True)
-        kinds = {command: tuple(kind) for command, kind in remembered.get("kinds", {}).items()}
-        batch.fetch(list(remembered["commands"]), kinds)
+        return None
+    if remembered.get("format") != FORMAT or not remembered.get("commands"):
+        return None
+    kinds = {command: tuple(kind) for command, kind in remembered.get("kinds", {}).items()}
+    return list(remembered["commands"]), kinds
 
 
-class _RememberOnDisconnect(BaseStateCallback):
+class _Callbacks(BaseStateCallback):
+    @staticmethod
+    def operation_host_start(state, host, op_hash):
+        # pyinfra now executes, and reads every fact again: so does the batch, once,
+        # so that no answer is older than the live read it stands in for.
+        batch = _BATCHES.get(host)
+        if batch is not None and not batch.executing:
+            batch.executing = True
+            # What the last run asked (most operations read their facts only now) and
+            # what this one asked so far.
+            remembered, kinds = _remembered(host) or ([], {})
+            batch.fetch(list(dict.fromkeys(remembered + batch.asked)), {**kinds, **batch.kinds})
+
     @staticmethod
     def host_disconnect(state, host):
         _remember(host)
@@ -315,7 +378,7 @@ def _remember(host) -> None:
     batch = _BATCHES.get(host)
     if batch is None or not batch.asked:
         return
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    CACHE_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
     content = json.dumps({"format": FORMAT, "host": host.name, "commands": batch.asked,
                           "kinds": batch.kinds}, indent=1)
     with tempfile.NamedTemporaryFile("w", dir=CACHE_DIR, delete=False, suffix=".tmp") as tmp:

@@ -326,6 +326,12 @@ class Settings(BaseModel):
         description="Seconds uWSGI may take to have every worker on the new release before "
         "the deploy counts it as failed (and rolls back).",
     )
+    fact_batch: bool = Field(
+        True,
+        description="Read a run's facts from each host in one round trip (the commands the "
+        "previous run asked, remembered in `~/.cache/pyinfra-flask`), read again when pyinfra starts "
+        "executing; `false` leaves every fact to pyinfra (one command each).",
+    )
     apt_cache_valid_time: int = Field(
         86400, ge=0,
         description="Seconds the package index counts as fresh; it is refreshed only "

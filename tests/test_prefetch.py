@@ -221,8 +221,50 @@ def test_commands_holding_hidden_values_are_never_written_down(fake):
     assert batch.asked == []
 
 
+def test_facts_are_read_again_when_pyinfra_starts_executing(fake, monkeypatch):
+    # Between preparing and executing, pyinfra may wait at its prompt for minutes: the
+    # batch read before it must not answer the facts pyinfra reads again then.
+    host, batch = fake
+    monkeypatch.setitem(prefetch._BATCHES, host, batch)
+    # Asked so far, and (most operations read their facts only when they execute) what
+    # the previous run asked.
+    batch.asked = ["cat /a", "cat /b"]
+    monkeypatch.setattr(prefetch, "_remembered", lambda host: (["cat /b", "cat /c"], {}))
+    prefetch._Callbacks.operation_host_start(None, host, "op")
+    assert len(host.ran) == 1 and all(f"cat /{name}" in host.ran[0] for name in "abc")  # one command
+    assert stdout(host.get_fact("cat /a", _sudo=False)) == ["live cat /a"]  # the old answer is gone
+    prefetch._Callbacks.operation_host_start(None, host, "next op")
+    assert len(host.ran) == 2  # once per run, not once per operation
+
+
+class FakeState:
+    print_fact_output = print_fact_input = False
+    callback_handlers: list = []
+
+
+@pytest.mark.parametrize("case", ["other pyinfra", "switched off", "surprise"])
+def test_anything_unexpected_leaves_the_run_to_plain_pyinfra(monkeypatch, caplog, case):
+    host = FakeHost()
+    host.state = FakeState()
+    if case == "other pyinfra":
+        monkeypatch.setattr(prefetch, "version", lambda name: "3.11.0")
+    if case == "surprise":
+        monkeypatch.setattr(prefetch, "_default_connector_arguments", lambda host: 1 / 0)
+    assert prefetch.start(host, enabled=case != "switched off") is False
+    assert "get_fact" not in vars(host) and "run_shell_command" not in vars(host)  # pyinfra's own, untouched
+    assert host not in prefetch._BATCHES
+    if case == "surprise":
+        assert "fact batch off for this run (ZeroDivisionError" in caplog.text
+
+
+def test_the_remembered_commands_live_outside_the_checkout():
+    from tasks import REPO_ROOT
+
+    assert REPO_ROOT not in prefetch.CACHE_DIR.parents
+
+
 @pytest.mark.e2e
-def test_a_run_that_changes_nothing_sends_one_command(fork, tmp_path):
+def test_a_run_that_changes_nothing_sends_two_commands(fork, tmp_path):
     def remote_commands(run) -> int:
         return sum("Running command on" in line for line in run.output.splitlines())
 
@@ -237,7 +279,11 @@ def test_a_run_that_changes_nothing_sends_one_command(fork, tmp_path):
 
     quiet = run_deploy(fork, tmp_path, "--debug")
     assert quiet.changed_operations() == [], quiet.output[-4000:]
-    assert remote_commands(quiet) == 1, quiet.output[-4000:]
+    # One batch while pyinfra prepares, one when it executes (it reads every fact again).
+    assert remote_commands(quiet) == 2, quiet.output[-4000:]
+    # Switched off: every fact is its own command.
+    plain = run_deploy(fork, tmp_path, "--debug", data={"fact_batch": False})
+    assert plain.changed_operations() == [] and remote_commands(plain) > 20
     # With the fact commands shown (-vv), what is shown is what ran: no batch.
     shown = run_deploy(fork, tmp_path, "-vv")
     assert shown.changed_operations() == []
