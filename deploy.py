@@ -16,7 +16,7 @@ from tasks import (balancer, firewall, healthcheck, logs, nginx, packages, platf
 from tasks.settings import load_apps
 
 apps = load_apps(host)
-# Facts in one round trip (see tasks/prefetch.py).
+# Facts in one batched command per phase (see tasks/prefetch.py).
 prefetch.start(host, enabled=apps[0].fact_batch)
 system = platform.detect(host)
 if not topology.is_balancer(host):

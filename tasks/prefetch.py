@@ -1,9 +1,9 @@
-"""Read every fact of a run in one round trip instead of one SSH command each.
+"""Read a run's facts in one round trip (two: see below) instead of one SSH command each.
 
 pyinfra 3 runs one remote command per fact while it works out what would change:
 about 45 for this deploy, each a full SSH exec (~50 ms), so a run that changes
 nothing spent most of its time waiting on the network. At the end of a run we note
-which fact commands it asked each host (locally, in .cache/facts/, one file per host,
+which fact commands it asked each host (locally, in ~/.cache/pyinfra-flask/facts/, one file per host,
 commands only); the next run sends them all to the host in one command, run side by
 side there, and answers the same requests from that output.
 

@@ -328,9 +328,9 @@ class Settings(BaseModel):
     )
     fact_batch: bool = Field(
         True,
-        description="Read a run's facts from each host in one round trip (the commands the "
-        "previous run asked, remembered in `~/.cache/pyinfra-flask`), read again when pyinfra starts "
-        "executing; `false` leaves every fact to pyinfra (one command each).",
+        description="Read a run's facts from each host in one command (the ones the previous run "
+        "asked, remembered in `~/.cache/pyinfra-flask`), again when pyinfra starts executing; `false` "
+        "leaves every fact to pyinfra (one command each).",
     )
     apt_cache_valid_time: int = Field(
         86400, ge=0,
