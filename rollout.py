@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -36,19 +37,32 @@ PYINFRA = str(Path(sys.executable).parent / "pyinfra")
 HOST_FAILURE = re.compile(r"^\s*\[(?P<host>[^\]]+)\]\s+(Error|Could not connect)")
 
 
-def load_inventory(path: str) -> tuple[list[str], list[str]]:
-    """(app servers, load balancers) by name, in inventory order."""
-    from pyinfra.api import State
-    from pyinfra.context import ctx_state
-    from pyinfra_cli.inventory import make_inventory
+def _members(group) -> list[str]:
+    """Host names of one inventory group, in the forms pyinfra's inventory files take:
+    a list of hosts, or (list, group data); a host is a name or (name, host data)."""
+    if isinstance(group, tuple) and len(group) == 2 and isinstance(group[1], dict):
+        group = group[0]
+    if not isinstance(group, (list, tuple)):
+        return []
+    names = []
+    for entry in group:
+        name = entry[0] if isinstance(entry, tuple) and entry and isinstance(entry[0], str) else entry
+        if isinstance(name, str):
+            names.append(name)
+    return names
 
-    # pyinfra reads inventory files inside a state, as its CLI does.
-    with ctx_state.use(State()):
-        inventory = make_inventory(path, cwd=str(REPO_ROOT))
-    balancers = [host.name for host in inventory.get_group(LB_GROUP, default=[])]
-    app_group = inventory.get_group(APP_GROUP, default=None)
-    hosts = app_group if app_group is not None else [h for h in inventory if h.name not in balancers]
-    return [host.name for host in hosts], balancers
+
+def load_inventory(path: str) -> tuple[list[str], list[str]]:
+    """(app servers, load balancers) by name, in inventory order, read from the
+    inventory file itself (a Python module whose lists are the groups)."""
+    groups = {name: _members(value) for name, value in runpy.run_path(path).items()
+              if not name.startswith("_")}
+    groups = {name: members for name, members in groups.items() if members}
+    balancers = groups.get(LB_GROUP, [])
+    if APP_GROUP in groups:
+        return groups[APP_GROUP], balancers
+    everyone = list(dict.fromkeys(name for members in groups.values() for name in members))
+    return [name for name in everyone if name not in balancers], balancers
 
 
 def batches(hosts: list[str], size: str) -> list[list[str]]:
