@@ -30,6 +30,7 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+from dotenv import parser as dotenv_parser
 from pyinfra.api.exceptions import DeployError
 
 from tasks import REPO_ROOT, reserved, static
@@ -413,10 +414,10 @@ class Settings(BaseModel):
             path = self.local_path(self.app_env_file)
             if not path.is_file():
                 raise ValueError(f"app_env_file: {self.app_env_file!r} is not a file ({path})")
-            for number, line in enumerate(path.read_text().splitlines(), 1):
-                if line.strip() and not line.lstrip().startswith("#") and not re.match(
-                        r"^\s*(export\s+)?[A-Za-z_][A-Za-z0-9_]*=", line):
-                    raise ValueError(f"app_env_file: line {number} of {self.app_env_file} is not KEY=value")
+            for binding in self._env_bindings():
+                if binding.error:
+                    raise ValueError(f"app_env_file: line {binding.original.line} of {self.app_env_file} "
+                                     "is not KEY=value")
         missing = [name for name in self.app_env_from if name not in os.environ]
         if missing:
             raise ValueError(f"app_env_from: {', '.join(missing)} not set in the shell running pyinfra")
@@ -425,18 +426,17 @@ class Settings(BaseModel):
                 raise ValueError(f"app_env_file/app_env_from: the value of {key} spans lines (not supported)")
         return self
 
+    def _env_bindings(self):
+        # python-dotenv's parser: the .env syntax Flask and most tools read (quotes,
+        # `export`, comments), with the line of anything it cannot read.
+        with open(self.local_path(self.app_env_file), encoding="utf-8") as stream:
+            return list(dotenv_parser.parse_stream(stream))
+
     def environment(self) -> dict[str, str]:
         """The app's environment from app_env_file and app_env_from (read on the laptop)."""
         found: dict[str, str] = {}
         if self.app_env_file:
-            for line in self.local_path(self.app_env_file).read_text().splitlines():
-                line = line.strip()
-                if line and not line.startswith("#"):
-                    key, _, value = line.removeprefix("export ").partition("=")
-                    value = value.strip()
-                    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-                        value = value[1:-1]
-                    found[key.strip()] = value
+            found = {b.key: b.value or "" for b in self._env_bindings() if b.key and not b.error}
         found.update({name: os.environ[name] for name in self.app_env_from})
         return found
 

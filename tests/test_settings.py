@@ -192,3 +192,15 @@ def test_an_app_without_a_static_folder_is_valid_and_serves_none():
     with pytest.raises(SettingsError, match="app_static_dir: 'static' is not a directory"):
         validate({"app_source": "tests/apps/factory", "app_entry": "factoryapp:create_app()",
                   "app_static_dir": "static"})
+
+
+def test_env_files_are_read_as_dotenv_reads_them(tmp_path):
+    env = tmp_path / "app.env"
+    env.write_text("# the app's secrets\nSECRET_KEY=abc\nexport DATABASE_URL='sqlite:///x.db'\n"
+                   'GREETING="hello world"  # inline comment\nEMPTY=\n')
+    s = validate({"app_env_file": str(env)})
+    assert s.environment() == {"SECRET_KEY": "abc", "DATABASE_URL": "sqlite:///x.db",
+                               "GREETING": "hello world", "EMPTY": ""}
+    env.write_text("SECRET_KEY=abc\nthis is not a setting\n")
+    with pytest.raises(SettingsError, match=r"app_env_file: line 2 of .*app.env is not KEY=value"):
+        validate({"app_env_file": str(env)})
