@@ -20,6 +20,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
+from bench.performance import start_host
 from bench.relay import Relay
 from dev import throwaway
 
@@ -44,7 +45,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
 
-    host = throwaway.start_host(throwaway.ensure_image("bookworm"), labels={"io.pyinfra-flask.bench": "1"})
+    # Its apt keeps packages in a directory of its own (see bench.performance.start_host).
+    host = start_host(throwaway.ensure_image("bookworm"))
     try:
         with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp, \
                 Relay(host.ssh_port, delay=args.rtt / 2000) as relay:
