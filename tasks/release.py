@@ -31,8 +31,9 @@ from pyinfra.facts.systemd import SystemdStatus
 from pyinfra.operations import files, server
 
 from tasks import JINJA, REPO_ROOT, TEMPLATES
-from tasks.secrets import env_file, put_secret
 from tasks.release_exclude import holds_private_key, report_left_out, secret_path
+from tasks.release_preview import upload_release
+from tasks.secrets import env_file, put_secret
 
 # Local clutter that must never reach a server.
 EXCLUDE_FILES = ("*.pyc", "*.pyo", ".DS_Store", "*.swp")
@@ -311,7 +312,8 @@ def prepare(s) -> Release:
 
     release_dir = f"{s.app_root}/releases/{bundle.id}"
     upload = f"{s.app_root}/releases/.upload-{bundle.id}.tar"
-    files.put(name=f"Upload release {bundle.id}", src=io.BytesIO(bundle.tar), dest=upload, mode="600")
+    # Not files.put: its --diff would print the tarball. This one shows the code change.
+    upload_release(name=f"Upload release {bundle.id}", bundle=bundle, dest=upload, app_root=s.app_root)
     server.shell(
         name=f"Unpack release {bundle.id}",
         commands=[
