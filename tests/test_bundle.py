@@ -8,8 +8,10 @@ import json
 import os
 import shutil
 import subprocess
+import re
 import tarfile
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
 
@@ -296,3 +298,48 @@ def test_host_reader_without_a_live_release(tmp_path):
     assert host_fact(release_preview.LiveReleaseFiles, app_root=str(tmp_path)) is None
     os.symlink("/etc", tmp_path / "current")
     assert "error" in host_fact(release_preview.LiveReleaseFiles, app_root=str(tmp_path))
+
+
+# The operation, through pyinfra's API on its @fake connector (tests/test_distros.py) --
+
+def test_upload_goes_by_the_private_directory_and_diff_shows_the_preview(caplog):
+    from pyinfra.api import Config
+    from pyinfra.api.command import FileUploadCommand
+
+    from tasks.uploads import LoginUser
+    from tests import test_distros
+
+    source = REPO_ROOT / "files/greeting"
+    bundle = release._bundle(object(), source, ("instance/",), "requirements.txt", release._loader(validate({})),
+                             "/srv/greeting", "files/greeting")
+    old = bundle.contents(["greeting.py"])["greeting.py"].replace(b"GREETING = ", b"GREETING = 'before' or ")
+    live_files = {**bundle.files, "greeting.py": entry(old), "gone.py": entry(b"x\n")}
+    facts = test_distros.host_facts(
+        "debian12",
+        SshUser=LoginUser("deploy", "/home/deploy"),
+        LiveRelease={"id": "R1", "content_hash": "older"},
+        LiveReleaseFiles={"id": "R1", "files": live_files, "shared": ["instance"], "computed": False},
+        ReleaseFileContents=lambda **kwargs: {"greeting.py": old} if kwargs["paths"] == ("greeting.py",) else {},
+    )
+    shown = test_distros._text
+
+    def text(command):
+        if isinstance(command, FileUploadCommand):
+            return f"upload {command.dest} via {command.remote_temp_filename}"
+        return shown(command)
+
+    with patch.object(test_distros, "_text", text), patch.object(test_distros, "Config", lambda: Config(DIFF=True)), \
+            caplog.at_level("INFO", logger="pyinfra"):
+        run = test_distros.deploy({"debian12": facts})["debian12"]
+    (name, commands), = ((n, c) for n, c in run.changed.items() if n.startswith("Release | Upload release"))
+    upload, chmod = commands
+    dest = upload.split()[1]
+    assert re.fullmatch(r"upload /srv/greeting/releases/\.upload-\S+\.tar via "
+                        r"/home/deploy/\.pyinfra-flask-uploads/pyinfra-[0-9a-f]{40}", upload), upload
+    assert chmod == f"chmod 600 {dest}"
+    log = "\n".join(record.getMessage() for record in caplog.records)
+    assert "would replace the live R1: 1 changed, 0 added, 1 removed file(s)" in log
+    assert "-GREETING = 'before' or " in log and "removed  gone.py" in log
+    assert "ustar" not in log and "\0" not in log
+    # Printed once, while pyinfra works out the changes; not again when it executes.
+    assert log.count("would replace the live R1") == 1
