@@ -31,9 +31,10 @@ from pyinfra.facts.systemd import SystemdStatus
 from pyinfra.operations import files, server
 
 from tasks import JINJA, REPO_ROOT, TEMPLATES
-from tasks.release_exclude import holds_private_key, report_left_out, secret_path
-from tasks.release_preview import upload_release
 from tasks.secrets import env_file, put_secret
+# The bundle's own parts: what never ships, and the upload with its --diff preview.
+from tasks.release_exclude import holds_private_key, report_left_out, secret_path  # noqa: I001
+from tasks.release_preview import upload_release
 
 # Local clutter that must never reach a server.
 EXCLUDE_FILES = ("*.pyc", "*.pyo", ".DS_Store", "*.swp")
