@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import shlex
 import subprocess
 import tarfile
@@ -31,6 +32,9 @@ from pyinfra.operations import files, server
 
 from tasks import JINJA, REPO_ROOT, TEMPLATES
 from tasks.secrets import env_file, put_secret
+# The bundle's own parts: what never ships, and the upload with its --diff preview.
+from tasks.release_exclude import holds_private_key, report_left_out, secret_path  # noqa: I001
+from tasks.release_preview import upload_release
 
 # Local clutter that must never reach a server.
 EXCLUDE_FILES = ("*.pyc", "*.pyo", ".DS_Store", "*.swp")
@@ -75,18 +79,90 @@ class VenvReady(FactBase):
 
 @dataclass(frozen=True)
 class Bundle:
-    """A release as built locally: the tarball and what identifies it."""
+    """A release as built locally: the tarball, what identifies it, and what it holds."""
 
     id: str
     content_hash: str
     venv_hash: str
     tar: bytes
+    # path -> {"sha256", "mode", "size"} of every regular file in the release (the
+    # loader too), as also written to its metadata: what `--diff` compares.
+    files: dict[str, dict]
+    shared: tuple[str, ...]
+    left_out: tuple[str, ...]  # secrets found in app_source and kept on the laptop
+
+    def contents(self, paths) -> dict[str, bytes]:
+        """The bytes the release holds at each of `paths`, as they are in the tarball."""
+        wanted, found = set(paths), {}
+        with tarfile.open(fileobj=io.BytesIO(self.tar)) as tar:
+            for member in tar:
+                if member.name in wanted and member.isfile():
+                    found[member.name] = tar.extractfile(member).read()
+        return found
 
 
 def _excluded(path: Path) -> bool:
+    """Local clutter (caches, VCS, venvs): skipped without a word."""
     return any(part in EXCLUDE_DIRS for part in path.parts[:-1]) or path.name in EXCLUDE_DIRS or any(
         path.match(pattern) for pattern in EXCLUDE_FILES
     )
+
+
+@dataclass(frozen=True)
+class _Source:
+    rel: str
+    data: bytes
+    mode: int  # as the release holds it
+    mtime: float
+    exec_bits: int  # as on the laptop (what the content hash has always used)
+
+
+def _select(source: Path, shared: set[str], never: frozenset[str]) -> tuple[list[_Source], list[str]]:
+    """The files of `source` that go into a release, and the secrets left out
+    (tasks/release_exclude.py), in order."""
+    chosen, left_out = [], []
+    for dirpath, dirnames, filenames in os.walk(source):
+        base = Path(dirpath).relative_to(source)
+        keep = []
+        for name in sorted(dirnames):
+            rel = (base / name).as_posix()
+            if name in EXCLUDE_DIRS:
+                continue
+            if secret_path(rel + "/"):
+                if any(files for _, _, files in os.walk(Path(dirpath) / name)):
+                    left_out.append(rel + "/")
+                continue
+            if rel not in shared:
+                keep.append(name)
+        dirnames[:] = keep  # pruned: nothing below them is even read
+        for name in sorted(filenames):
+            path, rel = Path(dirpath) / name, (base / name).as_posix()
+            if _excluded(Path(rel)) or not path.is_file():
+                continue
+            if secret_path(rel) or rel in never:
+                left_out.append(rel)
+                continue
+            if rel in shared:
+                continue
+            data = path.read_bytes()
+            if holds_private_key(data):
+                left_out.append(rel)
+                continue
+            stat = path.stat()
+            chosen.append(_Source(rel, data, 0o750 if stat.st_mode & 0o100 else 0o640, stat.st_mtime,
+                                  stat.st_mode & 0o111))
+    chosen.sort(key=lambda f: Path(f.rel))
+    return chosen, left_out
+
+
+def _inside(source: Path, path: Path | None) -> str | None:
+    """`path` relative to `source` when it lies inside it."""
+    if path is None:
+        return None
+    try:
+        return path.resolve().relative_to(source.resolve()).as_posix()
+    except ValueError:
+        return None
 
 
 def _git_commit(source: Path) -> str | None:
@@ -119,34 +195,39 @@ def _release_id(commit: str | None) -> str:
 
 def build_bundle(s) -> Bundle:
     return _bundle(id(host.state), s.source_dir, tuple(sorted(s.shared_paths)), s.app_requirements, _loader(s),
-                   s.app_root, str(s.app_source))
+                   s.app_root, str(s.app_source), _configured_secrets(s))
+
+
+def _configured_secrets(s) -> frozenset[str]:
+    """The app's environment file and TLS key, relative to app_source when they lie in it:
+    each is uploaded as a secret of its own, never as part of a release."""
+    inside = (_inside(s.source_dir, s.local_path(path)) for path in (s.app_env_file, s.tls_certificate_key) if path)
+    return frozenset(path for path in inside if path)
 
 
 @cache  # the hosts of one run (one pyinfra state) that deploy the same app share one build
 def _bundle(run: int, source: Path, shared_paths: tuple[str, ...], app_requirements: str, loader_text: str,
-            app_root: str, app_source: str) -> Bundle:
+            app_root: str, app_source: str, never: frozenset[str] = frozenset()) -> Bundle:
     shared = {path.rstrip("/") for path in shared_paths}
-    files_in = sorted(
-        p for p in source.rglob("*")
-        if p.is_file() and not _excluded(p.relative_to(source))
-        and not any(str(p.relative_to(source)) == sp or str(p.relative_to(source)).startswith(sp + "/")
-                    for sp in shared)
-    )
+    files_in, left_out = _select(source, shared, never)
+    report_left_out(app_source, left_out)
     requirements = (source / app_requirements).read_bytes()
     venv_hash = hashlib.sha256(requirements).hexdigest()[:16]
     loader = loader_text.encode()
 
     digest = hashlib.sha256()
-    for path in files_in:
-        rel = str(path.relative_to(source))
-        digest.update(f"{rel}\0{path.stat().st_mode & 0o111}\0".encode() + path.read_bytes() + b"\0")
+    for f in files_in:
+        digest.update(f"{f.rel}\0{f.exec_bits}\0".encode() + f.data + b"\0")
     digest.update(loader + b"\0" + venv_hash.encode() + b"\0" + "\0".join(shared_paths).encode())
     content_hash = digest.hexdigest()
 
+    manifest = {f.rel: _entry(f.data, f.mode) for f in files_in}
+    manifest[LOADER] = _entry(loader, 0o640)
     commit = _git_commit(source)
     release_id = _release_id(commit)
     meta = json.dumps({"id": release_id, "content_hash": content_hash, "venv": venv_hash,
-                       "commit": commit, "source": app_source}, indent=2).encode()
+                       "commit": commit, "source": app_source, "shared": sorted(shared),
+                       "files": manifest}, indent=1).encode()
 
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
@@ -167,19 +248,22 @@ def _bundle(run: int, source: Path, shared_paths: tuple[str, ...], app_requireme
                 info.size, info.mode = len(data), mode
                 tar.addfile(info, io.BytesIO(data))
 
-        directories = {parent for p in files_in for parent in p.relative_to(source).parents} - {Path(".")}
+        directories = {parent for f in files_in for parent in Path(f.rel).parents} - {Path(".")}
         for directory in sorted(directories):
             add(str(directory))
-        for path in files_in:
-            stat = path.stat()
-            add(str(path.relative_to(source)), path.read_bytes(),
-                mode=0o750 if stat.st_mode & 0o100 else 0o640, mtime=stat.st_mtime)
+        for f in files_in:
+            add(f.rel, f.data, mode=f.mode, mtime=f.mtime)
         add(LOADER, loader)
         add(META, meta)
         add(".venv", link=f"{app_root}/venvs/{venv_hash}")
         for path in sorted(shared):
             add(path, link=f"{app_root}/shared/{path}")
-    return Bundle(release_id, content_hash, venv_hash, buffer.getvalue())
+    return Bundle(release_id, content_hash, venv_hash, buffer.getvalue(), files=manifest,
+                  shared=tuple(sorted(shared)), left_out=tuple(left_out))
+
+
+def _entry(data: bytes, mode: int) -> dict:
+    return {"sha256": hashlib.sha256(data).hexdigest(), "mode": f"{mode:o}", "size": len(data)}
 
 
 @dataclass
@@ -229,7 +313,8 @@ def prepare(s) -> Release:
 
     release_dir = f"{s.app_root}/releases/{bundle.id}"
     upload = f"{s.app_root}/releases/.upload-{bundle.id}.tar"
-    files.put(name=f"Upload release {bundle.id}", src=io.BytesIO(bundle.tar), dest=upload, mode="600")
+    # Not files.put: its --diff would print the tarball. This one shows the code change.
+    upload_release(name=f"Upload release {bundle.id}", bundle=bundle, dest=upload, app_root=s.app_root)
     server.shell(
         name=f"Unpack release {bundle.id}",
         commands=[
