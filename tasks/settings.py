@@ -240,8 +240,10 @@ class Settings(BaseModel):
     )
     private_address: Annotated[str, AfterValidator(_ip_address)] | None = Field(
         None,
-        description="The host's address on the private network its load balancer reaches "
-        "it on (app servers in the `app_servers` group when there are `load_balancers`).",
+        description="The host's address on the private network: app servers in the `app_servers` "
+        "group are reached on it by their load balancers, and each balancer in `load_balancers` "
+        "connects from it (the only addresses the app servers' firewall lets reach uWSGI). "
+        "Required on both when there are `load_balancers`.",
     )
     uwsgi_log_requests: bool = Field(
         False,
