@@ -40,6 +40,7 @@ def app_server():
         logs.rotate(s)
         selinux.allow(system, s, nginx=local_nginx, relabel_after=[uwsgi_builds[s.uwsgi_version]])
         firewall.open_ports(system, s, nginx=local_nginx)
+    firewall.guard_uwsgi(system, apps, topology.balancers(host, load_apps))
     service.remove_stale(apps)
     if local_nginx:
         nginx_ops = nginx.configure(system, nginx.sites_for(apps),
@@ -54,6 +55,7 @@ def app_server():
             reload_triggers=[uwsgi_ini],
         )
         healthcheck.verify(s, new_release, service_ops=app_ops + nginx_ops)
+    firewall.remove_stale(apps)
 
 
 @deploy("Load balancer")

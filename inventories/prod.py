@@ -22,6 +22,8 @@ app_servers = (
 )
 
 load_balancers = (
-    [("lb1.example.com", {})],
+    # The address the app servers see its connections come from: their firewall
+    # lets only the balancers reach uWSGI.
+    [("lb1.example.com", {"private_address": "10.0.0.2"})],
     {**_ssh, "nginx_server_names": ["example.com", "www.example.com"], "lb_method": "least_conn"},
 )

@@ -19,6 +19,9 @@ class Platform:
     base_packages: tuple[str, ...] = ("curl", "ca-certificates", "logrotate")
     # Packages only EPEL has: installing one of them installs epel-release first.
     epel_packages: tuple[str, ...] = ()
+    # What guards uWSGI's TCP socket on app servers behind balancers (tasks/firewall.py):
+    # nft, for our own table (RHEL's firewalld, when it runs, is used instead).
+    firewall_packages: tuple[str, ...] = ("nftables",)
     nginx_user: str = "www-data"
     # Where site files go; the directory of links nginx includes (Debian's
     # sites-enabled), or None where nginx includes the site directory itself
@@ -37,7 +40,11 @@ class Platform:
         return f"{self.nginx_enabled_dir}/{name}.conf" if self.nginx_enabled_dir else None
 
     def packages(self, app: bool, nginx: bool) -> list[str]:
-        return [*self.base_packages, *(self.app_packages if app else ()), *(self.nginx_packages if nginx else ())]
+        # An app server without nginx of its own is one behind load balancers: its
+        # uWSGI listens on TCP, behind the firewall.
+        behind_balancer = app and not nginx
+        return [*self.base_packages, *(self.app_packages if app else ()), *(self.nginx_packages if nginx else ()),
+                *(self.firewall_packages if behind_balancer else ())]
 
 
 # uWSGI compiles on `pip install`, so it needs a compiler, Python's headers and the

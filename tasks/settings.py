@@ -53,6 +53,11 @@ STATIC_URL_RE = r"^/([A-Za-z0-9._-]+/)*$"
 VERSION_RE = r"^[0-9]+\.[0-9]+\.[0-9]+$"
 REL_PATH_RE = r"^[A-Za-z0-9._/-]*$"
 
+# The health check's own address and host names (see Settings.health_url and
+# Settings.health_host_header).
+HEALTH_ADDRESS = "127.0.0.2"
+HEALTH_DOMAIN = "pyinfra-flask.invalid"
+
 # What each pattern means, for error messages people can act on.
 PATTERN_HELP = {
     NAME_RE: "must be 1-31 characters: lowercase letters, digits, '-' or '_', "
@@ -240,8 +245,10 @@ class Settings(BaseModel):
     )
     private_address: Annotated[str, AfterValidator(_ip_address)] | None = Field(
         None,
-        description="The host's address on the private network its load balancer reaches "
-        "it on (app servers in the `app_servers` group when there are `load_balancers`).",
+        description="The host's address on the private network: app servers in the `app_servers` "
+        "group are reached on it by their load balancers, and each balancer in `load_balancers` "
+        "connects from it (the only addresses the app servers' firewall lets reach uWSGI). "
+        "Required on both when there are `load_balancers`.",
     )
     uwsgi_log_requests: bool = Field(
         False,
@@ -572,19 +579,25 @@ class Settings(BaseModel):
 
     @property
     def health_url(self) -> str:
+        """Where the host requests its own site for the health check: 127.0.0.2, not
+        127.0.0.1. nginx picks the server blocks listening on the exact address a
+        connection came to before it looks at any name, so another vhost with
+        `listen 127.0.0.1:80` would take every request to 127.0.0.1 from our
+        `listen 80`; nobody binds 127.0.0.2 (Linux routes all of 127.0.0.0/8 to the
+        host itself), so there only the blocks on every address, ours among them,
+        are candidates and the name decides."""
         if self.tls and self.tls_redirect_http:
-            return f"https://127.0.0.1:{self.tls_port}{self.health_path}"
-        return f"http://127.0.0.1:{self.nginx_port}{self.health_path}"
+            return f"https://{HEALTH_ADDRESS}:{self.tls_port}{self.health_path}"
+        return f"http://{HEALTH_ADDRESS}:{self.nginx_port}{self.health_path}"
 
     @property
     def health_host_header(self) -> str:
-        """A Host header nginx routes to this site."""
-        for name in self.nginx_server_names:
-            if name == "_":
-                return "localhost"
-            if "*" not in name:
-                return name.strip(".")
-        return self.nginx_server_names[0].replace("*.", "www.").replace(".*", ".com").strip(".")
+        """The Host header of every health check (the Healthy fact, the release tool,
+        the balancer's check): a name only this app's nginx site has (the templates add
+        it to the site's server_name), under the reserved TLD .invalid, so no other
+        vhost on the host can answer in its place. `localhost` or the site's own name
+        could be claimed by another site, and a broken app would then pass."""
+        return f"{self.app_name}.{HEALTH_DOMAIN}"
 
 
 class SettingsError(DeployError):

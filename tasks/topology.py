@@ -6,8 +6,9 @@ the balancers, from the inventory's groups.
 
 When the inventory has load balancers, app servers listen on TCP on their
 `private_address` (uWSGI's uwsgi protocol; the balancer uses `uwsgi_pass` to
-them) and run no nginx of their own. Otherwise each app server has its own nginx
-and a unix socket.
+them) and run no nginx of their own; their firewall lets only the balancers,
+by the balancers' own `private_address`, reach that port (tasks/firewall.py).
+Otherwise each app server has its own nginx and a unix socket.
 """
 
 from __future__ import annotations
@@ -42,6 +43,11 @@ def place(host, s):
     if is_balancer(host) and APP_GROUP in host.groups:
         raise TopologyError(f"Host {host.name!r} is in both {APP_GROUP} and {LB_GROUP}: "
                             "a host is either an app server or a balancer; nothing was changed.")
+    if is_balancer(host) and not s.private_address:
+        raise TopologyError(
+            f"Balancer {host.name!r} has no private_address: set it to the address the app servers "
+            "see its connections come from (only the balancers may reach their uWSGI); nothing was changed."
+        )
     if not behind_balancer(host):
         return s
     s = s.model_copy()
@@ -80,6 +86,14 @@ def upstreams(host, app_name: str, load_apps) -> list[tuple[str, str]]:
                                 f"{app_server.name!r} does not run; nothing was changed.")
         found.append((app_server.name, match[0].uwsgi_tcp))
     return found
+
+
+def balancers(host, load_apps) -> list[tuple[str, str]]:
+    """(balancer name, private address) of every load balancer of the inventory: the
+    only hosts an app server's firewall lets reach uWSGI. Each balancer's settings are
+    validated here too, so a balancer without its address stops the run even when
+    `--limit` leaves the balancers out."""
+    return [(balancer.name, load_apps(balancer)[0].private_address) for balancer in _group(host.inventory, LB_GROUP)]
 
 
 def wait_for_app_servers() -> None:

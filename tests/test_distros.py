@@ -15,9 +15,10 @@ against stub commands (firewall-cmd) or local files (nginx.conf).
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from unittest.mock import patch
 
@@ -31,9 +32,9 @@ from pyinfra.api.state import StateStage
 from pyinfra.context import ctx_config, ctx_host, ctx_state
 from pyinfra.facts.server import LinuxDistribution
 
-from tasks import REPO_ROOT, platform
+from tasks import REPO_ROOT, platform, topology
 from tasks.facts import AccountInfo, UwsgiBuild, UwsgiBuildInfo
-from tasks.firewall import FirewalldPort
+from tasks.firewall import FirewalldAccess, FirewalldPort
 from tasks.packages import DebInstalled, RpmMissing
 
 pytestmark = pytest.mark.distros
@@ -82,6 +83,7 @@ def host_facts(system: str, *fixtures: dict, **overrides) -> dict:
                               if path == "/etc/nginx/sites-enabled/default" else None),
         "SelinuxMode": "enforcing",
         "FirewalldPort": lambda port: False,
+        "FirewalldAccess": lambda ports: {"permanent": {"rules": [], "open": []}, "runtime": {"rules": [], "open": []}},
         "DefaultServer": lambda path: "missing",
     }
     for fixture in (*fixtures, overrides):
@@ -116,6 +118,7 @@ _DEFAULT = object()
 @dataclass
 class Run:
     changed: dict[str, list[str]]  # operation name -> its commands, for those that ran any
+    uploads: dict[str, str] = field(default_factory=dict)  # destination -> text, of uploads from memory
 
     def named(self, prefix: str) -> dict[str, list[str]]:
         return {name: commands for name, commands in self.changed.items() if name.startswith(prefix)}
@@ -155,7 +158,7 @@ def deploy(facts: dict[str, dict], groups: dict[str, list[str]] | None = None,
         run_ops(state)
         runs = {}
         for host in inventory:
-            changed = {}
+            changed, uploads = {}, {}
             for op_hash in host.op_hash_order:
                 op = state.ops[host][op_hash]
                 if op.operation_meta.did_change():
@@ -163,10 +166,11 @@ def deploy(facts: dict[str, dict], groups: dict[str, list[str]] | None = None,
                         # Named by their step, without the role that wraps them all.
                         names = (name.split(" | ", 1)[1] if name.startswith(ROLES) else name
                                  for name in state.op_meta[op_hash].names)
-                        changed[", ".join(sorted(names))] = [
-                            _text(command) for command in op.command_generator()
-                        ]
-            runs[host.name.removeprefix("@fake/")] = Run(changed)
+                        commands = list(op.command_generator())
+                        changed[", ".join(sorted(names))] = [_text(command) for command in commands]
+                        uploads.update({command.dest: command.src.getvalue() for command in commands
+                                        if isinstance(command, FileUploadCommand) and hasattr(command.src, "getvalue")})
+            runs[host.name.removeprefix("@fake/")] = Run(changed, uploads)
     return runs
 
 
@@ -382,8 +386,7 @@ def test_rhel_load_balanced():
     over TCP (the SELinux boolean, no socket rules), the app servers open uWSGI's
     port to the balancer and run no nginx."""
     facts = {name: host_facts("rocky9", SEBoolean=lambda boolean: "off") for name in ("web1", "web2", "lb1")}
-    runs = deploy(facts, groups={"app_servers": ["web1", "web2"], "load_balancers": ["lb1"]},
-                  host_data={"web1": {"private_address": "10.0.0.11"}, "web2": {"private_address": "10.0.0.12"}})
+    runs = deploy(facts, groups=LB_GROUPS, host_data=LB_DATA)
     assert runs["lb1"].named("SELinux") == {
         "SELinux | Let nginx connect to uWSGI over TCP (httpd_can_network_connect)": [
             "setsebool -P httpd_can_network_connect on"]}
@@ -398,9 +401,133 @@ def test_rhel_load_balanced():
                 "semanage fcontext -a -t bin_t '/opt/pyinfra-flask/uwsgi-2.0.31/bin(/.*)?'"],
             "SELinux | Relabel /opt/pyinfra-flask/uwsgi-2.0.31/bin by those rules (restorecon)": [
                 "restorecon -R -v -i /opt/pyinfra-flask/uwsgi-2.0.31/bin"]}
-        assert runs[web].named("Firewall") == {"Firewall | Open 3031/tcp in firewalld (permanently, then reload)": [
-            "firewall-cmd --permanent --add-port=3031/tcp", "firewall-cmd --reload"]}
+        # uWSGI's port is open to the balancer's address only, never to everyone.
+        assert runs[web].named("Firewall") == {FIREWALLD_LB1: [
+            "firewall-cmd --permanent --add-rich-rule="
+            "'rule family=\"ipv4\" source address=\"10.0.0.2\" port port=\"3031\" protocol=\"tcp\" accept'",
+            "firewall-cmd --reload"]}
         assert not [op for op in runs[web].changed if op.startswith("nginx site |")]
+        assert not [op for op in runs[web].changed if op.startswith("Firewall") and "nft" in op]
+
+
+LB_GROUPS = {"app_servers": ["web1", "web2"], "load_balancers": ["lb1"]}
+LB_DATA = {"web1": {"private_address": "10.0.0.11"}, "web2": {"private_address": "10.0.0.12"},
+           "lb1": {"private_address": "10.0.0.2"}}
+FIREWALLD_LB1 = ("Firewall | Let only the balancers (@fake/lb1) reach uWSGI's port 3031 in firewalld "
+                 "(rich rules, permanently, then reload)")
+
+
+def _rich(address: str, port: int = 3031) -> str:
+    family = "ipv6" if ":" in address else "ipv4"
+    return f'rule family="{family}" source address="{address}" port port="{port}" protocol="tcp" accept'
+
+
+def _firewalld(rules: list[str], open_ports: list[int] = (), runtime_rules: list[str] | None = None) -> dict:
+    return {"permanent": {"rules": list(rules), "open": list(open_ports)},
+            "runtime": {"rules": list(rules if runtime_rules is None else runtime_rules), "open": list(open_ports)}}
+
+
+@pytest.mark.parametrize(("access", "expected"), [
+    # As the deploy left it: nothing to do.
+    (_firewalld([_rich("10.0.0.2"), _rich("10.0.0.3", 8080)]), None),
+    # An earlier deploy opened the port to everyone; lb1 replaced an old balancer,
+    # whose rule goes; a user's rule for another port is left alone.
+    (_firewalld([_rich("10.0.0.9"), _rich("10.0.0.3", 8080), 'rule family="ipv4" source address="10.0.0.9" '
+                 'port port="3031" protocol="tcp" log prefix="x" accept'], open_ports=[3031]), [
+        "firewall-cmd --permanent --remove-port=3031/tcp",
+        "firewall-cmd --permanent --remove-rich-rule="
+        "'rule family=\"ipv4\" source address=\"10.0.0.9\" port port=\"3031\" protocol=\"tcp\" accept'",
+        "firewall-cmd --permanent --add-rich-rule="
+        "'rule family=\"ipv4\" source address=\"10.0.0.2\" port port=\"3031\" protocol=\"tcp\" accept'",
+        "firewall-cmd --reload"]),
+    # Right permanently, lost at runtime (e.g. `firewall-cmd --remove-rich-rule` without --permanent).
+    (_firewalld([_rich("10.0.0.2")], runtime_rules=[]), ["firewall-cmd --reload"]),
+])
+def test_rhel_firewalld_rules_follow_the_balancers(access, expected):
+    facts = {name: host_facts("rocky9", CONVERGED_RHEL, FirewalldAccess=lambda ports: access)
+             for name in ("web1", "web2", "lb1")}
+    runs = deploy(facts, groups=LB_GROUPS, host_data=LB_DATA)
+    assert runs["web1"].named("Firewall") == ({FIREWALLD_LB1: expected} if expected else {})
+
+
+def test_rhel_without_firewalld_behind_a_balancer_gets_the_nftables_table():
+    facts = {name: host_facts("alma9", SEBoolean=lambda boolean: "off", FirewalldPort=lambda port: None,
+                              FirewalldAccess=lambda ports: None) for name in ("web1", "web2", "lb1")}
+    runs = deploy(facts, groups=LB_GROUPS, host_data=LB_DATA)
+    assert "nftables" in list(runs["web1"].named("System packages"))[0]
+    assert "ip saddr 10.0.0.2 accept  # @fake/lb1" in runs["web1"].uploads[NFT_RULES]
+    assert "Firewall | Load the changed uWSGI firewall rules (nft -c first)" in runs["web1"].changed
+    assert runs["lb1"].named("Firewall") == {}
+
+
+NFT_RULES = "/etc/pyinfra-flask/uwsgi-firewall.nft"
+
+
+@pytest.mark.parametrize("system", ["debian12", "debian13", "ubuntu2204", "ubuntu2404"])
+def test_debian_family_behind_balancers_gets_the_nftables_table(system):
+    """Two balancers, one reached over IPv6; two apps, each on its own uWSGI port."""
+    facts = {name: host_facts(system) for name in ("web1", "lb1", "lb2")}
+    runs = deploy(facts, groups={"app_servers": ["web1"], "load_balancers": ["lb1", "lb2"]},
+                  host_data={"web1": {"private_address": "10.0.0.11", "apps": [
+                      {"app_name": "greeting"}, {"app_name": "shop", "url_prefix": "/shop", "uwsgi_socket": "10.0.0.11:3032"}]},
+                             "lb1": {"private_address": "10.0.0.2"}, "lb2": {"private_address": "fd00::2"}})
+    web = runs["web1"]
+    [install] = [name for name in web.named("System packages") if "Install" in name]
+    assert install.endswith(", nftables") and "nginx" not in install
+    assert web.named("Firewall") == {
+        f"Firewall | Write the uWSGI firewall rules {NFT_RULES} (port 3031, 3032: balancers only)": [
+            "mkdir -p /etc/pyinfra-flask", f"upload {NFT_RULES}", f"chmod 644 {NFT_RULES}"],
+        "Firewall | Write the systemd unit /etc/systemd/system/pyinfra-flask-firewall.service (loads the rules at boot)": [
+            "mkdir -p /etc/systemd/system", "upload /etc/systemd/system/pyinfra-flask-firewall.service",
+            "chmod 644 /etc/systemd/system/pyinfra-flask-firewall.service"],
+        "Firewall | Load them again whenever nftables.service (re)loads its ruleset": [
+            "mkdir -p /etc/systemd/system/nftables.service.d",
+            "upload /etc/systemd/system/nftables.service.d/pyinfra-flask.conf",
+            "chmod 644 /etc/systemd/system/nftables.service.d/pyinfra-flask.conf"],
+        "Firewall | Reload systemd (the firewall's units changed)": ["systemctl daemon-reload"],
+        "Firewall | Load the changed uWSGI firewall rules (nft -c first)": [
+            f"/usr/sbin/nft -c -f {NFT_RULES}", "systemctl reload-or-restart pyinfra-flask-firewall.service"],
+        "Firewall | Keep pyinfra-flask-firewall.service active and started at boot": [
+            "systemctl start pyinfra-flask-firewall.service", "systemctl enable pyinfra-flask-firewall.service"],
+    }
+    rules = web.uploads[NFT_RULES]
+    assert "tcp dport { 3031, 3032 } jump uwsgi" in rules
+    assert "ip saddr 10.0.0.2 accept  # @fake/lb1" in rules and "ip6 saddr fd00::2 accept  # @fake/lb2" in rules
+    # Only our own table is replaced, never the whole ruleset.
+    assert "flush ruleset" not in rules and "table inet pyinfra_flask\ndelete table inet pyinfra_flask\n" in rules
+    unit = web.uploads["/etc/systemd/system/pyinfra-flask-firewall.service"]
+    assert f"ExecReload=/usr/sbin/nft -f {NFT_RULES}" in unit and "WantedBy=sysinit.target" in unit
+    for lb in ("lb1", "lb2"):
+        assert not [op for op in runs[lb].changed if "nft" in op or op.startswith("Firewall")]
+    nft = shutil.which("nft")
+    if nft and os.geteuid() == 0:
+        # nft's own check of the rules as written (it loads nothing).
+        checked = subprocess.run([nft, "-c", "-f", "-"], input=rules, capture_output=True, text=True, check=False)
+        assert checked.returncode == 0, checked.stderr
+
+
+def test_debian_host_no_longer_behind_balancers_loses_the_table():
+    run = deploy_one("debian12", File=lambda path: {"size": 1, "mode": 644} if path == NFT_RULES else None)
+    names = list(run.changed)
+    # Once uWSGI is back on its unix socket, never before.
+    assert names.index("Health check | Check GET / through nginx answers 200") < names.index(
+        "Firewall | Remove the uWSGI firewall (no load balancers any more, so no TCP socket)")
+    assert run.named("Firewall") == {
+        "Firewall | Remove the uWSGI firewall (no load balancers any more, so no TCP socket)": [
+            "systemctl disable --now pyinfra-flask-firewall.service",
+            "rm -f /etc/systemd/system/pyinfra-flask-firewall.service "
+            f"/etc/systemd/system/nftables.service.d/pyinfra-flask.conf {NFT_RULES}",
+            "systemctl daemon-reload"]}
+
+
+def test_balancer_without_private_address_stops_the_run_before_any_host_is_touched():
+    facts = {name: host_facts("debian12") for name in ("web1", "web2", "lb1")}
+    data = {**LB_DATA, "lb1": {}}
+    with pytest.raises(topology.TopologyError) as error:
+        deploy(facts, groups=LB_GROUPS, host_data=data)
+    assert str(error.value) == (
+        "Balancer '@fake/lb1' has no private_address: set it to the address the app servers see its connections "
+        "come from (only the balancers may reach their uWSGI); nothing was changed.")
 
 
 # -- Anything else: stopped before any operation -------------------------------------
@@ -539,10 +666,11 @@ for arg in "$@"; do
         --permanent) permanent=1 ;;
     esac
 done
-if [ -n "$permanent" ]; then ports=$FW_PERMANENT_PORTS services=$FW_PERMANENT_SERVICES
-else ports=$FW_PORTS services=$FW_SERVICES; fi
+if [ -n "$permanent" ]; then ports=$FW_PERMANENT_PORTS services=$FW_PERMANENT_SERVICES rich=$FW_PERMANENT_RICH
+else ports=$FW_PORTS services=$FW_SERVICES rich=$FW_RICH; fi
 for arg in "$@"; do
     case "$arg" in
+        --list-rich-rules) [ -n "$rich" ] && printf '%s\n' "$rich"; exit 0 ;;
         --query-port=*) for p in $ports; do [ "$p" = "${arg#--query-port=}" ] && { echo yes; exit 0; }; done
                         echo no; exit 1 ;;
         --list-services) echo "$services"; exit 0 ;;
@@ -586,3 +714,21 @@ def test_firewalld_absent_is_not_running(tmp_path):
                          capture_output=True, text=True, check=False)
     assert fact.process(out.stdout.splitlines()) is None
 
+
+
+def test_firewalld_access_fact(tmp_path):
+    stub = tmp_path / "firewall-cmd"
+    stub.write_text(FIREWALL_CMD_STUB)
+    stub.chmod(0o755)
+    lb1, old = _rich("10.0.0.2"), _rich("10.0.0.9")
+    env = {"PATH": f"{tmp_path}:{os.environ['PATH']}", "FW_RUNNING": "yes", "FW_PERMANENT_PORTS": "80/tcp 3031/tcp",
+           "FW_PORTS": "80/tcp", "FW_PERMANENT_RICH": f"{lb1}\n{old}", "FW_RICH": lb1}
+    fact = FirewalldAccess()
+    out = subprocess.run(["sh", "-c", fact.command(ports=(3031, 3032))], env=env, capture_output=True, text=True,
+                         check=False)
+    assert out.returncode == 0, out.stderr
+    assert fact.process(out.stdout.splitlines()) == {"permanent": {"rules": [lb1, old], "open": [3031]},
+                                                     "runtime": {"rules": [lb1], "open": []}}
+    stopped = subprocess.run(["sh", "-c", fact.command(ports=(3031,))], env={**env, "FW_RUNNING": "no"},
+                             capture_output=True, text=True, check=False)
+    assert fact.process(stopped.stdout.splitlines()) is None

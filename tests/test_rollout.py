@@ -4,7 +4,9 @@ the tests create: one balancer, three app servers."""
 from __future__ import annotations
 
 import re
+import shlex
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,19 +28,22 @@ class Cluster:
     network: str
     workdir: Path
 
-    def inventory(self, apps=None, extra: dict | None = None, ghosts: dict | None = None) -> Path:
+    def inventory(self, apps=None, extra: dict | None = None, ghosts: dict | None = None,
+                  ghost_balancers: dict | None = None, balancer_address: bool = True) -> Path:
         """An inventory of the cluster; `extra` adds host data per app server name,
-        `ghosts` adds app servers that do not exist."""
+        `ghosts` adds app servers that do not exist, `ghost_balancers` balancers."""
         members = [(app, {"private_address": app.address(self.network), **(extra or {}).get(app.name, {})})
                    for app in (apps or self.apps)]
+        balancer = {"private_address": self.balancer.address(self.network)} if balancer_address else {}
         path = throwaway.write_group_inventory(
             self.workdir / f"inventory_{len(list(self.workdir.iterdir()))}.py",
-            {"app_servers": members, "load_balancers": [(self.balancer, {})]},
+            {"app_servers": members, "load_balancers": [(self.balancer, balancer)]},
         )
-        if ghosts:
-            text = path.read_text()
-            path.write_text(text.replace("app_servers = [", "app_servers = [" + "".join(
-                f"({name!r}, {data!r}), " for name, data in ghosts.items()), 1))
+        for group, extra_hosts in (("app_servers", ghosts), ("load_balancers", ghost_balancers)):
+            if extra_hosts:
+                text = path.read_text()
+                path.write_text(text.replace(f"{group} = [", f"{group} = [" + "".join(
+                    f"({name!r}, {data!r}), " for name, data in extra_hosts.items()), 1))
         return path
 
     def releases(self) -> dict[str, str]:
@@ -55,7 +60,14 @@ def rollout(inventory: Path, *args: str) -> throwaway.DeployRun:
 def cluster(hosts, deployed_image, bookworm_image, tmp_path_factory) -> Cluster:
     network = hosts.network()
     balancer = hosts.start(bookworm_image, network=network)
-    apps = [hosts.start(deployed_image, network=network) for _ in range(3)]
+    # NET_ADMIN: the deploy manages the app servers' firewall (nftables).
+    apps = [hosts.start(deployed_image, network=network, cap_add=("NET_ADMIN",)) for _ in range(3)]
+    # The throwaway hosts share one apt archive directory, and with it apt's lock: the
+    # package the app servers now need (nftables; tests/test_distros.py shows the
+    # deploy asks for it) is put in one host at a time, so the balancer's nginx
+    # install is the run's only apt download, as before.
+    for app in apps:
+        app.exec("DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nftables")
     found = Cluster(balancer, apps, network, tmp_path_factory.mktemp("cluster"))
     # The app servers switch from their own nginx and unix socket to TCP behind the
     # balancer, the balancer gets nginx: one pyinfra run for all four, in parallel.
@@ -78,6 +90,112 @@ def test_every_app_server_answers_through_the_balancer(cluster):
         assert f"socket = {app.address(cluster.network)}:3031" in ini
         # Its own nginx site is gone: the balancer is the only way in.
         assert app.exec("ls /etc/nginx/sites-enabled/ /etc/nginx/sites-available/", check=False).count("greeting") == 0
+
+
+def reaches_uwsgi(client: throwaway.Host, server: throwaway.Host, network: str, port: int = 3031) -> bool:
+    """Whether `client` can open a TCP connection to `server`'s uWSGI port (3 s at most:
+    the firewall drops, so a refused connection would be a different answer)."""
+    address = server.address(network)
+    return client.exec(f"timeout 3 bash -c '</dev/tcp/{address}/{port}' && echo open || echo closed").strip() == "open"
+
+
+def test_only_the_balancers_reach_uwsgi(cluster):
+    """A host on the same network that is not a balancer (here another app server)
+    cannot connect to uWSGI's TCP socket; the balancer can, and serves through it."""
+    target, outsider, rebooted = cluster.apps
+    assert not reaches_uwsgi(outsider, target, cluster.network)
+    assert not reaches_uwsgi(target, outsider, cluster.network)
+    assert reaches_uwsgi(cluster.balancer, target, cluster.network)
+    # Only uWSGI's port is filtered: everything else passes (sshd here).
+    assert reaches_uwsgi(outsider, target, cluster.network, port=22)
+    served_by = {get(cluster.balancer.url + "/info").json()["host"] for _ in range(30)}
+    assert served_by == {app.name for app in cluster.apps}
+    rules = target.exec("nft list table inet pyinfra_flask")
+    assert f"ip saddr {cluster.balancer.address(cluster.network)} accept" in rules
+    # nftables.service's own ruleset (Debian's /etc/nftables.conf begins with `flush
+    # ruleset`) is left as it was, and (re)starting it does not take our table away.
+    assert "pyinfra" not in target.exec("cat /etc/nftables.conf")
+    for action in ("restart", "reload", "stop"):
+        target.exec(f"systemctl {action} nftables.service")
+        assert not reaches_uwsgi(outsider, target, cluster.network), f"open after nftables.service {action}"
+    # After a reboot the table is back before anything connects, and uWSGI serves the balancer again.
+    address = rebooted.address(cluster.network)
+    rebooted.restart()
+    assert rebooted.address(cluster.network) == address, "the reboot moved the host"
+    assert rebooted.exec("systemctl is-active pyinfra-flask-firewall.service").strip() == "active"
+    assert not reaches_uwsgi(outsider, rebooted, cluster.network)
+    assert reaches_uwsgi(cluster.balancer, rebooted, cluster.network)
+    # The balancer may have rested it while it was down (lb_fail_timeout).
+    deadline = time.monotonic() + 30
+    while rebooted.name not in {get(cluster.balancer.url + "/info").json()["host"] for _ in range(10)}:
+        assert time.monotonic() < deadline, f"{rebooted.name} is not served through the balancer after its reboot"
+        time.sleep(1)
+
+
+def test_firewall_follows_the_balancers(cluster):
+    """A balancer added to the inventory is let in, one removed is shut out again,
+    and a run that changes nothing changes nothing."""
+    ghost = {"ghost-lb": {"ssh_hostname": "127.0.0.1", "ssh_port": 1, "ssh_user": "root",
+                          "ssh_connect_retries": 0, "private_address": "192.0.2.7"}}
+    # Only the app servers are deployed: the new balancer is not up yet.
+    added = run_deploy(cluster.inventory(ghost_balancers=ghost), cluster.workdir, "--limit", "app_servers")
+    for app in cluster.apps:
+        rules = app.exec("nft list table inet pyinfra_flask")
+        assert "ip saddr 192.0.2.7 accept" in rules
+        assert f"ip saddr {cluster.balancer.address(cluster.network)} accept" in rules
+    assert "App server | Firewall | Load the changed uWSGI firewall rules (nft -c first)" in added.changed_operations()
+    assert {get(cluster.balancer.url + "/").status_code for _ in range(6)} == {200}
+    removed = run_deploy(cluster.inventory(), cluster.workdir)
+    assert "App server | Firewall | Load the changed uWSGI firewall rules (nft -c first)" in removed.changed_operations()
+    for app in cluster.apps:
+        assert "192.0.2.7" not in app.exec("nft list table inet pyinfra_flask")
+    again = run_deploy(cluster.inventory(), cluster.workdir)
+    assert again.changed_operations() == [], again.output[-3000:]
+    assert {get(cluster.balancer.url + "/").status_code for _ in range(6)} == {200}
+
+
+def test_balancer_without_private_address_stops_the_run_before_any_change(cluster):
+    before = {app.name: app.exec("nft list table inet pyinfra_flask") for app in cluster.apps}
+    run = run_deploy(cluster.inventory(balancer_address=False), cluster.workdir, check=False)
+    assert run.returncode != 0
+    assert (f"Balancer {cluster.balancer.name!r} has no private_address: set it to the address the app servers "
+            "see its connections come from (only the balancers may reach their uWSGI); nothing was changed."
+            ) in run.output
+    assert "Traceback" not in run.output and "--> Beginning operation run" not in run.output
+    assert {app.name: app.exec("nft list table inet pyinfra_flask") for app in cluster.apps} == before
+
+
+def test_balancer_check_is_not_answered_by_another_site(cluster):
+    """The balancer's health check reaches its own site: with every app server down
+    and other vhosts on the balancer answering 200 for `localhost` and on 127.0.0.1,
+    the deploy of the balancer fails instead of passing on their answer."""
+    lb = cluster.balancer
+    other = ('server { listen 80; server_name localhost; location / { return 200 "other"; } }\n'
+             'server { listen 127.0.0.1:80; server_name loopback.test; location / { return 200 "loopback"; } }')
+    lb.exec(f"echo {shlex.quote(other)} > /etc/nginx/sites-enabled/other.conf && nginx -t && systemctl reload nginx")
+    for app in cluster.apps:
+        app.exec("systemctl stop greeting.service")
+    try:
+        status = "curl -s -o /dev/null -w '%{http_code}' -H 'Host: localhost' http://127.0.0.1/"
+        # What the old check asked (and got, once nginx's new workers are up).
+        deadline = time.monotonic() + 5
+        while lb.exec(status).strip() != "200":
+            assert time.monotonic() < deadline, "the other vhost does not answer"
+            time.sleep(0.1)
+        assert get(lb.url + "/").status_code == 502
+        run = run_deploy(cluster.inventory(), cluster.workdir, "--limit", "load_balancers",
+                         data={"healthcheck_retries": 2}, check=False)
+        assert run.returncode != 0, run.output[-3000:]
+        assert f"HEALTH CHECK FAILED on balancer {lb.name}: GET http://127.0.0.2:80/ answered 502" in run.output
+    finally:
+        lb.exec("rm -f /etc/nginx/sites-enabled/other.conf && systemctl reload nginx")
+        for app in cluster.apps:
+            app.exec("systemctl start greeting.service")
+    # The balancer rests the servers it saw fail for lb_fail_timeout.
+    deadline = time.monotonic() + 30
+    while {get(lb.url + "/").status_code for _ in range(6)} != {200}:
+        assert time.monotonic() < deadline, "the balancer does not serve again"
+        time.sleep(1)
 
 
 def test_rolling_code_change_under_load_drops_nothing(cluster, tmp_path):

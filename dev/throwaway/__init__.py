@@ -271,8 +271,11 @@ def write_group_inventory(path: Path, groups: dict[str, list[tuple[Host, dict]]]
 
 
 def start_host(image: str, name: str | None = None, network: str | None = None,
-               ports: tuple[int, ...] = (22, 80), labels: dict | None = None) -> Host:
-    """Boot a container from `image` with systemd as PID 1 and our SSH key authorised."""
+               ports: tuple[int, ...] = (22, 80), labels: dict | None = None,
+               cap_add: tuple[str, ...] = ()) -> Host:
+    """Boot a container from `image` with systemd as PID 1 and our SSH key authorised.
+    `cap_add` grants more capabilities, e.g. NET_ADMIN for a host whose firewall
+    (nftables) the deploy manages."""
     client = docker_client()
     key_path, public_key = ssh_key()
     name = name or f"throwaway-{uuid.uuid4().hex[:8]}"
@@ -292,7 +295,7 @@ def start_host(image: str, name: str | None = None, network: str | None = None,
             # Debian packages downloaded once, shared by every host of a release.
             str(apt_cache): {"bind": "/var/cache/apt/archives", "mode": "rw"},
         },
-        **SYSTEMD_RUN_KWARGS,
+        **{**SYSTEMD_RUN_KWARGS, "cap_add": [*SYSTEMD_RUN_KWARGS["cap_add"], *cap_add]},
     )
     host = Host(container=container, name=name, ssh_port=0, http_port=0, key_path=key_path)
     try:
