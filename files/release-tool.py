@@ -541,7 +541,9 @@ def cmd_build_venv(args) -> None:
     for command in (["chown", "-R", "-P", "-h", f"root:{CONFIG['user']}", "--", str(venv)],
                     ["chmod", "-R", "go-w,ug-s", "--", str(venv)]):
         subprocess.run(command, check=True)
-    os.close(os.open(venv / VENV_MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640))
+    marker = os.open(venv / VENV_MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640)
+    os.fchown(marker, 0, account.pw_gid)
+    os.close(marker)
     log(f"venv {venv.name} built as {CONFIG['user']} from {requirements}, now root's")
 
 
