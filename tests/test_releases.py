@@ -250,3 +250,18 @@ def test_rollback_and_prune_follow_the_hosts_record_not_release_names(fork, tmp_
     assert fork.exec(f"stat -c '%U %a' {ROOT}/history.jsonl").split() == ["root", "640"]
     run_deploy(fork, tmp_path, deploy="rollback.py")
     assert live_release(fork) == newer and get(fork.url + "/").text.strip() == "release Y"
+
+
+def test_release_settings_are_checked_before_any_host():
+    from tasks.settings import SettingsError, validate
+
+    assert validate({"rollback_to": "20261121T073000Z-3a98e1d-5f0c2a"}).rollback_to.endswith("-5f0c2a")
+    assert validate({"rollback_to": "20261121T073000Z-5f0c2a"}).deploy_lock_timeout == 120
+    for data, key in (({"rollback_to": "20261121T073000Z-a-b-c"}, "rollback_to"),
+                      ({"deploy_lock_timeout": -1}, "deploy_lock_timeout"),
+                      ({"shared_paths": ["data/", "data/uploads/"]}, "shared_paths")):
+        with pytest.raises(SettingsError) as error:
+            validate(data)
+        assert key in str(error.value) and "Traceback" not in str(error.value)
+    assert "inside 'data/', which the app can write" in str(
+        pytest.raises(SettingsError, validate, {"shared_paths": ["data/", "data/uploads/"]}).value)
