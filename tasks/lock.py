@@ -30,7 +30,7 @@ import socket
 import time
 
 from pyinfra import logger
-from pyinfra.api import StringCommand
+from pyinfra.api import FactBase, StringCommand
 from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS, pop_global_arguments
 from pyinfra.api.exceptions import DeployError
 from pyinfra.api.state import BaseStateCallback
@@ -81,28 +81,48 @@ def describe(holder: dict) -> str:
             f"({holder.get('age', '?')} s ago)")
 
 
+class DeployLock(FactBase):
+    """Takes an app's deploy lock through its release tool (waiting up to `wait`
+    seconds) and answers {"state": "taken"|"held"|"no-tool", "holder": ..., "broke": ...}.
+    A fact because it must come before every other read, with the host's connection
+    arguments (sudo); a connector that runs nothing answers the default."""
+
+    @staticmethod
+    def default() -> dict:
+        return {"state": "no-tool"}
+
+    def command(self, tool: str, run: str, holder: str, wait: int, break_run: str = "", force: bool = False) -> str:
+        quoted = shlex.quote(tool)
+        options = f"--wait {int(wait)}" + (f" --break-run {shlex.quote(break_run)}" if break_run else "") + (
+            " --force" if force else "")
+        # Always exits 0, with the tool's errors in the output (a held lock exits 3).
+        return (f"if [ -x {quoted} ]; then {quoted} --run {shlex.quote(run)} lock take --holder "
+                f"{shlex.quote(holder)} {options} 2>&1; echo \"LOCK exit $?\"; else echo 'LOCK no-tool'; fi")
+
+    def process(self, output: list[str]) -> dict:
+        answer: dict = {"lines": output}
+        for line in output:
+            word, _, rest = line.partition(" ")
+            if word != "LOCK":
+                if "invalid choice: 'lock'" in line:
+                    answer["state"] = "no-tool"  # a release tool from before the lock: the next run has it
+                continue
+            state, _, payload = rest.partition(" ")
+            if state == "broke":
+                answer["broke"] = json.loads(payload)
+            elif state == "held":
+                answer.update(state="held", holder=json.loads(payload))
+            elif state in ("taken", "no-tool"):
+                answer["state"] = state
+        return answer
+
+
 def _ask(host, tool: str, wait: float, break_run: str | None, force: bool) -> dict:
     holder = json.dumps({"user": _user(), "machine": MACHINE, "pid": os.getpid()})
-    options = f"--wait {wait:.0f}" + (f" --break-run {shlex.quote(break_run)}" if break_run else "") + (
-        " --force" if force else "")
-    quoted = shlex.quote(tool)
-    lines = _run(host, f"if [ -x {quoted} ]; then {quoted} --run {RUN_ID} lock take --holder "
-                       f"{shlex.quote(holder)} {options}; else echo 'LOCK no-tool'; fi")
-    answer: dict = {}
-    for line in lines:
-        word, _, rest = line.partition(" ")
-        if word != "LOCK":
-            if "invalid choice: 'lock'" in line:
-                answer["state"] = "no-tool"  # a release tool from before the lock: the next run has it
-            continue
-        state, _, payload = rest.partition(" ")
-        if state == "broke":
-            answer["broke"] = json.loads(payload)
-        elif state == "held":
-            answer.update(state="held", holder=json.loads(payload))
-        else:
-            answer["state"] = state
-    if "state" not in answer:
+    answer = host.get_fact(DeployLock, tool=tool, run=RUN_ID, holder=holder, wait=int(wait),
+                           break_run=break_run or "", force=force)
+    if not answer or "state" not in answer:
+        lines = (answer or {}).get("lines", [])
         raise LockHeld(f"could not take the deploy lock with {tool}: {' / '.join(lines)[-500:]}")
     return answer
 
