@@ -514,7 +514,7 @@ def cmd_build_venv(args) -> None:
     path = release_dir(args.release)
     meta = json.loads((path / META).read_text())
     venv = VENVS / meta["venv"]
-    if os.readlink(path / ".venv") != str(venv):
+    if os.path.realpath(path / ".venv") != os.path.realpath(venv):
         raise Failure(f"release {args.release}: .venv does not point at {venv}")
     if venv_ready(venv):
         log(f"venv {venv.name} is built already")
