@@ -453,6 +453,10 @@ def sandboxed(release: str, command: list[str], writable: list[str], venv: str |
         # The app's secrets, read by systemd (never on a command line).
         "-p", f"EnvironmentFile=-{ROOT}/secrets/app.env",
         *[arg for prop in CONFIG["sandbox"] for arg in ("-p", prop)],
+        # /run/<app> is the running service's (its socket, FIFO, stats): a step never
+        # writes there, nor anywhere in /run (which ProtectKernelTunables= and
+        # ProtectControlGroups= can leave writable, as seen on the test hosts).
+        "-p", "ReadOnlyPaths=/run",
         *[arg for where in writable for arg in ("-p", f"ReadWritePaths=-{where}")],
         *[f"--setenv={key}={value}" for key, value in env.items()],
         "--", *command,
