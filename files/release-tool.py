@@ -602,8 +602,8 @@ def cmd_check(args) -> None:
     the sandbox)."""
     if _canary(args.release, "import") != 0:
         discard(args.release)
-        raise Failure(f"release {args.release} failed to import (output above): "
-                      "the live release was left alone and kept serving")
+        raise Failure(f"release {args.release} failed its check before the switch: the app does not "
+                      "import (output above); the live release was left alone and kept serving")
     record("created", args.release, run=args.run)
     log(f"release {args.release}: the app imports")
 
@@ -614,8 +614,9 @@ def cmd_canary(args) -> None:
     in-process, so a release that would fail never takes live traffic."""
     if _canary(args.release, "call") != 0:
         discard(args.release)
-        raise Failure(f"release {args.release} failed its check before the switch (output above): "
-                      "the live release was left alone and kept serving")
+        raise Failure(f"release {args.release} failed its check before the switch: the app does not "
+                      "answer its health path as expected (output above); the live release was left alone "
+                      "and kept serving")
     log(f"release {args.release}: the app answers its health check")
 
 
