@@ -11,11 +11,13 @@ validated before any operation is added, so bad settings never touch a host.
 from pyinfra import host
 from pyinfra.api import deploy
 
-from tasks import (balancer, firewall, healthcheck, logs, nginx, packages, platform, preflight, prefetch,
+from tasks import (balancer, firewall, healthcheck, lock, logs, nginx, packages, platform, preflight, prefetch,
                    release, selinux, service, topology, uploads, users, uwsgi)
 from tasks.settings import load_apps
 
 apps = load_apps(host)
+# One run at a time per app and host, taken before anything is read (tasks/lock.py).
+lock.take(host, apps)
 # Facts in one batched command per phase (see tasks/prefetch.py).
 prefetch.start(host, enabled=apps[0].fact_batch)
 system = platform.detect(host)

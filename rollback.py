@@ -4,10 +4,14 @@
     pyinfra inventories/prod.py rollback.py --data rollback_to=20261121T073000Z-abc1234
     pyinfra inventories/prod.py rollback.py --data rollback_app=blog   # hosts with several apps
 
-The switch is atomic, uWSGI is reloaded without dropping requests (with the
-release's own venv), and the result is health-checked; if the check fails, the
-release that was live stays live. List releases first with
-`pyinfra -y inventories/prod.py releases.py`.
+Without an id, the target is the release that was live before the live one by
+the host's own record (<app_root>/history.jsonl, host clock), never by name;
+rolling back again goes further back, and releases that failed after their switch
+are never targets. The switch is atomic, uWSGI is reloaded without dropping
+requests (with the release's own venv), and the result is health-checked; if the
+check fails, the release that was live stays live. List releases first with
+`pyinfra -y inventories/prod.py releases.py`. Like a deploy, a rollback takes the
+app's deploy lock (tasks/lock.py).
 """
 
 import shlex
@@ -15,6 +19,7 @@ import shlex
 from pyinfra import host
 from pyinfra.operations import server
 
+from tasks import lock
 from tasks.settings import SettingsError, load_apps
 
 apps = load_apps(host)
@@ -27,7 +32,9 @@ if not matches:
     raise SettingsError(f"rollback_app = {wanted!r}: host {host.name!r} runs no such app "
                         f"({', '.join(a.app_name for a in apps)}); nothing was changed.")
 s = matches[0]
+lock.take(host, [s])
 server.shell(
-    name=f"Roll {s.app_name} back to {s.rollback_to or 'the previous release'}",
-    commands=[f"{s.app_root}/bin/release-tool --host-name {shlex.quote(host.name)} rollback {s.rollback_to or ''}"],
+    name=f"Roll {s.app_name} back to {s.rollback_to or 'the release live before this one'}",
+    commands=[f"{s.app_root}/bin/release-tool --host-name {shlex.quote(host.name)} --run {lock.RUN_ID} "
+              f"rollback {s.rollback_to or ''}"],
 )

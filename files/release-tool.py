@@ -3,14 +3,27 @@
 <app_root>/bin/release-tool and driven by it (and usable by hand, as root):
 
     release-tool list                  releases, the live one marked
+    release-tool build-venv ID         build the release's venv as the app user
     release-tool check ID              import the release's app as the app user
     release-tool run ID -- COMMAND     run a command in the release as the app user
+    release-tool canary ID             call the release's app once for its health path
     release-tool activate [ID]         switch to ID (default: the live one), reload
                                        uWSGI without dropping requests, check health
                                        through nginx, and switch back if it fails
     release-tool rollback [ID]         activate the previous (or the named) release
     release-tool prune                 keep the newest N releases and their venvs
     release-tool health                check the app through nginx
+    release-tool history               what went live when (host clock), and how it went
+    release-tool lock show|take|release|break   the per-app deploy lock
+
+Everything that runs app code or its dependencies' build steps (build-venv, check,
+run, canary) runs as the app user in a transient systemd unit with the service's
+own sandbox (`sandbox` in the settings), so no process outlives it.
+
+The host keeps its own record of activations in <app_root>/history.jsonl (root-only,
+one JSON object a line, appended): rollback targets and pruning follow that record
+in the order its lines were written, never release names (which come from the
+deploying machine's clock).
 
 Settings come from release-tool.json next to the bin/ directory. Standard library
 only: this runs on the host's own python3.
@@ -19,12 +32,15 @@ only: this runs on the host's own python3.
 from __future__ import annotations
 
 import argparse
+import errno
+import fcntl
 import json
 import os
-import re
+import secrets
 import shutil
 import socket
 import ssl
+import stat
 import subprocess
 import sys
 import time
@@ -32,13 +48,20 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-CONFIG = json.loads((ROOT / "release-tool.json").read_text())
-RELEASES = ROOT / "releases"
-CURRENT = ROOT / "current"
-VENVS = ROOT / "venvs"
 META = ".deploy-release.json"
 LOADER = ".deploy-loader.py"
+VENV_MARKER = ".deploy-complete"
+# Set by configure() (main() calls it; tests call it with a temporary root).
+ROOT = RELEASES = CURRENT = VENVS = HISTORY = LOCK = Path("/nonexistent")
+CONFIG: dict = {}
+
+
+def configure(root: Path, config: dict | None = None) -> None:
+    global ROOT, RELEASES, CURRENT, VENVS, HISTORY, LOCK, CONFIG
+    ROOT = Path(root)
+    RELEASES, CURRENT, VENVS = ROOT / "releases", ROOT / "current", ROOT / "venvs"
+    HISTORY, LOCK = ROOT / "history.jsonl", ROOT / "deploy.lock"
+    CONFIG = config if config is not None else json.loads((ROOT / "release-tool.json").read_text())
 
 
 class Failure(Exception):
@@ -110,18 +133,59 @@ def systemctl(action: str) -> None:
                       f"its last log lines:\n{journal_tail()}")
 
 
+def _open_no_follow(path: str, flags: int, kind: int, what: str) -> int:
+    """Open a path in a directory the app user can write (/run/<app>) the only safe way
+    for root: never through a link (O_NOFOLLOW), and only if it is what it should be
+    (checked on the opened file, so a swap between check and use is impossible)."""
+    link = Failure(f"refusing {what} {path}: it is a symbolic link (in a directory the app user "
+                   "can write; root never follows links there)")
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise link from None
+        raise
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISLNK(mode):  # O_PATH|O_NOFOLLOW opens the link itself
+        os.close(fd)
+        raise link
+    if stat.S_IFMT(mode) != kind:
+        os.close(fd)
+        raise Failure(f"refusing {what} {path}: it is not a {'FIFO' if kind == stat.S_IFIFO else 'socket'} "
+                      f"(mode {stat.filemode(mode)})")
+    return fd
+
+
+def open_master_fifo() -> int:
+    """uWSGI's master FIFO, open for writing (ENXIO: nobody reads it, uWSGI is not up)."""
+    try:
+        return _open_no_follow(CONFIG["master_fifo"], os.O_WRONLY | os.O_NONBLOCK, stat.S_IFIFO,
+                               "uWSGI's master FIFO")
+    except OSError as exc:
+        raise Failure(f"uWSGI's master FIFO {CONFIG['master_fifo']} is not answering: {exc}") from exc
+
+
 def stats() -> dict | None:
-    """uWSGI's stats (JSON on a unix socket), or None while it is not answering."""
+    """uWSGI's stats (JSON on a unix socket), or None while it is not answering. The
+    socket is opened as a path (O_PATH, no links followed), checked to be a socket, and
+    connected to through /proc/self/fd: what is checked is what is connected to. A
+    link or another kind of file there is refused (Failure)."""
+    try:
+        fd = _open_no_follow(CONFIG["stats_socket"], os.O_PATH, stat.S_IFSOCK, "uWSGI's stats socket")
+    except OSError:
+        return None
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(2)
-            sock.connect(CONFIG["stats_socket"])
+            sock.connect(f"/proc/self/fd/{fd}")
             chunks = []
             while chunk := sock.recv(65536):
                 chunks.append(chunk)
         return json.loads(b"".join(chunks))
     except (OSError, ValueError):
         return None
+    finally:
+        os.close(fd)
 
 
 def worker_pids() -> set[int]:
@@ -144,7 +208,7 @@ def wait_for_new_workers(old: set[int], timeout: float) -> None:
                   f"its last log lines:\n{journal_tail()}")
 
 
-def reload(mode: str) -> None:
+def reload(mode: str, fifo: int | None = None) -> None:
     """Load the live release into uWSGI.
 
     chain:   workers are replaced one at a time (lazy-apps), the others keep serving;
@@ -168,14 +232,12 @@ def reload(mode: str) -> None:
         systemctl("reload")
     else:
         log(f"chain-reloading {CONFIG['service']}: one worker at a time")
-        try:
-            fd = os.open(CONFIG["master_fifo"], os.O_WRONLY | os.O_NONBLOCK)
-        except OSError as exc:
-            raise Failure(f"uWSGI's master FIFO {CONFIG['master_fifo']} is not answering: {exc}") from exc
+        fd = fifo if fifo is not None else open_master_fifo()
         try:
             os.write(fd, b"c")
         finally:
-            os.close(fd)
+            if fifo is None:
+                os.close(fd)
     wait_for_new_workers(old, timeout)
 
 
@@ -252,40 +314,166 @@ def health(attempts: int | None = None) -> None:
     raise Failure(f"health check {describe_check(check)} {outcome}, after {attempts} attempts")
 
 
-# Commands ------------------------------------------------------------------
+# History -------------------------------------------------------------------
+# One JSON object a line, appended by root in <app_root> (which the app user cannot
+# write): `created` (checked, ready to switch to), `switched`, `live` (healthy after
+# an activation; kind deploy, rollback, rollback-to, recheck or restored), `failed`
+# (after the switch: never a rollback target) and `removed`. The order of the lines
+# is the host's order of events; the names of releases play no part in it.
 
-def app_environment() -> dict[str, str]:
-    """The app's secrets (systemd's EnvironmentFile, KEY="value" lines), if any."""
-    found = {}
-    path = ROOT / "secrets" / "app.env"
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            key, _, value = line.partition("=")
-            if value.startswith('"') and value.endswith('"'):
-                value = re.sub(r"\\(.)", r"\1", value[1:-1])
-            if key:
-                found[key] = value
-    return found
+def iso(moment: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(moment))
 
 
-def as_app_user(release: str, command: list[str]) -> subprocess.CompletedProcess:
+def _own_file(path: Path, flags: int, mode: int = 0o600) -> int:
+    """A regular file of root's in a directory of root's, never through a link."""
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+        os.close(fd)
+        raise Failure(f"refusing {path}: not a regular file owned by uid {os.geteuid()}")
+    return fd
+
+
+def record(event: str, release: str, **extra) -> None:
+    moment = time.time()
+    entry = {"at": iso(moment), "time": round(moment, 3), "event": event, "release": release,
+             **{key: value for key, value in extra.items() if value not in (None, "")}}
+    fd = _own_file(HISTORY, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
+    try:
+        size = os.fstat(fd).st_size
+        # After a line cut short by a crash, a new line of its own.
+        start = "\n" if size and os.pread(fd, 1, size - 1) != b"\n" else ""
+        os.write(fd, (start + json.dumps(entry) + "\n").encode())
+    finally:
+        os.close(fd)
+    if event == "live":
+        _write_own(ROOT / "live-confirmed", release + "\n")
+
+
+def _write_own(path: Path, text: str) -> None:
+    """Replace a small file of root's atomically (a new file renamed over it)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def read_history() -> list[dict]:
+    try:
+        fd = _own_file(HISTORY, os.O_RDONLY)
+    except FileNotFoundError:
+        return []
+    with os.fdopen(fd, encoding="utf-8", errors="replace") as handle:
+        lines = handle.read().splitlines()
+    entries = []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a crash: the others still count
+        if isinstance(entry, dict) and isinstance(entry.get("release"), str) and isinstance(entry.get("event"), str):
+            entries.append(entry)
+    return entries
+
+
+def confirmed() -> str | None:
+    """The release whose activation last ended healthy (what uWSGI last ran well)."""
+    try:
+        fd = _own_file(ROOT / "live-confirmed", os.O_RDONLY)
+    except (FileNotFoundError, Failure):
+        return None
+    with os.fdopen(fd) as handle:
+        return handle.read().strip() or None
+
+
+def failed_releases(entries: list[dict]) -> dict[str, dict]:
+    return {entry["release"]: entry for entry in entries if entry["event"] == "failed"}
+
+
+def rollback_target(entries: list[dict], current: str | None, present: set[str]) -> str | None:
+    """The release live before the current one, by the host's record: every
+    activation puts its release on top of a stack, a rollback (without an id) takes
+    the release it leaves off it, so rolling back again goes further back; releases
+    that failed after a switch, or are gone, never qualify. Releases the record does
+    not know (made before it existed) come after it, by name."""
+    stack: list[str] = []
+    failed = set(failed_releases(entries))
+    for entry in entries:
+        release, event = entry["release"], entry["event"]
+        if event == "live":
+            if entry.get("kind") == "rollback" and entry.get("from"):
+                stack = [name for name in stack if name != entry["from"]]
+            stack = [name for name in stack if name != release] + [release]
+        elif event in ("failed", "removed"):
+            stack = [name for name in stack if name != release]
+    for release in reversed(stack):
+        if release != current and release in present and release not in failed:
+            return release
+    known = {entry["release"] for entry in entries}
+    older = sorted(name for name in present if name not in known and (current is None or name < current))
+    return older[-1] if older else None
+
+
+def prune_choice(names: list[str], entries: list[dict], current: str | None, keep: int) -> list[str]:
+    """Releases to remove: all but the `keep` newest by the host's record (its last
+    event for each; releases it does not know count as older, by name) and the live
+    one. Releases that failed after a switch are removed first."""
+    failed = set(failed_releases(entries))
+    last: dict[str, int] = {}
+    for index, entry in enumerate(entries):
+        if entry["event"] != "removed":
+            last[entry["release"]] = index
+    ranked = sorted((name for name in names if name not in failed), key=lambda name: (last.get(name, -1), name))
+    kept = set(ranked[-keep:]) | ({current} if current else set())
+    return [name for name in names if name not in kept]
+
+
+# Running things as the app user ---------------------------------------------
+
+def sandboxed(release: str, command: list[str], writable: list[str], venv: str | None) -> int:
+    """Run a command as the app user in a transient systemd unit with the service's
+    own sandbox, writing only to `writable`; every process it starts ends with it."""
     path = release_dir(release)
     env = {
-        **app_environment(),
-        "PATH": f"{path}/.venv/bin:/usr/local/bin:/usr/bin:/bin",
+        "PATH": (f"{venv}/bin:" if venv else "") + "/usr/local/bin:/usr/bin:/bin",
         "HOME": str(ROOT),
         "LANG": "C.UTF-8",
-        "VIRTUAL_ENV": f"{path}/.venv",
         "DEPLOY_RELEASE": release,
+        **({"VIRTUAL_ENV": venv} if venv else {}),
     }
-    runuser = shutil.which("runuser") or "/usr/sbin/runuser"
-    return subprocess.run([runuser, "-u", CONFIG["user"], "--", *command], cwd=path, env=env)
+    user = CONFIG["user"]
+    argv = [
+        "systemd-run", "--wait", "--pipe", "--collect", "--quiet", "--service-type=exec",
+        f"--unit={CONFIG['app']}-release-{secrets.token_hex(4)}",
+        f"--description=release {release} of {CONFIG['app']}: a step as {user}",
+        "-p", f"User={user}", "-p", f"Group={user}", "-p", f"WorkingDirectory={path}",
+        # The app's secrets, read by systemd (never on a command line).
+        "-p", f"EnvironmentFile=-{ROOT}/secrets/app.env",
+        *[arg for prop in CONFIG["sandbox"] for arg in ("-p", prop)],
+        # /run/<app> is the running service's (its socket, FIFO, stats): a step never
+        # writes there, nor anywhere in /run (which ProtectKernelTunables= and
+        # ProtectControlGroups= can leave writable, as seen on the test hosts).
+        "-p", "ReadOnlyPaths=/run",
+        *[arg for where in writable for arg in ("-p", f"ReadWritePaths=-{where}")],
+        *[f"--setenv={key}={value}" for key, value in env.items()],
+        "--", *command,
+    ]
+    return subprocess.run(argv, stdin=subprocess.DEVNULL).returncode
+
+
+def in_release(release: str, command: list[str]) -> int:
+    """A step in a release: the venv on PATH, the shared paths writable."""
+    return sandboxed(release, command, CONFIG["writable"], f"{release_dir(release)}/.venv")
 
 
 def discard(release: str) -> None:
     if release == live():
         raise Failure(f"refusing to remove the live release {release}")
     shutil.rmtree(RELEASES / release, ignore_errors=True)
+    record("removed", release)
     log(f"removed release {release}")
 
 
@@ -293,18 +481,81 @@ def cmd_list(args) -> None:
     current = live()
     rows = releases()
     if args.json:
-        print(json.dumps({"live": current, "releases": rows}))
+        print(json.dumps({"live": current, "confirmed": confirmed(), "releases": rows}))
         return
     if not rows:
         log("no releases yet")
+    failed = failed_releases(read_history())
     for name in rows:
         meta = json.loads((RELEASES / name / META).read_text())
-        marker = "* live" if name == current else ""
+        marker = "* live" if name == current else ("(failed after its switch)" if name in failed else "")
         log(f"{name}  commit={meta.get('commit') or '-'}  venv={Path(venv_of(name)).name}  {marker}".rstrip())
 
 
+def cmd_history(args) -> None:
+    for entry in read_history()[-args.last:]:
+        extra = " ".join(f"{key}={value}" for key, value in entry.items()
+                         if key not in ("at", "time", "event", "release"))
+        log(f"{entry.get('at', '?')}  {entry['event']:<8} {entry['release']}  {extra}".rstrip())
+
+
+# Venvs ----------------------------------------------------------------------
+
+def venv_ready(venv: Path) -> bool:
+    """Built, handed to root, then marked: root owns the venv and its marker."""
+    try:
+        return all(os.lstat(path).st_uid == 0 and not stat.S_ISLNK(os.lstat(path).st_mode)
+                   for path in (venv, venv / VENV_MARKER))
+    except OSError:
+        return False
+
+
+def cmd_build_venv(args) -> None:
+    """The release's venv, built by the app user in the sandbox (pip and every
+    dependency's build step run as the app user, never as root) into a directory
+    only that build may write, then handed to root (owner root, group the app's,
+    no write bits for group or others) before its completion marker is written."""
+    path = release_dir(args.release)
+    meta = json.loads((path / META).read_text())
+    venv = VENVS / meta["venv"]
+    if os.path.realpath(path / ".venv") != os.path.realpath(venv):
+        raise Failure(f"release {args.release}: .venv does not point at {venv}")
+    if venv_ready(venv):
+        log(f"venv {venv.name} is built already")
+        return
+    import pwd
+
+    account = pwd.getpwnam(CONFIG["user"])
+    if os.path.lexists(venv):  # half-built by an interrupted run: from scratch
+        shutil.rmtree(venv) if stat.S_ISDIR(os.lstat(venv).st_mode) else venv.unlink()
+    os.mkdir(venv, 0o750)
+    os.chown(venv, account.pw_uid, account.pw_gid, follow_symlinks=False)
+    requirements = CONFIG["requirements"]
+    script = ('python3 -m venv "$1" && exec "$1/bin/pip" install --no-input --disable-pip-version-check '
+              '--no-cache-dir -q -r "$2"')
+    code = sandboxed(args.release, ["/bin/sh", "-c", script, "build-venv", str(venv), requirements],
+                     [str(venv)], None)
+    if code != 0:
+        shutil.rmtree(venv, ignore_errors=True)
+        discard(args.release)
+        raise Failure(f"building venv {venv.name} from {requirements} failed ({code}, output above); "
+                      "the live release was left alone")
+    # The build's processes ended with its unit, and the service's sandbox never
+    # could write here; -P and -h: links are changed themselves, never followed.
+    for command in (["chown", "-R", "-P", "-h", f"root:{CONFIG['user']}", "--", str(venv)],
+                    ["chmod", "-R", "go-w,ug-s", "--", str(venv)]):
+        subprocess.run(command, check=True)
+    marker = os.open(venv / VENV_MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640)
+    os.fchown(marker, 0, account.pw_gid)
+    os.close(marker)
+    log(f"venv {venv.name} built as {CONFIG['user']} from {requirements}, now root's")
+
+
+# Checks before the switch -------------------------------------------------------
+
 # Run by the release's own python as the app user: import the app through the
-# release's loader and call it once, as a WSGI server would, for the health path.
+# release's loader and (for the canary) call it once, as a WSGI server would, for
+# the health path.
 CANARY = r"""
 import io, json, runpy, sys
 check = json.loads(sys.argv[2])
@@ -315,6 +566,9 @@ except ModuleNotFoundError as exc:
         print("canary: the app needs uWSGI's own module; the check after the switch covers it")
         sys.exit(0)
     raise
+if sys.argv[3] == "import":
+    print("the app imports")
+    sys.exit(0)
 path, _, query = check["path"].partition("?")
 environ = {
     "REQUEST_METHOD": "GET", "SCRIPT_NAME": "", "PATH_INFO": path,
@@ -336,52 +590,96 @@ print(f"canary: GET {check['path']} answered {code}")
 """
 
 
-def cmd_check(args) -> None:
-    """Before the switch: the release's app must import and answer its health path
-    (called in-process), so a release that would fail never takes live traffic."""
-    path = release_dir(args.release)
+def _canary(release: str, what: str) -> int:
+    path = release_dir(release)
     check = {key: CONFIG["health"][key] for key in ("path", "host_header", "status", "body")}
-    result = as_app_user(args.release, [f"{path}/.venv/bin/python", "-c", CANARY, str(path / LOADER),
-                                        json.dumps(check)])
-    if result.returncode != 0:
+    return in_release(release, [f"{path}/.venv/bin/python", "-c", CANARY, str(path / LOADER),
+                                json.dumps(check), what])
+
+
+def cmd_check(args) -> None:
+    """Before the switch, first: the release's app must import (as the app user, in
+    the sandbox)."""
+    if _canary(args.release, "import") != 0:
         discard(args.release)
-        raise Failure(f"release {args.release} failed its check before the switch (output above): "
-                      "the live release was left alone and kept serving")
-    log(f"release {args.release}: the app imports and answers its health check")
+        raise Failure(f"release {args.release} failed its check before the switch: the app does not "
+                      "import (output above); the live release was left alone and kept serving")
+    record("created", args.release, run=args.run)
+    log(f"release {args.release}: the app imports")
+
+
+def cmd_canary(args) -> None:
+    """Before the switch, last (after the before-switch commands, so that the tables
+    a first `flask init-db` creates exist): the app answers its health path, called
+    in-process, so a release that would fail never takes live traffic."""
+    if _canary(args.release, "call") != 0:
+        discard(args.release)
+        raise Failure(f"release {args.release} failed its check before the switch: the app does not "
+                      "answer its health path as expected (output above); the live release was left alone "
+                      "and kept serving")
+    log(f"release {args.release}: the app answers its health check")
 
 
 def cmd_run(args) -> None:
     command = " ".join(args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd)
-    result = as_app_user(args.release, ["sh", "-c", command])
-    if result.returncode != 0:
+    code = in_release(args.release, ["/bin/sh", "-c", command])
+    if code != 0:
         discard(args.release)
-        raise Failure(f"before-switch command failed ({result.returncode}): {command}; "
+        raise Failure(f"before-switch command failed ({code}): {command}; "
                       "the live release was left alone")
     log(f"release {args.release}: `{command}` succeeded")
 
 
-def activate(target: str, mode: str, host_name: str) -> None:
+# Activation -------------------------------------------------------------------
+
+def activate(target: str, mode: str, host_name: str, kind: str = "deploy", run: str = "") -> None:
     release_dir(target)
     previous = live()
+    present = set(releases())
+    # What uWSGI last ran well: the live release, unless an activation of it was
+    # interrupted (then the one before).
+    running = confirmed() if confirmed() in present else previous
+    fallback = previous if previous != target else running
+    if fallback == target or fallback not in present:
+        fallback = None
     if mode == "auto":
-        mode = "chain" if previous and venv_of(previous) == venv_of(target) else "graceful"
-    if previous != target:
-        switch(target)
-    try:
-        reload(mode)
-        health()
-    except Failure as failure:
-        if previous is None or previous == target:
-            raise Failure(f"release {target} FAILED on host {host_name}: {failure}") from None
-        log(f"release {target} failed ({failure}); switching back to {previous}")
-        switch(previous)
+        mode = "chain" if running and running in present and venv_of(running) == venv_of(target) else "graceful"
+    fifo = None
+    if service_active():
+        # Opened (and checked) before anything changes: refused, nothing is switched.
         try:
-            reload("chain" if venv_of(previous) == venv_of(target) and mode == "chain" else "graceful")
+            stats()
+            if mode == "chain":
+                fifo = open_master_fifo()
+        except Failure as failure:
+            raise Failure(f"release {target} was not activated on host {host_name}: {failure}; "
+                          f"the live release {previous} was left alone") from None
+    try:
+        if previous != target:
+            switch(target)
+        record("switched", target, **{"from": previous, "run": run, "kind": kind})
+        try:
+            reload(mode, fifo)
             health()
-            outcome = f"Rolled back: {previous} is live and healthy again."
-        except Failure as again:
-            outcome = f"Rolled back to {previous}, but it is not healthy either: {again}"
-        raise Failure(f"release {target} FAILED on host {host_name}: {failure}. {outcome}") from None
+        except Failure as failure:
+            record("failed", target, run=run, reason=str(failure).splitlines()[0][:300])
+            if fallback is None:
+                raise Failure(f"release {target} FAILED on host {host_name}: {failure}") from None
+            log(f"release {target} failed ({failure}); switching back to {fallback}")
+            switch(fallback)
+            try:
+                back = "chain" if venv_of(fallback) == venv_of(target) and mode == "chain" else "graceful"
+                reload(back, fifo if back == "chain" else None)
+                health()
+                record("live", fallback, kind="restored", run=run)
+                outcome = f"Rolled back: {fallback} is live and healthy again."
+            except Failure as again:
+                outcome = f"Rolled back to {fallback}, but it is not healthy either: {again}"
+            raise Failure(f"release {target} FAILED on host {host_name}: {failure}. {outcome}") from None
+    finally:
+        if fifo is not None:
+            os.close(fifo)
+    record("live", target, kind=kind, run=run, mode=mode, **{"from": previous})
     log(f"release {target} is live and healthy on host {host_name}")
 
 
@@ -389,42 +687,49 @@ def cmd_activate(args) -> None:
     target = args.release or live()
     if target is None:
         raise Failure("there is no release to activate yet")
-    activate(target, args.mode, args.host_name)
+    kind = "recheck" if target == live() and confirmed() != target else "deploy"
+    activate(target, args.mode, args.host_name, kind=kind, run=args.run)
 
 
 def cmd_rollback(args) -> None:
     current = live()
+    entries = read_history()
     if args.release:
         target = args.release
+        release_dir(target)
+        failed = failed_releases(entries).get(target)
+        if failed:
+            raise Failure(f"release {target} failed after its switch ({failed.get('at')}: "
+                          f"{failed.get('reason', '?')}): not a rollback target")
+        kind = "rollback-to"
     else:
-        older = [name for name in releases() if current is None or name < current]
-        if not older:
-            raise Failure(f"no release older than {current} to roll back to")
-        target = older[-1]
+        target = rollback_target(entries, current, set(releases()))
+        if target is None:
+            raise Failure(f"no release was live before {current} (by this host's record, {HISTORY}) "
+                          "to roll back to")
+        kind = "rollback"
     if target == current:
         log(f"release {target} is already live")
         return
-    activate(target, "auto", args.host_name)
+    activate(target, "auto", args.host_name, kind=kind, run=args.run)
 
 
 def cmd_prune(args) -> None:
-    keep = CONFIG["keep_releases"]
     current = live()
     names = releases()
-    kept = set(names[-keep:]) | ({current} if current else set())
-    for name in names:
-        if name not in kept:
-            discard(name)
+    for name in prune_choice(names, read_history(), current, CONFIG["keep_releases"]):
+        discard(name)
+    kept = set(releases())
     # Leftovers of interrupted deploys: half-unpacked releases and uploads.
     for path in RELEASES.iterdir():
         if path.name != current and (path.name.startswith(".upload-") or
-                                     (path.is_dir() and not (path / META).is_file())):
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+                                     (path.is_dir() and not path.is_symlink() and not (path / META).is_file())):
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
             log(f"removed the leftover {path.name} of an interrupted deploy")
     used = {venv_of(name) for name in kept}
     for venv in sorted(VENVS.iterdir()) if VENVS.is_dir() else []:
-        if str(venv.resolve()) not in used:
-            shutil.rmtree(venv, ignore_errors=True)
+        if os.path.realpath(venv) not in used:
+            shutil.rmtree(venv, ignore_errors=True) if not venv.is_symlink() else venv.unlink()
             log(f"removed unused venv {venv.name}")
 
 
@@ -442,12 +747,114 @@ def cmd_health(args) -> None:
     log(f"healthy: {describe_check(CONFIG['health'])} answered {CONFIG['health']['status']}")
 
 
-def main() -> int:
+# The deploy lock -------------------------------------------------------------
+# <app_root>/deploy.lock (root's, mode 600) names the run holding it. Taking,
+# breaking and releasing it happen under a flock of a guard file, so two tools
+# never interleave there. The deploy takes it before it reads anything and
+# releases it when it disconnects (see tasks/lock.py).
+
+class _Guard:
+    def __enter__(self):
+        self.fd = _own_file(ROOT / ".deploy.lock.guard", os.O_RDWR | os.O_CREAT)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.fd)
+
+
+def lock_holder() -> dict | None:
+    try:
+        fd = _own_file(LOCK, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    with os.fdopen(fd, errors="replace") as handle:
+        text = handle.read()
+    try:
+        holder = json.loads(text)
+        if not isinstance(holder, dict):
+            raise ValueError
+    except ValueError:
+        holder = {"run": "?", "unreadable": text[:200]}
+    if isinstance(holder.get("since"), (int, float)):
+        holder["age"] = round(time.time() - holder["since"])
+    return holder
+
+
+def describe_holder(holder: dict) -> str:
+    who = f"{holder.get('user', '?')}@{holder.get('machine', '?')}"
+    return (f"{who} (pid {holder.get('pid', '?')}, run {holder.get('run', '?')}) since "
+            f"{holder.get('since_at', '?')} host time ({holder.get('age', '?')} s ago)")
+
+
+def lock_take(run: str, holder: dict, wait: float, break_run: str | None = None,
+              force: bool = False) -> tuple[bool, dict | None, dict | None]:
+    """(taken, the holder when not taken, the holder broken if any)."""
+    deadline = time.monotonic() + wait
+    broken = None
+    while True:
+        with _Guard():
+            current = lock_holder()
+            if current and current.get("run") != run and (force or (break_run and current.get("run") == break_run)):
+                LOCK.unlink()
+                broken, current = current, None
+            if current is None:
+                moment = time.time()
+                entry = {**holder, "run": run, "since": round(moment, 3), "since_at": iso(moment)}
+                fd = os.open(LOCK, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+                with os.fdopen(fd, "w") as handle:
+                    handle.write(json.dumps(entry) + "\n")
+                return True, None, broken
+            if current.get("run") == run:
+                return True, None, broken
+        if time.monotonic() >= deadline:
+            return False, current, broken
+        time.sleep(max(0.0, min(1.0, deadline - time.monotonic())))
+
+
+def lock_release(run: str) -> bool:
+    with _Guard():
+        current = lock_holder()
+        if current and current.get("run") == run:
+            LOCK.unlink()
+            return True
+    return False
+
+
+def cmd_lock(args) -> None:
+    """Machine-readable answers (one `LOCK ...` line each) for tasks/lock.py."""
+    if args.lock_action == "show":
+        holder = lock_holder()
+        print("LOCK free" if holder is None else f"LOCK held {json.dumps(holder)}", flush=True)
+    elif args.lock_action == "take":
+        holder = json.loads(args.holder)
+        taken, current, broken = lock_take(args.run, holder, args.wait, args.break_run, args.force)
+        if broken:
+            print(f"LOCK broke {json.dumps(broken)}", flush=True)
+        if not taken:
+            print(f"LOCK held {json.dumps(current)}", flush=True)
+            sys.exit(3)
+        print("LOCK taken", flush=True)
+    elif args.lock_action == "release":
+        print("LOCK released" if lock_release(args.run) else "LOCK not-ours", flush=True)
+    else:  # break
+        with _Guard():
+            holder = lock_holder()
+            if holder:
+                LOCK.unlink()
+        log(f"broke the deploy lock held by {describe_holder(holder)}" if holder else "the deploy lock is free")
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host-name", default=socket.gethostname(), help="name used in messages")
+    parser.add_argument("--run", default="", help="the deploy run's id, recorded in the history")
+    parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parent.parent, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="action", required=True)
     sub.add_parser("list").add_argument("--json", action="store_true")
-    sub.add_parser("check").add_argument("release")
+    sub.add_parser("history").add_argument("--last", type=int, default=50)
+    for name in ("build-venv", "check", "canary"):
+        sub.add_parser(name).add_argument("release")
     run = sub.add_parser("run")
     run.add_argument("release")
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="-- then the command")
@@ -459,12 +866,23 @@ def main() -> int:
     health_parser = sub.add_parser("health")
     health_parser.add_argument("--attempts", type=int, help="default: the configured retries")
     health_parser.add_argument("--quiet", action="store_true", help="no logs on failure")
-    args = parser.parse_args()
+    lock = sub.add_parser("lock").add_subparsers(dest="lock_action", required=True)
+    lock.add_parser("show")
+    take = lock.add_parser("take")
+    take.add_argument("--holder", default="{}", help="JSON: user, machine, pid of the deploying run")
+    take.add_argument("--wait", type=float, default=0, help="seconds to wait for a holder to release it")
+    take.add_argument("--break-run", help="break the lock if this run (known to be gone) holds it")
+    take.add_argument("--force", action="store_true", help="break the lock whoever holds it")
+    lock.add_parser("release")
+    lock.add_parser("break")
+    args = parser.parse_args(argv)
     handlers = {
-        "list": cmd_list, "check": cmd_check, "run": cmd_run, "activate": cmd_activate,
-        "rollback": cmd_rollback, "prune": cmd_prune, "health": cmd_health,
+        "list": cmd_list, "history": cmd_history, "build-venv": cmd_build_venv, "check": cmd_check,
+        "canary": cmd_canary, "run": cmd_run, "activate": cmd_activate, "rollback": cmd_rollback,
+        "prune": cmd_prune, "health": cmd_health, "lock": cmd_lock,
     }
     try:
+        configure(args.root)
         handlers[args.action](args)
     except Failure as failure:
         print(f"ERROR: {failure}", file=sys.stderr, flush=True)

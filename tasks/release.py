@@ -30,7 +30,7 @@ from pyinfra.api import FactBase, deploy
 from pyinfra.facts.systemd import SystemdStatus
 from pyinfra.operations import files, server
 
-from tasks import JINJA, REPO_ROOT, TEMPLATES
+from tasks import JINJA, REPO_ROOT, TEMPLATES, lock
 from tasks.secrets import env_file, put_secret
 # The bundle's own parts: what never ships, and the upload with its --diff preview.
 from tasks.release_exclude import holds_private_key, report_left_out, secret_path  # noqa: I001
@@ -68,10 +68,26 @@ class Releases(FactBase):
 
 
 class VenvReady(FactBase):
-    """Whether a venv was fully built (its marker is written last)."""
+    """Whether a venv was fully built: the app user builds it, root then takes it over
+    and writes the marker last, so a complete venv and its marker are root's."""
 
     def command(self, path: str) -> str:
-        return f"test -f {shlex.quote(path)}/.deploy-complete && echo yes || echo no"
+        venv = shlex.quote(path)
+        return (f"[ ! -L {venv} ] && [ \"$(stat -c %u {venv} {venv}/.deploy-complete 2>/dev/null)\" = "
+                f"\"$(printf '0\\n0')\" ] && echo yes || echo no")
+
+    def process(self, output: list[str]) -> bool:
+        return output[-1:] == ["yes"]
+
+
+class LiveConfirmed(FactBase):
+    """Whether the live release's activation ended healthy (the release tool writes
+    `live-confirmed` only then): False after a run was cut off past the switch."""
+
+    def command(self, app_root: str) -> str:
+        root = shlex.quote(app_root)
+        return (f"[ ! -e {root}/current ] || [ \"$(readlink {root}/current)\" = "
+                f"\"releases/$(cat {root}/live-confirmed 2>/dev/null)\" ] && echo yes || echo no")
 
     def process(self, output: list[str]) -> bool:
         return output[-1:] == ["yes"]
@@ -188,9 +204,11 @@ def _loader_template():
 
 @cache
 def _release_id(commit: str | None) -> str:
-    # One id per pyinfra run, the same on every host of the run; sortable by time.
+    # One id per pyinfra run, the same on every host of the run: the time (for
+    # people; the host orders releases by its own record, not by name), the commit,
+    # and the run's id, so two runs in the same second never share an id.
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    return f"{stamp}-{commit}" if commit else stamp
+    return "-".join(part for part in (stamp, commit, lock.RUN_ID) if part)
 
 
 def build_bundle(s) -> Bundle:
@@ -273,6 +291,7 @@ class Release:
     new: bool
     settings: object  # the op writing the release tool's settings (health check among them)
     environment: object = None  # the op uploading the app's environment, if it has one
+    confirmed: bool = True  # False: the live release's activation never ended healthy
 
 
 @deploy("Release")
@@ -309,7 +328,8 @@ def prepare(s) -> Release:
     bundle = build_bundle(s)
     live = host.get_fact(LiveRelease, app_root=s.app_root)
     if live and live.get("content_hash") == bundle.content_hash:
-        return Release(live["id"], tool, new=False, settings=settings, environment=environment)
+        return Release(live["id"], tool, new=False, settings=settings, environment=environment,
+                       confirmed=host.get_fact(LiveConfirmed, app_root=s.app_root))
 
     release_dir = f"{s.app_root}/releases/{bundle.id}"
     upload = f"{s.app_root}/releases/.upload-{bundle.id}.tar"
@@ -326,29 +346,27 @@ def prepare(s) -> Release:
 
     venv = f"{s.app_root}/venvs/{bundle.venv_hash}"
     if not host.get_fact(VenvReady, path=venv):
-        # Built in place (venvs cannot be moved) and marked complete last: a venv
-        # without the marker is half-built and is rebuilt from scratch.
-        pip = shlex.quote(f"{venv}/bin/pip")
-        server.shell(
-            name=f"Build venv {bundle.venv_hash} from {s.app_requirements}",
-            commands=[
-                f"rm -rf {venv} && python3 -m venv {venv} && "
-                f"{pip} install --no-input --disable-pip-version-check -q "
-                f"-r {release_dir}/{s.app_requirements} && touch {venv}/.deploy-complete"
-            ],
-        )
+        # pip (and every dependency's build step) runs as the app user in the
+        # service's sandbox; the venv is root's once built (see the release tool).
+        server.shell(name=f"Build venv {bundle.venv_hash} from {s.app_requirements} (as {s.app_user})",
+                     commands=[f"{tool} build-venv {bundle.id}"])
+    # In this order: the app must import, the before-switch commands (migrations,
+    # a first `flask init-db`) run, and only then is the app asked for its health
+    # path, so an app whose pages need those tables can deploy.
     server.shell(name=f"Check release {bundle.id} imports (as {s.app_user})",
-                 commands=[f"{tool} check {bundle.id}"])
+                 commands=[f"{tool} --run {lock.RUN_ID} check {bundle.id}"])
     for command in s.before_switch_commands:
         server.shell(name=f"Before switch: {command}",
                      commands=[f"{tool} run {bundle.id} -- {shlex.quote(command)}"])
+    server.shell(name=f"Check release {bundle.id} answers GET {s.healthcheck_path} (called in-process)",
+                 commands=[f"{tool} canary {bundle.id}"])
     return Release(bundle.id, tool, new=True, settings=settings, environment=environment)
 
 
 @deploy("Release activation")
 def activate(s, release: Release, restart_triggers, reload_triggers):
     """Switch to the release and get uWSGI onto it, health-gated; roll back on failure."""
-    run = f"{release.tool} --host-name {shlex.quote(host.name)} activate {release.id}"
+    run = f"{release.tool} --host-name {shlex.quote(host.name)} --run {lock.RUN_ID} activate {release.id}"
     restarted = server.shell(
         name=f"Restart uWSGI on release {release.id} (its unit or uWSGI itself changed)",
         commands=[f"{run} --mode restart"],
@@ -367,8 +385,16 @@ def activate(s, release: Release, restart_triggers, reload_triggers):
             commands=[f"{run} --mode auto"],
             _if=lambda: not restarted.did_change() and not reloaded.did_change(),
         ))
+    elif not release.confirmed:
+        # `current` was switched but the run ended before the health gate said yes.
+        ops.append(server.shell(
+            name=f"Activate release {release.id} again: its activation never ended healthy",
+            commands=[f"{run} --mode auto"],
+            _if=lambda: not restarted.did_change() and not reloaded.did_change(),
+        ))
     if release.new:
-        server.shell(name=f"Keep the newest {s.keep_releases} releases", commands=[f"{release.tool} prune"])
+        server.shell(name=f"Keep the newest {s.keep_releases} releases (by this host's record)",
+                     commands=[f"{release.tool} prune"])
     return ops
 
 

@@ -52,6 +52,22 @@ SIZE_RE = r"^[0-9]+[kKmMgG]?$"
 STATIC_URL_RE = r"^/([A-Za-z0-9._-]+/)*$"
 VERSION_RE = r"^[0-9]+\.[0-9]+\.[0-9]+$"
 REL_PATH_RE = r"^[A-Za-z0-9._/-]*$"
+# Release ids: the deploying machine's UTC time, the git commit if any, the run's id.
+RELEASE_ID_RE = r"^[0-9]{8}T[0-9]{6}Z(-[0-9a-f]{4,40}){0,2}$"
+
+# systemd's confinement of everything that runs as the app user: the service
+# (templates/uwsgi.service.j2) and the release tool's steps in a new release (venv
+# build, import check, before-switch commands, canary; rendered into
+# release-tool.json). Each adds ReadWritePaths= for where it must write. No
+# capabilities at all: uWSGI binds a unix socket in its own directory or a port
+# above 1024, and never changes users itself.
+SANDBOX = (
+    "NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes", "PrivateDevices=yes",
+    "ProtectKernelTunables=yes", "ProtectKernelModules=yes", "ProtectControlGroups=yes", "ProtectKernelLogs=yes",
+    "ProtectClock=yes", "ProtectHostname=yes", "RestrictSUIDSGID=yes", "RestrictRealtime=yes",
+    "RestrictNamespaces=yes", "LockPersonality=yes", "SystemCallArchitectures=native", "CapabilityBoundingSet=",
+    "UMask=0027",
+)
 
 # The health check's own address and host names (see Settings.health_url and
 # Settings.health_host_header).
@@ -62,6 +78,7 @@ HEALTH_DOMAIN = "pyinfra-flask.invalid"
 PATTERN_HELP = {
     NAME_RE: "must be 1-31 characters: lowercase letters, digits, '-' or '_', "
     "starting with a letter",
+    RELEASE_ID_RE: "must be a release id like '20261121T073000Z-3a98e1d-5f0c2a' (see releases.py)",
     ABS_PATH_RE: "must be an absolute path of letters, digits and . _ / + - "
     "(no spaces, quotes or shell/nginx metacharacters)",
     ENTRY_RE: "must be 'module:callable' (e.g. 'wsgi:app') or a factory "
@@ -200,8 +217,19 @@ class Settings(BaseModel):
     )
     rollback_to: str | None = Field(
         None,
-        pattern=r"^[0-9]{8}T[0-9]{6}Z(-[0-9a-f]{4,40})?$",
-        description="For `rollback.py`: the release to go back to. Default: the one before the live one.",
+        pattern=RELEASE_ID_RE,
+        description="For `rollback.py`: the release to go back to. Default: the one live before the "
+        "live one, by the host's own record.",
+    )
+    deploy_lock_timeout: int = Field(
+        120, ge=0, le=3600,
+        description="Seconds a deploy (or rollback) waits for another run's lock on the app before it "
+        "stops, naming the holder.",
+    )
+    deploy_lock_break: bool = Field(
+        False,
+        description="Break the app's deploy lock whoever holds it (after a run died on another machine: "
+        "one on this machine whose process is gone is recognised by itself).",
     )
 
     # uWSGI
@@ -544,6 +572,10 @@ class Settings(BaseModel):
     def socket_dir(self) -> str:
         """systemd's RuntimeDirectory for the app: the unix socket, master FIFO, stats."""
         return f"/run/{self.app_name}"
+
+    @property
+    def sandbox_properties(self) -> tuple[str, ...]:
+        return SANDBOX
 
     @property
     def socket_path(self) -> str:

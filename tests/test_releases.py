@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from tests.conftest import Load, app_variant, get, run_deploy
+from tests.conftest import REPO_ROOT, Load, app_variant, get, run_deploy
 from tests.test_deploy import GREETING
 
 pytestmark = pytest.mark.releases
@@ -37,7 +37,8 @@ def test_code_only_redeploy_under_load_drops_nothing(fork, tmp_path):
     # The old body was served up to the switch, the new one after it.
     assert GREETING[:40] in " ".join(load.bodies) and "Hello from release two!" in load.bodies
     after = live_release(fork)
-    assert after != before and re.fullmatch(r"\d{8}T\d{6}Z", after), after
+    # The deploying machine's UTC time and the run's id (no git commit: not a repository).
+    assert after != before and re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f]{6}", after), after
     # The switch was a rename over the link: `current` is a symlink, never a directory.
     assert fork.exec(f"stat -c %F {ROOT}/current").strip() == "symbolic link"
 
@@ -45,7 +46,8 @@ def test_code_only_redeploy_under_load_drops_nothing(fork, tmp_path):
 def test_release_id_carries_the_git_commit(deployed):
     release = live_release(deployed.host)
     meta = json.loads(deployed.host.exec(f"cat {ROOT}/current/.deploy-release.json"))
-    assert meta["commit"] and release.endswith("-" + meta["commit"])
+    assert meta["commit"] and f"-{meta['commit']}-" in release
+    assert re.fullmatch(rf"\d{{8}}T\d{{6}}Z-{meta['commit']}-[0-9a-f]{{6}}", release), release
 
 
 def test_release_that_fails_to_import_never_goes_live(fork, tmp_path):
@@ -187,3 +189,79 @@ def requests_post(url: str, text: str) -> int:
     import requests
 
     return requests.post(url, data=text.encode(), timeout=10).status_code
+
+
+TOOL = f"{ROOT}/bin/release-tool"
+
+
+def op_order(output: str, *names: str) -> list[int]:
+    """Where each operation started in a run's output (-1: never)."""
+    return [output.find(f"Starting operation: App server | Release | {name}") for name in names]
+
+
+def test_database_app_runs_its_one_time_step_before_the_canary(fork, tmp_path):
+    # `/` needs a table that only `flask init-db` creates: the canary must come after
+    # the before-switch commands, or such an app could never deploy.
+    data = {"app_source": str(REPO_ROOT / "tests/apps/notesdb"), "app_static_dir": "",
+            "before_switch_commands": ["test -f instance/app.db || flask init-db"]}
+    run = run_deploy(fork, tmp_path, data=data)
+    release = live_release(fork)
+    check, before, canary = op_order(run.output, f"Check release {release} imports",
+                                     "Before switch: test -f", f"Check release {release} answers GET /")
+    assert -1 < check < before < canary, (check, before, canary)
+    assert get(fork.url + "/").text.strip() == "Hello from the database"
+    # Made by the one-time step, as the app user, in the shared directory.
+    assert fork.exec(f"stat -c %U {ROOT}/shared/instance/app.db").strip() == "greeting"
+    # The next release finds the database and skips the step (`init-db` again would
+    # fail: the table exists).
+    (tmp_path / "notesdb").mkdir()
+    source = REPO_ROOT / "tests/apps/notesdb"
+    (tmp_path / "notesdb" / "requirements.txt").write_text((source / "requirements.txt").read_text())
+    (tmp_path / "notesdb" / "wsgi.py").write_text((source / "wsgi.py").read_text() + "\n# release two\n")
+    run_deploy(fork, tmp_path, data={**data, "app_source": str(tmp_path / "notesdb")})
+    assert live_release(fork) != release
+    assert get(fork.url + "/").text.strip() == "Hello from the database"
+
+
+def test_rollback_and_prune_follow_the_hosts_record_not_release_names(fork, tmp_path):
+    original = live_release(fork)
+    # A release from a laptop whose clock was far ahead: its name sorts after all others.
+    skewed = "29990101T000000Z-abcdef"
+    fork.exec(f"cp -a {ROOT}/releases/{original} {ROOT}/releases/{skewed} && {TOOL} activate {skewed}")
+    assert live_release(fork) == skewed
+    run_deploy(fork, tmp_path, data={"app_source": str(app_variant(tmp_path, greeting="release Y"))})
+    newer = live_release(fork)
+    assert newer < skewed
+
+    # Back to the release that was live before, by the host's record (by name: the original).
+    run_deploy(fork, tmp_path, deploy="rollback.py")
+    assert live_release(fork) == skewed
+    assert get(fork.url + "/").text.strip() == GREETING
+    run_deploy(fork, tmp_path, deploy="rollback.py", data={"rollback_to": newer})
+    assert live_release(fork) == newer
+
+    # Prune keeps the newest by the host's record: the skewed release is the oldest there.
+    run_deploy(fork, tmp_path, data={"app_source": str(app_variant(tmp_path, greeting="release Z")),
+                                     "keep_releases": 2})
+    last = live_release(fork)
+    assert sorted(release_dirs(fork)) == sorted([newer, last]), release_dirs(fork)
+    history = [json.loads(line) for line in fork.exec(f"cat {ROOT}/history.jsonl").splitlines()]
+    assert [e["release"] for e in history if e["event"] == "live"][-5:] == [skewed, newer, skewed, newer, last]
+    assert fork.exec(f"stat -c '%U %a' {ROOT}/history.jsonl").split() == ["root", "640"]
+    run_deploy(fork, tmp_path, deploy="rollback.py")
+    assert live_release(fork) == newer and get(fork.url + "/").text.strip() == "release Y"
+
+
+def test_release_settings_are_checked_before_any_host():
+    from tasks.settings import SettingsError, validate
+
+    assert validate({"rollback_to": "20261121T073000Z-3a98e1d-5f0c2a"}).rollback_to.endswith("-5f0c2a")
+    assert validate({"rollback_to": "20261121T073000Z-5f0c2a"}).deploy_lock_timeout == 120
+    for data, key in (({"rollback_to": "20261121T073000Z-a-b-c"}, "rollback_to"),
+                      ({"deploy_lock_timeout": -1}, "deploy_lock_timeout"),
+                      ({"shared_paths": ["data/", "data/uploads/"]}, "shared_paths")):
+        with pytest.raises(SettingsError) as error:
+            validate(data)
+        assert key in str(error.value) and "Traceback" not in str(error.value)
+    assert "inside 'data/', which the app can write" in str(
+        pytest.raises(SettingsError, validate, {"shared_paths": ["data/", "data/uploads/"]}).value)

@@ -1,0 +1,181 @@
+"""One run at a time per app on a host: the deploy lock.
+
+Two deploys of the same app at once (two laptops, a laptop and CI) would race: one
+run's prune could remove the other's half-unpacked release, and each would decide
+what to change from facts the other is busy changing. So every run of deploy.py and
+rollback.py takes `<app_root>/deploy.lock` on each host (through the release tool,
+as root) before it reads anything there, and gives it back when it disconnects from
+the host: at the end of the run, also when the run failed on that host, was a dry
+run or was not confirmed.
+
+The lock names its holder: the user, machine and process id of the run, its run id
+(also the last part of its release ids) and since when it is held (host clock). A
+run that finds the lock held waits up to `deploy_lock_timeout` seconds, then stops
+with one line naming the holder. A lock left by a run that died is recognised by
+itself when that run was on the same machine (its process is gone) and taken over;
+one left from another machine is broken with `--data deploy_lock_break=true` (or,
+on the host, `release-tool lock break`), once you know that run is gone.
+
+The very first deploy to a host has no release tool there yet, so it takes no lock.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import secrets
+import shlex
+import socket
+import time
+
+from pyinfra import logger
+from pyinfra.api import FactBase, StringCommand
+from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS, pop_global_arguments
+from pyinfra.api.exceptions import DeployError
+from pyinfra.api.state import BaseStateCallback
+
+# This run's id (one pyinfra process is one run).
+RUN_ID = secrets.token_hex(3)
+MACHINE = socket.gethostname()
+# host name -> the release tools whose lock this run holds there
+_HELD: dict[str, list[str]] = {}
+_POLL = 5.0
+
+
+class LockHeld(DeployError):
+    """Another run holds an app's deploy lock on a host (raised before any change)."""
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
+
+
+def _run(host, command: str) -> list[str]:
+    arguments, _ = pop_global_arguments(host.state, host, {})
+    connector = {key: value for key, value in arguments.items() if key in CONNECTOR_ARGUMENT_KEYS}
+    if not host.connected:
+        host.connect(reason="to take the deploy lock", raise_exceptions=True)
+    _, output = host.run_shell_command(StringCommand(command), print_output=False, print_input=False, **connector)
+    return output.stdout_lines + output.stderr_lines
+
+
+def _alive(pid) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return True  # unknown: not ours to call dead
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def describe(holder: dict) -> str:
+    return (f"{holder.get('user', '?')}@{holder.get('machine', '?')} (pid {holder.get('pid', '?')}, "
+            f"run {holder.get('run', '?')}) since {holder.get('since_at', '?')} host time "
+            f"({holder.get('age', '?')} s ago)")
+
+
+class DeployLock(FactBase):
+    """Takes an app's deploy lock through its release tool (waiting up to `wait`
+    seconds) and answers {"state": "taken"|"held"|"no-tool", "holder": ..., "broke": ...}.
+    A fact because it must come before every other read, with the host's connection
+    arguments (sudo); a connector that runs nothing answers the default."""
+
+    @staticmethod
+    def default() -> dict:
+        return {"state": "no-tool"}
+
+    def command(self, tool: str, run: str, holder: str, wait: int, break_run: str = "", force: bool = False) -> str:
+        quoted = shlex.quote(tool)
+        options = f"--wait {int(wait)}" + (f" --break-run {shlex.quote(break_run)}" if break_run else "") + (
+            " --force" if force else "")
+        # Always exits 0, with the tool's errors in the output (a held lock exits 3).
+        return (f"if [ -x {quoted} ]; then {quoted} --run {shlex.quote(run)} lock take --holder "
+                f"{shlex.quote(holder)} {options} 2>&1; echo \"LOCK exit $?\"; else echo 'LOCK no-tool'; fi")
+
+    def process(self, output: list[str]) -> dict:
+        answer: dict = {"lines": output}
+        for line in output:
+            word, _, rest = line.partition(" ")
+            if word != "LOCK":
+                if "invalid choice: 'lock'" in line:
+                    answer["state"] = "no-tool"  # a release tool from before the lock: the next run has it
+                continue
+            state, _, payload = rest.partition(" ")
+            if state == "broke":
+                answer["broke"] = json.loads(payload)
+            elif state == "held":
+                answer.update(state="held", holder=json.loads(payload))
+            elif state in ("taken", "no-tool"):
+                answer["state"] = state
+        return answer
+
+
+def _ask(host, tool: str, wait: float, break_run: str | None, force: bool) -> dict:
+    holder = json.dumps({"user": _user(), "machine": MACHINE, "pid": os.getpid()})
+    answer = host.get_fact(DeployLock, tool=tool, run=RUN_ID, holder=holder, wait=int(wait),
+                           break_run=break_run or "", force=force)
+    if not answer or "state" not in answer:
+        lines = (answer or {}).get("lines", [])
+        raise LockHeld(f"could not take the deploy lock with {tool}: {' / '.join(lines)[-500:]}")
+    return answer
+
+
+def take(host, apps) -> None:
+    """Take the deploy lock of every app of this host (call before the first fact)."""
+    state = host.state
+    if not any(isinstance(handler, _ReleaseOnDisconnect) for handler in state.callback_handlers):
+        state.add_callback_handler(_ReleaseOnDisconnect())
+    for s in apps:
+        _take(host, s)
+
+
+def _take(host, s) -> None:
+    tool = f"{s.app_root}/bin/release-tool"
+    if tool in _HELD.get(host.name, []):
+        return
+    timeout = s.deploy_lock_timeout
+    deadline = time.monotonic() + timeout
+    break_run, waiting = None, False
+    while True:
+        answer = _ask(host, tool, max(0.0, min(_POLL, deadline - time.monotonic())), break_run,
+                      s.deploy_lock_break)
+        if "broke" in answer:
+            why = "its process is gone" if break_run else "deploy_lock_break=true"
+            logger.warning(f"[{host.name}] {s.app_name}: broke the deploy lock held by "
+                           f"{describe(answer['broke'])} ({why})")
+        if answer["state"] == "taken":
+            _HELD.setdefault(host.name, []).append(tool)
+            return
+        if answer["state"] == "no-tool":
+            return
+        holder = answer["holder"]
+        if holder.get("machine") == MACHINE and not _alive(holder.get("pid")):
+            break_run = holder.get("run")
+            continue
+        if time.monotonic() >= deadline:
+            raise LockHeld(
+                f"{s.app_name} on host {host.name}: the deploy lock is held by {describe(holder)}; "
+                f"waited {timeout} s (deploy_lock_timeout), nothing was changed. If that run is gone: "
+                "--data deploy_lock_break=true")
+        if not waiting:
+            logger.warning(f"[{host.name}] {s.app_name}: waiting up to {timeout} s for the deploy lock "
+                           f"held by {describe(holder)}")
+            waiting = True
+
+
+class _ReleaseOnDisconnect(BaseStateCallback):
+    @staticmethod
+    def host_disconnect(state, host):
+        for tool in _HELD.pop(host.name, []):
+            try:
+                _run(host, f"{shlex.quote(tool)} --run {RUN_ID} lock release")
+            except Exception as exc:  # the connection is gone: the lock stays, recognisably ours
+                logger.warning(f"[{host.name}] could not release the deploy lock ({exc}); "
+                               f"the next run from {MACHINE} takes it over")
