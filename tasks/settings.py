@@ -2,7 +2,7 @@
 
 Settings are pyinfra host/group data: set them in an inventory (per host or per
 group), in ``group_data/*.py``, or on the command line with ``--data key=value``.
-``load_settings`` validates the whole lot before any operation is added, so a typo
+``load_apps`` validates the whole lot before any operation is added, so a typo
 or a bad value stops the run before any host is changed.
 
 The README's settings table is generated from this module
@@ -759,11 +759,6 @@ def _check_apps_apart(apps: list[Settings], where: str, login: str | None = None
     if problems:
         lines = "\n".join(f"  - {problem}" for problem in problems)
         raise SettingsError(f"Invalid {where}; nothing was changed on any host:\n{lines}")
-
-
-def load_settings(host) -> Settings:
-    """The settings of a host's app (hosts with several apps: see load_apps)."""
-    return load_apps(host)[0]
 
 
 def markdown_table() -> str:
