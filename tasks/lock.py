@@ -144,8 +144,9 @@ def _take(host, s) -> None:
     deadline = time.monotonic() + timeout
     break_run, waiting = None, False
     while True:
-        answer = _ask(host, tool, max(0.0, min(_POLL, deadline - time.monotonic())), break_run,
-                      s.deploy_lock_break)
+        # The first ask does not wait, so a run that finds the lock held always says so.
+        wait = max(0.0, min(_POLL, deadline - time.monotonic())) if waiting else 0.0
+        answer = _ask(host, tool, wait, break_run, s.deploy_lock_break)
         if "broke" in answer:
             why = "its process is gone" if break_run else "deploy_lock_break=true"
             logger.warning(f"[{host.name}] {s.app_name}: broke the deploy lock held by "

@@ -208,17 +208,21 @@ def test_nginx_serving_extras(deployed):
 
 
 def test_log_files_get_rotated(fork, tmp_path):
+    # uWSGI's log in the app user's own directory, nginx's in one of root's (never the
+    # same one: the app user could put a link where nginx, as root, writes).
     run_deploy(fork, tmp_path, data={"uwsgi_log": "/var/log/greeting/uwsgi.log",
-                                     "nginx_access_log": "/var/log/greeting/access.log"})
+                                     "nginx_access_log": "/var/log/greeting-nginx/access.log"})
     get(fork.url + "/")
     assert "Starting uWSGI" in fork.exec("cat /var/log/greeting/uwsgi.log")
-    assert "GET /" in fork.exec("cat /var/log/greeting/access.log")
+    assert "GET /" in fork.exec("cat /var/log/greeting-nginx/access.log")
+    assert fork.exec("stat -c '%U' /var/log/greeting /var/log/greeting-nginx").split() == ["greeting", "root"]
     config = fork.exec("cat /etc/logrotate.d/pyinfra-flask-greeting")
-    assert "/var/log/greeting/uwsgi.log {" in config and "/var/log/greeting/access.log {" in config
+    assert "/var/log/greeting/uwsgi.log {" in config and "/var/log/greeting-nginx/access.log {" in config
     fork.exec("logrotate -f /etc/logrotate.d/pyinfra-flask-greeting")
     assert fork.exec("ls /var/log/greeting").split().count("uwsgi.log.1") == 1
+    assert fork.exec("ls /var/log/greeting-nginx").split().count("access.log.1") == 1
     get(fork.url + "/")
-    assert "GET /" in fork.exec("cat /var/log/greeting/access.log"), "nginx reopened its log"
+    assert "GET /" in fork.exec("cat /var/log/greeting-nginx/access.log"), "nginx reopened its log"
 
 
 def test_debian_13_end_to_end(hosts, tmp_path):

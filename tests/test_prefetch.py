@@ -264,7 +264,7 @@ def test_the_remembered_commands_live_outside_the_checkout():
 
 
 @pytest.mark.e2e
-def test_a_run_that_changes_nothing_sends_two_commands(fork, tmp_path):
+def test_a_run_that_changes_nothing_reads_its_facts_in_two_commands(fork, tmp_path):
     def remote_commands(run) -> int:
         return sum("Running command on" in line for line in run.output.splitlines())
 
@@ -279,8 +279,10 @@ def test_a_run_that_changes_nothing_sends_two_commands(fork, tmp_path):
 
     quiet = run_deploy(fork, tmp_path, "--debug")
     assert quiet.changed_operations() == [], quiet.output[-4000:]
-    # One batch while pyinfra prepares, one when it executes (it reads every fact again).
-    assert remote_commands(quiet) == 2, quiet.output[-4000:]
+    # The deploy lock taken, one batch while pyinfra prepares, one when it executes (it
+    # reads every fact again), the lock given back: four commands, whatever the facts.
+    assert remote_commands(quiet) == 4, quiet.output[-4000:]
+    assert sum("prefetched" in line for line in quiet.output.splitlines()) == 2
     # Switched off: every fact is its own command.
     plain = run_deploy(fork, tmp_path, "--debug", data={"fact_batch": False})
     assert plain.changed_operations() == [] and remote_commands(plain) > 20

@@ -263,5 +263,5 @@ def test_release_settings_are_checked_before_any_host():
         with pytest.raises(SettingsError) as error:
             validate(data)
         assert key in str(error.value) and "Traceback" not in str(error.value)
-    assert "inside 'data/', which the app can write" in str(
+    assert "'data/uploads' is inside the shared 'data'/" in str(
         pytest.raises(SettingsError, validate, {"shared_paths": ["data/", "data/uploads/"]}).value)
