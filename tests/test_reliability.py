@@ -180,6 +180,9 @@ def test_reboot_brings_everything_back(fork):
     ({"app_user": "www-data"}, "app_user"),
     ({"app_user": throwaway.DEPLOY_USER}, "app_user"),
     ({"url_prefix": "/blog/../admin"}, "url_prefix"),
+    # nginx (root) would open its log where the app user can put a link (CVE-2016-1247's pattern).
+    ({"uwsgi_log": "/var/log/greeting/uwsgi.log", "nginx_access_log": "/var/log/greeting/access.log"},
+     "nginx_access_log"),
 ])
 def test_hostile_values_are_refused_before_any_host(deployed, tmp_path, data, key):
     host = deployed.host
