@@ -11,9 +11,9 @@ validated before any operation is added, so bad settings never touch a host.
 from pyinfra import host
 from pyinfra.api import deploy
 
-from tasks import (balancer, firewall, healthcheck, lock, logs, nginx, packages, platform, preflight, prefetch,
-                   release, selinux, service, topology, uploads, users, uwsgi)
-from tasks.settings import load_apps
+from tasks import (balancer, firewall, healthcheck, inventory, lock, logs, nginx, packages, platform, preflight,
+                   prefetch, release, selinux, service, topology, uploads, users, uwsgi)
+from tasks.inventory import load_apps
 
 apps = load_apps(host)
 # One run at a time per app and host, taken before anything is read (tasks/lock.py).
@@ -42,7 +42,7 @@ def app_server():
         logs.rotate(s)
         selinux.allow(system, s, nginx=local_nginx, relabel_after=[uwsgi_builds[s.uwsgi_version]])
         firewall.open_ports(system, s, nginx=local_nginx)
-    firewall.guard_uwsgi(system, apps, topology.balancers(host, load_apps))
+    firewall.guard_uwsgi(system, apps, inventory.balancers(host))
     service.remove_stale(apps)
     if local_nginx:
         nginx_ops = nginx.configure(system, nginx.sites_for(apps),
@@ -65,7 +65,7 @@ def load_balancer():
     packages.install(system, apps[0], app=False)
     selinux.allow(system, apps[0], app=False)
     firewall.open_ports(system, apps[0], app=False)
-    balancer.configure(system, apps[0], upstreams=topology.upstreams(host, apps[0].app_name, load_apps))
+    balancer.configure(system, apps[0], upstreams=inventory.upstreams(host, apps[0].app_name))
 
 
 # Every upload passes through a directory only the SSH user can enter.
