@@ -19,27 +19,12 @@ from typing import Any
 from dotenv import parser as dotenv_parser
 
 from tasks import REPO_ROOT, checks, static
-from tasks.settings import Settings, SettingsError, parse
-
-# systemd's confinement of everything that runs as the app user: the service
-# (templates/uwsgi.service.j2) and the release tool's steps in a new release (venv
-# build, import check, before-switch commands, canary; rendered into
-# release-tool.json). Each adds ReadWritePaths= for where it must write. No
-# capabilities at all: uWSGI binds a unix socket in its own directory or a port
-# above 1024, and never changes users itself.
-SANDBOX = (
-    "NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes", "PrivateDevices=yes",
-    "ProtectKernelTunables=yes", "ProtectKernelModules=yes", "ProtectControlGroups=yes", "ProtectKernelLogs=yes",
-    "ProtectClock=yes", "ProtectHostname=yes", "RestrictSUIDSGID=yes", "RestrictRealtime=yes",
-    "RestrictNamespaces=yes", "LockPersonality=yes", "SystemCallArchitectures=native", "CapabilityBoundingSet=",
-    "UMask=0027",
-)
+from tasks.settings import SANDBOX, Settings, SettingsError, parse
 
 # The health check's own address and host names (see App.health_url and
 # App.health_host_header).
 HEALTH_ADDRESS = "127.0.0.2"
 HEALTH_DOMAIN = "pyinfra-flask.invalid"
-
 
 
 def local_path(value: str) -> Path:
@@ -50,6 +35,8 @@ def local_path(value: str) -> Path:
 
 @dataclasses.dataclass(frozen=True)
 class App:
+    """One app of one host, resolved: see the module's docstring."""
+
     settings: Settings
     # The settings whose default is derived, with their final values.
     app_user: str

@@ -46,6 +46,21 @@ REL_PATH_RE = r"^[A-Za-z0-9._/-]*$"
 # Release ids: the deploying machine's UTC time, the git commit if any, the run's id.
 RELEASE_ID_RE = r"^[0-9]{8}T[0-9]{6}Z(-[0-9a-f]{4,40}){0,2}$"
 
+# systemd's confinement of everything that runs as the app user: the service
+# (templates/uwsgi.service.j2) and the release tool's steps in a new release (venv
+# build, import check, before-switch commands, canary; rendered into
+# release-tool.json). Each adds ReadWritePaths= for where it must write. No
+# capabilities at all: uWSGI binds a unix socket in its own directory or a port
+# above 1024, and never changes users itself. Not a setting, but kept here, where the
+# unit's comment says it is (tasks/app.py hands it to the templates).
+SANDBOX = (
+    "NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes", "PrivateDevices=yes",
+    "ProtectKernelTunables=yes", "ProtectKernelModules=yes", "ProtectControlGroups=yes", "ProtectKernelLogs=yes",
+    "ProtectClock=yes", "ProtectHostname=yes", "RestrictSUIDSGID=yes", "RestrictRealtime=yes",
+    "RestrictNamespaces=yes", "LockPersonality=yes", "SystemCallArchitectures=native", "CapabilityBoundingSet=",
+    "UMask=0027",
+)
+
 # What each pattern means, for error messages people can act on.
 PATTERN_HELP = {
     NAME_RE: "must be 1-31 characters: lowercase letters, digits, '-' or '_', "
