@@ -31,6 +31,7 @@ def app_server():
     packages.install(system, apps[0], nginx=local_nginx)
     # One uWSGI build per version, shared by the apps that use it.
     uwsgi_builds = {version: uwsgi.install(app) for version, app in {a.uwsgi_version: a for a in apps}.items()}
+    health_module = healthcheck.install()
     prepared = {}
     for s in host.loop(apps):
         prepared[s.app_name] = (
@@ -56,7 +57,7 @@ def app_server():
             restart_triggers=[op for op in (unit, uwsgi_builds[s.uwsgi_version], new_release.environment) if op],
             reload_triggers=[uwsgi_ini],
         )
-        healthcheck.verify(s, new_release, service_ops=app_ops + nginx_ops)
+        healthcheck.verify(s, new_release, service_ops=[*app_ops, *nginx_ops, health_module])
     firewall.remove_stale(apps)
 
 

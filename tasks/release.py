@@ -30,7 +30,7 @@ from pyinfra.api import FactBase, deploy
 from pyinfra.facts.systemd import SystemdStatus
 from pyinfra.operations import files, server
 
-from tasks import JINJA, REPO_ROOT, TEMPLATES, lock
+from tasks import JINJA, REPO_ROOT, TEMPLATES, healthcheck, lock
 from tasks.secrets import env_file, put_secret
 # The bundle's own parts: what never ships, and the upload with its --diff preview.
 from tasks.release_exclude import holds_private_key, report_left_out, secret_path  # noqa: I001
@@ -302,7 +302,8 @@ def prepare(s) -> Release:
     files.put(name="Install the release tool", src=str(REPO_ROOT / "files/release-tool.py"),
               dest=tool, mode="750")
     settings = files.template(name="Write the release tool's settings", src=str(TEMPLATES / "release-tool.json.j2"),
-                              dest=f"{s.app_root}/release-tool.json", mode="640", jinja_env_kwargs=JINJA, s=s)
+                              dest=f"{s.app_root}/release-tool.json", mode="640", jinja_env_kwargs=JINJA, s=s,
+                              health=healthcheck.spec(s), health_module=healthcheck.MODULE)
     for path in ("releases", "venvs", "shared"):
         files.directory(name=f"Create {s.app_root}/{path}", path=f"{s.app_root}/{path}",
                         user="root", group=s.app_user, mode="750")

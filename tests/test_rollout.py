@@ -186,7 +186,8 @@ def test_balancer_check_is_not_answered_by_another_site(cluster):
         run = run_deploy(cluster.inventory(), cluster.workdir, "--limit", "load_balancers",
                          data={"healthcheck_retries": 2}, check=False)
         assert run.returncode != 0, run.output[-3000:]
-        assert f"HEALTH CHECK FAILED on balancer {lb.name}: GET http://127.0.0.2:80/ answered 502" in run.output
+        assert f"HEALTH CHECK FAILED on balancer {lb.name}: health check GET http://127.0.0.2:80/" in run.output
+        assert "through nginx answered 502, expected 200" in run.output
     finally:
         lb.exec("rm -f /etc/nginx/sites-enabled/other.conf && systemctl reload nginx")
         for app in cluster.apps:
