@@ -180,7 +180,10 @@ def test_release_id_setting_names_the_bundle():
     named = release._bundle(*args, named="20261121T073000Z-3a98e1d")
     assert named.id == "20261121T073000Z-3a98e1d"
     assert named.content_hash == release._bundle(*args).content_hash  # the name is not part of the content
+    # Without it, as before: the time, the source's commit, the run's id.
+    commit = release._git_commit(source)
     assert re.match(RELEASE_ID_RE, release._bundle(*args).id)
+    assert release._bundle(*args).id.endswith("-".join(part for part in ("", commit, release.lock.RUN_ID) if part))
     with pytest.raises(SettingsError, match=r"release_id = 'latest': must be a release id like"):
         validate({"release_id": "latest"})
 
