@@ -26,7 +26,7 @@ from functools import cache
 from pathlib import Path
 
 from pyinfra import host
-from pyinfra.api import FactBase, deploy
+from pyinfra.api import DeployError, FactBase, deploy
 from pyinfra.facts.systemd import SystemdStatus
 from pyinfra.operations import files, server
 
@@ -202,18 +202,23 @@ def _loader_template():
                     trim_blocks=True, lstrip_blocks=True)
 
 
+def new_release_id(*parts: str | None) -> str:
+    """A release id (settings.RELEASE_ID_RE): the deploying machine's UTC time (for
+    people; the host orders releases by its own record, not by name), then `parts`."""
+    return "-".join([time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()), *(part for part in parts if part)])
+
+
 @cache
 def _release_id(commit: str | None) -> str:
-    # One id per pyinfra run, the same on every host of the run: the time (for
-    # people; the host orders releases by its own record, not by name), the commit,
-    # and the run's id, so two runs in the same second never share an id.
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    return "-".join(part for part in (stamp, commit, lock.RUN_ID) if part)
+    # One id per pyinfra run, the same on every host of the run: the time, the
+    # commit, and the run's id, so two runs in the same second never share an id.
+    # A rollout names one for all its runs instead (the `release_id` setting).
+    return new_release_id(commit, lock.RUN_ID)
 
 
 def build_bundle(s) -> Bundle:
     return _bundle(id(host.state), s.source_dir, tuple(sorted(s.shared_paths)), s.app_requirements, _loader(s),
-                   s.app_root, str(s.app_source), _configured_secrets(s))
+                   s.app_root, str(s.app_source), _configured_secrets(s), s.release_id)
 
 
 def _configured_secrets(s) -> frozenset[str]:
@@ -225,7 +230,8 @@ def _configured_secrets(s) -> frozenset[str]:
 
 @cache  # the hosts of one run (one pyinfra state) that deploy the same app share one build
 def _bundle(run: int, source: Path, shared_paths: tuple[str, ...], app_requirements: str, loader_text: str,
-            app_root: str, app_source: str, never: frozenset[str] = frozenset()) -> Bundle:
+            app_root: str, app_source: str, never: frozenset[str] = frozenset(),
+            named: str | None = None) -> Bundle:
     shared = {path.rstrip("/") for path in shared_paths}
     files_in, left_out = _select(source, shared, never)
     report_left_out(app_source, left_out)
@@ -242,7 +248,7 @@ def _bundle(run: int, source: Path, shared_paths: tuple[str, ...], app_requireme
     manifest = {f.rel: _entry(f.data, f.mode) for f in files_in}
     manifest[LOADER] = _entry(loader, 0o640)
     commit = _git_commit(source)
-    release_id = _release_id(commit)
+    release_id = named or _release_id(commit)
     meta = json.dumps({"id": release_id, "content_hash": content_hash, "venv": venv_hash,
                        "commit": commit, "source": app_source, "shared": sorted(shared),
                        "files": manifest}, indent=1).encode()
@@ -332,6 +338,10 @@ def prepare(s) -> Release:
         return Release(live["id"], tool, new=False, settings=settings, environment=environment,
                        confirmed=host.get_fact(LiveConfirmed, app_root=s.app_root))
 
+    if live and live.get("id") == bundle.id:
+        # A named id (release_id) already live with other code: unpacking would replace the live release.
+        raise DeployError(f"release_id = {bundle.id!r} is already live on host {host.name!r} with other code: "
+                          "name a new release; nothing was changed.")
     release_dir = f"{s.app_root}/releases/{bundle.id}"
     upload = f"{s.app_root}/releases/.upload-{bundle.id}.tar"
     # Not files.put: its --diff would print the tarball. This one shows the code change.
