@@ -45,16 +45,38 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TypedDict
 
 META = ".deploy-release.json"
 LOADER = ".deploy-loader.py"
 VENV_MARKER = ".deploy-complete"
+
+
+class Settings(TypedDict):
+    """release-tool.json: what the deploy tells the tool about its app. The deploy
+    builds it from this very definition (tasks/release.py `tool_settings`), so the
+    two sides cannot drift apart."""
+    app: str
+    service: str  # the app's systemd unit
+    user: str  # the app user, who runs every step with app code
+    requirements: str  # the requirements file, relative to a release
+    sandbox: list  # systemd properties confining each step (tasks/settings.py SANDBOX)
+    writable: list  # the shared paths a step may write
+    master_fifo: str  # uWSGI's master FIFO, in a directory of the app user's
+    stats_socket: str  # uWSGI's stats socket, likewise
+    reload_timeout: int  # seconds for the workers of a reload to come up
+    keep_releases: int
+    nginx_error_log: str
+    health: dict  # the health check (files/healthcheck.py)
+    health_module: str  # where files/healthcheck.py is installed
+
+
 # Set by configure() (main() calls it; tests call it with a temporary root).
 ROOT = RELEASES = CURRENT = VENVS = HISTORY = LOCK = Path("/nonexistent")
-CONFIG: dict = {}
+CONFIG: Settings = {}  # type: ignore[typeddict-item]
 
 
-def configure(root: Path, config: dict | None = None) -> None:
+def configure(root: Path, config: Settings | None = None) -> None:
     global ROOT, RELEASES, CURRENT, VENVS, HISTORY, LOCK, CONFIG
     ROOT = Path(root)
     RELEASES, CURRENT, VENVS = ROOT / "releases", ROOT / "current", ROOT / "venvs"

@@ -14,6 +14,7 @@ by bin/release-tool (files/release-tool.py), which rollback.py uses too.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -21,6 +22,7 @@ import shlex
 import subprocess
 import tarfile
 import time
+import typing
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -30,7 +32,7 @@ from pyinfra.api import DeployError, FactBase, deploy
 from pyinfra.facts.systemd import SystemdStatus
 from pyinfra.operations import files, server
 
-from tasks import JINJA, REPO_ROOT, TEMPLATES, healthcheck, lock
+from tasks import REPO_ROOT, TEMPLATES, healthcheck, lock
 from tasks.secrets import env_file, put_secret
 # The bundle's own parts: what never ships, and the upload with its --diff preview.
 from tasks.release_exclude import holds_private_key, report_left_out, secret_path  # noqa: I001
@@ -300,6 +302,40 @@ class Release:
     confirmed: bool = True  # False: the live release's activation never ended healthy
 
 
+@cache
+def _tool():
+    """files/release-tool.py as a module (importing it reads nothing), for its
+    settings' definition."""
+    spec = importlib.util.spec_from_file_location("pyinfra_flask_release_tool", REPO_ROOT / "files/release-tool.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def tool_settings(s) -> dict:
+    """The release tool's settings (its `Settings`, files/release-tool.py) for an app."""
+    settings = {
+        "app": s.app_name,
+        "service": s.service,
+        "user": s.app_user,
+        "requirements": s.app_requirements,
+        "sandbox": list(s.sandbox_properties),
+        # Where the release's steps as the app user may write: its shared data only.
+        "writable": [f"{s.app_root}/shared/{path.rstrip('/')}" for path in s.shared_paths],
+        "master_fifo": f"{s.socket_dir}/master.fifo",
+        "stats_socket": f"{s.socket_dir}/stats.sock",
+        "reload_timeout": s.reload_timeout,
+        "keep_releases": s.keep_releases,
+        "nginx_error_log": s.nginx_error_log,
+        "health": healthcheck.spec(s),
+        "health_module": healthcheck.MODULE,
+    }
+    contract = typing.get_type_hints(_tool().Settings)
+    if set(settings) != set(contract) or not all(isinstance(value, contract[key]) for key, value in settings.items()):
+        raise TypeError(f"tool_settings does not match the release tool's Settings: {sorted(settings)}")
+    return settings
+
+
 @deploy("Release")
 def prepare(s) -> Release:
     """Install the release tool, the shared paths, and (when something changed)
@@ -308,8 +344,7 @@ def prepare(s) -> Release:
     files.put(name="Install the release tool", src=str(REPO_ROOT / "files/release-tool.py"),
               dest=tool, mode="750")
     settings = files.template(name="Write the release tool's settings", src=str(TEMPLATES / "release-tool.json.j2"),
-                              dest=f"{s.app_root}/release-tool.json", mode="640", jinja_env_kwargs=JINJA, s=s,
-                              health=healthcheck.spec(s), health_module=healthcheck.MODULE)
+                              dest=f"{s.app_root}/release-tool.json", mode="640", settings=tool_settings(s))
     for path in ("releases", "venvs", "shared"):
         files.directory(name=f"Create {s.app_root}/{path}", path=f"{s.app_root}/{path}",
                         user="root", group=s.app_user, mode="750")
