@@ -27,6 +27,7 @@ def converge(system, apps):
     packages.install(system, apps[0], nginx=local_nginx)
     # One uWSGI build per version, shared by the apps that use it.
     uwsgi_builds = {version: uwsgi.install(app) for version, app in {a.uwsgi_version: a for a in apps}.items()}
+    health_module = healthcheck.install()
     prepared = {}
     for s in host.loop(apps):
         prepared[s.app_name] = Prepared(
@@ -52,5 +53,5 @@ def converge(system, apps):
             restart_triggers=[op for op in (ready.unit, uwsgi_builds[s.uwsgi_version], ready.release.environment) if op],
             reload_triggers=[ready.uwsgi_ini],
         )
-        healthcheck.verify(s, ready.release, service_ops=app_ops + nginx_ops)
+        healthcheck.verify(s, ready.release, service_ops=[*app_ops, *nginx_ops, health_module])
     firewall.remove_stale(apps)

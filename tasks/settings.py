@@ -207,6 +207,12 @@ class Settings(BaseModel):
         description="For `rollback.py`: the release to go back to. Default: the one live before the "
         "live one, by the host's own record.",
     )
+    release_id: str | None = Field(
+        None,
+        pattern=RELEASE_ID_RE,
+        description="The id of the release this run makes. `rollout.py` sets one for the whole fleet, so "
+        "`rollback_to` names it on every host. Default: one per run (time, git commit, run id).",
+    )
     deploy_lock_timeout: int = Field(
         120, ge=0, le=3600,
         description="Seconds a deploy (or rollback) waits for another run's lock on the app before it "
