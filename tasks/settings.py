@@ -33,7 +33,7 @@ from pydantic import (
 from dotenv import parser as dotenv_parser
 from pyinfra.api.exceptions import DeployError
 
-from tasks import REPO_ROOT, reserved, static
+from tasks import REPO_ROOT, acme, reserved, static
 
 # A name that becomes a Unix user, a systemd unit, a directory and an nginx file name.
 NAME_RE = r"^[a-z][a-z0-9_-]{0,30}$"
@@ -327,6 +327,33 @@ class Settings(BaseModel):
         0, ge=0, le=63072000,
         description="With TLS: send Strict-Transport-Security with this max-age (0: no HSTS).",
     )
+    # ACME (automatic HTTPS): checked by tasks/acme.py `check`, see docs/https.md.
+    tls_acme: bool = Field(
+        False,
+        description="Get the site's certificate from an ACME CA (Let's Encrypt by default) with certbot's "
+        "HTTP-01 webroot method, renew it twice a day and reload nginx; instead of `tls_certificate`. Needs "
+        "`acme_email`, real host names in `nginx_server_names` and `nginx_port` 80. On a load balancer's "
+        "inventory only the balancers get certificates.",
+    )
+    acme_email: str | None = Field(
+        None, min_length=1,
+        description="Contact address registered with the ACME CA (expiry warnings); required with `tls_acme`.",
+    )
+    acme_directory: str = Field(
+        "https://acme-v02.api.letsencrypt.org/directory", min_length=1,
+        description="The ACME CA's directory URL. Let's Encrypt's staging CA (for trying things out, "
+        "untrusted certificates, high limits): `https://acme-staging-v02.api.letsencrypt.org/directory`.",
+    )
+    acme_ca_bundle: str | None = Field(
+        None, min_length=1,
+        description="Local PEM file of the CA(s) to trust for HTTPS to `acme_directory` (a private or "
+        "test CA); default: the host's own trust store.",
+    )
+    acme_min_valid_days: int = Field(
+        14, ge=1, le=3650,
+        description="The deploy fails when the live ACME certificate expires in fewer days than this "
+        "(certbot renews from 30 days before: a certificate this close means renewal is failing).",
+    )
     nginx_access_log: AbsPath | Literal["off"] | None = Field(
         None,
         description="Site access log, or `off`. Default: `/var/log/nginx/<app_name>.access.log`.",
@@ -445,8 +472,13 @@ class Settings(BaseModel):
             path = getattr(self, key)
             if path and not self.local_path(path).is_file():
                 raise ValueError(f"{key}: {path!r} is not a file ({self.local_path(path)})")
-        if self.tls_certificate and self.tls_port == self.nginx_port:
+        if self.tls and self.tls_port == self.nginx_port:
             raise ValueError(f"tls_port: {self.tls_port} is also nginx_port")
+        return self
+
+    @model_validator(mode="after")
+    def _check_acme(self) -> Settings:
+        acme.check(self)
         return self
 
     @model_validator(mode="after")
@@ -552,7 +584,7 @@ class Settings(BaseModel):
 
     @property
     def tls(self) -> bool:
-        return bool(self.tls_certificate)
+        return bool(self.tls_certificate) or self.tls_acme
 
     @property
     def mount_prefix(self) -> str:
@@ -757,7 +789,7 @@ def _check_apps_apart(apps: list[Settings], where: str, login: str | None = None
             problems.append(f"uwsgi_socket = {app.uwsgi_tcp!r}: used by both {sockets[app.uwsgi_tcp]} and {app.app_name}")
         sockets.setdefault(app.uwsgi_tcp, app.app_name)
         site = (app.nginx_port, tuple(app.nginx_server_names))
-        tls = (app.tls_certificate, app.tls_certificate_key, app.tls_port, app.tls_redirect_http, app.tls_hsts_max_age)
+        tls = (app.tls_certificate, app.tls_certificate_key, app.tls_acme, app.tls_port, app.tls_redirect_http, app.tls_hsts_max_age)
         if site in sites and sites[site][1] != tls:
             problems.append(f"tls_*: {app.app_name} and {sites[site][0]} share host names and port, "
                             "so they must share their TLS settings")
