@@ -236,9 +236,11 @@ def obtain(requests: list[Request]) -> list:
     ops = []
     for request in requests:
         s = request.site.apps[0]
-        what = "Request" if request.first else f"Re-issue (it has {', '.join(request.have.names)})"
+        names = ", ".join(request.names)
         ops.append(server.shell(
-            name=f"{what} an ACME certificate for {', '.join(request.names)} from {s.acme_directory}",
+            name=(f"Request an ACME certificate for {names} from {s.acme_directory}" if request.first else
+                  f"Re-issue the ACME certificate for {names} from {s.acme_directory} "
+                  f"(it has {', '.join(request.have.names)})"),
             commands=[_certbot_script(s, request)],
         ))
     return ops

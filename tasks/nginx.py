@@ -157,10 +157,14 @@ def configure(platform, sites: list[Site], reload_triggers=(), template="nginx-s
 
 
 def _write_site(platform, site: Site, template: str, context: dict, https: bool, why: str = ""):
+    """The site's file; `https=False` leaves out its HTTPS server (an ACME site
+    before its first certificate)."""
+    if not https:
+        why = " (plain HTTP until its ACME certificate is issued)"
     # The templates include their shared parts from templates/ (pyinfra's own loader reads the cwd).
     return files.template(
         jinja_env_kwargs={**JINJA, "loader": FileSystemLoader(str(TEMPLATES))},
-        name=f"Write the site {platform.site_path(site.name)}{why if https else ' (plain HTTP until its ACME certificate is issued)'}",
+        name=f"Write the site {platform.site_path(site.name)}{why}",
         src=str(TEMPLATES / template), dest=platform.site_path(site.name), mode="644",
         site=site, https=https, acme_webroot=acme.WEBROOT, acme_challenge=acme.CHALLENGE_PATH, **context,
     )

@@ -335,20 +335,16 @@ class Settings(BaseModel):
         "`acme_email`, real host names in `nginx_server_names` and `nginx_port` 80. On a load balancer's "
         "inventory only the balancers get certificates.",
     )
-    acme_email: str | None = Field(
-        None, min_length=1,
-        description="Contact address registered with the ACME CA (expiry warnings); required with `tls_acme`.",
-    )
+    acme_email: str | None = Field(None, min_length=1, description="Contact address registered with the ACME CA "
+                                   "(expiry notices); required with `tls_acme`.")
     acme_directory: str = Field(
         "https://acme-v02.api.letsencrypt.org/directory", min_length=1,
         description="The ACME CA's directory URL. Let's Encrypt's staging CA (for trying things out, "
         "untrusted certificates, high limits): `https://acme-staging-v02.api.letsencrypt.org/directory`.",
     )
-    acme_ca_bundle: str | None = Field(
-        None, min_length=1,
-        description="Local PEM file of the CA(s) to trust for HTTPS to `acme_directory` (a private or "
-        "test CA); default: the host's own trust store.",
-    )
+    acme_ca_bundle: str | None = Field(None, min_length=1, description="Local PEM file of the CA(s) to trust for "
+                                       "HTTPS to `acme_directory` (a private or test CA); default: the host's own "
+                                       "trust store.")
     acme_min_valid_days: int = Field(
         14, ge=1, le=3650,
         description="The deploy fails when the live ACME certificate expires in fewer days than this "
@@ -789,7 +785,8 @@ def _check_apps_apart(apps: list[Settings], where: str, login: str | None = None
             problems.append(f"uwsgi_socket = {app.uwsgi_tcp!r}: used by both {sockets[app.uwsgi_tcp]} and {app.app_name}")
         sockets.setdefault(app.uwsgi_tcp, app.app_name)
         site = (app.nginx_port, tuple(app.nginx_server_names))
-        tls = (app.tls_certificate, app.tls_certificate_key, app.tls_acme, app.tls_port, app.tls_redirect_http, app.tls_hsts_max_age)
+        tls = (app.tls_certificate, app.tls_certificate_key, app.tls_acme, app.tls_port, app.tls_redirect_http,
+               app.tls_hsts_max_age)
         if site in sites and sites[site][1] != tls:
             problems.append(f"tls_*: {app.app_name} and {sites[site][0]} share host names and port, "
                             "so they must share their TLS settings")
