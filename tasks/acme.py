@@ -76,6 +76,11 @@ def check(s) -> None:
         raise ValueError(f"acme_ca_bundle: {s.acme_ca_bundle!r} is not a file ({s.local_path(s.acme_ca_bundle)})")
 
 
+def selinux_labels() -> dict[str, str]:
+    """SELinux types on RHEL: certbot a program systemd may start, the webroot content nginx may read."""
+    return {f"{VENV}/bin": "bin_t", WEBROOT: "httpd_sys_content_t"}
+
+
 def certificate_paths(cert_name: str) -> tuple[str, str]:
     """certbot's live certificate (full chain) and key for a site."""
     return f"{LIVE_DIR}/{cert_name}/fullchain.pem", f"{LIVE_DIR}/{cert_name}/privkey.pem"
@@ -154,11 +159,19 @@ def prepare(platform, sites) -> list[Request]:
     if not acme_sites:
         return []
     s = _host_wide([site.apps[0] for site in acme_sites])
-    pip.venv(name=f"Create certbot's virtualenv {VENV}", path=VENV, python="python3")
-    pip.packages(name=f"Install certbot {CERTBOT_VERSION} in its virtualenv", packages=[f"certbot=={CERTBOT_VERSION}"],
-                 pip=f"{VENV}/bin/pip")
-    files.directory(name=f"Create the ACME challenge webroot {WEBROOT} (root's, nginx reads it)", path=WEBROOT,
-                    user="root", group="root", mode="755")
+    created = [
+        pip.venv(name=f"Create certbot's virtualenv {VENV}", path=VENV, python="python3"),
+        pip.packages(name=f"Install certbot {CERTBOT_VERSION} in its virtualenv",
+                     packages=[f"certbot=={CERTBOT_VERSION}"], pip=f"{VENV}/bin/pip"),
+        files.directory(name=f"Create the ACME challenge webroot {WEBROOT} (root's, nginx reads it)", path=WEBROOT,
+                        user="root", group="root", mode="755"),
+    ]
+    if platform.family == "rhel":
+        # New paths take their parent's label: relabelled by the rules tasks/selinux.py set.
+        paths = " ".join(selinux_labels())
+        server.shell(name=f"Label {paths} by the SELinux rules (restorecon)",
+                     commands=[f"if selinuxenabled 2>/dev/null; then restorecon -R -i {paths}; fi"],
+                     _if=lambda: any(op.did_change() for op in created))
     if s.acme_ca_bundle:
         files.directory(name="Create /etc/pyinfra-flask", path="/etc/pyinfra-flask", user="root", group="root",
                         mode="755")

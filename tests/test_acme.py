@@ -429,3 +429,18 @@ def test_acme_deploy_steps_on_a_new_host_and_none_on_a_converged_one():
                      **data)["debian12"]
     [check] = [commands for name, commands in failing.changed.items() if "is valid for 14 days" in name]
     assert "expires in 2.0 days" in check[0] and "its renewal is failing" in check[0]
+
+
+def test_acme_on_rhel_labels_certbot_and_the_webroot_and_opens_https():
+    from tests.test_distros import RHEL_PACKAGES, deploy, host_facts
+
+    run = deploy({"rocky9": host_facts("rocky9")}, **ACME)["rocky9"]
+    assert run.changed[f"SELinux | Label {acme.WEBROOT} httpd_sys_content_t (SELinux file context rule)"] == [
+        f"semanage fcontext -a -t httpd_sys_content_t '{acme.WEBROOT}(/.*)?'"]
+    assert f"SELinux | Label {acme.VENV}/bin bin_t (SELinux file context rule)" in run.changed
+    [relabel] = [commands for name, commands in run.changed.items() if "by the SELinux rules (restorecon)" in name
+                 and "ACME" in name]
+    assert relabel == [f"if selinuxenabled 2>/dev/null; then restorecon -R -i {acme.VENV}/bin {acme.WEBROOT}; fi"]
+    assert "Firewall | Open 80/tcp, 443/tcp in firewalld (permanently, then reload)" in run.changed
+    # python3 -m venv is part of RHEL's python3: no package more than without ACME.
+    assert f"System packages | Install {RHEL_PACKAGES.replace(' ', ', ')}" in run.changed
