@@ -111,7 +111,7 @@ class App:
 
     @property
     def tls(self) -> bool:
-        return bool(self.tls_certificate)
+        return bool(self.tls_certificate) or self.tls_acme
 
     @property
     def mount_prefix(self) -> str:

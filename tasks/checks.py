@@ -13,7 +13,7 @@ import re
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
-from tasks import reserved
+from tasks import acme, reserved
 
 if TYPE_CHECKING:
     from tasks.app import App
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 def check(app: App) -> None:
     """Raise ValueError with the first problem of one app's settings."""
-    for concern in (local_app, features, environment, socket, paths_apart, log_directories):
+    for concern in (local_app, features, acme.check, environment, socket, paths_apart, log_directories):
         concern(app)
 
 
@@ -65,7 +65,7 @@ def features(app: App) -> None:
         path = getattr(app, key)
         if path and not app.local_path(path).is_file():
             raise ValueError(f"{key}: {path!r} is not a file ({app.local_path(path)})")
-    if app.tls_certificate and app.tls_port == app.nginx_port:
+    if app.tls and app.tls_port == app.nginx_port:
         raise ValueError(f"tls_port: {app.tls_port} is also nginx_port")
 
 
@@ -177,7 +177,8 @@ def apps_apart(apps: list[App], login: str | None = None) -> list[str]:
             problems.append(f"uwsgi_socket = {app.uwsgi_tcp!r}: used by both {sockets[app.uwsgi_tcp]} and {app.app_name}")
         sockets.setdefault(app.uwsgi_tcp, app.app_name)
         site = (app.nginx_port, tuple(app.nginx_server_names))
-        tls = (app.tls_certificate, app.tls_certificate_key, app.tls_port, app.tls_redirect_http, app.tls_hsts_max_age)
+        tls = (app.tls_certificate, app.tls_certificate_key, app.tls_acme, app.tls_port, app.tls_redirect_http,
+               app.tls_hsts_max_age)
         if site in sites and sites[site][1] != tls:
             problems.append(f"tls_*: {app.app_name} and {sites[site][0]} share host names and port, "
                             "so they must share their TLS settings")

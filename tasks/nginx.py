@@ -6,11 +6,12 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 
+from jinja2 import FileSystemLoader
 from pyinfra import host
 from pyinfra.api import FactBase, deploy
 from pyinfra.operations import files, server, systemd
 
-from tasks import JINJA, REPO_ROOT, TEMPLATES, default_server
+from tasks import JINJA, REPO_ROOT, TEMPLATES, acme, default_server
 from tasks.secrets import put_secret
 
 MARKER = "(pyinfra-flask site)"
@@ -33,12 +34,16 @@ class Site:
         return any(app.websockets for app in self.apps)
 
     @property
+    def acme(self) -> bool:
+        return self.apps[0].tls_acme
+
+    @property
     def certificate(self) -> str:
-        return f"{TLS_DIR}/{self.name}.crt"
+        return acme.certificate_paths(self.name)[0] if self.acme else f"{TLS_DIR}/{self.name}.crt"
 
     @property
     def certificate_key(self) -> str:
-        return f"{TLS_DIR}/{self.name}.key"
+        return acme.certificate_paths(self.name)[1] if self.acme else f"{TLS_DIR}/{self.name}.key"
 
 
 def sites_for(apps) -> list[Site]:
@@ -104,21 +109,20 @@ def configure(platform, sites: list[Site], reload_triggers=(), template="nginx-s
 
     # RHEL keeps a default server inside nginx.conf: disabled before ours, see there.
     changes = [*default_server.disable(platform)]
-    if any(site.apps[0].tls for site in sites):
+    if any(site.apps[0].tls and not site.acme for site in sites):
         files.directory(name=f"Create {TLS_DIR} (root only)", path=TLS_DIR, user="root", group="root", mode="700")
+    # ACME sites without a certificate yet serve plain HTTP (and the challenge) until
+    # it is issued, below; each step leaves a config that passes `nginx -t`.
+    requests = acme.prepare(platform, sites)
+    first = {request.site.name for request in requests if request.first}
     for site in sites:
         s = site.apps[0]
-        if s.tls:
+        if s.tls and not site.acme:
             changes.append(files.put(name=f"Upload the certificate for {site.name}", mode="644",
                                      src=str(s.local_path(s.tls_certificate)), dest=site.certificate))
             changes.append(put_secret(name=f"Upload the private key for {site.name} (mode 600, never shown)",
                                       src=str(s.local_path(s.tls_certificate_key)), dest=site.certificate_key))
-        changes.append(files.template(
-            jinja_env_kwargs=JINJA,
-            name=f"Write the site {platform.site_path(site.name)}",
-            src=str(TEMPLATES / template), dest=platform.site_path(site.name), mode="644",
-            site=site, **context,
-        ))
+        changes.append(_write_site(platform, site, template, context, https=site.name not in first))
         if platform.enabled_path(site.name):
             changes.append(files.link(name=f"Enable the site {site.name}", path=platform.enabled_path(site.name),
                                       target=platform.site_path(site.name)))
@@ -129,16 +133,13 @@ def configure(platform, sites: list[Site], reload_triggers=(), template="nginx-s
     changes += _remove_sites(platform, [name for name in host.get_fact(OurSites, site_dir=platform.nginx_site_dir)
                                         if name not in wanted])
 
-    validated = server.shell(
-        name="Check the new nginx config (nginx -t) before it is loaded",
-        commands=[_validate_or_restore(platform, sorted(wanted))],
-        _if=lambda: any(op.did_change() for op in changes),
-    )
-    reload = server.shell(
-        name="Reload nginx (its config or the socket group changed)",
-        commands=["systemctl reload-or-restart nginx.service"],
-        _if=lambda: validated.did_change() or any(op.did_change() for op in reload_triggers),
-    )
+    reloads = [_check_and_reload(platform, sorted(wanted), changes, reload_triggers)]
+    if requests:
+        issued = acme.obtain(requests)
+        https = [_write_site(platform, site, template, context, https=True, why=" with HTTPS (its certificate is here)")
+                 for site in sites if site.name in first]
+        reloads.append(_check_and_reload(platform, sorted(wanted), [*https, *issued], (),
+                                         why=" (to serve the new ACME certificate)"))
     restart_policy = files.put(
         name="Let systemd restart nginx if it dies",
         src=str(REPO_ROOT / "files/nginx-restart.conf"),
@@ -152,7 +153,36 @@ def configure(platform, sites: list[Site], reload_triggers=(), template="nginx-s
         running=True,
         enabled=True,
     )
-    return [reload, start]
+    return [*reloads, start]
+
+
+def _write_site(platform, site: Site, template: str, context: dict, https: bool, why: str = ""):
+    """The site's file; `https=False` leaves out its HTTPS server (an ACME site
+    before its first certificate)."""
+    if not https:
+        why = " (plain HTTP until its ACME certificate is issued)"
+    # The templates include their shared parts from templates/ (pyinfra's own loader reads the cwd).
+    return files.template(
+        jinja_env_kwargs={**JINJA, "loader": FileSystemLoader(str(TEMPLATES))},
+        name=f"Write the site {platform.site_path(site.name)}{why}",
+        src=str(TEMPLATES / template), dest=platform.site_path(site.name), mode="644",
+        site=site, https=https, acme_webroot=acme.WEBROOT, acme_challenge=acme.CHALLENGE_PATH, **context,
+    )
+
+
+def _check_and_reload(platform, names: list[str], changes, reload_triggers, why: str = ""):
+    """`nginx -t` when a site changed (the last good config back if it fails), then
+    one reload, also when an op in `reload_triggers` changed."""
+    validated = server.shell(
+        name=f"Check the new nginx config (nginx -t) before it is loaded{why}",
+        commands=[_validate_or_restore(platform, names)],
+        _if=lambda: any(op.did_change() for op in changes),
+    )
+    return server.shell(
+        name=f"Reload nginx (its config or the socket group changed){why}",
+        commands=["systemctl reload-or-restart nginx.service"],
+        _if=lambda: validated.did_change() or any(op.did_change() for op in reload_triggers),
+    )
 
 
 def _remove_sites(platform, names: list[str]) -> list:

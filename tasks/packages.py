@@ -44,7 +44,7 @@ class DebInstalled(FactBase):
 
 @deploy("System packages")
 def install(platform, s, app: bool = True, nginx: bool = True):
-    wanted = platform.packages(app=app, nginx=nginx)
+    wanted = platform.packages(app=app, nginx=nginx, acme=s.tls_acme)
     if platform.family == "rhel":
         _dnf_install(platform, wanted)
     else:

@@ -23,6 +23,8 @@ class Platform:
     # What guards uWSGI's TCP socket on app servers behind balancers (tasks/firewall.py):
     # nft, for our own table (RHEL's firewalld, when it runs, is used instead).
     firewall_packages: tuple[str, ...] = ("nftables",)
+    # What certbot's venv needs on a host with ACME sites (tasks/acme.py).
+    acme_packages: tuple[str, ...] = ("python3-venv",)
     nginx_user: str = "www-data"
     # Where site files go; the directory of links nginx includes (Debian's
     # sites-enabled), or None where nginx includes the site directory itself
@@ -40,12 +42,13 @@ class Platform:
     def enabled_path(self, name: str) -> str | None:
         return f"{self.nginx_enabled_dir}/{name}.conf" if self.nginx_enabled_dir else None
 
-    def packages(self, app: bool, nginx: bool) -> list[str]:
+    def packages(self, app: bool, nginx: bool, acme: bool = False) -> list[str]:
         # An app server without nginx of its own is one behind load balancers: its
         # uWSGI listens on TCP, behind the firewall.
         behind_balancer = app and not nginx
-        return [*self.base_packages, *(self.app_packages if app else ()), *(self.nginx_packages if nginx else ()),
-                *(self.firewall_packages if behind_balancer else ())]
+        return list(dict.fromkeys([
+            *self.base_packages, *(self.app_packages if app else ()), *(self.nginx_packages if nginx else ()),
+            *(self.firewall_packages if behind_balancer else ()), *(self.acme_packages if acme and nginx else ())]))
 
 
 # uWSGI compiles on `pip install`, so it needs a compiler, Python's headers and the
@@ -67,6 +70,7 @@ _RHEL9 = {
     "nginx_enabled_dir": None,
     "nginx_default_site": None,
     "nginx_default_server_in": "/etc/nginx/nginx.conf",
+    "acme_packages": (),
 }
 # Keyed by pyinfra's LinuxDistribution name and major version, or name, major and
 # minor where only some minor releases are supported (Ubuntu's LTS are .04).

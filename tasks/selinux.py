@@ -14,6 +14,8 @@ from pyinfra.api import FactBase, deploy
 from pyinfra.facts.selinux import SEPorts
 from pyinfra.operations import selinux, server
 
+from tasks import acme
+
 # The port types nginx (httpd_t) may listen on: 80, 443, 8080, ... in the targeted policy.
 HTTPD_PORT_TYPES = ("http_port_t", "http_cache_port_t")
 
@@ -88,6 +90,11 @@ def allow(platform, s, app: bool = True, nginx: bool = True, relabel_after=()):
         # label these rules give, and the socket inherits it; nginx may write to
         # httpd_var_run_t sockets.
         labels[s.socket_dir] = "httpd_var_run_t"
+
+    if nginx and s.tls_acme:
+        # certbot (started by systemd) and the challenge webroot nginx serves; tasks/acme.py
+        # relabels them after it creates them.
+        labels.update(acme.selinux_labels())
 
     mappings = [
         selinux.file_context_mapping(

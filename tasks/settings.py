@@ -313,6 +313,29 @@ class Settings(BaseModel):
         0, ge=0, le=63072000,
         description="With TLS: send Strict-Transport-Security with this max-age (0: no HSTS).",
     )
+    # ACME (automatic HTTPS): checked by tasks/acme.py `check`, see docs/https.md.
+    tls_acme: bool = Field(
+        False,
+        description="Get the site's certificate from an ACME CA (Let's Encrypt by default) with certbot's "
+        "HTTP-01 webroot method, renew it twice a day and reload nginx; instead of `tls_certificate`. Needs "
+        "`acme_email`, real host names in `nginx_server_names` and `nginx_port` 80. On a load balancer's "
+        "inventory only the balancers get certificates.",
+    )
+    acme_email: str | None = Field(None, min_length=1, description="Contact address registered with the ACME CA "
+                                   "(expiry notices); required with `tls_acme`.")
+    acme_directory: str = Field(
+        "https://acme-v02.api.letsencrypt.org/directory", min_length=1,
+        description="The ACME CA's directory URL. Let's Encrypt's staging CA (for trying things out, "
+        "untrusted certificates, high limits): `https://acme-staging-v02.api.letsencrypt.org/directory`.",
+    )
+    acme_ca_bundle: str | None = Field(None, min_length=1, description="Local PEM file of the CA(s) to trust for "
+                                       "HTTPS to `acme_directory` (a private or test CA); default: the host's own "
+                                       "trust store.")
+    acme_min_valid_days: int = Field(
+        14, ge=1, le=3650,
+        description="The deploy fails when the live ACME certificate expires in fewer days than this "
+        "(certbot renews from 30 days before: a certificate this close means renewal is failing).",
+    )
     nginx_access_log: AbsPath | Literal["off"] | None = Field(
         None,
         description="Site access log, or `off`. Default: `/var/log/nginx/<app_name>.access.log`.",

@@ -146,10 +146,12 @@ class Load:
     """Continuous HTTP GETs from a few threads, bounded in time, stopping by itself.
 
     Use as a context manager around whatever must not drop requests; afterwards
-    `.ok`, `.failures` (non-2xx answers and connection errors) and `.bodies`."""
+    `.ok`, `.failures` (non-2xx answers and connection errors) and `.bodies`.
+    `request_kwargs` go to every request (e.g. `verify`, `headers`)."""
 
-    def __init__(self, url: str, threads: int = 4, max_seconds: float = 240):
+    def __init__(self, url: str, threads: int = 4, max_seconds: float = 240, **request_kwargs):
         self.url, self.threads, self.max_seconds = url, threads, max_seconds
+        self.request_kwargs = request_kwargs
         self.ok = 0
         self.failures: list[str] = []
         self.bodies: dict[str, int] = {}
@@ -161,7 +163,7 @@ class Load:
         deadline = time.monotonic() + self.max_seconds
         while not self._stop.is_set() and time.monotonic() < deadline:
             try:
-                response = session.get(self.url, timeout=15)
+                response = session.get(self.url, timeout=15, **self.request_kwargs)
                 outcome = None if 200 <= response.status_code < 300 else f"HTTP {response.status_code}"
                 body = response.text.strip()[:60]
             except requests.RequestException as exc:
