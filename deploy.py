@@ -16,10 +16,10 @@ from tasks import (balancer, firewall, healthcheck, lock, logs, nginx, packages,
 from tasks.settings import load_apps
 
 apps = load_apps(host)
-# One run at a time per app and host, taken before anything is read (tasks/lock.py).
+# Facts in one batched command per phase (see tasks/prefetch.py); in the first, before
+# anything is read, the deploy lock: one run at a time per app and host (tasks/lock.py).
+prefetch.start(host, enabled=apps[0].fact_batch, first=lock.first_asks(host, apps))
 lock.take(host, apps)
-# Facts in one batched command per phase (see tasks/prefetch.py).
-prefetch.start(host, enabled=apps[0].fact_batch)
 system = platform.detect(host)
 if not topology.is_balancer(host):
     preflight.check(apps)
