@@ -13,15 +13,16 @@ it succeeded, and only until the run next changes that host: any other command o
 upload on it ends the batch. pyinfra reads every fact again when it executes, after
 the confirmation prompt: the batch is read again then too (a second round trip), so
 no answer is older than a live read would be. After a change, the first fact asked
-that the list knows of is read in one more batch with every fact the run has not
-asked yet since it started executing (read after the change, so none is older
-than a live read either; a fact asked a second time after that is read live). A
-missing or stale list costs only speed.
+that the list knows of is read in one more batch with all the others it knows of
+(read after the change, so no answer is older than a live read either), instead of
+one round trip per fact until the end of the run. The list is what the last two runs
+asked (a code-only run after a no-op one asks a few more). A missing or stale list
+costs only speed.
 
 The deploy lock (tasks/lock.py) is taken in the first batch, ahead of every fact:
 `start(first=...)` runs those commands first, one after the other, and then the
-facts; their facts (`noted = False`) are answered at most once and never noted. Commands holding
-hidden values are never written down. With pyinfra's fact commands shown (-vv and
+facts; their facts (`noted = False`) are answered at most once and never noted.
+Commands holding hidden values are never written down. With pyinfra's fact commands shown (-vv and
 up) nothing is batched, so what is printed is what ran.
 
 The boundary: this module leans on how pyinfra 3.10 runs facts (the host's
@@ -69,7 +70,7 @@ from tasks import REPO_ROOT
 # pyinfra releases this was tested with (`version()` prefixes); any other runs plain.
 TESTED_PYINFRA = ("3.10.",)
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pyinfra-flask" / "facts"
-FORMAT = 3
+FORMAT = 4
 _BATCHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # pyinfra Host -> its _Batch
 
 
@@ -272,8 +273,7 @@ class _Batch:
         self.kinds: dict[str, Kind] = {}  # asked commands that can be grouped
         self.in_fact: bool | Kind | str = False  # in a fact: True, the kind of fact it is, or ONCE
         self.executing = False  # pyinfra has started executing on this host
-        self.expected: list[str] = []  # executing: the facts it will ask (as far as we know)
-        self.seen: set[str] = set()  # executing: the facts it asked so far
+        self.expected: list[str] = []  # the facts this run will ask (as far as we know)
         self.changed = False  # the host changed since the last batch
         self.get_fact, self.run_shell_command = host.get_fact, host.run_shell_command
         self.changing_command = self.changing(host.run_shell_command)
@@ -330,29 +330,19 @@ class _Batch:
                 self.asked.append(raw)
                 if self.in_fact is not True:
                     self.kinds[raw] = self.in_fact
-            if self.executing:
-                self.read_after_change(raw)
-                self.seen.add(raw)
+            if self.executing and self.changed and raw in self.expected:
+                self.fetch(self.expected, self.kinds)
             lines = self.results.get(raw)
         if lines is not None:
             return True, CommandOutput([OutputLine("stdout", line) for line in lines])
         return self.run_shell_command(command, *args, **kwargs)
 
-    def read_after_change(self, raw: str) -> None:
-        """The first known fact asked after the host changed: read it and the facts
-        still to come in one batch (from now, so after the change), not one by one."""
-        if not self.changed or raw not in self.expected:
-            return
-        to_come = [command for command in self.expected if command not in self.seen]  # `raw` among them
-        if len(to_come) > 1:
-            self.fetch(to_come, self.kinds)
-
     def read_again(self, ahead: list[str] = ()) -> None:
         """Read this run's facts (what the last run asked, and this one so far) again."""
         remembered, kinds = _remembered(self.host) or ([], {})
         self.expected = list(dict.fromkeys(remembered + self.asked))
-        self.seen = set()
-        self.fetch(self.expected, {**kinds, **self.kinds}, ahead)
+        self.kinds = {**kinds, **self.kinds}
+        self.fetch(self.expected, self.kinds, ahead)
 
 
 ONCE = "once"
@@ -401,14 +391,21 @@ def read_again(host) -> None:
 
 
 def _remembered(host) -> tuple[list[str], dict[str, Kind]] | None:
+    """What the last two runs asked (a code-only run after a no-op one asks a few facts
+    the no-op run did not), and the kinds of those we group."""
+    remembered = _noted(host)
+    if not remembered.get("commands"):
+        return None
+    kinds = {command: tuple(kind) for command, kind in remembered.get("kinds", {}).items()}
+    return list(dict.fromkeys(remembered["commands"] + remembered.get("before", []))), kinds
+
+
+def _noted(host) -> dict:
     try:
         remembered = json.loads(_cache_file(host).read_text())
     except (OSError, ValueError):
-        return None
-    if remembered.get("format") != FORMAT or not remembered.get("commands"):
-        return None
-    kinds = {command: tuple(kind) for command, kind in remembered.get("kinds", {}).items()}
-    return list(remembered["commands"]), kinds
+        return {}
+    return remembered if isinstance(remembered, dict) and remembered.get("format") == FORMAT else {}
 
 
 class _Callbacks(BaseStateCallback):
@@ -434,8 +431,12 @@ def _remember(host) -> None:
     if batch is None or not batch.asked:
         return
     CACHE_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
+    last = _noted(host).get("commands", [])
+    asked = set(batch.asked)
+    before = [command for command in last if command not in asked]
+    kinds = {command: kind for command, kind in batch.kinds.items() if command in asked or command in before}
     content = json.dumps({"format": FORMAT, "host": host.name, "commands": batch.asked,
-                          "kinds": batch.kinds}, indent=1)
+                          "before": before, "kinds": kinds}, indent=1)
     with tempfile.NamedTemporaryFile("w", dir=CACHE_DIR, delete=False, suffix=".tmp") as tmp:
         tmp.write(content)
     os.replace(tmp.name, _cache_file(host))

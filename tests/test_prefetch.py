@@ -237,6 +237,70 @@ def test_facts_are_read_again_when_pyinfra_starts_executing(fake, monkeypatch):
     assert len(host.ran) == 2  # once per run, not once per operation
 
 
+def test_after_a_change_the_known_facts_are_read_again_in_one_batch(fake):
+    host, batch = fake
+    live = batch.run_shell_command
+
+    def run(command, **arguments):  # batches run for real, here
+        if "@@prefetch-" not in str(command):
+            return live(command, **arguments)
+        host.ran.append("batch")
+        out = subprocess.run(["sh", "-c", str(command)], capture_output=True, text=True, check=True, timeout=30)
+        return True, CommandOutput([OutputLine("stdout", line) for line in lines(out.stdout)])
+
+    batch.run_shell_command = run
+    batch.executing, batch.expected = True, ["echo a", "echo b", "echo c"]
+    host.run_shell_command("systemctl restart app", _sudo=False)  # an operation changes the host
+    assert stdout(host.get_fact("echo new", _sudo=False)) == ["live echo new"]  # unknown: live, no batch
+    assert host.ran == ["systemctl restart app", "echo new"]
+    # The first known one: all of them, now (after the change), in one command.
+    assert stdout(host.get_fact("echo b", _sudo=False)) == ["b"]
+    assert stdout(host.get_fact("echo a", _sudo=False)) == ["a"]
+    assert stdout(host.get_fact("echo c", _sudo=False)) == ["c"]
+    assert host.ran == ["systemctl restart app", "echo new", "batch"]
+    host.put_file("local", "/remote")  # changed again: the next known fact reads them again
+    assert stdout(host.get_fact("echo c", _sudo=False)) == ["c"]
+    assert host.ran[3:] == ["upload", "batch"]
+
+
+def test_facts_marked_not_noted_are_answered_once_and_never_written_down(fake):
+    host, batch = fake
+
+    class Lock:
+        noted = False
+
+    def get_fact(fact, command, **arguments):  # as pyinfra's get_fact runs a fact's command
+        return host.run_shell_command(command, **arguments)
+
+    batch.get_fact = get_fact
+    batch.results["take-lock"] = ["LOCK taken"]
+    assert stdout(host.get_fact(Lock, "take-lock", _sudo=False)) == ["LOCK taken"]
+    assert stdout(host.get_fact(Lock, "take-lock", _sudo=False)) == ["live take-lock"]
+    assert "take-lock" not in batch.asked
+
+
+def test_the_first_commands_run_ahead_of_the_others(tmp_path):
+    token = "@@prefetch-0123456789abcdef"
+    mark = tmp_path / "mark"
+    # The others start only once the first has finished (they see its file).
+    commands = [f"sleep 0.3; echo first > {mark}", f"cat {mark}", f"cat {mark} && echo second"]
+    script = prefetch._batch_script(commands, token, ahead=1)
+    batch = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True, timeout=30)
+    output = CommandOutput([OutputLine("stdout", line) for line in lines(batch.stdout)])
+    assert prefetch._parse(output, commands, token) == {
+        commands[0]: [], commands[1]: ["first"], commands[2]: ["first", "second"]}
+
+
+def test_the_list_is_what_the_last_two_runs_asked(fake, monkeypatch, tmp_path):
+    host, batch = fake
+    monkeypatch.setattr(prefetch, "CACHE_DIR", tmp_path)
+    monkeypatch.setitem(prefetch._BATCHES, host, batch)
+    for asked in (["cat /a", "cat /b"], ["cat /b", "cat /c"], ["cat /c"]):
+        batch.asked = asked
+        prefetch._remember(host)
+    assert prefetch._remembered(host) == (["cat /c", "cat /b"], {})
+
+
 class FakeState:
     print_fact_output = print_fact_input = False
     callback_handlers: list = []
