@@ -67,23 +67,22 @@ GOALS = {
 # server behind the same nginx on 8081, nginx's own ceiling on 8082, gunicorn on 8083.
 FLASK_PORT, CEILING_PORT, GUNICORN_PORT = 8081, 8082, 8083
 GUNICORN_VENV = "/opt/bench-gunicorn"
-NGINX_BENCH_SITE = f"""# bench.performance scaffolding (not part of the deploy)
-server {{
-    listen {FLASK_PORT};
-    access_log /var/log/nginx/bench-flask.access.log;
+
+
+def _proxy_server(port: int, name: str, upstream_port: int) -> str:
+    return f"""server {{
+    listen {port};
+    access_log /var/log/nginx/bench-{name}.access.log;
     location / {{
-        proxy_pass http://127.0.0.1:5000;
+        proxy_pass http://127.0.0.1:{upstream_port};
         proxy_set_header Host $host;
     }}
 }}
-server {{
-    listen {GUNICORN_PORT};
-    access_log /var/log/nginx/bench-gunicorn.access.log;
-    location / {{
-        proxy_pass http://127.0.0.1:5001;
-        proxy_set_header Host $host;
-    }}
-}}
+"""
+
+
+NGINX_BENCH_SITE = ("# bench.performance scaffolding (not part of the deploy)\n"
+                    + _proxy_server(FLASK_PORT, "flask", 5000) + _proxy_server(GUNICORN_PORT, "gunicorn", 5001) + f"""\
 server {{
     listen {CEILING_PORT};
     access_log /var/log/nginx/bench-ceiling.access.log;
@@ -91,7 +90,7 @@ server {{
         return 200 "ok\\n";
     }}
 }}
-"""
+""")
 FLASK_SERVER = "from wsgi import app; app.run(host='127.0.0.1', port=5000)"
 
 # Cold-deploy steps by group, from the deploy's `@deploy` names ("uWSGI | Install ...").
@@ -257,14 +256,16 @@ def set_up_serving(host: throwaway.Host) -> dict[str, str]:
               "nginx -t 2>&1 && systemctl reload nginx")
     host.exec(f"systemd-run --unit=bench-flask --uid={APP} --gid={APP} --working-directory={ROOT}/current "
               f"{ROOT}/current/.venv/bin/python -c \"{FLASK_SERVER}\"")
-    # gunicorn in a venv of its own with the app's requirements, with uWSGI's processes and threads.
+    # gunicorn (from a venv of its own, put on the path) runs the app in the release's own venv, with
+    # uWSGI's processes and threads.
     ini = host.exec(f"cat {ROOT}/uwsgi.ini")
     processes, threads = (re.search(rf"^{key} = (\d+)$", ini, re.MULTILINE).group(1) for key in ("processes", "threads"))
     host.exec(f"python3 -m venv {GUNICORN_VENV} && {GUNICORN_VENV}/bin/pip install -q --disable-pip-version-check "
-              f"gunicorn -r {ROOT}/current/requirements.txt")
+              "gunicorn")
+    gunicorn_path = host.exec(f"{GUNICORN_VENV}/bin/python -c 'import sysconfig; print(sysconfig.get_paths()[\"purelib\"])'")
     host.exec(f"systemd-run --unit=bench-gunicorn --uid={APP} --gid={APP} --working-directory={ROOT}/current "
-              f"{GUNICORN_VENV}/bin/gunicorn --worker-class gthread --workers {processes} --threads {threads} "
-              "--bind 127.0.0.1:5001 wsgi:app")
+              f"--setenv=PYTHONPATH={gunicorn_path.strip()} {ROOT}/current/.venv/bin/python -m gunicorn "
+              f"--worker-class gthread --workers {processes} --threads {threads} --bind 127.0.0.1:5001 wsgi:app")
     print(f"  gunicorn: gthread, {processes} processes x {threads} threads (the deploy's uWSGI)", flush=True)
     urls = {
         "nginx -> uWSGI (the deploy)": f"{host.url}/",

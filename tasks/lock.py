@@ -17,8 +17,10 @@ The lock names its holder: the user, machine and process id of the run, its run 
 run that finds the lock held waits up to `deploy_lock_timeout` seconds, then stops
 with one line naming the holder. A lock left by a run that died is recognised by
 itself when that run was on the same machine (its process is gone) and taken over;
-one left from another machine is broken with `--data deploy_lock_break=true` (or,
-on the host, `release-tool lock break`), once you know that run is gone.
+one left from another machine is free once sshd has dropped that run's connection,
+and until then (or if it was not taken over SSH) is broken with `--data
+deploy_lock_break=true` (or, on the host, `release-tool lock break`), once you know
+that run is gone.
 
 The very first deploy to a host has no release tool there yet, so it takes no lock.
 """
