@@ -186,10 +186,12 @@ def breakdown(run: Run) -> tuple[dict[str, float], dict[str, float]]:
 
 
 def classify(op_name: str) -> str:
-    deploy, _, name = op_name.partition(" | ")
+    # "App server | System packages | Install ...": the innermost `@deploy` names the group.
+    *deploys, name = op_name.split(" | ")
+    deploy = deploys[-1] if deploys else ""
     if deploy == "Release" and name.startswith("Build venv"):
         return APP_VENV
-    return OP_GROUPS.get(deploy, OTHER) if name else OTHER
+    return OP_GROUPS.get(deploy, OTHER) if deploys else OTHER
 
 
 # --- serving -----------------------------------------------------------------------
