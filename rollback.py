@@ -20,7 +20,8 @@ from pyinfra import host
 from pyinfra.operations import server
 
 from tasks import lock
-from tasks.settings import SettingsError, load_apps
+from tasks.inventory import load_apps
+from tasks.settings import SettingsError
 
 apps = load_apps(host)
 wanted = apps[0].rollback_app

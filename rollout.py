@@ -15,26 +15,53 @@
    untouched.
 3. The load balancers last, so their upstream lists the app servers as deployed.
 
+One release id for the whole rollout (`release_id`, made before the preflight:
+time and a rollout id; the commit stays in each release's metadata): after it,
+every app server's new release has the same name, so
+`rollback.py --data rollback_to=<id>` names it on all of them (a host whose code
+did not change keeps its live release). `--data release_id=...` names it yourself.
+
 It ends with a summary of the hosts done, failed and untouched, and exits 0 only
-when every host is done. Each batch's success is read from pyinfra's exit code and
-its per-host error lines, never assumed.
+when every host is done.
+
+How a run's outcome is read. Each stage is one `pyinfra INVENTORY
+tasks/record_outcomes.py deploy.py` process, and each host's outcome is what that
+run itself wrote through pyinfra's public state API (tasks/outcomes.py: a state
+callback recording, as pyinfra disconnects, the stage reached and
+`state.failed_hosts`), never a match on pyinfra's printed output. A host with no
+outcome saying done counts as failed. Not in-process (pyinfra.api's State,
+connect_all, run_ops on this side): deploy.py is a CLI deploy file, and pyinfra's
+public API has no loader for one. `add_op`/`add_deploy` put pyinfra in API mode,
+where operations are matched across hosts by their position instead of deploy.py's
+lines (which tasks/topology.py's barrier and the fact batch rely on); CLI mode
+(`pyinfra.is_cli`) is set only by pyinfra's CLI, and loading deploy files is
+`pyinfra_cli` code. A process per stage also keeps each run what a plain `pyinfra`
+run is (its lock, run id, caches, output), so a rollout deploys exactly what
+`pyinfra INVENTORY deploy.py` does. The inventory's groups are read with runpy for
+the same reason (pyinfra's inventory-file loader is `pyinfra_cli`'s).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import re
+import os
 import runpy
+import secrets
 import subprocess
 import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
+from tasks import outcomes
+from tasks.release import new_release_id
 from tasks.topology import APP_GROUP, LB_GROUP
 
 REPO_ROOT = Path(__file__).resolve().parent
 PYINFRA = str(Path(sys.executable).parent / "pyinfra")
-HOST_FAILURE = re.compile(r"^\s*\[(?P<host>[^\]]+)\]\s+(Error|Could not connect)")
+RECORDER = "tasks/record_outcomes.py"
+DEPLOY = "deploy.py"
 
 
 def _members(group) -> list[str]:
@@ -75,22 +102,53 @@ def batches(hosts: list[str], size: str) -> list[list[str]]:
     return [hosts[i:i + count] for i in range(0, len(hosts), count)]
 
 
-def pyinfra(inventory: str, limit: list[str] | None, extra: list[str], label: str) -> tuple[int, set[str]]:
-    """Run pyinfra, echoing its output; return its exit code and the hosts it
-    reported an error or a connection failure for."""
-    command = [PYINFRA, inventory, "deploy.py", *extra]
-    for name in limit or []:
+@dataclass
+class Stage:
+    """One pyinfra run of the rollout: its exit code and each host's outcome."""
+    hosts: list[str]
+    code: int
+    found: dict[str, outcomes.Outcome]
+    dry: bool = False
+
+    @property
+    def done(self) -> list[str]:
+        """The hosts whose run says they are done; with a failed exit code and a dry
+        run (a failure there stops the whole run), none."""
+        if self.dry and self.code != 0:
+            return []
+        return [h for h in self.hosts if h in self.found and self.found[h].done(self.dry)]
+
+    @property
+    def failed(self) -> list[str]:
+        """Hosts that did not finish; for a dry run (over the whole inventory), those
+        the run itself failed (the others were not reached by a run that stopped as a whole)."""
+        if self.dry:
+            return [name for name, outcome in self.found.items() if outcome.failed]
+        return [h for h in self.hosts if h not in self.done]
+
+    @property
+    def ok(self) -> bool:
+        return self.code == 0 and self.done == self.hosts
+
+
+def pyinfra(inventory: str, hosts: list[str], extra: list[str], label: str, workdir: Path,
+            dry: bool = False) -> Stage:
+    """Run pyinfra on `hosts` (a dry run: on the whole inventory), its output straight
+    to ours, and read how it ended on each of `hosts`."""
+    command = [PYINFRA, inventory, RECORDER, DEPLOY, *(["--dry"] if dry else []), *extra]
+    for name in [] if dry else hosts:
         command += ["--limit", name]
     print(f"\n=== {label}: {' '.join(command[1:])}", flush=True)
-    failed: set[str] = set()
-    with subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          stdin=subprocess.DEVNULL, text=True) as proc:
-        for line in proc.stdout:
-            sys.stdout.write(line)
-            match = HOST_FAILURE.match(line)
-            if match:
-                failed.add(match.group("host"))
-    return proc.returncode, failed
+    record = workdir / f"outcomes-{len(list(workdir.iterdir()))}.jsonl"
+    env = {**os.environ, outcomes.OUTCOMES_ENV: str(record)}
+    code = subprocess.run(command, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, env=env, check=False).returncode
+    return Stage(hosts, code, outcomes.read(record), dry)
+
+
+def fleet_release_id(data: list[str]) -> str:
+    """The release id of the whole rollout: the one `--data release_id=...` names, or a new one."""
+    named = [item.partition("=")[2] for item in data if item.partition("=")[0].strip() == "release_id"]
+    return named[-1] if named else new_release_id(secrets.token_hex(3))
 
 
 def summary(done: list[str], failed: list[str], untouched: list[str]) -> None:
@@ -107,36 +165,42 @@ def main() -> int:
                         help="override a setting for this rollout (as pyinfra's --data)")
     args = parser.parse_args()
 
-    data = [part for item in args.data for part in ("--data", item)]
+    release_id = fleet_release_id(args.data)
+    settings = [item for item in args.data if item.partition("=")[0].strip() != "release_id"]
+    data = [part for item in [*settings, f"release_id={release_id}"] for part in ("--data", item)]
     app_servers, balancers = load_inventory(args.inventory)
     everyone = app_servers + balancers
     plan = batches(app_servers, args.batch)
-    print(f"Rolling out to {len(app_servers)} app server(s) in {len(plan)} batch(es)"
+    print(f"Rolling out release {release_id} to {len(app_servers)} app server(s) in {len(plan)} batch(es)"
           f"{f', then {len(balancers)} load balancer(s)' if balancers else ''}.")
 
-    # -y: no prompt (there is nothing to confirm in a dry run, and no one to answer).
-    code, failed = pyinfra(args.inventory, None, ["--dry", "-y", *data], "Preflight (changes nothing)")
-    if code != 0 or failed:
-        print(f"\nPreflight failed{': cannot reach or prepare ' + ', '.join(sorted(failed)) if failed else ''}."
-              " No host was changed.", file=sys.stderr)
-        summary([], sorted(failed), [h for h in everyone if h not in failed])
-        return 2
+    with tempfile.TemporaryDirectory(prefix="rollout-") as tmp:
+        workdir = Path(tmp)
+        # -y: no prompt (there is nothing to confirm in a dry run, and no one to answer).
+        preflight = pyinfra(args.inventory, everyone, ["-y", *data], "Preflight (changes nothing)", workdir,
+                            dry=True)
+        if not preflight.ok:
+            failed = preflight.failed
+            print(f"\nPreflight failed{': cannot reach or prepare ' + ', '.join(sorted(failed)) if failed else ''}."
+                  " No host was changed.", file=sys.stderr)
+            summary([], sorted(failed), [h for h in everyone if h not in failed])
+            return 2
 
-    done: list[str] = []
-    stages = [(f"Batch {number} of {len(plan)}", batch) for number, batch in enumerate(plan, 1)]
-    if balancers:
-        stages.append(("Load balancers", balancers))
-    for label, hosts in stages:
-        code, failed = pyinfra(args.inventory, hosts, ["-y", *data], label)
-        if code != 0:
-            # A failing pyinfra run with no host named failed them all.
-            failed_here = [h for h in hosts if h in failed] or hosts
-            done += [h for h in hosts if h not in failed_here]
-            untouched = [h for h in everyone if h not in done and h not in failed_here]
-            print(f"\n{label} failed on {', '.join(failed_here)}: stopping the rollout.", file=sys.stderr)
-            summary(done, failed_here, untouched)
-            return 1
-        done += hosts
+        done: list[str] = []
+        stages = [(f"Batch {number} of {len(plan)}", batch) for number, batch in enumerate(plan, 1)]
+        if balancers:
+            stages.append(("Load balancers", balancers))
+        for label, hosts in stages:
+            stage = pyinfra(args.inventory, hosts, ["-y", *data], label, workdir)
+            done += stage.done
+            if not stage.ok:
+                failed_here = stage.failed or hosts
+                untouched = [h for h in everyone if h not in done and h not in failed_here]
+                print(f"\n{label} failed on {', '.join(failed_here)}: stopping the rollout.", file=sys.stderr)
+                summary(done, failed_here, untouched)
+                return 1
+    print(f"\nThe rollout's release id: {release_id}, on every app server that got a new release "
+          f"(rollback.py --data rollback_to={release_id} names it).")
     summary(done, [], [])
     return 0
 

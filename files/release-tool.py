@@ -34,29 +34,49 @@ from __future__ import annotations
 import argparse
 import errno
 import fcntl
+import importlib.util
 import json
 import os
 import secrets
 import shutil
 import socket
-import ssl
 import stat
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
+from typing import TypedDict
 
 META = ".deploy-release.json"
 LOADER = ".deploy-loader.py"
 VENV_MARKER = ".deploy-complete"
+
+
+class Settings(TypedDict):
+    """release-tool.json: what the deploy tells the tool about its app. The deploy
+    builds it from this very definition (tasks/release.py `tool_settings`), so the
+    two sides cannot drift apart."""
+    app: str
+    service: str  # the app's systemd unit
+    user: str  # the app user, who runs every step with app code
+    requirements: str  # the requirements file, relative to a release
+    sandbox: list  # systemd properties confining each step (tasks/settings.py SANDBOX)
+    writable: list  # the shared paths a step may write
+    master_fifo: str  # uWSGI's master FIFO, in a directory of the app user's
+    stats_socket: str  # uWSGI's stats socket, likewise
+    reload_timeout: int  # seconds for the workers of a reload to come up
+    keep_releases: int
+    nginx_error_log: str
+    health: dict  # the health check (files/healthcheck.py)
+    health_module: str  # where files/healthcheck.py is installed
+
+
 # Set by configure() (main() calls it; tests call it with a temporary root).
 ROOT = RELEASES = CURRENT = VENVS = HISTORY = LOCK = Path("/nonexistent")
-CONFIG: dict = {}
+CONFIG: Settings = {}  # type: ignore[typeddict-item]
 
 
-def configure(root: Path, config: dict | None = None) -> None:
+def configure(root: Path, config: Settings | None = None) -> None:
     global ROOT, RELEASES, CURRENT, VENVS, HISTORY, LOCK, CONFIG
     ROOT = Path(root)
     RELEASES, CURRENT, VENVS = ROOT / "releases", ROOT / "current", ROOT / "venvs"
@@ -243,75 +263,25 @@ def reload(mode: str, fifo: int | None = None) -> None:
 
 # Health --------------------------------------------------------------------
 
-def http_get(check: dict) -> tuple[int, str]:
-    """GET the health path through nginx."""
-    request = urllib.request.Request(check["url"], headers={"Host": check["host_header"]})
-    # HTTPS to 127.0.0.1: the certificate names the site, not this address; this
-    # checks the app, the certificate is nginx's business.
-    context = ssl._create_unverified_context() if check["url"].startswith("https:") else None
-    try:
-        with urllib.request.urlopen(request, timeout=check["timeout"], context=context) as response:
-            return response.status, response.read().decode(errors="replace")
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode(errors="replace")
-
-
-def uwsgi_get(check: dict) -> tuple[int, str]:
-    """GET the health path straight from uWSGI's TCP socket, in the uwsgi protocol
-    the load balancer speaks (app servers behind a balancer have no nginx)."""
-    host, port = check["uwsgi"].rsplit(":", 1)
-    if check.get("protocol") == "http":
-        return http_get({**check, "url": f"http://{check['uwsgi']}{check['request_path']}"})
-    path, _, query = check["request_path"].partition("?")
-    env = {
-        "REQUEST_METHOD": "GET", "REQUEST_URI": check["request_path"], "PATH_INFO": path,
-        "QUERY_STRING": query, "SERVER_PROTOCOL": "HTTP/1.1", "SERVER_NAME": check["host_header"],
-        "SERVER_PORT": "80", "HTTP_HOST": check["host_header"], "REMOTE_ADDR": "127.0.0.1",
-    }
-    body = b"".join(
-        len(key).to_bytes(2, "little") + key + len(value).to_bytes(2, "little") + value
-        for key, value in ((k.encode(), v.encode()) for k, v in env.items())
-    )
-    with socket.create_connection((host.strip("[]"), int(port)), timeout=check["timeout"]) as sock:
-        sock.sendall(b"\0" + len(body).to_bytes(2, "little") + b"\0" + body)
-        chunks = []
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    head, _, content = b"".join(chunks).partition(b"\r\n\r\n")
-    status_line = head.split(b"\r\n", 1)[0].decode(errors="replace")
-    try:
-        return int(status_line.split()[1]), content.decode(errors="replace")
-    except (IndexError, ValueError):
-        raise OSError(f"not an HTTP answer: {status_line[:80]!r}") from None
-
-
-def describe_check(check: dict) -> str:
-    if "uwsgi" in check:
-        return f"GET {check['request_path']} (Host: {check['host_header']}) from uWSGI at {check['uwsgi']}"
-    return f"GET {check['url']} (Host: {check['host_header']}) through nginx"
+def healthcheck():
+    """The deploy's one health check (files/healthcheck.py, installed beside the
+    release tool's settings name it), loaded once."""
+    module = sys.modules.get("pyinfra_flask_healthcheck")
+    if module is None:
+        spec = importlib.util.spec_from_file_location("pyinfra_flask_healthcheck", CONFIG["health_module"])
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[spec.name] = module
+    return module
 
 
 def health(attempts: int | None = None) -> None:
     """Request the health path until it answers as expected."""
-    check = CONFIG["health"]
-    attempts = attempts or check["retries"]
-    get = uwsgi_get if "uwsgi" in check else http_get
-    outcome = "nothing answered"
-    for attempt in range(attempts):
-        if attempt:
-            time.sleep(1)
-        try:
-            status, body = get(check)
-        except (OSError, urllib.error.URLError) as exc:
-            outcome = f"no answer ({exc})"
-            continue
-        if status != check["status"]:
-            outcome = f"answered {status}, expected {check['status']}"
-        elif check["body"] and check["body"] not in body:
-            outcome = f"answered {status} without {check['body']!r} in the body"
-        else:
-            return
-    raise Failure(f"health check {describe_check(check)} {outcome}, after {attempts} attempts")
+    check = healthcheck()
+    try:
+        check.wait_healthy(CONFIG["health"], attempts)
+    except check.Unhealthy as failure:
+        raise Failure(str(failure)) from None
 
 
 # History -------------------------------------------------------------------
@@ -557,7 +527,10 @@ def cmd_build_venv(args) -> None:
 # release's loader and (for the canary) call it once, as a WSGI server would, for
 # the health path.
 CANARY = r"""
-import io, json, runpy, sys
+import importlib.util, json, runpy, sys
+spec = importlib.util.spec_from_file_location("healthcheck", sys.argv[4])
+healthcheck = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(healthcheck)
 check = json.loads(sys.argv[2])
 try:
     application = runpy.run_path(sys.argv[1], run_name="deploy_canary")["application"]
@@ -569,32 +542,18 @@ except ModuleNotFoundError as exc:
 if sys.argv[3] == "import":
     print("the app imports")
     sys.exit(0)
-path, _, query = check["path"].partition("?")
-environ = {
-    "REQUEST_METHOD": "GET", "SCRIPT_NAME": "", "PATH_INFO": path,
-    "QUERY_STRING": query, "SERVER_NAME": check["host_header"], "SERVER_PORT": "80",
-    "HTTP_HOST": check["host_header"], "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": "127.0.0.1",
-    "wsgi.version": (1, 0), "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(b""),
-    "wsgi.errors": sys.stderr, "wsgi.multithread": False, "wsgi.multiprocess": True,
-    "wsgi.run_once": False,
-}
-status = []
-body = b"".join(application(environ, lambda s, h, e=None: status.append(s) or (lambda data: None)))
-code = int(status[0].split()[0])
-text = body.decode(errors="replace")
-if code != check["status"]:
-    sys.exit(f"GET {check['path']} answered {code}, expected {check['status']}")
-if check["body"] and check["body"] not in text:
-    sys.exit(f"GET {check['path']} answered {code} without {check['body']!r} in the body")
-print(f"canary: GET {check['path']} answered {code}")
+status, text = healthcheck.wsgi_get(check, application)
+wrong = healthcheck.verdict(check, status, text)
+if wrong:
+    sys.exit(f"GET {check['path']} {wrong}")
+print(f"canary: GET {check['path']} answered {status}")
 """
 
 
 def _canary(release: str, what: str) -> int:
     path = release_dir(release)
-    check = {key: CONFIG["health"][key] for key in ("path", "host_header", "status", "body")}
     return in_release(release, [f"{path}/.venv/bin/python", "-c", CANARY, str(path / LOADER),
-                                json.dumps(check), what])
+                                json.dumps(CONFIG["health"]), what, CONFIG["health_module"]])
 
 
 def cmd_check(args) -> None:
@@ -744,7 +703,7 @@ def cmd_health(args) -> None:
         raise Failure(f"HEALTH CHECK FAILED on host {args.host_name}: {failure}\n"
                       f"--- nginx error log ({CONFIG['nginx_error_log']}):\n{error_log}"
                       f"--- {CONFIG['service']} log:\n{journal_tail(20)}") from None
-    log(f"healthy: {describe_check(CONFIG['health'])} answered {CONFIG['health']['status']}")
+    log(f"healthy: {healthcheck().describe(CONFIG['health'])} answered {CONFIG['health']['status']}")
 
 
 # The deploy lock -------------------------------------------------------------

@@ -39,24 +39,6 @@ class UwsgiBuild(FactBase):
         )
 
 
-class HttpStatus(FactBase):
-    """The HTTP status a request from the host itself gets, 0 when nothing
-    answers (or curl is not installed yet)."""
-
-    def command(self, url: str, host_header: str) -> str:
-        return (
-            "command -v curl >/dev/null 2>&1 && "
-            f"curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 "
-            f"-H {shlex.quote('Host: ' + host_header)} {shlex.quote(url)} || echo 0"
-        )
-
-    def process(self, output: list[str]) -> int:
-        try:
-            return int(output[-1])
-        except (IndexError, ValueError):
-            return 0
-
-
 class AccountInfo(NamedTuple):
     home: str
     shell: str

@@ -16,7 +16,8 @@ class Platform:
     # "debian" (apt) or "rhel" (dnf; SELinux and firewalld handled when present).
     family: str = "debian"
     nginx_packages: tuple[str, ...] = ("nginx",)
-    base_packages: tuple[str, ...] = ("curl", "ca-certificates", "logrotate")
+    # python3 runs the health check (files/healthcheck.py) on every host.
+    base_packages: tuple[str, ...] = ("curl", "ca-certificates", "logrotate", "python3")
     # Packages only EPEL has: installing one of them installs epel-release first.
     epel_packages: tuple[str, ...] = ()
     # What guards uWSGI's TCP socket on app servers behind balancers (tasks/firewall.py):
@@ -52,15 +53,15 @@ class Platform:
 # longer ships the old libpcre3 and Ubuntu 24.04 keeps it only in universe; uWSGI
 # 2.0.22+ builds against PCRE2 instead. OpenSSL's headers give uWSGI the SHA1 its
 # WebSocket handshake needs.
-_DEBIAN_APP = ("python3", "python3-venv", "python3-dev", "build-essential", "libssl-dev")
+_DEBIAN_APP = ("python3-venv", "python3-dev", "build-essential", "libssl-dev")
 # RHEL 9's rebuilds have all of it in BaseOS and AppStream (nginx included), so
 # nothing needs EPEL. Their nginx includes conf.d/*.conf itself, runs as `nginx`,
 # and has its default site inside nginx.conf. `python3 -m venv` is part of python3
 # there; semanage (policycoreutils-python-utils) labels what SELinux must allow.
 _RHEL9 = {
     "family": "rhel",
-    "app_packages": ("python3", "python3-devel", "gcc", "pcre2-devel", "openssl-devel"),
-    "base_packages": ("curl", "ca-certificates", "logrotate", "policycoreutils-python-utils"),
+    "app_packages": ("python3-devel", "gcc", "pcre2-devel", "openssl-devel"),
+    "base_packages": ("curl", "ca-certificates", "logrotate", "policycoreutils-python-utils", "python3"),
     "nginx_user": "nginx",
     "nginx_site_dir": "/etc/nginx/conf.d",
     "nginx_enabled_dir": None,

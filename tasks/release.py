@@ -14,6 +14,7 @@ by bin/release-tool (files/release-tool.py), which rollback.py uses too.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -21,16 +22,17 @@ import shlex
 import subprocess
 import tarfile
 import time
+import typing
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 from pyinfra import host
-from pyinfra.api import FactBase, deploy
+from pyinfra.api import DeployError, FactBase, deploy
 from pyinfra.facts.systemd import SystemdStatus
 from pyinfra.operations import files, server
 
-from tasks import JINJA, REPO_ROOT, TEMPLATES, lock
+from tasks import REPO_ROOT, TEMPLATES, healthcheck, lock
 from tasks.secrets import env_file, put_secret
 # The bundle's own parts: what never ships, and the upload with its --diff preview.
 from tasks.release_exclude import holds_private_key, report_left_out, secret_path  # noqa: I001
@@ -202,18 +204,23 @@ def _loader_template():
                     trim_blocks=True, lstrip_blocks=True)
 
 
+def new_release_id(*parts: str | None) -> str:
+    """A release id (settings.RELEASE_ID_RE): the deploying machine's UTC time (for
+    people; the host orders releases by its own record, not by name), then `parts`."""
+    return "-".join([time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()), *(part for part in parts if part)])
+
+
 @cache
 def _release_id(commit: str | None) -> str:
-    # One id per pyinfra run, the same on every host of the run: the time (for
-    # people; the host orders releases by its own record, not by name), the commit,
-    # and the run's id, so two runs in the same second never share an id.
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    return "-".join(part for part in (stamp, commit, lock.RUN_ID) if part)
+    # One id per pyinfra run, the same on every host of the run: the time, the
+    # commit, and the run's id, so two runs in the same second never share an id.
+    # A rollout names one for all its runs instead (the `release_id` setting).
+    return new_release_id(commit, lock.RUN_ID)
 
 
 def build_bundle(s) -> Bundle:
     return _bundle(id(host.state), s.source_dir, tuple(sorted(s.shared_paths)), s.app_requirements, _loader(s),
-                   s.app_root, str(s.app_source), _configured_secrets(s))
+                   s.app_root, str(s.app_source), _configured_secrets(s), s.release_id)
 
 
 def _configured_secrets(s) -> frozenset[str]:
@@ -225,7 +232,8 @@ def _configured_secrets(s) -> frozenset[str]:
 
 @cache  # the hosts of one run (one pyinfra state) that deploy the same app share one build
 def _bundle(run: int, source: Path, shared_paths: tuple[str, ...], app_requirements: str, loader_text: str,
-            app_root: str, app_source: str, never: frozenset[str] = frozenset()) -> Bundle:
+            app_root: str, app_source: str, never: frozenset[str] = frozenset(),
+            named: str | None = None) -> Bundle:
     shared = {path.rstrip("/") for path in shared_paths}
     files_in, left_out = _select(source, shared, never)
     report_left_out(app_source, left_out)
@@ -242,7 +250,7 @@ def _bundle(run: int, source: Path, shared_paths: tuple[str, ...], app_requireme
     manifest = {f.rel: _entry(f.data, f.mode) for f in files_in}
     manifest[LOADER] = _entry(loader, 0o640)
     commit = _git_commit(source)
-    release_id = _release_id(commit)
+    release_id = named or _release_id(commit)
     meta = json.dumps({"id": release_id, "content_hash": content_hash, "venv": venv_hash,
                        "commit": commit, "source": app_source, "shared": sorted(shared),
                        "files": manifest}, indent=1).encode()
@@ -294,6 +302,40 @@ class Release:
     confirmed: bool = True  # False: the live release's activation never ended healthy
 
 
+@cache
+def _tool():
+    """files/release-tool.py as a module (importing it reads nothing), for its
+    settings' definition."""
+    spec = importlib.util.spec_from_file_location("pyinfra_flask_release_tool", REPO_ROOT / "files/release-tool.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def tool_settings(s) -> dict:
+    """The release tool's settings (its `Settings`, files/release-tool.py) for an app."""
+    settings = {
+        "app": s.app_name,
+        "service": s.service,
+        "user": s.app_user,
+        "requirements": s.app_requirements,
+        "sandbox": list(s.sandbox_properties),
+        # Where the release's steps as the app user may write: its shared data only.
+        "writable": [f"{s.app_root}/shared/{path.rstrip('/')}" for path in s.shared_paths],
+        "master_fifo": f"{s.socket_dir}/master.fifo",
+        "stats_socket": f"{s.socket_dir}/stats.sock",
+        "reload_timeout": s.reload_timeout,
+        "keep_releases": s.keep_releases,
+        "nginx_error_log": s.nginx_error_log,
+        "health": healthcheck.spec(s),
+        "health_module": healthcheck.MODULE,
+    }
+    contract = typing.get_type_hints(_tool().Settings)
+    if set(settings) != set(contract) or not all(isinstance(value, contract[key]) for key, value in settings.items()):
+        raise TypeError(f"tool_settings does not match the release tool's Settings: {sorted(settings)}")
+    return settings
+
+
 @deploy("Release")
 def prepare(s) -> Release:
     """Install the release tool, the shared paths, and (when something changed)
@@ -302,7 +344,7 @@ def prepare(s) -> Release:
     files.put(name="Install the release tool", src=str(REPO_ROOT / "files/release-tool.py"),
               dest=tool, mode="750")
     settings = files.template(name="Write the release tool's settings", src=str(TEMPLATES / "release-tool.json.j2"),
-                              dest=f"{s.app_root}/release-tool.json", mode="640", jinja_env_kwargs=JINJA, s=s)
+                              dest=f"{s.app_root}/release-tool.json", mode="640", settings=tool_settings(s))
     for path in ("releases", "venvs", "shared"):
         files.directory(name=f"Create {s.app_root}/{path}", path=f"{s.app_root}/{path}",
                         user="root", group=s.app_user, mode="750")
@@ -331,6 +373,10 @@ def prepare(s) -> Release:
         return Release(live["id"], tool, new=False, settings=settings, environment=environment,
                        confirmed=host.get_fact(LiveConfirmed, app_root=s.app_root))
 
+    if live and live.get("id") == bundle.id:
+        # A named id (release_id) already live with other code: unpacking would replace the live release.
+        raise DeployError(f"release_id = {bundle.id!r} is already live on host {host.name!r} with other code: "
+                          "name a new release; nothing was changed.")
     release_dir = f"{s.app_root}/releases/{bundle.id}"
     upload = f"{s.app_root}/releases/.upload-{bundle.id}.tar"
     # Not files.put: its --diff would print the tarball. This one shows the code change.

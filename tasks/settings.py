@@ -2,8 +2,11 @@
 
 Settings are pyinfra host/group data: set them in an inventory (per host or per
 group), in ``group_data/*.py``, or on the command line with ``--data key=value``.
-``load_apps`` validates the whole lot before any operation is added, so a typo
-or a bad value stops the run before any host is changed.
+``tasks.inventory.load_apps`` validates the whole lot before any operation is added,
+so a typo or a bad value stops the run before any host is changed. This module is
+the schema (each value on its own); the checks that look at the laptop's files or
+at several values together are in tasks/checks.py, the derived defaults and paths
+in tasks/app.py.
 
 The README's settings table is generated from this module
 (``python -m tasks.settings``) and a test keeps the two in step.
@@ -15,25 +18,13 @@ import difflib
 import functools
 import ipaddress
 import json
-import os
-import re
 import sys
-from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    PrivateAttr,
-    ValidationError,
-    model_validator,
-)
-from dotenv import parser as dotenv_parser
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from pyinfra.api.exceptions import DeployError
 
-from tasks import REPO_ROOT, reserved, static
+from tasks import reserved
 
 # A name that becomes a Unix user, a systemd unit, a directory and an nginx file name.
 NAME_RE = r"^[a-z][a-z0-9_-]{0,30}$"
@@ -60,7 +51,8 @@ RELEASE_ID_RE = r"^[0-9]{8}T[0-9]{6}Z(-[0-9a-f]{4,40}){0,2}$"
 # build, import check, before-switch commands, canary; rendered into
 # release-tool.json). Each adds ReadWritePaths= for where it must write. No
 # capabilities at all: uWSGI binds a unix socket in its own directory or a port
-# above 1024, and never changes users itself.
+# above 1024, and never changes users itself. Not a setting, but kept here, where the
+# unit's comment says it is (tasks/app.py hands it to the templates).
 SANDBOX = (
     "NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes", "PrivateDevices=yes",
     "ProtectKernelTunables=yes", "ProtectKernelModules=yes", "ProtectControlGroups=yes", "ProtectKernelLogs=yes",
@@ -68,11 +60,6 @@ SANDBOX = (
     "RestrictNamespaces=yes", "LockPersonality=yes", "SystemCallArchitectures=native", "CapabilityBoundingSet=",
     "UMask=0027",
 )
-
-# The health check's own address and host names (see Settings.health_url and
-# Settings.health_host_header).
-HEALTH_ADDRESS = "127.0.0.2"
-HEALTH_DOMAIN = "pyinfra-flask.invalid"
 
 # What each pattern means, for error messages people can act on.
 PATTERN_HELP = {
@@ -120,11 +107,10 @@ ServerName = Annotated[str, Field(pattern=SERVER_NAME_RE, max_length=253)]
 
 
 class Settings(BaseModel):
-    """The deploy's settings. Field descriptions become the README table."""
+    """The deploy's settings as given: None where the default is derived (tasks/app.py
+    fills it in). Field descriptions become the README table."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-    # Set from the inventory's groups (tasks/topology.py), never from data.
-    _behind_balancer: bool = PrivateAttr(default=False)
 
     # The app
     app_name: Annotated[str, AfterValidator(reserved.unit)] = Field(
@@ -220,6 +206,12 @@ class Settings(BaseModel):
         pattern=RELEASE_ID_RE,
         description="For `rollback.py`: the release to go back to. Default: the one live before the "
         "live one, by the host's own record.",
+    )
+    release_id: str | None = Field(
+        None,
+        pattern=RELEASE_ID_RE,
+        description="The id of the release this run makes. `rollout.py` sets one for the whole fleet, so "
+        "`rollback_to` names it on every host. Default: one per run (time, git commit, run id).",
     )
     deploy_lock_timeout: int = Field(
         120, ge=0, le=3600,
@@ -374,266 +366,14 @@ class Settings(BaseModel):
         "when packages are missing and it is older than this.",
     )
 
-    @model_validator(mode="after")
-    def _derive_defaults(self) -> Settings:
-        # Derived defaults are filled in here so the rest of the deploy sees final values.
-        derived = {
-            "app_user": self.app_user or self.app_name,
-            "app_root": self.app_root or f"/srv/{self.app_name}",
-            "uwsgi_threads": self.uwsgi_threads or (1 if self.websockets else 2),
-            "url_prefix": self.url_prefix.rstrip("/") or "/",
-        }
-        if self.app_static_dir is None or self.app_static_url is None:
-            found = static.find(self.source_dir, self.app_entry.split(":")[0]) if self.source_dir.is_dir() else None
-            if self.app_static_dir is None:
-                derived["app_static_dir"] = found.directory if found else ""
-            if self.app_static_url is None:
-                derived["app_static_url"] = found.url if found and self.app_static_dir is None else "/static/"
-        derived["nginx_access_log"] = (
-            self.nginx_access_log or f"/var/log/nginx/{self.app_name}.access.log"
-        )
-        derived["nginx_error_log"] = (
-            self.nginx_error_log or f"/var/log/nginx/{self.app_name}.error.log"
-        )
-        for key, value in derived.items():
-            object.__setattr__(self, key, value)
-        return self
-
-    @model_validator(mode="after")
-    def _check_local_app(self) -> Settings:
-        source = self.source_dir
-        if not source.is_dir():
-            raise ValueError(f"app_source: {self.app_source!r} is not a directory ({source})")
-        if not (source / self.app_requirements).is_file():
-            raise ValueError(
-                f"app_requirements: {self.app_requirements!r} not found in {source}"
-            )
-        module = self.app_entry.split(":")[0]
-        module_path = source / Path(*module.split("."))
-        if not (module_path.with_suffix(".py").is_file() or (module_path / "__init__.py").is_file()):
-            raise ValueError(
-                f"app_entry: module {module!r} not found in {source} "
-                f"(looked for {module_path.name}.py and {module_path.name}/__init__.py)"
-            )
-        if self.app_static_dir and not (source / self.app_static_dir).is_dir():
-            raise ValueError(
-                f"app_static_dir: {self.app_static_dir!r} is not a directory in {source} "
-                "(set it to \"\" to serve no static files)"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _check_features(self) -> Settings:
-        if self.websockets:
-            if self.uwsgi_threads > 1:
-                raise ValueError(
-                    f"uwsgi_threads: {self.uwsgi_threads} conflicts with websockets (gevent runs "
-                    "the concurrency; threads and gevent do not mix): leave it unset or set 1"
-                )
-            requirements = (self.source_dir / self.app_requirements).read_text()
-            if not re.search(r"(?im)^\s*gevent\b", requirements):
-                raise ValueError(f"websockets: needs gevent in {self.app_requirements} (uWSGI's gevent loop)")
-        if bool(self.tls_certificate) != bool(self.tls_certificate_key):
-            raise ValueError("tls_certificate and tls_certificate_key: set both or neither")
-        for key in ("tls_certificate", "tls_certificate_key"):
-            path = getattr(self, key)
-            if path and not self.local_path(path).is_file():
-                raise ValueError(f"{key}: {path!r} is not a file ({self.local_path(path)})")
-        if self.tls_certificate and self.tls_port == self.nginx_port:
-            raise ValueError(f"tls_port: {self.tls_port} is also nginx_port")
-        return self
-
-    @model_validator(mode="after")
-    def _check_environment(self) -> Settings:
-        if self.app_env_file:
-            path = self.local_path(self.app_env_file)
-            if not path.is_file():
-                raise ValueError(f"app_env_file: {self.app_env_file!r} is not a file ({path})")
-            for binding in self._env_bindings():
-                if binding.error:
-                    raise ValueError(f"app_env_file: line {binding.original.line} of {self.app_env_file} "
-                                     "is not KEY=value")
-        missing = [name for name in self.app_env_from if name not in os.environ]
-        if missing:
-            raise ValueError(f"app_env_from: {', '.join(missing)} not set in the shell running pyinfra")
-        for key, value in self.environment().items():
-            if "\n" in value or "\r" in value:
-                raise ValueError(f"app_env_file/app_env_from: the value of {key} spans lines (not supported)")
-        return self
-
-    def _env_bindings(self):
-        # python-dotenv's parser: the .env syntax Flask and most tools read (quotes,
-        # `export`, comments), with the line of anything it cannot read.
-        with open(self.local_path(self.app_env_file), encoding="utf-8") as stream:
-            return list(dotenv_parser.parse_stream(stream))
-
-    def environment(self) -> dict[str, str]:
-        """The app's environment from app_env_file and app_env_from (read on the laptop)."""
-        found: dict[str, str] = {}
-        if self.app_env_file:
-            found = {b.key: b.value or "" for b in self._env_bindings() if b.key and not b.error}
-        found.update({name: os.environ[name] for name in self.app_env_from})
-        return found
-
-    @property
-    def env_file_path(self) -> str:
-        return f"{self.app_root}/secrets/app.env"
-
-    @model_validator(mode="after")
-    def _check_socket(self) -> Settings:
-        if self.uwsgi_tcp:
-            port = int(self.uwsgi_tcp.rsplit(":", 1)[1])
-            if not 1 <= port <= 65535:
-                raise ValueError(f"uwsgi_socket: port {port} is out of range 1-65535")
-            if port == self.nginx_port:
-                raise ValueError(f"uwsgi_socket: port {port} is nginx's port (nginx_port)")
-        return self
-
-    @model_validator(mode="after")
-    def _check_paths_apart(self) -> Settings:
-        for path in self.shared_paths:
-            if path.strip("/") in ("", ".venv", ".deploy-loader.py", ".deploy-release.json"):
-                raise ValueError(f"shared_paths: {path!r} would replace the release itself or its venv")
-        # Root creates and chowns each shared path: one inside another (which the app
-        # can write) would have root working inside a directory the app controls.
-        names = [PurePosixPath(path.rstrip("/")) for path in self.shared_paths]
-        for path in names:
-            outer = next((other for other in names if other in path.parents), None)
-            if outer is not None:
-                raise ValueError(f"shared_paths: {str(path)!r} is inside the shared {str(outer)!r}/; "
-                                 "share the outer one only")
-        if self.healthcheck_path.startswith(self.app_static_url) and self.app_static_dir:
-            raise ValueError(
-                "healthcheck_path: points into app_static_url, so it would test nginx, not the app"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _check_log_directories(self) -> Settings:
-        # The uWSGI log's directory is given to the app user (uWSGI runs as it), so it
-        # must be one of the app's own; nginx (root) must never open a log inside a
-        # directory the app can write, where the app could put a link in the log's place.
-        app_writable = [self.app_root, self.socket_dir, "/tmp", "/var/tmp", "/dev/shm"]
-        if self.uwsgi_log != "journal":
-            log_dir = str(PurePosixPath(self.uwsgi_log).parent)
-            try:
-                reserved.app_directory(log_dir, example=f"/var/log/{self.app_name}/uwsgi.log")
-            except ValueError as exc:
-                raise ValueError(f"uwsgi_log: its directory is given to the app user, and {exc}") from None
-            app_writable.append(log_dir)
-        for key in ("nginx_access_log", "nginx_error_log"):
-            path = PurePosixPath(getattr(self, key))
-            if not str(path).startswith("/"):
-                continue
-            writable = next((d for d in app_writable if PurePosixPath(d) == path.parent
-                             or PurePosixPath(d) in path.parents), None)
-            if writable:
-                raise ValueError(f"{key}: {path} is inside {writable}, where the app user can write: nginx "
-                                 "(root) would follow a link the app put in its place; keep nginx's logs in a "
-                                 "directory of root's, e.g. /var/log/nginx")
-        return self
-
-    # Paths and names the tasks share, derived from the settings.
-    @staticmethod
-    def local_path(value: str) -> Path:
-        """A path on the laptop: relative paths are relative to the repository root."""
-        path = Path(value).expanduser()
-        return path if path.is_absolute() else REPO_ROOT / path
-
-    @property
-    def source_dir(self) -> Path:
-        return self.local_path(self.app_source)
-
-    @property
-    def tls(self) -> bool:
-        return bool(self.tls_certificate)
-
-    @property
-    def mount_prefix(self) -> str:
-        """`/blog` for an app under a prefix, "" for one at the root."""
-        return "" if self.url_prefix == "/" else self.url_prefix
-
-    @property
-    def code_dir(self) -> str:
-        """The live release (a symlink switched on each deploy)."""
-        return f"{self.app_root}/current"
-
-    @property
-    def uwsgi_venv(self) -> str:
-        """uWSGI's own venv: one build per uWSGI version, shared by every app of the
-        host and untouched when an app's requirements change."""
-        return f"/opt/pyinfra-flask/uwsgi-{self.uwsgi_version}"
-
-    @property
-    def service(self) -> str:
-        return f"{self.app_name}.service"
-
-    @property
-    def socket_dir(self) -> str:
-        """systemd's RuntimeDirectory for the app: the unix socket, master FIFO, stats."""
-        return f"/run/{self.app_name}"
-
-    @property
-    def sandbox_properties(self) -> tuple[str, ...]:
-        return SANDBOX
-
-    @property
-    def socket_path(self) -> str:
-        return f"{self.socket_dir}/uwsgi.sock"
-
-    @property
-    def behind_balancer(self) -> bool:
-        """An app server behind a load balancer: TCP socket, no nginx of its own."""
-        return self._behind_balancer
-
-    @property
-    def uwsgi_tcp(self) -> str | None:
-        """`ADDRESS:PORT` when uWSGI listens on TCP, None for the unix socket."""
-        return None if self.uwsgi_socket in (None, "unix") else self.uwsgi_socket
-
-    @property
-    def uwsgi_address(self) -> str:
-        """What both uWSGI's `socket =` and nginx's `uwsgi_pass` name."""
-        return self.uwsgi_tcp or f"unix:{self.socket_path}"
-
-    @property
-    def uwsgi_ini(self) -> str:
-        return f"{self.app_root}/uwsgi.ini"
-
-    @property
-    def entry_is_factory(self) -> bool:
-        return self.app_entry.endswith("()")
-
-    @property
-    def health_path(self) -> str:
-        """The health check's path as requested from outside (under the prefix)."""
-        return self.mount_prefix + self.healthcheck_path
-
-    @property
-    def health_url(self) -> str:
-        """Where the host requests its own site for the health check: 127.0.0.2, not
-        127.0.0.1. nginx picks the server blocks listening on the exact address a
-        connection came to before it looks at any name, so another vhost with
-        `listen 127.0.0.1:80` would take every request to 127.0.0.1 from our
-        `listen 80`; nobody binds 127.0.0.2 (Linux routes all of 127.0.0.0/8 to the
-        host itself), so there only the blocks on every address, ours among them,
-        are candidates and the name decides."""
-        if self.tls and self.tls_redirect_http:
-            return f"https://{HEALTH_ADDRESS}:{self.tls_port}{self.health_path}"
-        return f"http://{HEALTH_ADDRESS}:{self.nginx_port}{self.health_path}"
-
-    @property
-    def health_host_header(self) -> str:
-        """The Host header of every health check (the Healthy fact, the release tool,
-        the balancer's check): a name only this app's nginx site has (the templates add
-        it to the site's server_name), under the reserved TLD .invalid, so no other
-        vhost on the host can answer in its place. `localhost` or the site's own name
-        could be claimed by another site, and a broken app would then pass."""
-        return f"{self.app_name}.{HEALTH_DOMAIN}"
-
 
 class SettingsError(DeployError):
     """Bad settings: raised before any operation is added, so no host is changed."""
+
+    @classmethod
+    def listing(cls, where: str, problems: list[str]) -> SettingsError:
+        lines = "\n".join(f"  - {problem}" for problem in problems)
+        return cls(f"Invalid {where}; nothing was changed on any host:\n{lines}")
 
 
 # Data keys pyinfra itself understands: global arguments (`_sudo`, ...) and
@@ -649,10 +389,9 @@ def _connector_names() -> tuple[str, ...]:
     return tuple(get_all_connectors())
 
 
-def validate(data: dict[str, Any], where: str = "settings") -> Settings:
-    """Validate a host's data and return its settings, or raise a SettingsError
-    that names every bad key and its value."""
-
+def parse(data: dict[str, Any]) -> tuple[Settings | None, list[str]]:
+    """A host's data as Settings (None when a value is bad), and one line per
+    unknown key or bad value, naming it."""
     known = set(Settings.model_fields)
     problems = []
     for key in sorted(data):
@@ -664,7 +403,7 @@ def validate(data: dict[str, Any], where: str = "settings") -> Settings:
         )
     ours = {key: value for key, value in data.items() if key in known}
     try:
-        settings = Settings(**ours)
+        return Settings(**ours), problems
     except ValidationError as exc:
         # One line per bad key; a value failing every branch of a union (e.g.
         # `journal` or a path) gets the branches' messages joined.
@@ -679,86 +418,7 @@ def validate(data: dict[str, Any], where: str = "settings") -> Settings:
         for key, (value, messages) in by_key.items():
             message = ", or ".join(messages)
             problems.append(f"{key} = {value!r}: {message}" if key else message)
-        settings = None
-    if problems:
-        lines = "\n".join(f"  - {problem}" for problem in problems)
-        raise SettingsError(f"Invalid {where}; nothing was changed on any host:\n{lines}")
-    return settings
-
-
-def load_apps(host) -> list[Settings]:
-    """The settings of every app on a pyinfra host, from its inventory, group and
-    --data data, with the defaults its place in the inventory implies.
-
-    One app: the settings are the data's top-level keys. Several: `apps` is a list
-    of dicts, one per app, each over the top-level keys (shared defaults)."""
-    from tasks import topology
-
-    data = host.data.dict()
-    apps = data.pop("apps", None)
-    where = f"settings for host {host.name!r}"
-    login = data.get("ssh_user")
-    if apps is None:
-        found = [topology.place(host, validate(data, where=where))]
-        _check_apps_apart(found, where, login)
-        return found
-    if not isinstance(apps, list) or not apps or not all(isinstance(app, dict) for app in apps):
-        raise SettingsError(f"Invalid {where}; nothing was changed on any host:\n"
-                            f"  - apps = {apps!r}: must be a non-empty list of dicts, one per app")
-    found, problems = [], []
-    for index, app in enumerate(apps):
-        try:
-            found.append(topology.place(host, validate(
-                {**data, **app}, where=f"{where}, apps[{index}] ({app.get('app_name', '?')})")))
-        except SettingsError as exc:
-            problems.append(str(exc))
-    if problems:
-        raise SettingsError("\n".join(problems))
-    _check_apps_apart(found, where, login)
-    return found
-
-
-def _check_apps_apart(apps: list[Settings], where: str, login: str | None = None) -> None:
-    problems = []
-    for app in apps:
-        if login and app.app_user == login:
-            problems.append(f"app_user = {app.app_user!r}: is the user pyinfra logs in as (ssh_user); the deploy "
-                            "would make it a system account without a login shell")
-    for app in apps:
-        for other in apps:
-            if other is not app and PurePosixPath(other.app_root) in PurePosixPath(app.app_root).parents:
-                problems.append(f"app_root = {app.app_root!r}: is inside {other.app_name}'s app_root "
-                                f"{other.app_root}; each app needs a directory of its own")
-    for key in ("app_name", "app_user", "app_root"):
-        seen: dict = {}
-        for app in apps:
-            value = getattr(app, key)
-            if value in seen:
-                problems.append(f"{key} = {value!r}: used by both {seen[value]} and {app.app_name} "
-                                "(each app needs its own)")
-            seen.setdefault(value, app.app_name)
-    routes: dict = {}
-    sockets: dict = {}
-    sites: dict = {}
-    for app in apps:
-        for name in app.nginx_server_names:
-            route = (app.nginx_port, name, app.url_prefix)
-            if route in routes:
-                problems.append(f"url_prefix = {app.url_prefix!r}: {app.app_name} and {routes[route]} "
-                                f"both claim {name}:{app.nginx_port}{app.url_prefix}")
-            routes.setdefault(route, app.app_name)
-        if app.uwsgi_tcp and app.uwsgi_tcp in sockets:
-            problems.append(f"uwsgi_socket = {app.uwsgi_tcp!r}: used by both {sockets[app.uwsgi_tcp]} and {app.app_name}")
-        sockets.setdefault(app.uwsgi_tcp, app.app_name)
-        site = (app.nginx_port, tuple(app.nginx_server_names))
-        tls = (app.tls_certificate, app.tls_certificate_key, app.tls_port, app.tls_redirect_http, app.tls_hsts_max_age)
-        if site in sites and sites[site][1] != tls:
-            problems.append(f"tls_*: {app.app_name} and {sites[site][0]} share host names and port, "
-                            "so they must share their TLS settings")
-        sites.setdefault(site, (app.app_name, tls))
-    if problems:
-        lines = "\n".join(f"  - {problem}" for problem in problems)
-        raise SettingsError(f"Invalid {where}; nothing was changed on any host:\n{lines}")
+        return None, problems
 
 
 def markdown_table() -> str:

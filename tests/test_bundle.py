@@ -18,7 +18,7 @@ import pytest
 from tasks import release, release_preview
 from tasks.release_exclude import secret_path
 from tasks.release_preview import Changes, compare, render, render_first, to_fetch
-from tasks.settings import validate
+from tasks.app import validate
 from tests.conftest import REPO_ROOT
 
 SECRET = "SECRET=do-not-ship-" + "a1b2c3d4"

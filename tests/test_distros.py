@@ -393,8 +393,8 @@ def test_rhel_load_balanced():
     assert runs["lb1"].named("Firewall") == FIREWALL_80
     assert "Load balancer | nginx sites | Write the site /etc/nginx/conf.d/greeting.conf" in runs["lb1"].changed
     assert runs["lb1"].named("System packages") == {
-        "System packages | Install curl, ca-certificates, logrotate, policycoreutils-python-utils, nginx": [
-            "dnf install -y curl ca-certificates logrotate policycoreutils-python-utils nginx"]}
+        "System packages | Install curl, ca-certificates, logrotate, policycoreutils-python-utils, python3, nginx": [
+            "dnf install -y curl ca-certificates logrotate policycoreutils-python-utils python3 nginx"]}
     for web in ("web1", "web2"):
         assert runs[web].named("SELinux") == {
             "SELinux | Label /opt/pyinfra-flask/uwsgi-2.0.31/bin bin_t (SELinux file context rule)": [

@@ -297,3 +297,30 @@ def test_list_and_history_commands(tool, capsys):
     assert f"{Y}  commit=-  venv=v1  * live" in out
     assert "failed   " + Y in out and "reason=answered 500" in out
     assert tool.confirmed() == X
+
+
+# The settings' contract ---------------------------------------------------------
+
+def test_the_deploy_writes_exactly_the_settings_the_tool_reads(tmp_path):
+    """tasks/release.py builds release-tool.json to the tool's own `Settings`; the
+    rendered file is what `configure` reads back, key for key."""
+    import typing
+
+    from jinja2 import Template
+
+    from tasks import TEMPLATES, release
+    from tasks.app import validate
+
+    s = validate({"app_source": "files/greeting", "shared_paths": ["instance/"]})
+    settings = release.tool_settings(s)
+    contract = typing.get_type_hints(release._tool().Settings)
+    assert set(settings) == set(contract)
+    assert settings["writable"] == ["/srv/greeting/shared/instance"]
+    assert settings["health"]["url"] == s.health_url
+    rendered = Template((TEMPLATES / "release-tool.json.j2").read_text()).render(settings=settings)
+    (tmp_path / "release-tool.json").write_text(rendered)
+    spec = importlib.util.spec_from_file_location("release_tool_contract", REPO_ROOT / "files/release-tool.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.configure(tmp_path)
+    assert module.CONFIG == settings

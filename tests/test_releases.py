@@ -253,7 +253,8 @@ def test_rollback_and_prune_follow_the_hosts_record_not_release_names(fork, tmp_
 
 
 def test_release_settings_are_checked_before_any_host():
-    from tasks.settings import SettingsError, validate
+    from tasks.app import validate
+    from tasks.settings import SettingsError
 
     assert validate({"rollback_to": "20261121T073000Z-3a98e1d-5f0c2a"}).rollback_to.endswith("-5f0c2a")
     assert validate({"rollback_to": "20261121T073000Z-5f0c2a"}).deploy_lock_timeout == 120

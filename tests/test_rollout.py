@@ -14,6 +14,7 @@ import pytest
 
 from dev import throwaway
 from tests.conftest import Load, app_variant, get, run_deploy
+from tasks.settings import RELEASE_ID_RE
 from tests.test_deploy import GREETING
 
 pytestmark = pytest.mark.rollout
@@ -186,7 +187,8 @@ def test_balancer_check_is_not_answered_by_another_site(cluster):
         run = run_deploy(cluster.inventory(), cluster.workdir, "--limit", "load_balancers",
                          data={"healthcheck_retries": 2}, check=False)
         assert run.returncode != 0, run.output[-3000:]
-        assert f"HEALTH CHECK FAILED on balancer {lb.name}: GET http://127.0.0.2:80/ answered 502" in run.output
+        assert f"HEALTH CHECK FAILED on balancer {lb.name}: health check GET http://127.0.0.2:80/" in run.output
+        assert "through nginx answered 502, expected 200" in run.output
     finally:
         lb.exec("rm -f /etc/nginx/sites-enabled/other.conf && systemctl reload nginx")
         for app in cluster.apps:
@@ -208,6 +210,11 @@ def test_rolling_code_change_under_load_drops_nothing(cluster, tmp_path):
     assert re.search(r"done\s+4\s", run.output) and re.search(r"failed\s+0\s", run.output)
     for batch in range(1, 4):
         assert f"=== Batch {batch} of 3" in run.output
+    # One release id for the whole rollout: every app server's new release has that name.
+    release_id = re.search(r"Rolling out release (\S+) to 3 app server", run.output).group(1)
+    assert re.match(RELEASE_ID_RE, release_id)
+    assert {name: Path(current).name for name, current in cluster.releases().items()} == {
+        app.name: release_id for app in cluster.apps}
     for _ in range(6):
         assert get(cluster.balancer.url + "/").text.strip() == "Hello from the rollout!"
 

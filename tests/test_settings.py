@@ -6,8 +6,9 @@ import re
 
 import pytest
 
-from tasks import settings
-from tasks.settings import SettingsError, validate
+from tasks import checks, settings
+from tasks.app import validate
+from tasks.settings import SettingsError
 from tests.conftest import REPO_ROOT
 
 
@@ -142,15 +143,14 @@ def test_readme_settings_table_matches_the_code():
 
 def test_an_app_user_that_is_the_ssh_user_is_refused():
     apps = [validate({"app_user": "deploy"})]
-    with pytest.raises(SettingsError, match="app_user = 'deploy': is the user pyinfra logs in as"):
-        settings._check_apps_apart(apps, "settings", login="deploy")
-    settings._check_apps_apart(apps, "settings", login="admin")
+    [problem] = checks.apps_apart(apps, login="deploy")
+    assert problem.startswith("app_user = 'deploy': is the user pyinfra logs in as")
+    assert checks.apps_apart(apps, login="admin") == []
 
 
 def test_an_app_root_inside_another_apps_is_refused():
     apps = [validate({"app_name": "shop"}), validate({"app_name": "blog", "app_root": "/srv/shop/blog"})]
-    with pytest.raises(SettingsError, match="app_root = '/srv/shop/blog': is inside shop's app_root /srv/shop"):
-        settings._check_apps_apart(apps, "settings")
+    assert "app_root = '/srv/shop/blog': is inside shop's app_root /srv/shop" in "\n".join(checks.apps_apart(apps))
 
 
 @pytest.mark.parametrize(("files", "entry", "expected"), [

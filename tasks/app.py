@@ -1,0 +1,209 @@
+"""One app as the deploy sees it on one host: its settings (tasks/settings.py) with
+the derived defaults filled in, the paths and names the tasks share, and the host's
+role in the inventory (tasks/topology.py sets `behind_balancer` and the TCP socket
+it implies). Frozen: built once per app and host, by `validate` here and
+tasks/inventory.py, before any operation is added.
+
+Every setting reads as an attribute (`app.nginx_port`); the ones with a derived
+default read as their final value (`app.app_root` is `/srv/<app_name>` when unset),
+and `app.settings` keeps them as given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+from dotenv import parser as dotenv_parser
+
+from tasks import REPO_ROOT, checks, static
+from tasks.settings import SANDBOX, Settings, SettingsError, parse
+
+# The health check's own address and host names (see App.health_url and
+# App.health_host_header).
+HEALTH_ADDRESS = "127.0.0.2"
+HEALTH_DOMAIN = "pyinfra-flask.invalid"
+
+
+def local_path(value: str) -> Path:
+    """A path on the laptop: relative paths are relative to the repository root."""
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+@dataclasses.dataclass(frozen=True)
+class App:
+    """One app of one host, resolved: see the module's docstring."""
+
+    settings: Settings
+    # The settings whose default is derived, with their final values.
+    app_user: str
+    app_root: str
+    uwsgi_threads: int
+    url_prefix: str
+    app_static_dir: str
+    app_static_url: str
+    nginx_access_log: str
+    nginx_error_log: str
+    uwsgi_socket: str
+    # The host's role (tasks/topology.py): an app server behind a load balancer
+    # listens on TCP and runs no nginx of its own.
+    behind_balancer: bool = False
+
+    @classmethod
+    def resolve(cls, s: Settings) -> App:
+        """The app of these settings, with the derived defaults filled in."""
+        static_dir, static_url = s.app_static_dir, s.app_static_url
+        if static_dir is None or static_url is None:
+            source = local_path(s.app_source)
+            found = static.find(source, s.app_entry.split(":")[0]) if source.is_dir() else None
+            if static_dir is None:
+                static_dir = found.directory if found else ""
+            if static_url is None:
+                static_url = found.url if found and s.app_static_dir is None else "/static/"
+        return cls(
+            settings=s,
+            app_user=s.app_user or s.app_name,
+            app_root=s.app_root or f"/srv/{s.app_name}",
+            uwsgi_threads=s.uwsgi_threads or (1 if s.websockets else 2),
+            url_prefix=s.url_prefix.rstrip("/") or "/",
+            app_static_dir=static_dir,
+            app_static_url=static_url,
+            nginx_access_log=s.nginx_access_log or f"/var/log/nginx/{s.app_name}.access.log",
+            nginx_error_log=s.nginx_error_log or f"/var/log/nginx/{s.app_name}.error.log",
+            uwsgi_socket=s.uwsgi_socket or "unix",
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        # Called only for names the App lacks: the settings without a derived default.
+        settings = self.__dict__.get("settings")
+        if settings is None or name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(settings, name)
+
+    # The app's environment, read on the laptop.
+    def env_bindings(self) -> list:
+        """app_env_file by python-dotenv's parser: the .env syntax Flask and most tools
+        read (quotes, `export`, comments), with the line of anything it cannot read."""
+        with open(local_path(self.app_env_file), encoding="utf-8") as stream:
+            return list(dotenv_parser.parse_stream(stream))
+
+    def environment(self) -> dict[str, str]:
+        """The app's environment from app_env_file and app_env_from."""
+        found: dict[str, str] = {}
+        if self.app_env_file:
+            found = {b.key: b.value or "" for b in self.env_bindings() if b.key and not b.error}
+        found.update({name: os.environ[name] for name in self.app_env_from})
+        return found
+
+    # Paths and names the tasks share, derived from the settings.
+    local_path = staticmethod(local_path)
+
+    @property
+    def source_dir(self) -> Path:
+        return local_path(self.app_source)
+
+    @property
+    def env_file_path(self) -> str:
+        return f"{self.app_root}/secrets/app.env"
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_certificate)
+
+    @property
+    def mount_prefix(self) -> str:
+        """`/blog` for an app under a prefix, "" for one at the root."""
+        return "" if self.url_prefix == "/" else self.url_prefix
+
+    @property
+    def code_dir(self) -> str:
+        """The live release (a symlink switched on each deploy)."""
+        return f"{self.app_root}/current"
+
+    @property
+    def uwsgi_venv(self) -> str:
+        """uWSGI's own venv: one build per uWSGI version, shared by every app of the
+        host and untouched when an app's requirements change."""
+        return f"/opt/pyinfra-flask/uwsgi-{self.uwsgi_version}"
+
+    @property
+    def service(self) -> str:
+        return f"{self.app_name}.service"
+
+    @property
+    def socket_dir(self) -> str:
+        """systemd's RuntimeDirectory for the app: the unix socket, master FIFO, stats."""
+        return f"/run/{self.app_name}"
+
+    @property
+    def sandbox_properties(self) -> tuple[str, ...]:
+        return SANDBOX
+
+    @property
+    def socket_path(self) -> str:
+        return f"{self.socket_dir}/uwsgi.sock"
+
+    @property
+    def uwsgi_tcp(self) -> str | None:
+        """`ADDRESS:PORT` when uWSGI listens on TCP, None for the unix socket."""
+        return None if self.uwsgi_socket == "unix" else self.uwsgi_socket
+
+    @property
+    def uwsgi_address(self) -> str:
+        """What both uWSGI's `socket =` and nginx's `uwsgi_pass` name."""
+        return self.uwsgi_tcp or f"unix:{self.socket_path}"
+
+    @property
+    def uwsgi_ini(self) -> str:
+        return f"{self.app_root}/uwsgi.ini"
+
+    @property
+    def entry_is_factory(self) -> bool:
+        return self.app_entry.endswith("()")
+
+    @property
+    def health_path(self) -> str:
+        """The health check's path as requested from outside (under the prefix)."""
+        return self.mount_prefix + self.healthcheck_path
+
+    @property
+    def health_url(self) -> str:
+        """Where the host requests its own site for the health check: 127.0.0.2, not
+        127.0.0.1. nginx picks the server blocks listening on the exact address a
+        connection came to before it looks at any name, so another vhost with
+        `listen 127.0.0.1:80` would take every request to 127.0.0.1 from our
+        `listen 80`; nobody binds 127.0.0.2 (Linux routes all of 127.0.0.0/8 to the
+        host itself), so there only the blocks on every address, ours among them,
+        are candidates and the name decides."""
+        if self.tls and self.tls_redirect_http:
+            return f"https://{HEALTH_ADDRESS}:{self.tls_port}{self.health_path}"
+        return f"http://{HEALTH_ADDRESS}:{self.nginx_port}{self.health_path}"
+
+    @property
+    def health_host_header(self) -> str:
+        """The Host header of every health check (the Healthy fact, the release tool,
+        the balancer's check): a name only this app's nginx site has (the templates add
+        it to the site's server_name), under the reserved TLD .invalid, so no other
+        vhost on the host can answer in its place. `localhost` or the site's own name
+        could be claimed by another site, and a broken app would then pass."""
+        return f"{self.app_name}.{HEALTH_DOMAIN}"
+
+
+def validate(data: dict[str, Any], where: str = "settings") -> App:
+    """The app of a host's data (before its place in the inventory), or a
+    SettingsError that names every bad key and its value. The checks of
+    tasks/checks.py run once every value is valid on its own."""
+    settings, problems = parse(data)
+    app = None
+    if settings is not None:
+        app = App.resolve(settings)
+        try:
+            checks.check(app)
+        except ValueError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise SettingsError.listing(where, problems)
+    return app

@@ -1,0 +1,57 @@
+"""An app server: nginx (or none, behind load balancers) -> uWSGI (systemd) -> each
+app of the host, every app prepared before any goes live."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from pyinfra import host
+from pyinfra.api import deploy
+
+from tasks import firewall, healthcheck, inventory, logs, nginx, packages, release, selinux, service, users, uwsgi
+from tasks.release import Release
+
+
+class Prepared(NamedTuple):
+    """One app, ready to go live: what its activation is triggered by."""
+
+    nginx_in_group: object  # nginx joining the app's group (nginx reloads), or None
+    release: Release
+    uwsgi_ini: object  # uWSGI's configuration (uWSGI reloads)
+    unit: object  # the systemd unit (uWSGI restarts)
+
+
+@deploy("App server")
+def converge(system, apps):
+    local_nginx = not apps[0].behind_balancer
+    packages.install(system, apps[0], nginx=local_nginx)
+    # One uWSGI build per version, shared by the apps that use it.
+    uwsgi_builds = {version: uwsgi.install(app) for version, app in {a.uwsgi_version: a for a in apps}.items()}
+    health_module = healthcheck.install()
+    prepared = {}
+    for s in host.loop(apps):
+        prepared[s.app_name] = Prepared(
+            nginx_in_group=users.create(system, s),
+            release=release.prepare(s),
+            uwsgi_ini=uwsgi.configure(s),
+            unit=service.install(s),
+        )
+        logs.rotate(s)
+        selinux.allow(system, s, nginx=local_nginx, relabel_after=[uwsgi_builds[s.uwsgi_version]])
+        firewall.open_ports(system, s, nginx=local_nginx)
+    firewall.guard_uwsgi(system, apps, inventory.balancers(host))
+    service.remove_stale(apps)
+    if local_nginx:
+        nginx_ops = nginx.configure(system, nginx.sites_for(apps),
+                                    reload_triggers=[p.nginx_in_group for p in prepared.values() if p.nginx_in_group])
+    else:
+        nginx_ops = nginx.remove(system, [site.name for site in nginx.sites_for(apps)])
+    for s in host.loop(apps):
+        ready = prepared[s.app_name]
+        app_ops = release.activate(
+            s, ready.release,
+            restart_triggers=[op for op in (ready.unit, uwsgi_builds[s.uwsgi_version], ready.release.environment) if op],
+            reload_triggers=[ready.uwsgi_ini],
+        )
+        healthcheck.verify(s, ready.release, service_ops=[*app_ops, *nginx_ops, health_module])
+    firewall.remove_stale(apps)

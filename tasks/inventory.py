@@ -1,0 +1,65 @@
+"""The apps of each host of the inventory: its data validated app by app
+(tasks/app.py), placed by the host's groups (tasks/topology.py) and checked
+against each other (tasks/checks.py); and what a host must know of the others.
+
+One app: the settings are the data's top-level keys. Several: `apps` is a list of
+dicts, one per app, each over the top-level keys (shared defaults).
+"""
+
+from __future__ import annotations
+
+from tasks import checks, topology
+from tasks.app import App, validate
+from tasks.settings import SettingsError
+
+
+def load_apps(host) -> list[App]:
+    """The apps of a pyinfra host, from its inventory, group and --data data, with
+    the defaults its place in the inventory implies."""
+    data = host.data.dict()
+    apps = data.pop("apps", None)
+    where = f"settings for host {host.name!r}"
+    if apps is None:
+        found = [topology.place(host, validate(data, where=where))]
+    elif not isinstance(apps, list) or not apps or not all(isinstance(app, dict) for app in apps):
+        raise SettingsError.listing(where, [f"apps = {apps!r}: must be a non-empty list of dicts, one per app"])
+    else:
+        found, problems = [], []
+        for index, app in enumerate(apps):
+            try:
+                found.append(topology.place(host, validate(
+                    {**data, **app}, where=f"{where}, apps[{index}] ({app.get('app_name', '?')})")))
+            except SettingsError as exc:
+                problems.append(str(exc))
+        if problems:
+            raise SettingsError("\n".join(problems))
+    problems = checks.apps_apart(found, login=data.get("ssh_user"))
+    if problems:
+        raise SettingsError.listing(where, problems)
+    return found
+
+
+def upstreams(host, app_name: str) -> list[tuple[str, str]]:
+    """(app server name, uWSGI address) of the app `app_name` on every app server a
+    balancer spreads over."""
+    servers = topology.members(host, topology.APP_GROUP)
+    if not servers:
+        raise topology.TopologyError(f"Balancer {host.name!r} has no hosts in the {topology.APP_GROUP} group; "
+                                     "nothing was changed.")
+    found = []
+    for app_server in servers:
+        match = [app for app in load_apps(app_server) if app.app_name == app_name]
+        if not match:
+            raise topology.TopologyError(f"Balancer {host.name!r} balances {app_name!r}, which app server "
+                                         f"{app_server.name!r} does not run; nothing was changed.")
+        found.append((app_server.name, match[0].uwsgi_tcp))
+    return found
+
+
+def balancers(host) -> list[tuple[str, str]]:
+    """(balancer name, private address) of every load balancer of the inventory: the
+    only hosts an app server's firewall lets reach uWSGI. Each balancer's settings are
+    validated here too, so a balancer without its address stops the run even when
+    `--limit` leaves the balancers out."""
+    return [(balancer.name, load_apps(balancer)[0].private_address)
+            for balancer in topology.members(host, topology.LB_GROUP)]
