@@ -15,10 +15,10 @@ from tasks.inventory import load_apps
 
 apps = load_apps(host)
 balancer = topology.is_balancer(host)
-# One run at a time per app and host, taken before anything is read (tasks/lock.py).
+# Facts in one batched command per phase (see tasks/prefetch.py); in the first, before
+# anything is read, the deploy lock: one run at a time per app and host (tasks/lock.py).
+prefetch.start(host, enabled=apps[0].fact_batch, first=lock.first_asks(host, apps))
 lock.take(host, apps)
-# Facts in one batched command per phase (see tasks/prefetch.py).
-prefetch.start(host, enabled=apps[0].fact_batch)
 system = platform.detect(host)
 # Names the host already has for something else stop the run before any change.
 if not balancer:

@@ -11,10 +11,11 @@ one run on throwaway hosts.
    no-op / floor and N hosts / 1 host.
 2. Serving, on the 1-host deploy with the deploy's defaults: wrk (on this machine,
    against the host's ports published on 127.0.0.1) through nginx -> uWSGI; the same
-   app on Flask's built-in server (threaded) behind the same nginx; and nginx answering
-   `return 200` itself (the ceiling). Same wrk settings for the three, one after the
-   other, in SERVING_ROUNDS interleaved rounds (medians); requests/s, p50/p99 latency
-   and every error (non-2xx/3xx, socket errors) of every round.
+   app behind the same nginx on Flask's built-in server (threaded) and on gunicorn
+   (gthread workers, as many processes and threads as the deploy's uWSGI); and nginx
+   answering `return 200` itself (the ceiling). Same wrk settings for the four, one
+   after the other, in SERVING_ROUNDS interleaved rounds (medians); requests/s,
+   p50/p99 latency and every error (non-2xx/3xx, socket errors) of every round.
 3. Where the cold deploys spent their time: pyinfra's output is read line by line as
    it streams; the time between consecutive steps (`--> Starting operation: ...`)
    is summed by group (packages, uWSGI compile, app venv, ...).
@@ -63,17 +64,25 @@ GOALS = {
 }
 
 # Bench scaffolding on the 1-host deploy, not part of the deploy: Flask's built-in
-# server behind the same nginx on 8081, nginx's own ceiling on 8082.
-FLASK_PORT, CEILING_PORT = 8081, 8082
-NGINX_BENCH_SITE = f"""# bench.performance scaffolding (not part of the deploy)
-server {{
-    listen {FLASK_PORT};
-    access_log /var/log/nginx/bench-flask.access.log;
+# server behind the same nginx on 8081, nginx's own ceiling on 8082, gunicorn on 8083.
+FLASK_PORT, CEILING_PORT, GUNICORN_PORT = 8081, 8082, 8083
+GUNICORN_VENV = "/opt/bench-gunicorn"
+
+
+def _proxy_server(port: int, name: str, upstream_port: int) -> str:
+    return f"""server {{
+    listen {port};
+    access_log /var/log/nginx/bench-{name}.access.log;
     location / {{
-        proxy_pass http://127.0.0.1:5000;
+        proxy_pass http://127.0.0.1:{upstream_port};
         proxy_set_header Host $host;
     }}
 }}
+"""
+
+
+NGINX_BENCH_SITE = ("# bench.performance scaffolding (not part of the deploy)\n"
+                    + _proxy_server(FLASK_PORT, "flask", 5000) + _proxy_server(GUNICORN_PORT, "gunicorn", 5001) + f"""\
 server {{
     listen {CEILING_PORT};
     access_log /var/log/nginx/bench-ceiling.access.log;
@@ -81,7 +90,7 @@ server {{
         return 200 "ok\\n";
     }}
 }}
-"""
+""")
 FLASK_SERVER = "from wsgi import app; app.run(host='127.0.0.1', port=5000)"
 
 # Cold-deploy steps by group, from the deploy's `@deploy` names ("uWSGI | Install ...").
@@ -177,10 +186,12 @@ def breakdown(run: Run) -> tuple[dict[str, float], dict[str, float]]:
 
 
 def classify(op_name: str) -> str:
-    deploy, _, name = op_name.partition(" | ")
+    # "App server | System packages | Install ...": the innermost `@deploy` names the group.
+    *deploys, name = op_name.split(" | ")
+    deploy = deploys[-1] if deploys else ""
     if deploy == "Release" and name.startswith("Build venv"):
         return APP_VENV
-    return OP_GROUPS.get(deploy, OTHER) if name else OTHER
+    return OP_GROUPS.get(deploy, OTHER) if deploys else OTHER
 
 
 # --- serving -----------------------------------------------------------------------
@@ -241,18 +252,30 @@ def http_get(url: str, timeout: float = 5) -> tuple[int, str]:
 
 
 def set_up_serving(host: throwaway.Host) -> dict[str, str]:
-    """Flask's built-in server and nginx's ceiling next to the deployed stack; the URL
-    of each of the three, checked to answer as expected."""
+    """Flask's built-in server, gunicorn and nginx's ceiling next to the deployed stack;
+    the URL of each of the four, checked to answer as expected."""
     host.exec(f"cat > /etc/nginx/conf.d/pyinfra-flask-bench.conf <<'EOF'\n{NGINX_BENCH_SITE}EOF\n"
               "nginx -t 2>&1 && systemctl reload nginx")
     host.exec(f"systemd-run --unit=bench-flask --uid={APP} --gid={APP} --working-directory={ROOT}/current "
               f"{ROOT}/current/.venv/bin/python -c \"{FLASK_SERVER}\"")
+    # gunicorn (from a venv of its own, put on the path) runs the app in the release's own venv, with
+    # uWSGI's processes and threads.
+    ini = host.exec(f"cat {ROOT}/uwsgi.ini")
+    processes, threads = (re.search(rf"^{key} = (\d+)$", ini, re.MULTILINE).group(1) for key in ("processes", "threads"))
+    host.exec(f"python3 -m venv {GUNICORN_VENV} && {GUNICORN_VENV}/bin/pip install -q --disable-pip-version-check "
+              "gunicorn")
+    gunicorn_path = host.exec(f"{GUNICORN_VENV}/bin/python -c 'import sysconfig; print(sysconfig.get_paths()[\"purelib\"])'")
+    host.exec(f"systemd-run --unit=bench-gunicorn --uid={APP} --gid={APP} --working-directory={ROOT}/current "
+              f"--setenv=PYTHONPATH={gunicorn_path.strip()} {ROOT}/current/.venv/bin/python -m gunicorn "
+              f"--worker-class gthread --workers {processes} --threads {threads} --bind 127.0.0.1:5001 wsgi:app")
+    print(f"  gunicorn: gthread, {processes} processes x {threads} threads (the deploy's uWSGI)", flush=True)
     urls = {
         "nginx -> uWSGI (the deploy)": f"{host.url}/",
         "nginx -> Flask built-in server": f"http://127.0.0.1:{host.extra_ports[FLASK_PORT]}/",
+        "nginx -> gunicorn (gthread)": f"http://127.0.0.1:{host.extra_ports[GUNICORN_PORT]}/",
         "nginx return 200 (ceiling)": f"http://127.0.0.1:{host.extra_ports[CEILING_PORT]}/",
     }
-    expect = ["Hello from greeting", "Hello from greeting", "ok"]
+    expect = ["Hello from greeting", "Hello from greeting", "Hello from greeting", "ok"]
     deadline = time.monotonic() + 30
     for (name, url), text in zip(urls.items(), expect):
         while True:
@@ -260,8 +283,8 @@ def set_up_serving(host: throwaway.Host) -> dict[str, str]:
             if status == 200 and text in body:
                 break
             if time.monotonic() > deadline:
-                raise SystemExit(f"{name} at {url} answered {status}: {body[:300]}\n"
-                                 + host.exec("journalctl -u bench-flask --no-pager | tail -20", check=False))
+                raise SystemExit(f"{name} at {url} answered {status}: {body[:300]}\n" + host.exec(
+                    "journalctl -u bench-flask -u bench-gunicorn --no-pager | tail -20", check=False))
             time.sleep(0.5)
     return urls
 
@@ -324,7 +347,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3,
                         help="no-op, code-only and floor runs per host count; medians are reported (default 3)")
     parser.add_argument("--serving-rounds", type=int, default=3,
-                        help="wrk rounds over the three targets, interleaved; medians are reported (default 3)")
+                        help="wrk rounds over the four targets, interleaved; medians are reported (default 3)")
     parser.add_argument("--release", default="bookworm", choices=throwaway.RELEASES)
     args = parser.parse_args()
     if args.hosts < 2:
@@ -343,7 +366,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="bench-performance-") as tmp:
             work = Path(tmp)
             # The 1-host deploy also serves the load test, so it publishes the scaffolding's ports.
-            single = start_host(image, ports=(22, 80, FLASK_PORT, CEILING_PORT))
+            single = start_host(image, ports=(22, 80, FLASK_PORT, GUNICORN_PORT, CEILING_PORT))
             started.append(single)
             inventories = {1: throwaway.write_group_inventory(work / "inventory_1.py", {"app_servers": [(single, {})]})}
             step("cold first deploy, 1 host")
@@ -399,12 +422,13 @@ def report(args, cold: dict[int, Run], noops: dict[int, Run], deploys, loads: li
     kinds = ["cold first deploy", "no-op re-run", "code-only redeploy", "pyinfra floor"]
     splits = {size: breakdown(run) for size, run in cold.items()}
     noop_splits = {size: breakdown(run) for size, run in noops.items()}
-    stack, flask, ceiling = loads
+    stack, flask, gunicorn, ceiling = loads
     ratios = {
         "noop_floor_1": med[1]["no-op re-run"] / med[1]["pyinfra floor"],
         "noop_floor_n": med[n]["no-op re-run"] / med[n]["pyinfra floor"],
         "noop_hosts": med[n]["no-op re-run"] / med[1]["no-op re-run"],
         "vs_flask": stack.requests_per_s / flask.requests_per_s,
+        "vs_gunicorn": stack.requests_per_s / gunicorn.requests_per_s,
         "vs_ceiling": stack.requests_per_s / ceiling.requests_per_s,
     }
     errors = sum(load.errors for load in loads)
@@ -419,7 +443,7 @@ def report(args, cold: dict[int, Run], noops: dict[int, Run], deploys, loads: li
          ratios["vs_flask"] >= GOALS["vs_flask"]),
         (f"serving >= {GOALS['vs_ceiling']:.0%} of nginx's ceiling", ratios["vs_ceiling"],
          ratios["vs_ceiling"] >= GOALS["vs_ceiling"]),
-        ("zero errors under load (all three targets)", float(errors), errors == 0),
+        ("zero errors under load (all four targets)", float(errors), errors == 0),
     ]
 
     lines = [(f"\nDebian {args.release}; deploy times: cold once, others median of {args.rounds} rounds; "
@@ -436,7 +460,8 @@ def report(args, cold: dict[int, Run], noops: dict[int, Run], deploys, loads: li
     for load in loads:
         lines.append(f"  {load.target:<32}{load.requests_per_s:>11.0f}{load.p50_ms:>8.2f}ms{load.p99_ms:>8.2f}ms"
                      f"{load.requests:>10}{load.errors:>8}")
-    lines.append(f"  stack / Flask built-in: {ratios['vs_flask']:.2f}x;  stack / nginx ceiling: {ratios['vs_ceiling']:.0%}")
+    lines.append(f"  stack / Flask built-in: {ratios['vs_flask']:.2f}x;  stack / gunicorn: {ratios['vs_gunicorn']:.2f}x;  "
+                 f"stack / nginx ceiling: {ratios['vs_ceiling']:.0%}")
     for load in loads:
         if load.errors:
             lines.append(f"  ERRORS {load.target}: {load.non_2xx_3xx} non-2xx/3xx, {load.socket_errors} socket errors")
@@ -490,6 +515,7 @@ def write_csv(path, args, med, kinds, ratios, loads, splits, noop_splits, goals)
                  ("serving", "requests", load.target, str(load.requests), ""),
                  ("serving", "errors", load.target, str(load.errors), "")]
     rows += [("serving", "stack / Flask built-in", "", f"{ratios['vs_flask']:.3f}", "x"),
+             ("serving", "stack / gunicorn", "", f"{ratios['vs_gunicorn']:.3f}", "x"),
              ("serving", "stack / nginx ceiling", "", f"{ratios['vs_ceiling']:.3f}", "x")]
     for section, split in (("cold breakdown", splits), ("no-op breakdown", noop_splits)):
         for size in (1, n):
@@ -527,14 +553,16 @@ def chart(path, args, med, kinds, loads, splits, ratios) -> None:
     deploy_ax.tick_params(labelsize=7)
     deploy_ax.margins(y=0.15)
 
-    names = ["nginx ->\nuWSGI", "nginx ->\nFlask dev", "nginx\nreturn 200"]
-    bars = serve_ax.bar(names, [load.requests_per_s for load in loads], color=["#55a868", "#c44e52", "#8c8c8c"])
+    names = ["nginx ->\nuWSGI", "nginx ->\nFlask dev", "nginx ->\ngunicorn", "nginx\nreturn 200"]
+    bars = serve_ax.bar(names, [load.requests_per_s for load in loads],
+                        color=["#55a868", "#c44e52", "#8172b3", "#8c8c8c"])
     serve_ax.bar_label(bars, labels=[f"{load.requests_per_s:.0f}/s\np99 {load.p99_ms:.0f} ms"
                                      + (f"\n{load.errors} errors" if load.errors else "") for load in loads],
                        fontsize=7, padding=1)
     serve_ax.set_ylabel("requests/s", fontsize=8)
     serve_ax.set_title(f"Serving GET / (wrk -c{args.connections}, {args.serving_rounds} x {args.duration}s, medians)\n"
-                       f"{ratios['vs_flask']:.1f}x Flask dev, {ratios['vs_ceiling']:.0%} of nginx", fontsize=9)
+                       f"{ratios['vs_flask']:.1f}x Flask dev, {ratios['vs_gunicorn']:.2f}x gunicorn, "
+                       f"{ratios['vs_ceiling']:.0%} of nginx", fontsize=9)
     serve_ax.tick_params(labelsize=7)
     serve_ax.margins(y=0.25)
 

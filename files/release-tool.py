@@ -709,8 +709,63 @@ def cmd_health(args) -> None:
 # The deploy lock -------------------------------------------------------------
 # <app_root>/deploy.lock (root's, mode 600) names the run holding it. Taking,
 # breaking and releasing it happen under a flock of a guard file, so two tools
-# never interleave there. The deploy takes it before it reads anything and
-# releases it when it disconnects (see tasks/lock.py).
+# never interleave there. The deploy takes it before it reads anything (see
+# tasks/lock.py). Taken over SSH, it also names the SSH connection it came
+# through (the sshd process serving it, by pid and start time): once that
+# connection is gone (the run ended and disconnected, or its machine went away
+# and sshd gave up on it) the lock counts as free, with no command to release it.
+# Taken any other way, it is held until released or broken.
+
+SSH_SERVERS = ("sshd", "sshd-session")  # the per-connection process (OpenSSH < 9.8, >= 9.8)
+
+
+def _process(pid: int) -> tuple[str, int, str] | None:
+    """(command name, parent pid, start time in clock ticks since boot), or None."""
+    try:
+        with open(f"/proc/{int(pid)}/stat") as handle:
+            text = handle.read()
+    except (OSError, ValueError):
+        return None
+    head, _, tail = text.rpartition(")")
+    fields = tail.split()
+    try:
+        return head.partition("(")[2], int(fields[1]), fields[19]
+    except (IndexError, ValueError):
+        return None
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as handle:
+            return handle.read().strip()
+    except OSError:
+        return ""
+
+
+def ssh_connection(pid: int | None = None) -> dict | None:
+    """The SSH connection a process runs under: its nearest sshd ancestor (one per
+    connection, alive as long as it is), or None when it runs under none."""
+    pid = os.getpid() if pid is None else pid
+    while pid > 1:
+        process = _process(pid)
+        if process is None:
+            return None
+        name, parent, start = process
+        if name in SSH_SERVERS:
+            return {"pid": pid, "start": start, "boot": _boot_id()}
+        pid = parent
+    return None
+
+
+def connection_gone(holder: dict) -> bool:
+    """The SSH connection a holder took the lock through has ended (False when it named none)."""
+    connection = holder.get("connection")
+    if not isinstance(connection, dict):
+        return False
+    if connection.get("boot") != _boot_id():
+        return True
+    process = _process(connection["pid"]) if isinstance(connection.get("pid"), int) else None
+    return process is None or process[0] not in SSH_SERVERS or process[2] != connection.get("start")
 
 class _Guard:
     def __enter__(self):
@@ -723,6 +778,12 @@ class _Guard:
 
 
 def lock_holder() -> dict | None:
+    """The run holding the lock, None when it is free (or its holder's connection is gone)."""
+    holder = _lock_entry()
+    return None if holder is None or connection_gone(holder) else holder
+
+
+def _lock_entry() -> dict | None:
     try:
         fd = _own_file(LOCK, os.O_RDONLY)
     except FileNotFoundError:
@@ -748,16 +809,17 @@ def describe_holder(holder: dict) -> str:
 
 def lock_take(run: str, holder: dict, wait: float, break_run: str | None = None,
               force: bool = False) -> tuple[bool, dict | None, dict | None]:
-    """(taken, the holder when not taken, the holder broken if any)."""
+    """(taken, the holder when not taken, the holder broken if any). `holder` may
+    name the SSH connection it asks through ("connection", see ssh_connection)."""
     deadline = time.monotonic() + wait
     broken = None
     while True:
         with _Guard():
             current = lock_holder()
             if current and current.get("run") != run and (force or (break_run and current.get("run") == break_run)):
-                LOCK.unlink()
                 broken, current = current, None
             if current is None:
+                LOCK.unlink(missing_ok=True)  # free: absent, broken, or left by a connection that is gone
                 moment = time.time()
                 entry = {**holder, "run": run, "since": round(moment, 3), "since_at": iso(moment)}
                 fd = os.open(LOCK, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -787,20 +849,23 @@ def cmd_lock(args) -> None:
         print("LOCK free" if holder is None else f"LOCK held {json.dumps(holder)}", flush=True)
     elif args.lock_action == "take":
         holder = json.loads(args.holder)
+        connection = ssh_connection()
+        if connection:
+            holder["connection"] = connection
         taken, current, broken = lock_take(args.run, holder, args.wait, args.break_run, args.force)
         if broken:
             print(f"LOCK broke {json.dumps(broken)}", flush=True)
         if not taken:
             print(f"LOCK held {json.dumps(current)}", flush=True)
             sys.exit(3)
-        print("LOCK taken", flush=True)
+        # "ssh": freed when this SSH connection ends, no release needed.
+        print("LOCK taken ssh" if connection else "LOCK taken", flush=True)
     elif args.lock_action == "release":
         print("LOCK released" if lock_release(args.run) else "LOCK not-ours", flush=True)
     else:  # break
         with _Guard():
             holder = lock_holder()
-            if holder:
-                LOCK.unlink()
+            LOCK.unlink(missing_ok=True)
         log(f"broke the deploy lock held by {describe_holder(holder)}" if holder else "the deploy lock is free")
 
 

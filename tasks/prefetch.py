@@ -9,12 +9,20 @@ side there, and answers the same requests from that output.
 
 What a run decides cannot change: a request is answered from the batch only for the
 very command it was run for, with the same connection arguments (sudo, env, ...), if
-it succeeded, and only until the run first changes that host: any other command or
-upload on it ends the batch, and every later fact is read live, as pyinfra would.
-pyinfra reads every fact again when it executes, after the confirmation prompt: the
-batch is read again then too (a second round trip), so no answer is older than a
-live read would be. A missing or stale list costs only speed. Commands holding
-hidden values are never written down. With pyinfra's fact commands shown (-vv and
+it succeeded, and only until the run next changes that host: any other command or
+upload on it ends the batch. pyinfra reads every fact again when it executes, after
+the confirmation prompt: the batch is read again then too (a second round trip), so
+no answer is older than a live read would be. After a change, the first fact asked
+that the list knows of is read in one more batch with all the others it knows of
+(read after the change, so no answer is older than a live read either), instead of
+one round trip per fact until the end of the run. The list is what the last two runs
+asked (a code-only run after a no-op one asks a few more). A missing or stale list
+costs only speed.
+
+The deploy lock (tasks/lock.py) is taken in the first batch, ahead of every fact:
+`start(first=...)` runs those commands first, one after the other, and then the
+facts; their facts (`noted = False`) are answered at most once and never noted.
+Commands holding hidden values are never written down. With pyinfra's fact commands shown (-vv and
 up) nothing is batched, so what is printed is what ran.
 
 The boundary: this module leans on how pyinfra 3.10 runs facts (the host's
@@ -62,7 +70,7 @@ from tasks import REPO_ROOT
 # pyinfra releases this was tested with (`version()` prefixes); any other runs plain.
 TESTED_PYINFRA = ("3.10.",)
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pyinfra-flask" / "facts"
-FORMAT = 3
+FORMAT = 4
 _BATCHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # pyinfra Host -> its _Batch
 
 
@@ -81,7 +89,8 @@ def _run_arguments(arguments: dict) -> dict:
     return {key: value for key, value in arguments.items() if key in RUN_ARGUMENT_KEYS}
 
 
-def _default_connector_arguments(host) -> dict:
+def default_connector_arguments(host) -> dict:
+    """The connector arguments (sudo, env, ...) a command run outside operations gets."""
     arguments, _ = pop_global_arguments(host.state, host, {})
     return _run_arguments(arguments)
 
@@ -189,13 +198,17 @@ def _grouped_script(kind: str, members: list[tuple[int, Kind]]) -> str:
     return "\n".join(lines)
 
 
-def _batch_script(commands: list[str], token: str, kinds: dict[str, Kind] | None = None) -> str:
-    """Run every command in a background subshell, side by side (those of a kind
-    grouped into one), then print each one's exit status on a line starting with
-    `token`, followed by its output lines."""
+def _batch_script(commands: list[str], token: str, kinds: dict[str, Kind] | None = None,
+                  ahead: int = 0) -> str:
+    """Run the first `ahead` commands one after the other, then every other command
+    in a background subshell, side by side (those of a kind grouped into one), then
+    print each one's exit status on a line starting with `token`, followed by its
+    output lines."""
     kinds = kinds or {}
     groups: dict[str, list[tuple[int, Kind]]] = {}
     for i, command in enumerate(commands):
+        if i < ahead:
+            continue
         kind = kinds.get(command)
         if kind is not None and _command_of(kind) == command:
             groups.setdefault(kind[0], []).append((i, kind))
@@ -207,14 +220,17 @@ def _batch_script(commands: list[str], token: str, kinds: dict[str, Kind] | None
     # overlay filesystem, creating and deleting the files costs more than the commands.
     lines = ['_prefetch_dir=$(mktemp -d -p /dev/shm 2>/dev/null || mktemp -d) || exit 1',
              'trap \'rm -rf "$_prefetch_dir"\' EXIT']
+    status = {}
+    for i, command in enumerate(commands[:ahead]):
+        lines.append(f'(\n{command}\n) >"$_prefetch_dir/{i}" 2>/dev/null </dev/null; _prefetch_rc_{i}=$?')
+        status[i] = f"$_prefetch_rc_{i}"
     for i, command in enumerate(commands):
-        if i not in grouped:
+        if i >= ahead and i not in grouped:
             lines.append(f'(\n{command}\n) >"$_prefetch_dir/{i}" 2>/dev/null </dev/null & _prefetch_{i}=$!')
             jobs[str(i)] = [i]
     for name, members in groups.items():
         lines.append(f'(\n{_grouped_script(name, members)}\n) 2>/dev/null </dev/null & _prefetch_{name}=$!')
         jobs[name] = [i for i, _ in members]
-    status = {}
     for job, members in jobs.items():
         lines.append(f"wait $_prefetch_{job}; _prefetch_rc_{job}=$?")
         status.update({i: f"$_prefetch_rc_{job}" for i in members})
@@ -251,12 +267,14 @@ class _Batch:
 
     def __init__(self, host):
         self.host = host
-        self.arguments = _default_connector_arguments(host)
+        self.arguments = default_connector_arguments(host)
         self.results: dict[str, list[str]] = {}
         self.asked: list[str] = []
         self.kinds: dict[str, Kind] = {}  # asked commands that can be grouped
-        self.in_fact: bool | Kind = False  # in a fact: True, or the kind of fact it is
+        self.in_fact: bool | Kind | str = False  # in a fact: True, the kind of fact it is, or ONCE
         self.executing = False  # pyinfra has started executing on this host
+        self.expected: list[str] = []  # the facts this run will ask (as far as we know)
+        self.changed = False  # the host changed since the last batch
         self.get_fact, self.run_shell_command = host.get_fact, host.run_shell_command
         self.changing_command = self.changing(host.run_shell_command)
         self.put_file, self.rsync = self.changing(host.put_file), self.changing(host.rsync)
@@ -270,12 +288,14 @@ class _Batch:
         for name in ("get_fact", "run_shell_command", "put_file", "rsync"):
             self.host.__dict__.pop(name, None)
 
-    def fetch(self, commands: list[str], kinds: dict[str, Kind] | None = None) -> None:
-        self.results = {}
+    def fetch(self, commands: list[str], kinds: dict[str, Kind] | None = None, ahead: list[str] = ()) -> None:
+        """Read `commands` in one command, after `ahead` (run first, one after the other)."""
+        self.results, self.changed = {}, False
+        commands = [*ahead, *(command for command in commands if command not in ahead)]
         if not commands:
             return
         token = "@@prefetch-" + secrets.token_hex(8)
-        script = _batch_script(commands, token, kinds)
+        script = _batch_script(commands, token, kinds, ahead=len(ahead))
         ok, output = self.run_shell_command(StringCommand(script), **self.arguments)
         if ok:
             self.results = _parse(output, commands, token)
@@ -283,15 +303,15 @@ class _Batch:
 
     def changing(self, method):
         """`method`, first ending the batch: the host is about to change, so from now
-        on every fact is read live."""
+        on no answer read before is used."""
         def call(*args, **kwargs):
-            self.results = {}
+            self.results, self.changed = {}, True
             return method(*args, **kwargs)
         return call
 
     def fact(self, fact, *args, **kwargs):
         outer = self.in_fact
-        self.in_fact = _kind_of(fact, args, kwargs) or True
+        self.in_fact = ONCE if getattr(fact, "noted", True) is False else (_kind_of(fact, args, kwargs) or True)
         try:
             return self.get_fact(fact, *args, **kwargs)
         finally:
@@ -303,18 +323,36 @@ class _Batch:
         raw = _raw(command) if _run_arguments(kwargs) == self.arguments else None
         if raw is None:
             return self.run_shell_command(command, *args, **kwargs)
-        if raw not in self.asked:
-            self.asked.append(raw)
-            if self.in_fact is not True:
-                self.kinds[raw] = self.in_fact
-        if raw in self.results:
-            return True, CommandOutput([OutputLine("stdout", line) for line in self.results[raw]])
+        if self.in_fact is ONCE:  # never noted, answered from a batch at most once
+            lines = self.results.pop(raw, None)
+        else:
+            if raw not in self.asked:
+                self.asked.append(raw)
+                if self.in_fact is not True:
+                    self.kinds[raw] = self.in_fact
+            if self.executing and self.changed and raw in self.expected:
+                self.fetch(self.expected, self.kinds)
+            lines = self.results.get(raw)
+        if lines is not None:
+            return True, CommandOutput([OutputLine("stdout", line) for line in lines])
         return self.run_shell_command(command, *args, **kwargs)
 
+    def read_again(self, ahead: list[str] = ()) -> None:
+        """Read this run's facts (what the last run asked, and this one so far) again."""
+        remembered, kinds = _remembered(self.host) or ([], {})
+        self.expected = list(dict.fromkeys(remembered + self.asked))
+        self.kinds = {**kinds, **self.kinds}
+        self.fetch(self.expected, self.kinds, ahead)
 
-def start(host, enabled: bool = True) -> bool:
+
+ONCE = "once"
+
+
+def start(host, enabled: bool = True, first: list[str] = ()) -> bool:
     """Answer this run's facts from one batched command (call before the first fact).
-    False when the run is left to plain pyinfra."""
+    `first`: commands of facts that must run before any other is read (the deploy
+    lock), sent ahead of the others in that command; their facts must say
+    `noted = False`. False when the run is left to plain pyinfra."""
     host = host._get_module() if hasattr(host, "_get_module") else host  # pyinfra's context proxy
     if not enabled or not version("pyinfra").startswith(TESTED_PYINFRA):
         return False
@@ -330,11 +368,10 @@ def start(host, enabled: bool = True) -> bool:
         if not any(isinstance(handler, _Callbacks) for handler in state.callback_handlers):
             state.add_callback_handler(_Callbacks())
         _BATCHES[host] = batch
-        remembered = _remembered(host)
-        if remembered:
+        if _remembered(host):
             if not host.connected:
                 host.connect(reason="to load facts", raise_exceptions=True)
-            batch.fetch(*remembered)
+            batch.read_again(ahead=list(first))
     except Exception as exc:  # never an error: the run goes on as plain pyinfra
         logger.warning(f"{host.print_prefix}fact batch off for this run ({type(exc).__name__}: {exc})")
         if batch is not None:
@@ -344,15 +381,31 @@ def start(host, enabled: bool = True) -> bool:
     return True
 
 
+def read_again(host) -> None:
+    """The facts read so far may be stale (another run held the deploy lock while
+    they were read): read them again, in one batch, if this host has one."""
+    host = host._get_module() if hasattr(host, "_get_module") else host
+    batch = _BATCHES.get(host)
+    if batch is not None:
+        batch.read_again()
+
+
 def _remembered(host) -> tuple[list[str], dict[str, Kind]] | None:
+    """What the last two runs asked (a code-only run after a no-op one asks a few facts
+    the no-op run did not), and the kinds of those we group."""
+    remembered = _noted(host)
+    if not remembered.get("commands"):
+        return None
+    kinds = {command: tuple(kind) for command, kind in remembered.get("kinds", {}).items()}
+    return list(dict.fromkeys(remembered["commands"] + remembered.get("before", []))), kinds
+
+
+def _noted(host) -> dict:
     try:
         remembered = json.loads(_cache_file(host).read_text())
     except (OSError, ValueError):
-        return None
-    if remembered.get("format") != FORMAT or not remembered.get("commands"):
-        return None
-    kinds = {command: tuple(kind) for command, kind in remembered.get("kinds", {}).items()}
-    return list(remembered["commands"]), kinds
+        return {}
+    return remembered if isinstance(remembered, dict) and remembered.get("format") == FORMAT else {}
 
 
 class _Callbacks(BaseStateCallback):
@@ -365,8 +418,7 @@ class _Callbacks(BaseStateCallback):
             batch.executing = True
             # What the last run asked (most operations read their facts only now) and
             # what this one asked so far.
-            remembered, kinds = _remembered(host) or ([], {})
-            batch.fetch(list(dict.fromkeys(remembered + batch.asked)), {**kinds, **batch.kinds})
+            batch.read_again()
 
     @staticmethod
     def host_disconnect(state, host):
@@ -379,8 +431,12 @@ def _remember(host) -> None:
     if batch is None or not batch.asked:
         return
     CACHE_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
+    last = _noted(host).get("commands", [])
+    asked = set(batch.asked)
+    before = [command for command in last if command not in asked]
+    kinds = {command: kind for command, kind in batch.kinds.items() if command in asked or command in before}
     content = json.dumps({"format": FORMAT, "host": host.name, "commands": batch.asked,
-                          "kinds": batch.kinds}, indent=1)
+                          "before": before, "kinds": kinds}, indent=1)
     with tempfile.NamedTemporaryFile("w", dir=CACHE_DIR, delete=False, suffix=".tmp") as tmp:
         tmp.write(content)
     os.replace(tmp.name, _cache_file(host))

@@ -178,7 +178,7 @@ class FakeHost:
 
 @pytest.fixture
 def fake(monkeypatch):
-    monkeypatch.setattr(prefetch, "_default_connector_arguments", lambda host: {"_sudo": False})
+    monkeypatch.setattr(prefetch, "default_connector_arguments", lambda host: {"_sudo": False})
     host = FakeHost()
     batch = prefetch._Batch(host)
     batch.install()
@@ -237,6 +237,70 @@ def test_facts_are_read_again_when_pyinfra_starts_executing(fake, monkeypatch):
     assert len(host.ran) == 2  # once per run, not once per operation
 
 
+def test_after_a_change_the_known_facts_are_read_again_in_one_batch(fake):
+    host, batch = fake
+    live = batch.run_shell_command
+
+    def run(command, **arguments):  # batches run for real, here
+        if "@@prefetch-" not in str(command):
+            return live(command, **arguments)
+        host.ran.append("batch")
+        out = subprocess.run(["sh", "-c", str(command)], capture_output=True, text=True, check=True, timeout=30)
+        return True, CommandOutput([OutputLine("stdout", line) for line in lines(out.stdout)])
+
+    batch.run_shell_command = run
+    batch.executing, batch.expected = True, ["echo a", "echo b", "echo c"]
+    host.run_shell_command("systemctl restart app", _sudo=False)  # an operation changes the host
+    assert stdout(host.get_fact("echo new", _sudo=False)) == ["live echo new"]  # unknown: live, no batch
+    assert host.ran == ["systemctl restart app", "echo new"]
+    # The first known one: all of them, now (after the change), in one command.
+    assert stdout(host.get_fact("echo b", _sudo=False)) == ["b"]
+    assert stdout(host.get_fact("echo a", _sudo=False)) == ["a"]
+    assert stdout(host.get_fact("echo c", _sudo=False)) == ["c"]
+    assert host.ran == ["systemctl restart app", "echo new", "batch"]
+    host.put_file("local", "/remote")  # changed again: the next known fact reads them again
+    assert stdout(host.get_fact("echo c", _sudo=False)) == ["c"]
+    assert host.ran[3:] == ["upload", "batch"]
+
+
+def test_facts_marked_not_noted_are_answered_once_and_never_written_down(fake):
+    host, batch = fake
+
+    class Lock:
+        noted = False
+
+    def get_fact(fact, command, **arguments):  # as pyinfra's get_fact runs a fact's command
+        return host.run_shell_command(command, **arguments)
+
+    batch.get_fact = get_fact
+    batch.results["take-lock"] = ["LOCK taken"]
+    assert stdout(host.get_fact(Lock, "take-lock", _sudo=False)) == ["LOCK taken"]
+    assert stdout(host.get_fact(Lock, "take-lock", _sudo=False)) == ["live take-lock"]
+    assert "take-lock" not in batch.asked
+
+
+def test_the_first_commands_run_ahead_of_the_others(tmp_path):
+    token = "@@prefetch-0123456789abcdef"
+    mark = tmp_path / "mark"
+    # The others start only once the first has finished (they see its file).
+    commands = [f"sleep 0.3; echo first > {mark}", f"cat {mark}", f"cat {mark} && echo second"]
+    script = prefetch._batch_script(commands, token, ahead=1)
+    batch = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True, timeout=30)
+    output = CommandOutput([OutputLine("stdout", line) for line in lines(batch.stdout)])
+    assert prefetch._parse(output, commands, token) == {
+        commands[0]: [], commands[1]: ["first"], commands[2]: ["first", "second"]}
+
+
+def test_the_list_is_what_the_last_two_runs_asked(fake, monkeypatch, tmp_path):
+    host, batch = fake
+    monkeypatch.setattr(prefetch, "CACHE_DIR", tmp_path)
+    monkeypatch.setitem(prefetch._BATCHES, host, batch)
+    for asked in (["cat /a", "cat /b"], ["cat /b", "cat /c"], ["cat /c"]):
+        batch.asked = asked
+        prefetch._remember(host)
+    assert prefetch._remembered(host) == (["cat /c", "cat /b"], {})
+
+
 class FakeState:
     print_fact_output = print_fact_input = False
     callback_handlers: list = []
@@ -249,7 +313,7 @@ def test_anything_unexpected_leaves_the_run_to_plain_pyinfra(monkeypatch, caplog
     if case == "other pyinfra":
         monkeypatch.setattr(prefetch, "version", lambda name: "3.11.0")
     if case == "surprise":
-        monkeypatch.setattr(prefetch, "_default_connector_arguments", lambda host: 1 / 0)
+        monkeypatch.setattr(prefetch, "default_connector_arguments", lambda host: 1 / 0)
     assert prefetch.start(host, enabled=case != "switched off") is False
     assert "get_fact" not in vars(host) and "run_shell_command" not in vars(host)  # pyinfra's own, untouched
     assert host not in prefetch._BATCHES
@@ -274,14 +338,17 @@ def test_a_run_that_changes_nothing_reads_its_facts_in_two_commands(fork, tmp_pa
     fixing = run_deploy(fork, tmp_path, "--debug")
     assert fixing.changed_operations() == ["App server | Log rotation | No log rotation needed for greeting"]
     assert fork.exec("ls /etc/logrotate.d/").split().count("pyinfra-flask-greeting") == 0
-    # The removal ended the batch: every later fact was read from the host again.
-    assert remote_commands(fixing) > 10
+    # The removal ended the batch: the facts still to come were read from the host again,
+    # after it, in one more batch (the two batches, the removal, the one after it).
+    assert remote_commands(fixing) == 4, fixing.output[-4000:]
+    assert sum("prefetched" in line for line in fixing.output.splitlines()) == 3
 
     quiet = run_deploy(fork, tmp_path, "--debug")
     assert quiet.changed_operations() == [], quiet.output[-4000:]
-    # The deploy lock taken, one batch while pyinfra prepares, one when it executes (it
-    # reads every fact again), the lock given back: four commands, whatever the facts.
-    assert remote_commands(quiet) == 4, quiet.output[-4000:]
+    # One batch while pyinfra prepares (the deploy lock taken first, in it), one when it
+    # executes (it reads every fact again); the lock is free once the run disconnects:
+    # two commands, whatever the facts.
+    assert remote_commands(quiet) == 2, quiet.output[-4000:]
     assert sum("prefetched" in line for line in quiet.output.splitlines()) == 2
     # Switched off: every fact is its own command.
     plain = run_deploy(fork, tmp_path, "--debug", data={"fact_batch": False})

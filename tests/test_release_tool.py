@@ -9,6 +9,7 @@ import json
 import os
 import socket
 import stat
+import subprocess
 import threading
 
 import pytest
@@ -161,6 +162,46 @@ def test_unreadable_lock_still_counts_as_held(tool):
     tool.LOCK.write_text("garbage")
     taken, holder, _ = tool.lock_take("run-b", {}, wait=0)
     assert not taken and holder["run"] == "?"
+
+
+def test_lock_taken_over_ssh_is_free_once_that_connection_is_gone(tool, monkeypatch):
+    # The holder names the sshd process serving its connection; here a stand-in: this
+    # test's parent process while it lives, a process that has ended after.
+    parent = tool._process(os.getppid())
+    monkeypatch.setattr(tool, "SSH_SERVERS", (parent[0],))
+    if tool._process(os.getpid())[0] == parent[0]:
+        pytest.skip("this process has the same name as its parent")
+    alive = tool.ssh_connection()
+    assert alive == {"pid": os.getppid(), "start": parent[2], "boot": tool._boot_id()}
+    assert tool.lock_take("run-a", {"user": "alice", "connection": alive}, wait=0)[0]
+    taken, holder, _ = tool.lock_take("run-b", {}, wait=0)
+    assert not taken and holder["run"] == "run-a", "its connection is alive: held"
+
+    gone = subprocess.Popen(["sleep", "0"])
+    gone.wait()
+    tool.LOCK.unlink()
+    ended = {"pid": gone.pid, "start": "1", "boot": tool._boot_id()}
+    assert tool.lock_take("run-a", {"user": "alice", "connection": ended}, wait=0)[0]
+    assert tool.lock_holder() is None and tool.LOCK.exists()  # free, nothing to release
+    assert tool.lock_take("run-b", {"user": "bob"}, wait=0) == (True, None, None)  # taken, not broken
+    assert json.loads(tool.LOCK.read_text())["run"] == "run-b"
+    # Another boot, or another process with the same pid since: gone as well.
+    for stale in ({**alive, "boot": "other-boot"}, {**alive, "start": "0"}):
+        assert tool.connection_gone({"connection": stale})
+    assert not tool.connection_gone({"run": "no connection named"})
+
+
+def test_a_waiting_run_gets_the_lock_when_the_holders_connection_ends(tool, monkeypatch):
+    holder = subprocess.Popen(["sleep", "0.5"])
+    name, _, start = tool._process(holder.pid)
+    monkeypatch.setattr(tool, "SSH_SERVERS", (name,))
+    connection = {"pid": holder.pid, "start": start, "boot": tool._boot_id()}
+    tool.lock_take("run-a", {"connection": connection}, wait=0)
+    reaper = threading.Thread(target=holder.wait)  # gone from /proc once reaped
+    reaper.start()
+    taken, _, broken = tool.lock_take("run-b", {}, wait=5)
+    reaper.join()
+    assert taken and broken is None and json.loads(tool.LOCK.read_text())["run"] == "run-b"
 
 
 # No links followed where the app user can write ----------------------------------

@@ -313,6 +313,14 @@ def _pyinfra(inventory: Path, app: Path) -> subprocess.Popen:
         stdin=subprocess.DEVNULL, env={**os.environ, "PYINFRA_PROGRESS": "off"})
 
 
+def assert_lock_free(fork):
+    # Given back: taken over SSH, the lock names that connection (the sshd process
+    # serving it) and is free once it is gone, with no command to release it.
+    entry = json.loads(fork.exec(f"cat {ROOT}/deploy.lock"))
+    assert set(entry["connection"]) == {"pid", "start", "boot"}, entry
+    assert fork.exec(f"{TOOL} lock show").strip() == "LOCK free"
+
+
 def test_two_deploys_at_once_are_serialised_by_the_lock(fork, tmp_path):
     original = live_release(fork)
     apps = [app_variant(tmp_path, greeting=f"deploy {name}") for name in "AB"]
@@ -336,7 +344,7 @@ def test_two_deploys_at_once_are_serialised_by_the_lock(fork, tmp_path):
     lives = [json.loads(line)["release"] for line in fork.exec(f"cat {ROOT}/history.jsonl").splitlines()
              if json.loads(line)["event"] == "live"]
     assert sorted(lives[-2:]) == sorted(new) and lives[-1] == live_release(fork)
-    assert fork.exec(f"test -e {ROOT}/deploy.lock || echo free").strip() == "free"
+    assert_lock_free(fork)
 
 
 def test_deploy_lock_held_elsewhere_names_its_holder_and_can_be_broken(fork, tmp_path):
@@ -351,7 +359,7 @@ def test_deploy_lock_held_elsewhere_names_its_holder_and_can_be_broken(fork, tmp
     assert "Beginning operation run" not in run.output
     run = run_deploy(fork, tmp_path, data={"deploy_lock_break": True})
     assert "broke the deploy lock held by alice@alices-laptop (pid 4242, run 0badc0)" in run.output
-    assert fork.exec(f"test -e {ROOT}/deploy.lock || echo free").strip() == "free"
+    assert_lock_free(fork)
 
     # Left by a run on this machine that was killed: recognised and taken over.
     gone = subprocess.Popen(["true"])
@@ -364,4 +372,4 @@ def test_deploy_lock_held_elsewhere_names_its_holder_and_can_be_broken(fork, tmp
     # A run that fails on the host gives the lock back too.
     broken = app_variant(tmp_path, greeting="broken", append="\nimport no_such_module_anywhere\n")
     assert run_deploy(fork, tmp_path, check=False, data={"app_source": str(broken)}).returncode != 0
-    assert fork.exec(f"test -e {ROOT}/deploy.lock || echo free").strip() == "free"
+    assert_lock_free(fork)
