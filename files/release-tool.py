@@ -32,6 +32,7 @@ only: this runs on the host's own python3.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import fcntl
 import importlib.util
@@ -777,10 +778,43 @@ class _Guard:
         os.close(self.fd)
 
 
+# What changes the host (a release's steps, switching, pruning) runs under a flock
+# of its own for as long as it runs. A lock whose connection is gone is still held
+# while one of those is at work: a command cut off from its laptop may go on to
+# its end, and the next run must not start beside it.
+CHANGING = ("build-venv", "check", "run", "canary", "activate", "rollback", "prune")
+
+
+class _Working:
+    def __enter__(self):
+        self.fd = _own_file(ROOT / ".deploy.work", os.O_RDWR | os.O_CREAT)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.fd)
+
+
+def work_in_progress() -> bool:
+    """A command that changes the host is running (it holds the work flock)."""
+    try:
+        fd = _own_file(ROOT / ".deploy.work", os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 def lock_holder() -> dict | None:
-    """The run holding the lock, None when it is free (or its holder's connection is gone)."""
+    """The run holding the lock, None when it is free (or its holder's connection is
+    gone and nothing it started is still at work)."""
     holder = _lock_entry()
-    return None if holder is None or connection_gone(holder) else holder
+    return None if holder is None or (connection_gone(holder) and not work_in_progress()) else holder
 
 
 def _lock_entry() -> dict | None:
@@ -907,7 +941,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         configure(args.root)
-        handlers[args.action](args)
+        with _Working() if args.action in CHANGING else contextlib.nullcontext():
+            handlers[args.action](args)
     except Failure as failure:
         print(f"ERROR: {failure}", file=sys.stderr, flush=True)
         return 1

@@ -204,6 +204,20 @@ def test_a_waiting_run_gets_the_lock_when_the_holders_connection_ends(tool, monk
     assert taken and broken is None and json.loads(tool.LOCK.read_text())["run"] == "run-b"
 
 
+def test_lock_of_a_gone_connection_stays_held_while_its_command_is_at_work(tool):
+    """A command cut off from its laptop (an activation, say) may run on to its end:
+    until it has, the next run does not get the lock."""
+    gone = subprocess.Popen(["sleep", "0"])
+    gone.wait()
+    tool.lock_take("run-a", {"connection": {"pid": gone.pid, "start": "1", "boot": tool._boot_id()}}, wait=0)
+    with tool._Working():  # run-a's `activate`, still going
+        taken, holder, _ = tool.lock_take("run-b", {}, wait=0)
+        assert not taken and holder["run"] == "run-a"
+    assert tool.lock_take("run-b", {}, wait=0)[0]
+    # Changing commands hold the work flock; reading ones do not.
+    assert set(tool.CHANGING) == {"build-venv", "check", "run", "canary", "activate", "rollback", "prune"}
+
+
 # No links followed where the app user can write ----------------------------------
 
 def test_master_fifo_replaced_by_a_link_is_refused(tool, tmp_path):
