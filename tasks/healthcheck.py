@@ -54,10 +54,14 @@ def command(check: dict, *options: str) -> str:
 
 class Healthy(FactBase):
     """Whether the app answers its health check right now (one attempt); False
-    when it does not, or the health check is not installed yet (a new host)."""
+    when it does not, or the health check is not installed yet (a new host), or
+    `present` (the app's release tool) is not there yet: an app never deployed is
+    not asked for, so its request cannot land on another app's site."""
 
-    def command(self, check: str) -> str:
-        return f"[ -f {MODULE} ] && {command(json.loads(check), '--attempts', '1', '--quiet')} && echo yes || echo no"
+    def command(self, check: str, present: str = "") -> str:
+        guard = f"[ -e {shlex.quote(present)} ] && " if present else ""
+        run = command(json.loads(check), "--attempts", "1", "--quiet")
+        return f"{guard}[ -f {MODULE} ] && {run} && echo yes || echo no"
 
     def process(self, output: list[str]) -> bool:
         return output[-1:] == ["yes"]
@@ -72,12 +76,12 @@ def install():
                      user="root", group="root", mode="644")
 
 
-def gate(name: str, check: dict, run: str, triggers) -> None:
+def gate(name: str, check: dict, run: str, triggers, present: str = "") -> None:
     """Run the check `run` when the host was not healthy before this run, or when
     an operation in `triggers` changed something. Read before anything changes: a
     healthy host where nothing was (re)loaded needs no second look, so a no-op run
     stays "No changes"."""
-    healthy_before = host.get_fact(Healthy, check=json.dumps(check, sort_keys=True))
+    healthy_before = host.get_fact(Healthy, check=json.dumps(check, sort_keys=True), present=present)
     server.shell(name=name, commands=[run],
                  _if=lambda: not healthy_before or any(op.did_change() for op in triggers))
 
@@ -89,4 +93,4 @@ def verify(s, release, service_ops):
     where = "from uWSGI" if s.behind_balancer else "through nginx"
     gate(f"Check GET {s.healthcheck_path} {where} answers {s.healthcheck_status}", spec(s),
          f"{release.tool} --host-name {shlex.quote(host.name)} health",
-         triggers=[release.settings, *service_ops])
+         triggers=[release.settings, *service_ops], present=release.tool)
