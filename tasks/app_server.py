@@ -20,6 +20,7 @@ class Prepared(NamedTuple):
     uwsgi_ini: object  # uWSGI's configuration (uWSGI reloads)
     unit: object  # the systemd unit (uWSGI restarts)
     workers: dict  # worker name -> its unit's op (the worker restarts)
+    redis_url: list  # the ops that changed the app's REDIS_URL (its units restart)
 
 
 @deploy("App server")
@@ -29,12 +30,13 @@ def converge(system, apps):
     # One uWSGI build per version, shared by the apps that use it.
     uwsgi_builds = {version: uwsgi.install(app) for version, app in {a.uwsgi_version: a for a in apps}.items()}
     health_module = healthcheck.install()
-    redis = background.install_redis(apps)
+    new_redis_password = background.install_redis(apps)
     prepared = {}
     for s in host.loop(apps):
         prepared[s.app_name] = Prepared(
             nginx_in_group=users.create(system, s),
             release=release.prepare(s),
+            redis_url=background.redis_url(s, new_redis_password),
             uwsgi_ini=uwsgi.configure(s),
             unit=service.install(s),
             workers=background.install(s),
@@ -55,10 +57,10 @@ def converge(system, apps):
         app_ops = release.activate(
             s, ready.release,
             restart_triggers=[op for op in (ready.unit, uwsgi_builds[s.uwsgi_version], ready.release.environment,
-                                            *redis[s.app_name]) if op],
+                                            *ready.redis_url) if op],
             reload_triggers=[ready.uwsgi_ini],
         )
         healthcheck.verify(s, ready.release, service_ops=[*app_ops, *nginx_ops, health_module])
         background.restart(s, ready.workers, activation_ops=app_ops,
-                           environment_ops=[op for op in (ready.release.environment, *redis[s.app_name]) if op])
+                           environment_ops=[op for op in (ready.release.environment, *ready.redis_url) if op])
     firewall.remove_stale(apps)

@@ -33,9 +33,9 @@ REDIS_DROP_IN = "/etc/systemd/system/redis-server.service.d/pyinfra-flask-contai
 
 def systemd_command(command: str) -> str:
     """A shell command as one ExecStart= argument for /bin/sh -c: double-quoted,
-    with systemd's own `$` and `%` expansion escaped; `exec` so that the command,
-    not the shell, gets systemd's signals."""
-    text = f"exec {command}".replace("\\", "\\\\").replace('"', '\\"').replace("$", "$$").replace("%", "%%")
+    with systemd's own `$` and `%` expansion escaped. The stop signal reaches every
+    process of the unit (KillMode=control-group), the command's as well as the shell."""
+    text = command.replace("\\", "\\\\").replace('"', '\\"').replace("$", "$$").replace("%", "%%")
     return f'"{text}"'
 
 
@@ -172,27 +172,23 @@ class Container(FactBase):
 
 
 @deploy("Redis")
-def install_redis(apps) -> dict[str, list]:
-    """Debian's redis-server on 127.0.0.1 with a password made on the host, and each
-    app's REDIS_URL (root's, mode 600). Returns {app: the ops that changed its
-    REDIS_URL} (its units restart on them)."""
-    changes: dict[str, list] = {s.app_name: [] for s in apps}
-    for s in apps:
-        if not s.redis:
-            files.file(name=f"No REDIS_URL for {s.app_name}", path=s.redis_env_path, present=False)
-    users = [s for s in apps if s.redis]
-    if not users:
-        return changes
-    apt.packages(name="Install redis-server", packages=["redis-server"])
+def install_redis(apps):
+    """Debian's redis-server on 127.0.0.1 with a password made on the host, for the
+    apps with `redis`. Returns the op that made a new password (each app's REDIS_URL
+    is written again after it), or None."""
+    if not any(s.redis for s in apps):
+        return None
     if host.get_fact(Container):
         # Only in containers that cannot set up a user namespace (the stock unit's
         # PrivateUsers=true fails there with 217/USER); never on a real server.
+        # Before the package, whose installation starts the service.
         drop_in = files.put(name="Let redis-server start in this container (PrivateUsers=no)",
                             src=io.StringIO("[Service]\nPrivateUsers=no\n"), dest=REDIS_DROP_IN, mode="644",
                             create_remote_dir=True)
     else:
         drop_in = files.file(name="No container drop-in for redis-server", path=REDIS_DROP_IN, present=False)
     systemd.daemon_reload(name="Reload systemd (redis-server's drop-in changed)", _if=drop_in.did_change)
+    apt.packages(name="Install redis-server", packages=["redis-server"])
     made = None
     if not host.get_fact(File, path=REDIS_PASSWORD):
         # Made on the host and never printed: pyinfra's output shows only the commands.
@@ -200,23 +196,31 @@ def install_redis(apps) -> dict[str, list]:
             "install -d -m 700 -o root -g root /etc/pyinfra-flask",
             f"(umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n' > {REDIS_PASSWORD})",
         ])
-    ops = [drop_in]
+    changes = [drop_in]
     if made or not host.get_fact(File, path=REDIS_CONF):
         new = f"{REDIS_CONF}.new"
-        ops.append(server.shell(name=f"Write {REDIS_CONF} (bind 127.0.0.1, the password)", commands=[
+        changes.append(server.shell(name=f"Write {REDIS_CONF} (bind 127.0.0.1, the password)", commands=[
             f"(umask 027; printf 'bind 127.0.0.1 -::1\\nprotected-mode yes\\nrequirepass %s\\n' "
             f"\"$(cat {REDIS_PASSWORD})\" > {new}) && chown redis:redis {new} && mv {new} {REDIS_CONF}"]))
-    ops.append(files.line(name="Include it in /etc/redis/redis.conf", path="/etc/redis/redis.conf",
-                          line=f"include {REDIS_CONF}"))
+    changes.append(files.line(name="Include it in /etc/redis/redis.conf", path="/etc/redis/redis.conf",
+                              line=f"include {REDIS_CONF}"))
     systemd.service(name="Restart redis-server (its configuration changed)", service="redis-server",
-                    running=True, enabled=True, restarted=True, _if=lambda: any(op.did_change() for op in ops))
+                    running=True, enabled=True, restarted=True, _if=lambda: any(op.did_change() for op in changes))
     systemd.service(name="Run redis-server at boot", service="redis-server", running=True, enabled=True)
-    for s in users:
-        files.directory(name=f"Create {s.app_root}/secrets (private)", path=f"{s.app_root}/secrets",
-                        user="root", group="root", mode="700")
-        if made or not host.get_fact(File, path=s.redis_env_path):
-            changes[s.app_name].append(server.shell(
-                name=f"Hand {s.app_name} its REDIS_URL ({s.redis_env_path}, root-only)", commands=[
-                    f"(umask 077; printf 'REDIS_URL=\"redis://:%s@127.0.0.1:6379/0\"\\n' "
-                    f"\"$(cat {REDIS_PASSWORD})\" > {s.redis_env_path})"]))
-    return changes
+    return made
+
+
+@deploy("Redis URL")
+def redis_url(s, made) -> list:
+    """The app's REDIS_URL (root's, mode 600, read by systemd), or none without
+    `redis`. Returns the ops that changed it (the app's units restart on them)."""
+    if not s.redis:
+        files.file(name=f"No REDIS_URL for {s.app_name}", path=s.redis_env_path, present=False)
+        return []
+    files.directory(name=f"Create {s.app_root}/secrets (private)", path=f"{s.app_root}/secrets",
+                    user="root", group="root", mode="700")
+    if made or not host.get_fact(File, path=s.redis_env_path):
+        return [server.shell(name=f"Hand {s.app_name} its REDIS_URL ({s.redis_env_path}, root-only)", commands=[
+            f"(umask 077; printf 'REDIS_URL=\"redis://:%s@127.0.0.1:6379/0\"\\n' "
+            f"\"$(cat {REDIS_PASSWORD})\" > {s.redis_env_path})"])]
+    return []

@@ -82,7 +82,7 @@ def test_worker_and_job_units_follow_the_live_release_with_the_apps_user_sandbox
     for line in ("User=greeting", "WorkingDirectory=/srv/greeting/current",
                  "Environment=PATH=/srv/greeting/current/.venv/bin:", "EnvironmentFile=/srv/greeting/secrets/app.env",
                  "EnvironmentFile=/srv/greeting/secrets/redis.env", "KillSignal=SIGTERM", "TimeoutStopSec=45",
-                 "Restart=on-failure", 'ExecStart=/bin/sh -c "exec celery -A tasks worker --loglevel=INFO"',
+                 "Restart=on-failure", 'ExecStart=/bin/sh -c "celery -A tasks worker --loglevel=INFO"',
                  "ReadWritePaths=-/srv/greeting/shared/instance", "After=network.target redis-server.service"):
         assert line in worker, line
     # The same sandbox and environment as the web app's unit.
@@ -91,7 +91,7 @@ def test_worker_and_job_units_follow_the_live_release_with_the_apps_user_sandbox
             assert line in worker.splitlines(), line
     job = run.uploads["/etc/systemd/system/greeting-report.service"]
     assert "Type=oneshot" in job and "TimeoutStartSec=60" in job and "[Install]" not in job
-    assert 'ExecStart=/bin/sh -c "exec python report.py >> $$HOME/x"' in job
+    assert 'ExecStart=/bin/sh -c "python report.py >> $$HOME/x"' in job
     timer = run.uploads["/etc/systemd/system/greeting-report.timer"]
     for line in ("OnCalendar=*:*:0/5", "Persistent=true", "RandomizedDelaySec=3", "Unit=greeting-report.service"):
         assert line in timer
@@ -170,7 +170,7 @@ def test_background_units_fact_reads_markers_and_enabled_links():
 
 
 def test_commands_are_escaped_for_systemd():
-    assert systemd_command('echo "$X" 100% \\o/') == '"exec echo \\"$$X\\" 100%% \\\\o/"'
+    assert systemd_command('echo "$X" 100% \\o/') == '"echo \\"$$X\\" 100%% \\\\o/"'
 
 
 # The release tool ---------------------------------------------------------------
