@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
+import time
 
 import pytest
 from pyinfra.api.exceptions import DeployError
 
-from tasks.background import BackgroundUnits, systemd_command
-from tests.conftest import REPO_ROOT
+from tasks.background import REDIS_PASSWORD, BackgroundUnits, systemd_command
+from tests.conftest import REPO_ROOT, get, run_deploy
 from tests.test_distros import LB_DATA, deploy, host_facts
 
 WORKERS = {"celery": {"command": "celery -A tasks worker --loglevel=INFO", "processes": 2, "stop_timeout": 45}}
@@ -210,3 +212,99 @@ def test_a_release_failing_its_gate_never_restarts_the_workers(tool, monkeypatch
     with pytest.raises(tool.Failure, match="Rolled back: r1"):
         tool.activate("r2", "graceful", "web")
     assert not [c for c in tool.calls if c[0] == "systemctl"]
+
+
+# On a real host ---------------------------------------------------------------------
+
+TASKER = REPO_ROOT / "tests/apps/tasker"
+CELERY = ("celery -A tasker:celery worker --pool=solo --loglevel=INFO --without-gossip --without-mingle "
+          "--without-heartbeat")
+# Slower (4 s) than its interval (2 s): runs must queue, never overlap.
+TICK = "echo start $(date +%s.%N) >> instance/ticks.log; sleep 4; echo end $(date +%s.%N) >> instance/ticks.log"
+WORKER_UNIT = "tasker-celery@1.service"
+
+
+def tasker(tmp_path, version: str):
+    target = tmp_path / f"tasker-{version}"
+    shutil.copytree(TASKER, target)
+    module = target / "tasker.py"
+    module.write_text(module.read_text().replace('VERSION = "v1"', f"VERSION = {version!r}"))
+    return target
+
+
+def tasker_data(source, workers=True, jobs=True) -> dict:
+    return {"app_name": "tasker", "app_source": str(source), "redis": True, "healthcheck_body": "tasker",
+            "workers": {"celery": {"command": CELERY, "stop_timeout": 10}} if workers else {},
+            "jobs": {"tick": {"command": TICK, "schedule": "*:*:0/2", "timeout": 20}} if jobs else {}}
+
+
+def main_pid(host) -> str:
+    return host.exec(f"systemctl show -p MainPID --value {WORKER_UNIT}").strip()
+
+
+def wait_for(what: str, check, seconds: float):
+    deadline = time.monotonic() + seconds
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {seconds}s: {what}")
+        time.sleep(0.5)
+
+
+@pytest.mark.features
+def test_celery_worker_and_job_follow_the_releases_on_the_hosts_redis(fork, tmp_path):
+    """One fork: the tasker app (Flask + a Celery worker on the host's Redis + a job
+    every 2 s), a code redeploy, a rollback, a worker killed, then both removed."""
+    started = time.monotonic()
+    try:
+        _follow_the_releases(fork, tmp_path)
+    except BaseException:
+        print(fork.exec(f"systemctl status --no-pager {WORKER_UNIT} redis-server tasker-tick.service; "
+                        "journalctl --no-pager -n 60 -u tasker-celery@1 -u redis-server -u tasker", check=False))
+        raise
+    print(f"\ntest_workers on a real host: {time.monotonic() - started:.1f}s")
+
+
+def _follow_the_releases(fork, tmp_path):
+    v1, v2 = tasker(tmp_path, "v1"), tasker(tmp_path, "v2")
+    run_deploy(fork, tmp_path, data=tasker_data(v1))
+    deployed_at = time.monotonic()
+    # Redis: on localhost only, with a password only root can read.
+    assert fork.exec("redis-cli -h 127.0.0.1 ping").strip().startswith("NOAUTH")
+    assert fork.exec(f"stat -c '%U %a' {REDIS_PASSWORD} /srv/tasker/secrets/redis.env").split() == [
+        "root", "600", "root", "600"]
+    assert "127.0.0.1:6379" in fork.exec("ss -ltn") and "0.0.0.0:6379" not in fork.exec("ss -ltn")
+    # A web request enqueues, the worker runs it, the web app shows its result.
+    first = get(fork.url + "/enqueue").text
+    assert first.startswith("v1 from worker pid"), first
+    assert fork.exec(f"ps -o user= -p {main_pid(fork)}").strip() == "tasker"
+
+    # Killed: systemd restarts it.
+    before = main_pid(fork)
+    fork.exec(f"kill -9 {before}")
+    wait_for("the killed worker restarted", lambda: main_pid(fork) not in ("0", before) and
+             fork.exec(f"systemctl is-active {WORKER_UNIT}", check=False).strip() == "active", 15)
+    assert get(fork.url + "/enqueue").text.startswith("v1")
+
+    # A code redeploy: the worker runs the new code; a rollback brings the old one.
+    run_deploy(fork, tmp_path, data=tasker_data(v2))
+    assert get(fork.url + "/enqueue").text.startswith("v2")
+    run_deploy(fork, tmp_path, deploy="rollback.py", data=tasker_data(v2))
+    assert get(fork.url + "/enqueue").text.startswith("v1")
+
+    # The job wrote to the shared data, one run at a time.
+    wait_for("three runs of the job", lambda: get(fork.url + "/ticks").text.count("end") >= 3,
+             max(1, 30 - (time.monotonic() - deployed_at)))
+    lines = [line.split() for line in get(fork.url + "/ticks").text.splitlines()]
+    assert [word for word, _ in lines][: 2 * (len(lines) // 2)] == ["start", "end"] * (len(lines) // 2), lines
+    moments = [float(at) for _, at in lines]
+    assert moments == sorted(moments)
+    assert fork.exec("systemctl is-failed tasker-tick.service", check=False).strip() != "failed"
+
+    # Removed from the settings: stopped, disabled, their units gone.
+    run_deploy(fork, tmp_path, data=tasker_data(v1, workers=False, jobs=False))
+    assert fork.exec("ls /etc/systemd/system/ | grep '^tasker-' || true").strip() == ""
+    assert fork.exec(f"systemctl is-active {WORKER_UNIT} tasker-tick.timer", check=False).split() == [
+        "inactive", "inactive"]
