@@ -287,6 +287,9 @@ def _follow_the_releases(fork, tmp_path):
     wait_for("the killed worker restarted", lambda: main_pid(fork) not in ("0", before) and
              fork.exec(f"systemctl is-active {WORKER_UNIT}", check=False).strip() == "active", 15)
     assert get(fork.url + "/enqueue").text.startswith("v1")
+    # Nothing to do the second time.
+    again = run_deploy(fork, tmp_path, data=tasker_data(v1))
+    assert again.changed_operations() == [], again.output[-3000:]
 
     # A code redeploy: the worker runs the new code; a rollback brings the old one.
     run_deploy(fork, tmp_path, data=tasker_data(v2))
