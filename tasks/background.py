@@ -23,6 +23,7 @@ from pyinfra.facts.files import File
 from pyinfra.operations import apt, files, server, systemd
 
 from tasks import JINJA, TEMPLATES
+from tasks.release import ServiceActive
 
 MARKER = "pyinfra-flask background unit of app "
 UNIT_DIR = "/etc/systemd/system"
@@ -142,8 +143,6 @@ def restart(s, units: dict[str, object], activation_ops, environment_ops) -> Non
     """After the release's activation: start the workers not running, and restart the
     ones whose unit or environment changed when no activation (which restarts them
     all, after the health gate) ran."""
-    from tasks.release import ServiceActive
-
     active = host.get_fact(ServiceActive, services=s.worker_instances) if s.worker_instances else {}
     for name, unit_op in units.items():
         instances = [u for u in s.worker_instances if u.startswith(f"{s.unit_prefix(name)}@")]
