@@ -291,7 +291,15 @@ def _follow_the_releases(fork, tmp_path):
     again = run_deploy(fork, tmp_path, data=tasker_data(v1))
     assert again.changed_operations() == [], again.output[-3000:]
 
+    # --dry --diff shows a unit's change (and changes nothing).
+    slower = tasker_data(v1)
+    slower["workers"]["celery"]["stop_timeout"] = 12
+    dry = run_deploy(fork, tmp_path, "--dry", "--diff", data=slower)
+    assert "TimeoutStopSec=12" in dry.output and "TimeoutStopSec=10" in dry.output, dry.output[-3000:]
+    assert "TimeoutStopSec=10" in fork.exec("cat /etc/systemd/system/tasker-celery@.service")
+
     # A code redeploy: the worker runs the new code; a rollback brings the old one.
+    # (That the web app drops no request meanwhile is tests/test_releases.py's.)
     run_deploy(fork, tmp_path, data=tasker_data(v2))
     assert get(fork.url + "/enqueue").text.startswith("v2")
     run_deploy(fork, tmp_path, deploy="rollback.py", data=tasker_data(v2))
