@@ -75,6 +75,22 @@ def test_local_redis_with_workers_on_several_app_servers_is_refused():
     assert "redis = True: Redis is local to each app server" in str(info.value)
 
 
+def test_a_unit_of_someone_elses_under_a_job_name_stops_the_run():
+    foreign = lambda unit, marker=None: "/lib/systemd/system/shop-server.service" if unit == "shop-server.service" else None  # noqa: E731
+    with pytest.raises(DeployError) as info:
+        deploy({"web": host_facts("debian12", ForeignUnit=foreign)}, app_name="shop",
+               jobs={"server": {"command": "true", "schedule": "daily"}})
+    assert ("jobs: the host already has shop-server.service (/lib/systemd/system/shop-server.service), which "
+            "this deploy did not write for shop; name the job something else") in str(info.value)
+
+
+def test_the_foreign_unit_fact_knows_our_background_units():
+    from tasks.preflight import ForeignUnit
+
+    command = ForeignUnit().command("greeting-report.service", marker="pyinfra-flask background unit of app greeting)")
+    assert "'pyinfra-flask background unit of app greeting)'" in command
+
+
 # Units and operations ------------------------------------------------------------
 
 def test_worker_and_job_units_follow_the_live_release_with_the_apps_user_sandbox_and_environment():
