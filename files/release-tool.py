@@ -70,6 +70,7 @@ class Settings(TypedDict):
     nginx_error_log: str
     health: dict  # the health check (files/healthcheck.py)
     health_module: str  # where files/healthcheck.py is installed
+    workers: list  # the units of the app's worker processes, restarted onto each healthy release
 
 
 # Set by configure() (main() calls it; tests call it with a temporary root).
@@ -641,6 +642,20 @@ def activate(target: str, mode: str, host_name: str, kind: str = "deploy", run: 
             os.close(fifo)
     record("live", target, kind=kind, run=run, mode=mode, **{"from": previous})
     log(f"release {target} is live and healthy on host {host_name}")
+    restart_workers(target, host_name)
+
+
+def restart_workers(target: str, host_name: str) -> None:
+    """The workers onto the live release, only once it passed the health gate (a
+    release that fails it never runs them)."""
+    units = CONFIG.get("workers") or []
+    if not units:
+        return
+    result = subprocess.run(["systemctl", "restart", *units], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise Failure(f"release {target} is live on host {host_name}, but its workers did not restart: "
+                      f"{result.stderr.strip()} (see: journalctl -u '{CONFIG['app']}-*')")
+    log(f"workers restarted on release {target}: {' '.join(units)}")
 
 
 def cmd_activate(args) -> None:

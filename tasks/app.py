@@ -51,6 +51,9 @@ class App:
     # The host's role (tasks/topology.py): an app server behind a load balancer
     # listens on TCP and runs no nginx of its own.
     behind_balancer: bool = False
+    # Whether this host's timers run the app's `jobs` (tasks/topology.py: one app
+    # server behind load balancers).
+    runs_jobs: bool = True
 
     @classmethod
     def resolve(cls, s: Settings) -> App:
@@ -108,6 +111,27 @@ class App:
     @property
     def env_file_path(self) -> str:
         return f"{self.app_root}/secrets/app.env"
+
+    @property
+    def redis_env_path(self) -> str:
+        """REDIS_URL, written on the host (tasks/background.py): root's, mode 600."""
+        return f"{self.app_root}/secrets/redis.env"
+
+    @property
+    def environment_files(self) -> list[str]:
+        """The EnvironmentFile= lines of every unit running the app's code."""
+        found = [self.env_file_path] if self.app_env_file or self.app_env_from else []
+        return found + ([self.redis_env_path] if self.redis else [])
+
+    def unit_prefix(self, name: str) -> str:
+        """`<app_name>-<name>`: a worker's (template) or a job's unit name."""
+        return f"{self.app_name}-{name}"
+
+    @property
+    def worker_instances(self) -> list[str]:
+        """Every worker process's unit, `<app>-<name>@N.service`."""
+        return [f"{self.unit_prefix(name)}@{n}.service" for name, worker in sorted(self.workers.items())
+                for n in range(1, worker.processes + 1)]
 
     @property
     def tls(self) -> bool:

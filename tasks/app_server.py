@@ -8,7 +8,7 @@ from typing import NamedTuple
 from pyinfra import host
 from pyinfra.api import deploy
 
-from tasks import firewall, healthcheck, inventory, logs, nginx, packages, release, selinux, service, users, uwsgi
+from tasks import background, firewall, healthcheck, inventory, logs, nginx, packages, release, selinux, service, users, uwsgi
 from tasks.release import Release
 
 
@@ -19,6 +19,8 @@ class Prepared(NamedTuple):
     release: Release
     uwsgi_ini: object  # uWSGI's configuration (uWSGI reloads)
     unit: object  # the systemd unit (uWSGI restarts)
+    workers: dict  # worker name -> its unit's op (the worker restarts)
+    redis_url: list  # the ops that changed the app's REDIS_URL (its units restart)
 
 
 @deploy("App server")
@@ -28,19 +30,23 @@ def converge(system, apps):
     # One uWSGI build per version, shared by the apps that use it.
     uwsgi_builds = {version: uwsgi.install(app) for version, app in {a.uwsgi_version: a for a in apps}.items()}
     health_module = healthcheck.install()
+    new_redis_password = background.install_redis(apps)
     prepared = {}
     for s in host.loop(apps):
         prepared[s.app_name] = Prepared(
             nginx_in_group=users.create(system, s),
             release=release.prepare(s),
+            redis_url=background.redis_url(s, new_redis_password),
             uwsgi_ini=uwsgi.configure(s),
             unit=service.install(s),
+            workers=background.install(s),
         )
         logs.rotate(s)
         selinux.allow(system, s, nginx=local_nginx, relabel_after=[uwsgi_builds[s.uwsgi_version]])
         firewall.open_ports(system, s, nginx=local_nginx)
     firewall.guard_uwsgi(system, apps, inventory.balancers(host))
     service.remove_stale(apps)
+    background.remove_stale(apps)
     if local_nginx:
         nginx_ops = nginx.configure(system, nginx.sites_for(apps),
                                     reload_triggers=[p.nginx_in_group for p in prepared.values() if p.nginx_in_group])
@@ -50,8 +56,11 @@ def converge(system, apps):
         ready = prepared[s.app_name]
         app_ops = release.activate(
             s, ready.release,
-            restart_triggers=[op for op in (ready.unit, uwsgi_builds[s.uwsgi_version], ready.release.environment) if op],
+            restart_triggers=[op for op in (ready.unit, uwsgi_builds[s.uwsgi_version], ready.release.environment,
+                                            *ready.redis_url) if op],
             reload_triggers=[ready.uwsgi_ini],
         )
         healthcheck.verify(s, ready.release, service_ops=[*app_ops, *nginx_ops, health_module])
+        background.restart(s, ready.workers, activation_ops=app_ops,
+                           environment_ops=[op for op in (ready.release.environment, *ready.redis_url) if op])
     firewall.remove_stale(apps)

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 def check(app: App) -> None:
     """Raise ValueError with the first problem of one app's settings."""
-    for concern in (local_app, features, acme.check, environment, socket, paths_apart, log_directories):
+    for concern in (local_app, features, acme.check, environment, background, socket, paths_apart, log_directories):
         concern(app)
 
 
@@ -85,6 +85,18 @@ def environment(app: App) -> None:
     for key, value in app.environment().items():
         if "\n" in value or "\r" in value:
             raise ValueError(f"app_env_file/app_env_from: the value of {key} spans lines (not supported)")
+
+
+def background(app: App) -> None:
+    """Workers and jobs: one unit name each (`<app_name>-<name>`), under systemd's limits."""
+    both = sorted(set(app.workers) & set(app.jobs))
+    if both:
+        raise ValueError(f"jobs: {', '.join(both)} is also the name of a worker (both would be "
+                         f"{app.unit_prefix(both[0])}.service); name them apart")
+    for key in ("workers", "jobs"):
+        for name in getattr(app, key):
+            if len(app.unit_prefix(name)) > 200:
+                raise ValueError(f"{key}.{name}: the unit name {app.unit_prefix(name)} is too long")
 
 
 def socket(app: App) -> None:

@@ -13,16 +13,17 @@ from pyinfra import host
 from pyinfra.api import FactBase
 from pyinfra.api.exceptions import DeployError
 
+from tasks import background
 from tasks.service import MARKER
 
 
 class ForeignUnit(FactBase):
     """Where a unit file of this name lies that this deploy did not write, or None."""
 
-    def command(self, unit: str) -> str:
+    def command(self, unit: str, marker: str = MARKER) -> str:
         paths = " ".join(shlex.quote(f"{d}/{unit}") for d in
                          ("/etc/systemd/system", "/run/systemd/system", "/lib/systemd/system", "/usr/lib/systemd/system"))
-        return (f"for f in {paths}; do if [ -e \"$f\" ] && ! grep -q -F {shlex.quote(MARKER)} \"$f\" 2>/dev/null; "
+        return (f"for f in {paths}; do if [ -e \"$f\" ] && ! grep -q -F {shlex.quote(marker)} \"$f\" 2>/dev/null; "
                 "then echo \"$f\"; break; fi; done; true")
 
     def process(self, output: list[str]) -> str | None:
@@ -53,6 +54,13 @@ def check(apps) -> None:
         if foreign:
             problems.append(f"app_name = {s.app_name!r}: the host already has {s.service} ({foreign}), "
                             "which this deploy did not write; name the app something else")
+        # A worker's or job's units: ours only if they carry the app's background marker.
+        for unit in background.wanted_units(s):
+            foreign = host.get_fact(ForeignUnit, unit=unit, marker=f"{background.MARKER}{s.app_name})")
+            if foreign:
+                key = "workers" if unit.endswith("@.service") else "jobs"
+                problems.append(f"{key}: the host already has {unit} ({foreign}), which this deploy did not "
+                                f"write for {s.app_name}; name the {key[:-1]} something else")
         home = host.get_fact(ForeignAccount, user=s.app_user, app_root=s.app_root)
         if home:
             problems.append(f"app_user = {s.app_user!r}: the host already has this account (home {home}), "

@@ -329,6 +329,7 @@ def tool_settings(s) -> dict:
         "nginx_error_log": s.nginx_error_log,
         "health": healthcheck.spec(s),
         "health_module": healthcheck.MODULE,
+        "workers": s.worker_instances,
     }
     contract = typing.get_type_hints(_tool().Settings)
     if set(settings) != set(contract) or not all(isinstance(value, contract[key]) for key, value in settings.items()):

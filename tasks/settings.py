@@ -18,6 +18,7 @@ import difflib
 import functools
 import ipaddress
 import json
+import re
 import sys
 from typing import Annotated, Any, Literal
 
@@ -99,11 +100,93 @@ def _relative_path(value: str) -> str:
     return value
 
 
+
+# systemd calendar events (OnCalendar=), checked on the laptop (no `systemd-analyze`
+# there): a shorthand, or `[WEEKDAYS] [DATE] TIME [UTC]` (or a date without a time),
+# each component `*`, a number, a range `a..b`, a list `a,b`, with an optional
+# repetition `/n`. Documented in docs/workers.md.
+CALENDAR_SHORTHANDS = ("minutely", "hourly", "daily", "weekly", "monthly", "yearly", "annually", "quarterly",
+                       "semiannually")
+_DAY = r"(Mon|Tue|Wed|Thu|Fri|Sat|Sun)[a-z]*"
+_DAYS_RE = re.compile(rf"^{_DAY}(\.\.{_DAY})?(,{_DAY}(\.\.{_DAY})?)*$")
+
+
+def _calendar_component(text: str, low: int, high: int) -> bool:
+    for part in text.split(","):
+        match = re.fullmatch(r"(\*|([0-9]+)(\.\.([0-9]+))?)(/([0-9]+))?", part)
+        if not match:
+            return False
+        numbers = [int(n) for n in (match.group(2), match.group(4)) if n is not None]
+        if any(not low <= n <= high for n in numbers) or (match.group(6) is not None and int(match.group(6)) < 1):
+            return False
+    return True
+
+
+def _calendar(value: str) -> str:
+    problem = ValueError("must be a systemd calendar event (OnCalendar=) like 'daily', '*-*-* 03:00:00', "
+                         "'Mon..Fri 08:30' or '*:0/15' (see docs/workers.md)")
+    words = value.split()
+    if len(words) == 1 and words[0] in CALENDAR_SHORTHANDS:
+        return value
+    if words and words[-1] == "UTC":
+        words = words[:-1]
+    if words and _DAYS_RE.match(words[0]):
+        words = words[1:]
+    date = time = None
+    for word in words:
+        if ":" in word and time is None:
+            time = word
+        elif "-" in word and date is None and time is None:
+            date = word
+        else:
+            raise problem
+    if date is None and time is None:
+        raise problem
+    if date is not None:
+        parts = date.split("-")
+        if len(parts) == 2:
+            parts = ["*", *parts]
+        if len(parts) != 3 or not all(_calendar_component(p, lo, hi) for p, (lo, hi) in
+                                      zip(parts, ((1970, 2199), (1, 12), (1, 31)))):
+            raise problem
+    if time is not None:
+        parts = time.split(":")
+        if len(parts) == 2:
+            parts.append("00")
+        if len(parts) != 3 or not all(_calendar_component(p, 0, hi) for p, hi in zip(parts, (23, 59, 59))):
+            raise problem
+    return value
+
 AbsPath = Annotated[str, Field(pattern=ABS_PATH_RE), AfterValidator(_no_dot_dot)]
 AppDirectory = Annotated[AbsPath, AfterValidator(reserved.app_directory)]
 RelPath = Annotated[str, Field(pattern=REL_PATH_RE), AfterValidator(_relative_path)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 ServerName = Annotated[str, Field(pattern=SERVER_NAME_RE, max_length=253)]
+
+
+# One line of shell, run by /bin/sh in the live release (systemd's `$` and `%` escaped
+# by the templates).
+Command = Annotated[str, Field(min_length=1, max_length=1000, pattern=r"^[^\n\r\x00]*$")]
+UnitName = Annotated[str, Field(pattern=NAME_RE)]
+
+
+class Worker(BaseModel):
+    """A background worker (`workers`): see docs/workers.md."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    command: Command
+    processes: int = Field(1, ge=1, le=64)
+    stop_timeout: int = Field(30, ge=1, le=3600)
+
+
+class Job(BaseModel):
+    """A scheduled job (`jobs`): see docs/workers.md."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    command: Command
+    schedule: Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_calendar)]
+    timeout: int = Field(3600, ge=1, le=86400 * 7)
+    randomized_delay: int = Field(0, ge=0, le=86400)
 
 
 class Settings(BaseModel):
@@ -222,6 +305,34 @@ class Settings(BaseModel):
         False,
         description="Break the app's deploy lock whoever holds it (after a run died on another machine: "
         "one on this machine whose process is gone is recognised by itself).",
+    )
+
+    # Background workers, scheduled jobs, Redis (tasks/background.py, docs/workers.md)
+    workers: dict[UnitName, Worker] = Field(
+        {},
+        description="Background workers: name -> `{command, processes (1), stop_timeout (30)}`. Each is the "
+        "systemd unit `<app_name>-<name>@N.service` (N = 1..processes) running `command` (`/bin/sh`) in the live "
+        "release with its venv, environment and the app's user and sandbox; restarted onto each release after "
+        "its health gate (and on rollback), on failure, and when its unit changes; SIGTERM, then SIGKILL after "
+        "`stop_timeout` seconds.",
+    )
+    jobs: dict[UnitName, Job] = Field(
+        {},
+        description="Scheduled jobs: name -> `{command, schedule, timeout (3600), randomized_delay (0)}`. Each is "
+        "a oneshot `<app_name>-<name>.service` (never overlapping itself; killed after `timeout` seconds) run by "
+        "`<app_name>-<name>.timer` on the systemd calendar `schedule` (`Persistent=`: a run missed while off "
+        "happens at boot). Behind load balancers only on `jobs_host`.",
+    )
+    jobs_host: str | None = Field(
+        None, min_length=1,
+        description="The app server (inventory name) whose timers run the `jobs`; the others get the job units "
+        "but no timers. Default: the first host of `app_servers` behind load balancers, else every host.",
+    )
+    redis: bool = Field(
+        False,
+        description="Install Debian's `redis-server` on the host, bound to 127.0.0.1 with a password generated "
+        "on the host (root-only, never shown), and hand its URL to the app, its workers and jobs as `REDIS_URL`. "
+        "Refused with `workers` on several app servers (each would have its own Redis).",
     )
 
     # uWSGI
@@ -412,6 +523,10 @@ def _connector_names() -> tuple[str, ...]:
     return tuple(get_all_connectors())
 
 
+# Settings that map names to blocks of their own fields (errors name the block).
+NAMED_BLOCKS = ("workers", "jobs")
+
+
 def parse(data: dict[str, Any]) -> tuple[Settings | None, list[str]]:
     """A host's data as Settings (None when a value is bad), and one line per
     unknown key or bad value, naming it."""
@@ -434,6 +549,9 @@ def parse(data: dict[str, Any]) -> tuple[Settings | None, list[str]]:
         for error in exc.errors():
             loc = error["loc"]
             key = "".join([str(loc[0]) if loc else ""] + [f"[{p}]" for p in loc[1:] if isinstance(p, int)])
+            if loc and loc[0] in NAMED_BLOCKS and len(loc) > 1:
+                # workers.celery.processes, or workers.Bad for a bad name
+                key = ".".join(str(p) for p in loc if p != "[key]")
             message = error["msg"].removeprefix("Value error, ")
             if error["type"] == "string_pattern_mismatch":
                 message = PATTERN_HELP.get(error["ctx"]["pattern"], message)

@@ -56,8 +56,23 @@ def place(host, app: App) -> App:
             f"Balancer {host.name!r} has no private_address: set it to the address the app servers "
             "see its connections come from (only the balancers may reach their uWSGI); nothing was changed."
         )
+    # In inventory order: the `app_servers` group, else every host that is no balancer.
+    servers = [h.name for h in members(host, APP_GROUP) or host.inventory if not is_balancer(h)]
+    if app.jobs_host is not None:
+        if app.jobs_host not in servers:
+            raise TopologyError(f"jobs_host = {app.jobs_host!r}: not an app server of the inventory "
+                                f"({', '.join(servers)}); nothing was changed.")
+        app = replace(app, runs_jobs=host.name == app.jobs_host)
     if not behind_balancer(host):
         return app
+    if app.jobs_host is None:
+        # Behind balancers the app servers serve one site: one of them runs the jobs.
+        app = replace(app, runs_jobs=host.name == servers[0])
+    if app.redis and app.workers and len(servers) > 1:
+        raise TopologyError(f"redis = True: Redis is local to each app server (127.0.0.1), but the "
+                            f"{len(servers)} app servers behind the balancers would each enqueue to and read from "
+                            "their own, with workers on every one; use one shared broker (redis off, its URL in "
+                            "app_env_file) or one app server; nothing was changed.")
     if app.settings.uwsgi_socket is None:
         if not app.private_address:
             raise TopologyError(

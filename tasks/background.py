@@ -1,0 +1,225 @@
+"""Background workers and scheduled jobs of an app (`workers`, `jobs`), and the
+opt-in local Redis (`redis`). See docs/workers.md.
+
+    /etc/systemd/system/<app>-<worker>@.service   one instance per process (@1, @2, ...)
+    /etc/systemd/system/<app>-<job>.service       oneshot, run by:
+    /etc/systemd/system/<app>-<job>.timer         only where the app's jobs run (App.runs_jobs)
+
+Every unit carries MARKER and its app's name, so units of workers and jobs gone from
+the settings (or of apps gone from the data) are found and removed. The workers are
+(re)started onto a release by the release tool after the release passed its health
+gate (files/release-tool.py); the deploy restarts them itself only when their unit or
+environment changed without a new activation.
+"""
+
+from __future__ import annotations
+
+import io
+import shlex
+
+from pyinfra import host
+from pyinfra.api import FactBase, deploy
+from pyinfra.facts.files import File
+from pyinfra.operations import apt, files, server, systemd
+
+from tasks import JINJA, TEMPLATES
+from tasks.release import ServiceActive
+
+MARKER = "pyinfra-flask background unit of app "
+UNIT_DIR = "/etc/systemd/system"
+REDIS_PASSWORD = "/etc/pyinfra-flask/redis.password"
+REDIS_CONF = "/etc/redis/pyinfra-flask.conf"
+REDIS_DROP_IN = "/etc/systemd/system/redis-server.service.d/pyinfra-flask-container.conf"
+
+
+def systemd_command(command: str) -> str:
+    """A shell command as one ExecStart= argument for /bin/sh -c: double-quoted,
+    with systemd's own `$` and `%` expansion escaped. The stop signal reaches every
+    process of the unit (KillMode=control-group), the command's as well as the shell."""
+    text = command.replace("\\", "\\\\").replace('"', '\\"').replace("$", "$$").replace("%", "%%")
+    return f'"{text}"'
+
+
+class BackgroundUnits(FactBase):
+    """{"units": {unit file: app}, "enabled": [enabled instances and timers]} of the
+    units this deploy wrote for workers and jobs."""
+
+    @staticmethod
+    def default() -> dict:
+        return {"units": {}, "enabled": []}
+
+    def command(self) -> str:
+        return (f"cd {UNIT_DIR} 2>/dev/null && {{ grep -H -F {shlex.quote(MARKER)} -- *.service *.timer "
+                "2>/dev/null; for f in *.wants/*@*.service *.wants/*.timer; do [ -L \"$f\" ] && "
+                "echo \"enabled:${f#*/}\"; done; }; true")
+
+    def process(self, output: list[str]) -> dict:
+        units, enabled = {}, []
+        for line in output:
+            if line.startswith("enabled:"):
+                enabled.append(line[len("enabled:"):])
+            elif ":" in line and MARKER in line:
+                path, text = line.split(":", 1)
+                units[path] = text.split(MARKER, 1)[1].rstrip(").").split()[0].rstrip(").")
+        return {"units": units, "enabled": sorted(set(enabled))}
+
+
+def wanted_units(s) -> dict[str, tuple[str, str, object]]:
+    """unit file -> (template, name, its worker or job) for the app on this host."""
+    wanted = {}
+    for name, worker in s.workers.items():
+        wanted[f"{s.unit_prefix(name)}@.service"] = ("worker.service.j2", name, worker)
+    for name, job in s.jobs.items():
+        wanted[f"{s.unit_prefix(name)}.service"] = ("job.service.j2", name, job)
+        if s.runs_jobs:
+            wanted[f"{s.unit_prefix(name)}.timer"] = ("job.timer.j2", name, job)
+    return wanted
+
+
+@deploy("Workers and jobs")
+def install(s) -> dict[str, object]:
+    """Write the app's worker and job units, enable them, start the timers; remove
+    what is no longer wanted. Returns {worker name: its unit's op}, for `restart`."""
+    found = host.get_fact(BackgroundUnits)
+    enabled = set(found["enabled"])
+    written = {}
+    for unit, (template, name, spec) in wanted_units(s).items():
+        kind = "worker" if template.startswith("worker") else "job"
+        written[unit] = files.template(
+            jinja_env_kwargs=JINJA, name=f"Write the unit of {s.app_name}'s {kind} {name} ({unit})",
+            src=str(TEMPLATES / template), dest=f"{UNIT_DIR}/{unit}", mode="644",
+            s=s, item=name, worker=spec, job=spec, command=systemd_command(spec.command))
+    removed = [remove(unit, enabled) for unit, app in sorted(found["units"].items())
+               if app == s.app_name and unit not in written]
+    # Worker processes beyond `processes` (it was lowered): stopped and disabled.
+    instances = set(s.worker_instances)
+    templates = {unit.replace("@.service", "@") for unit in written if unit.endswith("@.service")}
+    for unit in sorted(enabled):
+        if unit.split("@")[0] + "@" in templates and unit not in instances:
+            server.shell(name=f"Stop and disable {unit} (beyond the worker's processes)",
+                         commands=[f"systemctl disable --now {shlex.quote(unit)}"])
+    changes = [*written.values(), *removed]
+    systemd.daemon_reload(name=f"Reload systemd ({s.app_name}'s worker or job units changed)",
+                          _if=lambda: any(op.did_change() for op in changes))
+    for unit in s.worker_instances:
+        if unit not in enabled:
+            server.shell(name=f"Start {unit} at boot", commands=[f"systemctl enable {shlex.quote(unit)}"])
+    for unit, op in written.items():
+        if unit.endswith(".timer"):
+            if unit not in enabled:
+                server.shell(name=f"Start the timer {unit} (and at boot)",
+                             commands=[f"systemctl enable --now {shlex.quote(unit)}"])
+            else:
+                server.shell(name=f"Restart the timer {unit} (its schedule changed)",
+                             commands=[f"systemctl restart {shlex.quote(unit)}"], _if=op.did_change)
+    return {name: written[f"{s.unit_prefix(name)}@.service"] for name in s.workers}
+
+
+def remove(unit: str, enabled: set[str]):
+    """Stop and disable a worker's instances, a job's timer or service, then remove its unit file."""
+    if unit.endswith("@.service"):
+        running = sorted(u for u in enabled if u.startswith(unit[: -len(".service")]))
+        stop = [f"systemctl disable --now {' '.join(shlex.quote(u) for u in running)}"] if running else []
+        stop.append(f"systemctl stop {shlex.quote(unit[: -len('.service')] + '*.service')}")
+    else:
+        stop = [f"systemctl disable --now {shlex.quote(unit)}"]
+    server.shell(name=f"Stop and disable {unit} (no longer in the settings)", commands=stop)
+    return files.file(name=f"Remove the unit {unit}", path=f"{UNIT_DIR}/{unit}", present=False)
+
+
+@deploy("Workers and jobs of apps no longer deployed")
+def remove_stale(apps) -> None:
+    wanted = {app.app_name for app in apps}
+    found = host.get_fact(BackgroundUnits)
+    enabled = set(found["enabled"])
+    removed = [remove(unit, enabled) for unit, app in sorted(found["units"].items()) if app not in wanted]
+    if removed:
+        systemd.daemon_reload(name="Reload systemd (units of apps no longer deployed are gone)",
+                              _if=lambda: any(op.did_change() for op in removed))
+
+
+@deploy("Workers onto the live release")
+def restart(s, units: dict[str, object], activation_ops, environment_ops) -> None:
+    """After the release's activation: start the workers not running, and restart the
+    ones whose unit or environment changed when no activation (which restarts them
+    all, after the health gate) ran."""
+    active = host.get_fact(ServiceActive, services=s.worker_instances) if s.worker_instances else {}
+    for name, unit_op in units.items():
+        instances = [u for u in s.worker_instances if u.startswith(f"{s.unit_prefix(name)}@")]
+        quoted = " ".join(shlex.quote(u) for u in instances)
+        triggers = [unit_op, *environment_ops]
+        server.shell(
+            name=f"Restart {s.app_name}'s worker {name} (its unit or environment changed)",
+            commands=[f"systemctl restart {quoted}"],
+            _if=lambda triggers=triggers: any(op.did_change() for op in triggers)
+            and not any(op.did_change() for op in activation_ops),
+        )
+        stopped = [u for u in instances if not active.get(u)]
+        if stopped:
+            server.shell(name=f"Start {s.app_name}'s worker {name}",
+                         commands=[f"systemctl start {' '.join(shlex.quote(u) for u in stopped)}"])
+
+
+class Container(FactBase):
+    """Whether systemd reports the host is a container (`systemd-detect-virt --container`)."""
+
+    def command(self) -> str:
+        return "systemd-detect-virt --container 2>/dev/null || true"
+
+    def process(self, output: list[str]) -> bool:
+        return bool(output) and output[-1].strip() not in ("", "none")
+
+
+@deploy("Redis")
+def install_redis(apps):
+    """Debian's redis-server on 127.0.0.1 with a password made on the host, for the
+    apps with `redis`. Returns the op that made a new password (each app's REDIS_URL
+    is written again after it), or None."""
+    if not any(s.redis for s in apps):
+        return None
+    if host.get_fact(Container):
+        # Only in containers that cannot set up a user namespace (the stock unit's
+        # PrivateUsers=true fails there with 217/USER); never on a real server.
+        # Before the package, whose installation starts the service.
+        drop_in = files.put(name="Let redis-server start in this container (PrivateUsers=no)",
+                            src=io.StringIO("[Service]\nPrivateUsers=no\n"), dest=REDIS_DROP_IN, mode="644",
+                            create_remote_dir=True)
+    else:
+        drop_in = files.file(name="No container drop-in for redis-server", path=REDIS_DROP_IN, present=False)
+    systemd.daemon_reload(name="Reload systemd (redis-server's drop-in changed)", _if=drop_in.did_change)
+    apt.packages(name="Install redis-server", packages=["redis-server"])
+    made = None
+    if not host.get_fact(File, path=REDIS_PASSWORD):
+        # Made on the host and never printed: pyinfra's output shows only the commands.
+        made = server.shell(name="Generate the Redis password (on the host, root-only)", commands=[
+            "install -d -m 700 -o root -g root /etc/pyinfra-flask",
+            f"(umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n' > {REDIS_PASSWORD})",
+        ])
+    changes = [drop_in]
+    if made or not host.get_fact(File, path=REDIS_CONF):
+        new = f"{REDIS_CONF}.new"
+        changes.append(server.shell(name=f"Write {REDIS_CONF} (bind 127.0.0.1, the password)", commands=[
+            f"(umask 027; printf 'bind 127.0.0.1 -::1\\nprotected-mode yes\\nrequirepass %s\\n' "
+            f"\"$(cat {REDIS_PASSWORD})\" > {new}) && chown redis:redis {new} && mv {new} {REDIS_CONF}"]))
+    changes.append(files.line(name="Include it in /etc/redis/redis.conf", path="/etc/redis/redis.conf",
+                              line=f"include {REDIS_CONF}"))
+    systemd.service(name="Restart redis-server (its configuration changed)", service="redis-server",
+                    running=True, enabled=True, restarted=True, _if=lambda: any(op.did_change() for op in changes))
+    systemd.service(name="Run redis-server at boot", service="redis-server", running=True, enabled=True)
+    return made
+
+
+@deploy("Redis URL")
+def redis_url(s, made) -> list:
+    """The app's REDIS_URL (root's, mode 600, read by systemd), or none without
+    `redis`. Returns the ops that changed it (the app's units restart on them)."""
+    if not s.redis:
+        files.file(name=f"No REDIS_URL for {s.app_name}", path=s.redis_env_path, present=False)
+        return []
+    files.directory(name=f"Create {s.app_root}/secrets (private)", path=f"{s.app_root}/secrets",
+                    user="root", group="root", mode="700")
+    if made or not host.get_fact(File, path=s.redis_env_path):
+        return [server.shell(name=f"Hand {s.app_name} its REDIS_URL ({s.redis_env_path}, root-only)", commands=[
+            f"(umask 077; printf 'REDIS_URL=\"redis://:%s@127.0.0.1:6379/0\"\\n' "
+            f"\"$(cat {REDIS_PASSWORD})\" > {s.redis_env_path})"])]
+    return []

@@ -1,0 +1,1 @@
+from tasker import app  # noqa: F401

@@ -1,0 +1,337 @@
+"""Workers, scheduled jobs and the local Redis (tasks/background.py, docs/workers.md).
+
+Host-less: the settings refused before any host is touched, the units as rendered
+and the operations against mocked facts (tests/test_distros.py's fake hosts), the
+release tool restarting workers only after the health gate. On a real host (marker
+`features`, one fork of the shared deployed host): a Celery worker on the real Redis.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import time
+
+import pytest
+from pyinfra.api.exceptions import DeployError
+
+from tasks.background import REDIS_PASSWORD, BackgroundUnits, systemd_command
+from tests.conftest import REPO_ROOT, get, run_deploy
+from tests.test_distros import LB_DATA, deploy, host_facts
+
+WORKERS = {"celery": {"command": "celery -A tasks worker --loglevel=INFO", "processes": 2, "stop_timeout": 45}}
+JOBS = {"report": {"command": "python report.py >> $HOME/x", "schedule": "*:*:0/5", "timeout": 60,
+                   "randomized_delay": 3}}
+
+
+def one(**data):
+    return deploy({"web": host_facts("debian12")}, **data)["web"]
+
+
+def refused(**data) -> str:
+    with pytest.raises(DeployError) as info:
+        one(**data)
+    return str(info.value)
+
+
+# Settings --------------------------------------------------------------------
+
+@pytest.mark.parametrize(("data", "line"), [
+    ({"jobs": {"nightly": {"command": "true", "schedule": "every night"}}},
+     "jobs.nightly.schedule = 'every night': must be a systemd calendar event"),
+    ({"jobs": {"nightly": {"command": "true", "schedule": "*-*-* 25:00"}}}, "jobs.nightly.schedule = '*-*-* 25:00'"),
+    ({"workers": {"Celery": {"command": "celery"}}}, "workers.Celery = 'Celery': must be 1-31 characters"),
+    ({"workers": {"celery": {"command": "celery", "processes": 0}}},
+     "workers.celery.processes = 0: Input should be greater than or equal to 1"),
+    ({"workers": {"celery": {"command": "a\nb"}}}, "workers.celery.command = 'a\\nb'"),
+    ({"workers": {"celery": {"comand": "celery"}}}, "workers.celery.comand = 'celery': Extra inputs"),
+    ({"workers": {"x": {"command": "a"}}, "jobs": {"x": {"command": "b", "schedule": "daily"}}},
+     "jobs: x is also the name of a worker"),
+])
+def test_bad_worker_and_job_settings_are_refused_naming_the_key(data, line):
+    message = refused(**data)
+    assert "nothing was changed" in message and line in message
+
+
+@pytest.mark.parametrize("schedule", ["daily", "hourly", "*:*:0/5", "*:0/15", "Mon..Fri 08:30", "Sat,Sun 03:00:00",
+                                      "*-*-* 03:00:00", "*-*-01 04:00 UTC", "2027-01-01", "*-*-* 0..6:00/30"])
+def test_calendar_events_systemd_reads_are_accepted(schedule):
+    from tasks.settings import _calendar
+
+    assert _calendar(schedule) == schedule
+
+
+def test_jobs_host_must_be_an_app_server():
+    message = refused(jobs=JOBS, jobs_host="nowhere")
+    assert "jobs_host = 'nowhere': not an app server of the inventory (@fake/web)" in message
+
+
+def test_local_redis_with_workers_on_several_app_servers_is_refused():
+    facts = {name: host_facts("debian12") for name in ("web1", "web2", "lb1")}
+    with pytest.raises(DeployError) as info:
+        deploy(facts, groups={"app_servers": ["web1", "web2"], "load_balancers": ["lb1"]}, host_data=LB_DATA,
+               workers=WORKERS, redis=True)
+    assert "redis = True: Redis is local to each app server" in str(info.value)
+
+
+def test_a_unit_of_someone_elses_under_a_job_name_stops_the_run():
+    foreign = lambda unit, marker=None: "/lib/systemd/system/shop-server.service" if unit == "shop-server.service" else None  # noqa: E731
+    with pytest.raises(DeployError) as info:
+        deploy({"web": host_facts("debian12", ForeignUnit=foreign)}, app_name="shop",
+               jobs={"server": {"command": "true", "schedule": "daily"}})
+    assert ("jobs: the host already has shop-server.service (/lib/systemd/system/shop-server.service), which "
+            "this deploy did not write for shop; name the job something else") in str(info.value)
+
+
+def test_the_foreign_unit_fact_knows_our_background_units():
+    from tasks.preflight import ForeignUnit
+
+    command = ForeignUnit().command("greeting-report.service", marker="pyinfra-flask background unit of app greeting)")
+    assert "'pyinfra-flask background unit of app greeting)'" in command
+
+
+# Units and operations ------------------------------------------------------------
+
+def test_worker_and_job_units_follow_the_live_release_with_the_apps_user_sandbox_and_environment():
+    run = one(workers=WORKERS, jobs=JOBS, redis=True, app_env_from=["HOME"])
+    worker = run.uploads["/etc/systemd/system/greeting-celery@.service"]
+    web = run.uploads["/etc/systemd/system/greeting.service"]
+    for line in ("User=greeting", "WorkingDirectory=/srv/greeting/current",
+                 "Environment=PATH=/srv/greeting/current/.venv/bin:", "EnvironmentFile=/srv/greeting/secrets/app.env",
+                 "EnvironmentFile=/srv/greeting/secrets/redis.env", "KillSignal=SIGTERM", "TimeoutStopSec=45",
+                 "Restart=on-failure", 'ExecStart=/bin/sh -c "celery -A tasks worker --loglevel=INFO"',
+                 "ReadWritePaths=-/srv/greeting/shared/instance", "After=network.target redis-server.service"):
+        assert line in worker, line
+    # The same sandbox and environment as the web app's unit.
+    for line in web.splitlines():
+        if line.startswith(("Protect", "NoNewPrivileges", "CapabilityBoundingSet", "UMask", "EnvironmentFile")):
+            assert line in worker.splitlines(), line
+    job = run.uploads["/etc/systemd/system/greeting-report.service"]
+    assert "Type=oneshot" in job and "TimeoutStartSec=60" in job and "[Install]" not in job
+    assert 'ExecStart=/bin/sh -c "python report.py >> $$HOME/x"' in job
+    timer = run.uploads["/etc/systemd/system/greeting-report.timer"]
+    for line in ("OnCalendar=*:*:0/5", "Persistent=true", "RandomizedDelaySec=3", "Unit=greeting-report.service"):
+        assert line in timer
+    assert run.changed["Workers and jobs | Start greeting-celery@1.service at boot"] == [
+        "systemctl enable greeting-celery@1.service"]
+    assert "Workers and jobs | Start greeting-celery@2.service at boot" in run.changed
+    assert run.changed["Workers and jobs | Start the timer greeting-report.timer (and at boot)"] == [
+        "systemctl enable --now greeting-report.timer"]
+    # Started after the release went live; the release tool restarts them on later releases.
+    names = list(run.changed)
+    activation = max(i for i, n in enumerate(names) if n.startswith("Release activation |"))
+    assert names.index("Workers onto the live release | Start greeting's worker celery") > activation
+    settings = json.loads(run.uploads["/srv/greeting/release-tool.json"])
+    assert settings["workers"] == ["greeting-celery@1.service", "greeting-celery@2.service"]
+
+
+def test_redis_password_is_made_on_the_host_and_never_in_the_output():
+    run = one(workers=WORKERS, redis=True)
+    redis = run.named("Redis")
+    assert "Redis | Install redis-server" in redis
+    commands = "\n".join(c for cs in run.changed.values() for c in cs)
+    assert "requirepass %s" in commands and "$(cat /etc/pyinfra-flask/redis.password)" in commands
+    assert "umask 077" in redis["Redis | Generate the Redis password (on the host, root-only)"][1]
+    # A fake host is no container: no PrivateUsers drop-in.
+    assert "Redis | Let redis-server start in this container (PrivateUsers=no)" not in redis
+    # In a container it is written.
+    contained = deploy({"web": host_facts("debian12", Container=True)}, workers=WORKERS, redis=True)["web"]
+    assert contained.uploads[
+        "/etc/systemd/system/redis-server.service.d/pyinfra-flask-container.conf"] == "[Service]\nPrivateUsers=no\n"
+
+
+def test_behind_balancers_only_the_first_app_server_gets_the_timers():
+    facts = {name: host_facts("debian12") for name in ("web1", "web2", "lb1")}
+    groups = {"app_servers": ["web1", "web2"], "load_balancers": ["lb1"]}
+    runs = deploy(facts, groups=groups, host_data=LB_DATA, jobs=JOBS)
+    assert "/etc/systemd/system/greeting-report.timer" in runs["web1"].uploads
+    assert "/etc/systemd/system/greeting-report.timer" not in runs["web2"].uploads
+    assert "/etc/systemd/system/greeting-report.service" in runs["web2"].uploads  # to run by hand
+    assert not [u for u in runs["lb1"].uploads if "report" in u]
+    runs = deploy(facts, groups=groups, host_data=LB_DATA, jobs=JOBS, jobs_host="@fake/web2")
+    assert "/etc/systemd/system/greeting-report.timer" in runs["web2"].uploads
+    assert "/etc/systemd/system/greeting-report.timer" not in runs["web1"].uploads
+
+
+def test_removed_workers_jobs_and_processes_are_stopped_and_their_units_removed():
+    found = {"units": {"greeting-old@.service": "greeting", "greeting-report.service": "greeting",
+                       "greeting-report.timer": "greeting", "gone-celery@.service": "gone"},
+             "enabled": ["greeting-celery@1.service", "greeting-celery@2.service", "greeting-celery@3.service",
+                         "greeting-old@1.service", "greeting-report.timer", "gone-celery@1.service"]}
+    present = {f"/etc/systemd/system/{unit}" for unit in found["units"]}
+    file = lambda path: {"size": 1, "mode": 644, "user": "root", "group": "root"} if path in present else None  # noqa: E731
+    run = deploy({"web": host_facts("debian12", BackgroundUnits=found, File=file)},
+                 workers={"celery": {"command": "celery", "processes": 2}})["web"]
+    changed = run.named("Workers and jobs")
+    assert changed["Workers and jobs | Stop and disable greeting-old@.service (no longer in the settings)"] == [
+        "systemctl disable --now greeting-old@1.service", "systemctl stop 'greeting-old@*.service'"]
+    assert changed["Workers and jobs | Stop and disable greeting-report.timer (no longer in the settings)"] == [
+        "systemctl disable --now greeting-report.timer"]
+    assert changed["Workers and jobs | Remove the unit greeting-report.service"] == [
+        "rm -f /etc/systemd/system/greeting-report.service"]
+    assert changed["Workers and jobs | Stop and disable greeting-celery@3.service (beyond the worker's processes)"] == [
+        "systemctl disable --now greeting-celery@3.service"]
+    assert "Workers and jobs | Start greeting-celery@1.service at boot" not in changed
+    gone = run.named("Workers and jobs of apps no longer deployed")
+    assert gone["Workers and jobs of apps no longer deployed | Stop and disable gone-celery@.service (no longer in the settings)"] == [
+        "systemctl disable --now gone-celery@1.service", "systemctl stop 'gone-celery@*.service'"]
+
+
+def test_background_units_fact_reads_markers_and_enabled_links():
+    output = ["greeting-celery@.service:# greeting: worker celery, written by the pyinfra deploy "
+              "(pyinfra-flask background unit of app greeting).",
+              "enabled:greeting-celery@1.service", "enabled:greeting-report.timer"]
+    assert BackgroundUnits().process(output) == {
+        "units": {"greeting-celery@.service": "greeting"},
+        "enabled": ["greeting-celery@1.service", "greeting-report.timer"]}
+
+
+def test_commands_are_escaped_for_systemd():
+    assert systemd_command('echo "$X" 100% \\o/') == '"echo \\"$$X\\" 100%% \\\\o/"'
+
+
+# The release tool ---------------------------------------------------------------
+
+@pytest.fixture
+def tool(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("release_tool", REPO_ROOT / "files/release-tool.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.configure(tmp_path, {"app": "greeting", "service": "greeting.service", "keep_releases": 2,
+                                "workers": ["greeting-celery@1.service"]})
+    (tmp_path / "releases").mkdir()
+    for name in ("r1", "r2"):
+        (tmp_path / "releases" / name).mkdir()
+        (tmp_path / "releases" / name / module.META).write_text("{}")
+    module.switch("r1")
+    calls = []
+    monkeypatch.setattr(module, "service_active", lambda: False)
+    monkeypatch.setattr(module, "reload", lambda mode, fifo=None: calls.append(("reload", mode)))
+    monkeypatch.setattr(module.subprocess, "run", lambda args, **kw: calls.append(tuple(args)) or
+                        type("R", (), {"returncode": 0, "stderr": ""})())
+    module.calls = calls
+    return module
+
+
+def test_workers_restart_only_after_the_release_passed_its_health_gate(tool, monkeypatch):
+    monkeypatch.setattr(tool, "health", lambda attempts=None: tool.calls.append(("health",)))
+    tool.activate("r2", "graceful", "web")
+    assert tool.calls[-2:] == [("health",), ("systemctl", "restart", "greeting-celery@1.service")]
+
+
+def test_a_release_failing_its_gate_never_restarts_the_workers(tool, monkeypatch):
+    def unhealthy(attempts=None):
+        if tool.live() == "r2":
+            raise tool.Failure("unhealthy")
+    monkeypatch.setattr(tool, "health", unhealthy)
+    with pytest.raises(tool.Failure, match="Rolled back: r1"):
+        tool.activate("r2", "graceful", "web")
+    assert not [c for c in tool.calls if c[0] == "systemctl"]
+
+
+# On a real host ---------------------------------------------------------------------
+
+TASKER = REPO_ROOT / "tests/apps/tasker"
+CELERY = ("celery -A tasker:celery worker --pool=solo --loglevel=INFO --without-gossip --without-mingle "
+          "--without-heartbeat")
+# Slower (4 s) than its interval (2 s): runs must queue, never overlap.
+TICK = "echo start $(date +%s.%N) >> instance/ticks.log; sleep 4; echo end $(date +%s.%N) >> instance/ticks.log"
+WORKER_UNIT = "tasker-celery@1.service"
+
+
+def tasker(tmp_path, version: str):
+    target = tmp_path / f"tasker-{version}"
+    shutil.copytree(TASKER, target)
+    module = target / "tasker.py"
+    module.write_text(module.read_text().replace('VERSION = "v1"', f"VERSION = {version!r}"))
+    return target
+
+
+def tasker_data(source, workers=True, jobs=True) -> dict:
+    return {"app_name": "tasker", "app_source": str(source), "redis": True, "healthcheck_body": "tasker",
+            "workers": {"celery": {"command": CELERY, "stop_timeout": 10}} if workers else {},
+            "jobs": {"tick": {"command": TICK, "schedule": "*:*:0/2", "timeout": 20}} if jobs else {}}
+
+
+def main_pid(host) -> str:
+    return host.exec(f"systemctl show -p MainPID --value {WORKER_UNIT}").strip()
+
+
+def wait_for(what: str, check, seconds: float):
+    deadline = time.monotonic() + seconds
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {seconds}s: {what}")
+        time.sleep(0.5)
+
+
+@pytest.mark.features
+def test_celery_worker_and_job_follow_the_releases_on_the_hosts_redis(fork, tmp_path):
+    """One fork: the tasker app (Flask + a Celery worker on the host's Redis + a job
+    every 2 s), a code redeploy, a rollback, a worker killed, then both removed."""
+    started = time.monotonic()
+    try:
+        _follow_the_releases(fork, tmp_path)
+    except BaseException:
+        print(fork.exec(f"systemctl status --no-pager {WORKER_UNIT} redis-server tasker-tick.service; "
+                        "journalctl --no-pager -n 60 -u tasker-celery@1 -u redis-server -u tasker", check=False))
+        raise
+    print(f"\ntest_workers on a real host: {time.monotonic() - started:.1f}s")
+
+
+def _follow_the_releases(fork, tmp_path):
+    v1, v2 = tasker(tmp_path, "v1"), tasker(tmp_path, "v2")
+    run_deploy(fork, tmp_path, data=tasker_data(v1))
+    deployed_at = time.monotonic()
+    # Redis: on localhost only, with a password only root can read.
+    assert fork.exec("redis-cli -h 127.0.0.1 ping").strip().startswith("NOAUTH")
+    assert fork.exec(f"stat -c '%U %a' {REDIS_PASSWORD} /srv/tasker/secrets/redis.env").split() == [
+        "root", "600", "root", "600"]
+    assert "127.0.0.1:6379" in fork.exec("ss -ltn") and "0.0.0.0:6379" not in fork.exec("ss -ltn")
+    # A web request enqueues, the worker runs it, the web app shows its result.
+    first = get(fork.url + "/enqueue").text
+    assert first.startswith("v1 from worker pid"), first
+    assert fork.exec(f"ps -o user= -p {main_pid(fork)}").strip() == "tasker"
+
+    # Killed: systemd restarts it.
+    before = main_pid(fork)
+    fork.exec(f"kill -9 {before}")
+    wait_for("the killed worker restarted", lambda: main_pid(fork) not in ("0", before) and
+             fork.exec(f"systemctl is-active {WORKER_UNIT}", check=False).strip() == "active", 15)
+    assert get(fork.url + "/enqueue").text.startswith("v1")
+    # Nothing to do the second time.
+    again = run_deploy(fork, tmp_path, data=tasker_data(v1))
+    assert again.changed_operations() == [], again.output[-3000:]
+
+    # --dry --diff shows a unit's change (and changes nothing).
+    slower = tasker_data(v1)
+    slower["workers"]["celery"]["stop_timeout"] = 12
+    dry = run_deploy(fork, tmp_path, "--dry", "--diff", data=slower)
+    assert "TimeoutStopSec=12" in dry.output and "TimeoutStopSec=10" in dry.output, dry.output[-3000:]
+    assert "TimeoutStopSec=10" in fork.exec("cat /etc/systemd/system/tasker-celery@.service")
+
+    # A code redeploy: the worker runs the new code; a rollback brings the old one.
+    # (That the web app drops no request meanwhile is tests/test_releases.py's.)
+    run_deploy(fork, tmp_path, data=tasker_data(v2))
+    assert get(fork.url + "/enqueue").text.startswith("v2")
+    run_deploy(fork, tmp_path, deploy="rollback.py", data=tasker_data(v2))
+    assert get(fork.url + "/enqueue").text.startswith("v1")
+
+    # The job wrote to the shared data, one run at a time.
+    wait_for("three runs of the job", lambda: get(fork.url + "/ticks").text.count("end") >= 3,
+             max(1, 30 - (time.monotonic() - deployed_at)))
+    lines = [line.split() for line in get(fork.url + "/ticks").text.splitlines()]
+    assert [word for word, _ in lines][: 2 * (len(lines) // 2)] == ["start", "end"] * (len(lines) // 2), lines
+    moments = [float(at) for _, at in lines]
+    assert moments == sorted(moments)
+    assert fork.exec("systemctl is-failed tasker-tick.service", check=False).strip() != "failed"
+
+    # Removed from the settings: stopped, disabled, their units gone.
+    run_deploy(fork, tmp_path, data=tasker_data(v1, workers=False, jobs=False))
+    assert fork.exec("ls /etc/systemd/system/ | grep '^tasker-' || true").strip() == ""
+    assert fork.exec(f"systemctl is-active {WORKER_UNIT} tasker-tick.timer", check=False).split() == [
+        "inactive", "inactive"]
