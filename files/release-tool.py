@@ -783,14 +783,20 @@ def connection_gone(holder: dict) -> bool:
     process = _process(connection["pid"]) if isinstance(connection.get("pid"), int) else None
     return process is None or process[0] not in SSH_SERVERS or process[2] != connection.get("start")
 
-class _Guard:
-    def __enter__(self):
-        self.fd = _own_file(ROOT / ".deploy.lock.guard", os.O_RDWR | os.O_CREAT)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-        return self
 
-    def __exit__(self, *exc):
-        os.close(self.fd)
+@contextlib.contextmanager
+def _flocked(name: str):
+    """An exclusive flock of a root-only file in the app root, held for the block."""
+    fd = _own_file(ROOT / name, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _guard():
+    return _flocked(".deploy.lock.guard")
 
 
 # What changes the host (a release's steps, switching, pruning) runs under a flock
@@ -800,14 +806,8 @@ class _Guard:
 CHANGING = ("build-venv", "check", "run", "canary", "activate", "rollback", "prune")
 
 
-class _Working:
-    def __enter__(self):
-        self.fd = _own_file(ROOT / ".deploy.work", os.O_RDWR | os.O_CREAT)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc):
-        os.close(self.fd)
+def _working():
+    return _flocked(".deploy.work")
 
 
 def work_in_progress() -> bool:
@@ -863,7 +863,7 @@ def lock_take(run: str, holder: dict, wait: float, break_run: str | None = None,
     deadline = time.monotonic() + wait
     broken = None
     while True:
-        with _Guard():
+        with _guard():
             current = lock_holder()
             if current and current.get("run") != run and (force or (break_run and current.get("run") == break_run)):
                 broken, current = current, None
@@ -883,7 +883,7 @@ def lock_take(run: str, holder: dict, wait: float, break_run: str | None = None,
 
 
 def lock_release(run: str) -> bool:
-    with _Guard():
+    with _guard():
         current = lock_holder()
         if current and current.get("run") == run:
             LOCK.unlink()
@@ -912,7 +912,7 @@ def cmd_lock(args) -> None:
     elif args.lock_action == "release":
         print("LOCK released" if lock_release(args.run) else "LOCK not-ours", flush=True)
     else:  # break
-        with _Guard():
+        with _guard():
             holder = lock_holder()
             LOCK.unlink(missing_ok=True)
         log(f"broke the deploy lock held by {describe_holder(holder)}" if holder else "the deploy lock is free")
@@ -956,7 +956,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         configure(args.root)
-        with _Working() if args.action in CHANGING else contextlib.nullcontext():
+        with _working() if args.action in CHANGING else contextlib.nullcontext():
             handlers[args.action](args)
     except Failure as failure:
         print(f"ERROR: {failure}", file=sys.stderr, flush=True)

@@ -210,7 +210,7 @@ def test_lock_of_a_gone_connection_stays_held_while_its_command_is_at_work(tool)
     gone = subprocess.Popen(["sleep", "0"])
     gone.wait()
     tool.lock_take("run-a", {"connection": {"pid": gone.pid, "start": "1", "boot": tool._boot_id()}}, wait=0)
-    with tool._Working():  # run-a's `activate`, still going
+    with tool._working():  # run-a's `activate`, still going
         taken, holder, _ = tool.lock_take("run-b", {}, wait=0)
         assert not taken and holder["run"] == "run-a"
     assert tool.lock_take("run-b", {}, wait=0)[0]
