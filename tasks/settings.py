@@ -566,7 +566,10 @@ def markdown_table() -> str:
     """The README's settings table."""
     rows = ["| Setting | Default | Meaning |", "| --- | --- | --- |"]
     for name, field in Settings.model_fields.items():
-        default = "(derived)" if field.default is None else f"`{json.dumps(field.default)}`"
+        if field.default is not None:
+            default = f"`{json.dumps(field.default)}`"
+        else:  # unset: derived where the description says what from, else simply not set
+            default = "(derived)" if "Default:" in (field.description or "") else "(not set)"
         rows.append(f"| `{name}` | {default} | {field.description} |")
     return "\n".join(rows)
 
