@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import NamedTuple
 
-from pyinfra import host
+from pyinfra import host, logger
 from pyinfra.api import FactBase, deploy
 from pyinfra.api.exceptions import DeployError
 from pyinfra.operations import files, pip, server, systemd
@@ -180,6 +180,11 @@ def prepare(platform, sites) -> list[Request]:
     else:
         files.file(name=f"No extra CA for the ACME server ({CA_BUNDLE} absent)", path=CA_BUNDLE, present=False)
     _renewal(s)
+    if host.get_fact(UnitFailed, unit=f"{RENEW_UNIT}.service"):
+        # Shown by every run (a no-op one too) until a renewal succeeds; the
+        # expiry check below fails the run once the certificate gets close.
+        logger.warning(f"[{host.name}] WARNING: the last certificate renewal failed ({RENEW_UNIT}.service): "
+                       f"see `journalctl -u {RENEW_UNIT}.service`; certbot tries again at the next timer run")
     requests = []
     for site in acme_sites:
         names = certificate_names(site.apps[0])
@@ -192,6 +197,16 @@ def prepare(platform, sites) -> list[Request]:
                 commands=[f"echo {shlex.quote(_expiry_message(site, have))} >&2; exit 1"],
             )
     return requests
+
+
+class UnitFailed(FactBase):
+    """Whether a systemd unit is in the failed state (its last run failed)."""
+
+    def command(self, unit: str) -> str:
+        return f"systemctl is-failed --quiet {shlex.quote(unit)} && echo failed || echo ok"
+
+    def process(self, output: list[str]) -> bool:
+        return output[-1:] == ["failed"]
 
 
 def _expiry_message(site, have: CertificateInfo) -> str:

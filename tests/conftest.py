@@ -147,10 +147,13 @@ class Load:
 
     Use as a context manager around whatever must not drop requests; afterwards
     `.ok`, `.failures` (non-2xx answers and connection errors) and `.bodies`.
-    `request_kwargs` go to every request (e.g. `verify`, `headers`)."""
+    `request_kwargs` go to every request (e.g. `verify`, `headers`); `interval`
+    spaces each thread's requests, for a steady load that leaves the machine's CPU
+    to what is under test."""
 
-    def __init__(self, url: str, threads: int = 4, max_seconds: float = 240, **request_kwargs):
-        self.url, self.threads, self.max_seconds = url, threads, max_seconds
+    def __init__(self, url: str, threads: int = 4, max_seconds: float = 240, interval: float = 0,
+                 **request_kwargs):
+        self.url, self.threads, self.max_seconds, self.interval = url, threads, max_seconds, interval
         self.request_kwargs = request_kwargs
         self.ok = 0
         self.failures: list[str] = []
@@ -174,6 +177,8 @@ class Load:
                 else:
                     self.ok += 1
                     self.bodies[body] = self.bodies.get(body, 0) + 1
+            if self.interval:
+                self._stop.wait(self.interval)
 
     def __enter__(self):
         self._workers = [threading.Thread(target=self._run, daemon=True) for _ in range(self.threads)]

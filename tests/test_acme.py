@@ -432,6 +432,24 @@ def test_acme_deploy_steps_on_a_new_host_and_none_on_a_converged_one():
     assert "expires in 2.0 days" in check[0] and "its renewal is failing" in check[0]
 
 
+def test_a_failed_renewal_is_shown_by_every_run(caplog):
+    from datetime import datetime, timedelta, timezone
+
+    from tests.test_distros import deploy, host_facts
+
+    live = acme.CertificateInfo((NAME,), datetime.now(timezone.utc) + timedelta(days=40), "01")
+    data = {**ACME, "acme_directory": DIRECTORY}
+    for failed in (False, True):
+        caplog.clear()
+        facts = host_facts("debian12", LiveCertificate=lambda cert_name: live,
+                           UnitFailed=lambda unit: failed and unit == f"{acme.RENEW_UNIT}.service")
+        with caplog.at_level("WARNING", logger="pyinfra"):
+            deploy({"debian12": facts}, **data)
+        warned = [r.getMessage() for r in caplog.records if "last certificate renewal failed" in r.getMessage()]
+        assert bool(warned) is failed, warned
+    assert f"journalctl -u {acme.RENEW_UNIT}.service" in warned[0]
+
+
 def test_acme_on_rhel_labels_certbot_and_the_webroot_and_opens_https():
     from tests.test_distros import RHEL_PACKAGES, deploy, host_facts
 

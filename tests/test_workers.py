@@ -17,7 +17,7 @@ import pytest
 from pyinfra.api.exceptions import DeployError
 
 from tasks.background import REDIS_PASSWORD, BackgroundUnits, systemd_command
-from tests.conftest import REPO_ROOT, get, run_deploy
+from tests.conftest import REPO_ROOT, Load, get, run_deploy
 from tests.test_distros import LB_DATA, deploy, host_facts
 
 WORKERS = {"celery": {"command": "celery -A tasks worker --loglevel=INFO", "processes": 2, "stop_timeout": 45}}
@@ -314,9 +314,12 @@ def _follow_the_releases(fork, tmp_path):
     assert "TimeoutStopSec=12" in dry.output and "TimeoutStopSec=10" in dry.output, dry.output[-3000:]
     assert "TimeoutStopSec=10" in fork.exec("cat /etc/systemd/system/tasker-celery@.service")
 
-    # A code redeploy: the worker runs the new code; a rollback brings the old one.
-    # (That the web app drops no request meanwhile is tests/test_releases.py's.)
-    run_deploy(fork, tmp_path, data=tasker_data(v2))
+    # A code redeploy under a steady load: no request fails, and the worker runs the
+    # new code; a rollback brings the old one.
+    with Load(fork.url + "/", threads=2, interval=0.02, max_seconds=120) as load:
+        run_deploy(fork, tmp_path, data=tasker_data(v2))
+    print("\n" + load.report("redeploy with a worker"))
+    assert load.sent > 50 and not load.failures, load.report("redeploy with a worker")
     assert get(fork.url + "/enqueue").text.startswith("v2")
     run_deploy(fork, tmp_path, deploy="rollback.py", data=tasker_data(v2))
     assert get(fork.url + "/enqueue").text.startswith("v1")
