@@ -89,8 +89,8 @@ def install(s) -> dict[str, object]:
             jinja_env_kwargs=JINJA, name=f"Write the unit of {s.app_name}'s {kind} {name} ({unit})",
             src=str(TEMPLATES / template), dest=f"{UNIT_DIR}/{unit}", mode="644",
             s=s, item=name, worker=spec, job=spec, command=systemd_command(spec.command))
-    removed = [remove(unit, enabled) for unit, app in sorted(found["units"].items())
-               if app == s.app_name and unit not in written]
+    removed = {unit: remove(unit, enabled) for unit, app in sorted(found["units"].items())
+               if app == s.app_name and unit not in written}
     # Worker processes beyond `processes` (it was lowered): stopped and disabled.
     instances = set(s.worker_instances)
     templates = {unit.replace("@.service", "@") for unit in written if unit.endswith("@.service")}
@@ -98,9 +98,10 @@ def install(s) -> dict[str, object]:
         if unit.split("@")[0] + "@" in templates and unit not in instances:
             server.shell(name=f"Stop and disable {unit} (beyond the worker's processes)",
                          commands=[f"systemctl disable --now {shlex.quote(unit)}"])
-    changes = [*written.values(), *removed]
+    changes = [*written.values(), *removed.values()]
     systemd.daemon_reload(name=f"Reload systemd ({s.app_name}'s worker or job units changed)",
                           _if=lambda: any(op.did_change() for op in changes))
+    forget(removed)
     for unit in s.worker_instances:
         if unit not in enabled:
             server.shell(name=f"Start {unit} at boot", commands=[f"systemctl enable {shlex.quote(unit)}"])
@@ -113,6 +114,18 @@ def install(s) -> dict[str, object]:
                 server.shell(name=f"Restart the timer {unit} (its schedule changed)",
                              commands=[f"systemctl restart {shlex.quote(unit)}"], _if=op.did_change)
     return {name: written[f"{s.unit_prefix(name)}@.service"] for name in s.workers}
+
+
+def forget(removed: dict) -> None:
+    """A job stopped mid-run by its removal ends `failed`, and so may its timer: gone
+    from the settings, they must not stay in `systemctl --failed` (nor in the status
+    of the host) as if a run had failed."""
+    if not removed:
+        return
+    patterns = " ".join(shlex.quote(unit.replace("@.service", "@*.service")) for unit in removed)
+    server.shell(name="Forget the failed state of the removed units (systemctl reset-failed)",
+                 commands=[f"systemctl reset-failed {patterns} 2>/dev/null || true"],
+                 _if=lambda: any(op.did_change() for op in removed.values()))
 
 
 def remove(unit: str, enabled: set[str]):
@@ -132,10 +145,11 @@ def remove_stale(apps) -> None:
     wanted = {app.app_name for app in apps}
     found = host.get_fact(BackgroundUnits)
     enabled = set(found["enabled"])
-    removed = [remove(unit, enabled) for unit, app in sorted(found["units"].items()) if app not in wanted]
+    removed = {unit: remove(unit, enabled) for unit, app in sorted(found["units"].items()) if app not in wanted}
     if removed:
         systemd.daemon_reload(name="Reload systemd (units of apps no longer deployed are gone)",
-                              _if=lambda: any(op.did_change() for op in removed))
+                              _if=lambda: any(op.did_change() for op in removed.values()))
+        forget(removed)
 
 
 @deploy("Workers onto the live release")
