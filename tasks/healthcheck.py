@@ -56,7 +56,12 @@ class Healthy(FactBase):
     """Whether the app answers its health check right now (one attempt); False
     when it does not, or the health check is not installed yet (a new host), or
     `present` (the app's release tool) is not there yet: an app never deployed is
-    not asked for, so its request cannot land on another app's site."""
+    not asked for, so its request cannot land on another app's site. Read by the
+    deploy's code only (before anything changes): the fact batch never reads it
+    again once pyinfra executes (tasks/prefetch.py), which would send the app a
+    request whose answer nothing uses."""
+
+    prepare_only = True
 
     def command(self, check: str, present: str = "") -> str:
         guard = f"[ -e {shlex.quote(present)} ] && " if present else ""

@@ -272,8 +272,12 @@ class _Batch:
         self.asked: list[str] = []
         self.kinds: dict[str, Kind] = {}  # asked commands that can be grouped
         self.in_fact: bool | Kind | str = False  # in a fact: True, the kind of fact it is, or ONCE
+        self.in_prepare_only = False
         self.executing = False  # pyinfra has started executing on this host
         self.expected: list[str] = []  # the facts this run will ask (as far as we know)
+        # Facts (`prepare_only = True`) only the deploy's code reads, while pyinfra
+        # prepares: never read again once it executes (nothing would use the answer).
+        self.prepare_only: set[str] = set()
         self.changed = False  # the host changed since the last batch
         self.get_fact, self.run_shell_command = host.get_fact, host.run_shell_command
         self.changing_command = self.changing(host.run_shell_command)
@@ -310,12 +314,13 @@ class _Batch:
         return call
 
     def fact(self, fact, *args, **kwargs):
-        outer = self.in_fact
+        outer, outer_prepare_only = self.in_fact, self.in_prepare_only
         self.in_fact = ONCE if getattr(fact, "noted", True) is False else (_kind_of(fact, args, kwargs) or True)
+        self.in_prepare_only = getattr(fact, "prepare_only", False) is True
         try:
             return self.get_fact(fact, *args, **kwargs)
         finally:
-            self.in_fact = outer
+            self.in_fact, self.in_prepare_only = outer, outer_prepare_only
 
     def command(self, command, *args, **kwargs):
         if not self.in_fact:
@@ -330,6 +335,8 @@ class _Batch:
                 self.asked.append(raw)
                 if self.in_fact is not True:
                     self.kinds[raw] = self.in_fact
+                if self.in_prepare_only:
+                    self.prepare_only.add(raw)
             if self.executing and self.changed and raw in self.expected:
                 self.fetch(self.expected, self.kinds)
             lines = self.results.get(raw)
@@ -340,7 +347,9 @@ class _Batch:
     def read_again(self, ahead: list[str] = ()) -> None:
         """Read this run's facts (what the last run asked, and this one so far) again."""
         remembered, kinds = _remembered(self.host) or ([], {})
-        self.expected = list(dict.fromkeys(remembered + self.asked))
+        self.prepare_only |= set(_noted(self.host).get("prepare_only", []))
+        self.expected = [command for command in dict.fromkeys(remembered + self.asked)
+                         if not (self.executing and command in self.prepare_only)]
         self.kinds = {**kinds, **self.kinds}
         self.fetch(self.expected, self.kinds, ahead)
 
@@ -435,8 +444,9 @@ def _remember(host) -> None:
     asked = set(batch.asked)
     before = [command for command in last if command not in asked]
     kinds = {command: kind for command, kind in batch.kinds.items() if command in asked or command in before}
+    prepare_only = sorted(command for command in batch.prepare_only if command in asked or command in before)
     content = json.dumps({"format": FORMAT, "host": host.name, "commands": batch.asked,
-                          "before": before, "kinds": kinds}, indent=1)
+                          "before": before, "kinds": kinds, "prepare_only": prepare_only}, indent=1)
     with tempfile.NamedTemporaryFile("w", dir=CACHE_DIR, delete=False, suffix=".tmp") as tmp:
         tmp.write(content)
     os.replace(tmp.name, _cache_file(host))

@@ -6,6 +6,7 @@ costs cut (tasks/speedups.py) with the same results as pyinfra's own code."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -277,6 +278,37 @@ def test_facts_marked_not_noted_are_answered_once_and_never_written_down(fake):
     assert stdout(host.get_fact(Lock, "take-lock", _sudo=False)) == ["LOCK taken"]
     assert stdout(host.get_fact(Lock, "take-lock", _sudo=False)) == ["live take-lock"]
     assert "take-lock" not in batch.asked
+
+
+def test_facts_read_only_while_preparing_are_not_read_again_once_executing(fake, monkeypatch, tmp_path):
+    """The health check's fact (`prepare_only`) makes a request to the app: in the
+    batch while pyinfra prepares, never in the batches read once it executes (its
+    answer is not used then), in this run or the next."""
+    host, batch = fake
+    monkeypatch.setitem(prefetch._BATCHES, host, batch)
+    monkeypatch.setattr(prefetch, "CACHE_DIR", tmp_path)
+
+    class Probe:
+        prepare_only = True
+        command = None
+
+    def get_fact(fact, command, **arguments):
+        return host.run_shell_command(command, **arguments)
+
+    batch.get_fact = lambda fact, *args, **arguments: get_fact(fact, *args, **arguments) if args else \
+        host.run_shell_command(fact, **arguments)
+    batch.results["probe-app"] = ["yes"]
+    assert stdout(host.get_fact(Probe, "probe-app", _sudo=False)) == ["yes"]
+    assert stdout(host.get_fact("cat /a", _sudo=False)) == ["batched a"]
+    prefetch._Callbacks.operation_host_start(None, host, "op")  # executing: one batch, without the probe
+    assert len(host.ran) == 1 and "cat /a" in host.ran[0] and "probe-app" not in host.ran[0]
+    host.run_shell_command("systemctl restart app", _sudo=False)
+    host.get_fact("cat /a", _sudo=False)  # after a change: the batch again, still without it
+    assert "@@prefetch-" in host.ran[2] and "cat /a" in host.ran[2] and "probe-app" not in host.ran[2]
+    # Remembered for the next run's first batch, marked.
+    prefetch._remember(host)
+    noted = json.loads(prefetch._cache_file(host).read_text())
+    assert "probe-app" in noted["commands"] and noted["prepare_only"] == ["probe-app"]
 
 
 def test_the_first_commands_run_ahead_of_the_others(tmp_path):
