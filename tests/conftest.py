@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import threading
@@ -15,6 +16,11 @@ import requests
 
 from dev import throwaway
 from dev.throwaway import DeployRun
+
+# `./run test` runs the suite in two processes (pytest-xdist, one test file at a
+# time each): each keeps its hosts' Debian packages in a directory of its own.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["THROWAWAY_APT_ARCHIVES_TAG"] = os.environ["PYTEST_XDIST_WORKER"]
 
 REPO_ROOT = throwaway.REPO_ROOT
 SESSION = uuid.uuid4().hex[:8]

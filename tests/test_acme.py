@@ -162,8 +162,7 @@ class Pebble:
 
 def _start_pebble(image: str, network: str, workdir: Path) -> Pebble:
     client = throwaway.docker_client()
-    apt_cache = throwaway.CACHE_DIR / "apt-archives-bookworm"
-    (apt_cache / "partial").mkdir(parents=True, exist_ok=True)
+    apt_cache = throwaway.apt_archives("bookworm")
     container = client.containers.create(
         image, ["bash", "-c", PEBBLE_SCRIPT], name=f"t-{SESSION}-pebble",
         labels={throwaway.LABEL: "pebble", SESSION_LABEL: SESSION},

@@ -159,9 +159,18 @@ def ssh_key() -> tuple[Path, str]:
         private = key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
         )
-        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        # Written aside, then linked into place: a parallel test process making its
+        # own at the same moment never reads half a key; the first one's wins.
+        staging = key_path.with_name(f".{key_path.name}.{os.getpid()}")
+        fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as handle:
             handle.write(private)
+        try:
+            os.link(staging, key_path)
+        except FileExistsError:
+            pass
+        finally:
+            staging.unlink()
     key = serialization.load_ssh_private_key(key_path.read_bytes(), password=None)
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     return key_path, public.decode() + " throwaway-test-key"
@@ -270,6 +279,26 @@ def write_group_inventory(path: Path, groups: dict[str, list[tuple[Host, dict]]]
     return path
 
 
+def apt_archives(release: str) -> Path:
+    """Where a release's hosts keep downloaded Debian packages (bind-mounted as their
+    /var/cache/apt/archives), shared by every host of the release. With
+    THROWAWAY_APT_ARCHIVES_TAG set (one per parallel test process), a directory of
+    its own, seeded with hard links to the shared one's packages: apt locks its
+    archives directory, and two cold deploys sharing one would wait on each other."""
+    shared = CACHE_DIR / f"apt-archives-{release}"
+    tag = os.environ.get("THROWAWAY_APT_ARCHIVES_TAG", "")
+    path = shared.with_name(f"{shared.name}-{tag}") if tag else shared
+    if tag and not path.exists() and shared.is_dir():
+        staging = path.with_name(f".{path.name}.{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        for package in shared.glob("*.deb"):
+            os.link(package, staging / package.name)
+        staging.rename(path)
+    (path / "partial").mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def start_host(image: str, name: str | None = None, network: str | None = None,
                ports: tuple[int, ...] = (22, 80), labels: dict | None = None,
                cap_add: tuple[str, ...] = ()) -> Host:
@@ -280,8 +309,7 @@ def start_host(image: str, name: str | None = None, network: str | None = None,
     key_path, public_key = ssh_key()
     name = name or f"throwaway-{uuid.uuid4().hex[:8]}"
     release = "trixie" if "trixie" in image else "bookworm"
-    apt_cache = CACHE_DIR / f"apt-archives-{release}"
-    (apt_cache / "partial").mkdir(parents=True, exist_ok=True)
+    apt_cache = apt_archives(release)
     container = client.containers.run(
         image,
         detach=True,
@@ -292,7 +320,7 @@ def start_host(image: str, name: str | None = None, network: str | None = None,
         ports={f"{port}/tcp": ("127.0.0.1", None) for port in ports},
         volumes={
             "/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
-            # Debian packages downloaded once, shared by every host of a release.
+            # Debian packages downloaded once, shared by the hosts of a release.
             str(apt_cache): {"bind": "/var/cache/apt/archives", "mode": "rw"},
         },
         **{**SYSTEMD_RUN_KWARGS, "cap_add": [*SYSTEMD_RUN_KWARGS["cap_add"], *cap_add]},
