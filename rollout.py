@@ -35,10 +35,10 @@ public API has no loader for one. `add_op`/`add_deploy` put pyinfra in API mode,
 where operations are matched across hosts by their position instead of deploy.py's
 lines (which tasks/topology.py's barrier and the fact batch rely on); CLI mode
 (`pyinfra.is_cli`) is set only by pyinfra's CLI, and loading deploy files is
-`pyinfra_cli` code. A process per stage also keeps each run what a plain `pyinfra`
+code of pyinfra's command-line package. A process per stage also keeps each run what a plain `pyinfra`
 run is (its lock, run id, caches, output), so a rollout deploys exactly what
 `pyinfra INVENTORY deploy.py` does. The inventory's groups are read with runpy for
-the same reason (pyinfra's inventory-file loader is `pyinfra_cli`'s).
+the same reason (pyinfra's inventory-file loader is in that package too).
 """
 
 from __future__ import annotations
