@@ -71,6 +71,7 @@ class Settings(TypedDict):
     health: dict  # the health check (files/healthcheck.py)
     health_module: str  # where files/healthcheck.py is installed
     workers: list  # the units of the app's worker processes, restarted onto each healthy release
+    environment_files: list  # the EnvironmentFile= of the app's units (secrets, REDIS_URL, ...), root's
 
 
 # Set by configure() (main() calls it; tests call it with a temporary root).
@@ -422,8 +423,9 @@ def sandboxed(release: str, command: list[str], writable: list[str], venv: str |
         f"--unit={CONFIG['app']}-release-{secrets.token_hex(4)}",
         f"--description=release {release} of {CONFIG['app']}: a step as {user}",
         "-p", f"User={user}", "-p", f"Group={user}", "-p", f"WorkingDirectory={path}",
-        # The app's secrets, read by systemd (never on a command line).
-        "-p", f"EnvironmentFile=-{ROOT}/secrets/app.env",
+        # The app's environment as its units have it (secrets, REDIS_URL, ...), read by
+        # systemd (never on a command line).
+        *[arg for path in CONFIG["environment_files"] for arg in ("-p", f"EnvironmentFile=-{path}")],
         *[arg for prop in CONFIG["sandbox"] for arg in ("-p", prop)],
         # /run/<app> is the running service's (its socket, FIFO, stats): a step never
         # writes there, nor anywhere in /run (which ProtectKernelTunables= and
