@@ -175,6 +175,17 @@ def apps_apart(apps: list[App], login: str | None = None) -> list[str]:
                 problems.append(f"{key} = {value!r}: used by both {seen[value]} and {app.app_name} "
                                 "(each app needs its own)")
             seen.setdefault(value, app.app_name)
+    units: dict = {}
+    for app in apps:
+        owned = [("app_name", app.service), *[(f"workers.{name}", f"{app.unit_prefix(name)}@.service")
+                                              for name in app.workers],
+                 *[(f"jobs.{name}", f"{app.unit_prefix(name)}.{kind}") for name in app.jobs
+                   for kind in ("service", "timer")]]
+        for key, unit in owned:
+            if unit in units:
+                problems.append(f"{key} of {app.app_name}: its unit {unit} would also be {units[unit]}; "
+                                "rename one of them")
+            units.setdefault(unit, f"{app.app_name}'s ({key.split('.')[0]})")
     routes: dict = {}
     sockets: dict = {}
     sites: dict = {}

@@ -153,6 +153,24 @@ def test_an_app_root_inside_another_apps_is_refused():
     assert "app_root = '/srv/shop/blog': is inside shop's app_root /srv/shop" in "\n".join(checks.apps_apart(apps))
 
 
+def test_two_apps_whose_units_would_share_a_name_are_refused():
+    job = {"command": "true", "schedule": "daily"}
+
+    def named(data):  # each app on a name of its own, so that only the units can clash
+        return validate({**data, "nginx_server_names": [f"{data['app_name']}.example"]})
+    # shop's job "blog" is shop-blog.service: the service of an app named shop-blog.
+    apps = [named({"app_name": "shop", "jobs": {"blog": job}}), named({"app_name": "shop-blog"})]
+    assert checks.apps_apart(apps) == ["app_name of shop-blog: its unit shop-blog.service would also be "
+                                       "shop's (jobs); rename one of them"]
+    # Workers: shop's "a-b" and shop-a's "b" are both shop-a-b@.service.
+    apps = [named({"app_name": "shop", "workers": {"a-b": {"command": "x"}}}),
+            named({"app_name": "shop-a", "workers": {"b": {"command": "x"}}})]
+    assert checks.apps_apart(apps) == ["workers.b of shop-a: its unit shop-a-b@.service would also be "
+                                       "shop's (workers); rename one of them"]
+    apps = [named({"app_name": "shop", "jobs": {"a": job}}), named({"app_name": "blog", "jobs": {"a": job}})]
+    assert checks.apps_apart(apps) == []
+
+
 @pytest.mark.parametrize(("files", "entry", "expected"), [
     # The example app: Flask(__name__) in greeting.py, static/ beside it.
     ({"greeting.py": "from flask import Flask\napp = Flask(__name__)\n", "static/a.css": ""}, "wsgi",
