@@ -346,8 +346,9 @@ class _Batch:
 
     def read_again(self, ahead: list[str] = ()) -> None:
         """Read this run's facts (what the last run asked, and this one so far) again."""
-        remembered, kinds = _remembered(self.host) or ([], {})
-        self.prepare_only |= set(_noted(self.host).get("prepare_only", []))
+        noted = _noted(self.host)
+        remembered, kinds = _remembered(self.host, noted) or ([], {})
+        self.prepare_only |= set(noted.get("prepare_only", []))
         self.expected = [command for command in dict.fromkeys(remembered + self.asked)
                          if not (self.executing and command in self.prepare_only)]
         self.kinds = {**kinds, **self.kinds}
@@ -399,10 +400,11 @@ def read_again(host) -> None:
         batch.read_again()
 
 
-def _remembered(host) -> tuple[list[str], dict[str, Kind]] | None:
+def _remembered(host, noted: dict | None = None) -> tuple[list[str], dict[str, Kind]] | None:
     """What the last two runs asked (a code-only run after a no-op one asks a few facts
-    the no-op run did not), and the kinds of those we group."""
-    remembered = _noted(host)
+    the no-op run did not), and the kinds of those we group (from `noted`, the cache
+    file already read, if given)."""
+    remembered = _noted(host) if noted is None else noted
     if not remembered.get("commands"):
         return None
     kinds = {command: tuple(kind) for command, kind in remembered.get("kinds", {}).items()}
