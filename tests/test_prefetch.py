@@ -230,7 +230,7 @@ def test_facts_are_read_again_when_pyinfra_starts_executing(fake, monkeypatch):
     # Asked so far, and (most operations read their facts only when they execute) what
     # the previous run asked.
     batch.asked = ["cat /a", "cat /b"]
-    monkeypatch.setattr(prefetch, "_remembered", lambda host: (["cat /b", "cat /c"], {}))
+    monkeypatch.setattr(prefetch, "_remembered", lambda host, noted=None: (["cat /b", "cat /c"], {}))
     prefetch._Callbacks.operation_host_start(None, host, "op")
     assert len(host.ran) == 1 and all(f"cat /{name}" in host.ran[0] for name in "abc")  # one command
     assert stdout(host.get_fact("cat /a", _sudo=False)) == ["live cat /a"]  # the old answer is gone
