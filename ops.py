@@ -13,6 +13,8 @@ says which host each line comes from.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 
@@ -195,7 +197,16 @@ def run_(ctx: Context, tty: bool, words: tuple[str, ...]):
 
 
 
+def _interrupted(signum, frame) -> None:
+    """Ctrl-C: stop at once, quietly (`logs --follow` ends this way). The connections
+    close with the process: a command that runs on a pseudo-terminal (`logs
+    --follow`) gets a hangup there and ends too."""
+    sys.stdout.flush()
+    os._exit(130)
+
+
 def main() -> int:
+    signal.signal(signal.SIGINT, _interrupted)
     try:
         code = cli(standalone_mode=False)
     except (FleetError, SettingsError) as exc:
