@@ -123,8 +123,8 @@ def status(ctx: Context, as_json: bool):
         apps = ctx.fleet.apps(host)
         if not apps:
             return []
-        ok, out, err = run(host, ops_status.host_command(apps), timeout=120)
-        reports = ops_status.parse(apps, out, err)
+        ok, out, err = run(host, ops_status.host_command(host, apps), timeout=120)
+        reports = ops_status.parse(host, apps, out, err)
         return [ops_status.summary(host.name, app, reports[app.app_name], ops_status.now()) for app in apps]
 
     rows = [row for found in ctx.fleet.each(gather).values() for row in found]

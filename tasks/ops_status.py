@@ -15,7 +15,7 @@ import json
 import shlex
 from datetime import datetime, timezone
 
-from tasks import acme
+from tasks import acme, healthcheck, topology
 from tasks.app import App
 from tasks.nginx import sites_for
 
@@ -52,16 +52,63 @@ def app_command(app: App, certificate: str | None) -> str:
     return shlex.join(args)
 
 
-def host_command(apps: list[App]) -> str:
-    """One command for all the host's apps: one JSON line each."""
+def balancer_command(app: App, certificate: str | None) -> str:
+    """A balancer has no release tool: nginx's unit, the deploy's health check
+    (files/healthcheck.py, one attempt) and the certificate, each after a marker line
+    (`balancer_report` reads them)."""
+    name = shlex.quote(app.app_name)
+    check = healthcheck.command(healthcheck.spec(app), "--attempts", "1", "--role", "balancer")
+    parts = [f"echo BALANCER {name}",
+             "systemctl show --no-pager --property=LoadState,ActiveState,SubState,Result nginx.service",
+             f'if said=$({check} 2>&1); then echo HEALTH; else echo "HEALTH $(printf %s "$said" | head -n 1)"; fi']
+    if certificate:
+        path = shlex.quote(certificate)
+        parts.append(f"if [ -f {path} ]; then echo CERT; openssl x509 -in {path} -noout -enddate -serial "
+                     f"-ext subjectAltName 2>/dev/null; else echo CERT missing; fi")
+    return " ; ".join(parts)
+
+
+def host_command(host, apps: list[App]) -> str:
+    """One command for all the host's apps: the release tool's JSON line for each
+    on an app server, marked sections on a balancer."""
     paths = certificates(apps)
-    return " ; ".join(app_command(app, paths.get(app.app_name)) for app in apps)
+    make = balancer_command if topology.is_balancer(host) else app_command
+    return " ; ".join(make(app, paths.get(app.app_name)) for app in apps)
 
 
-def parse(apps: list[App], stdout: list[str], stderr: list[str]) -> dict[str, dict]:
-    """Each app's report; `{"error": ...}` for an app whose release tool did not answer."""
+def balancer_reports(apps: list[App], stdout: list[str]) -> dict[str, dict]:
+    """The reports of a balancer's apps, from `balancer_command`'s output."""
+    paths = certificates(apps)
     reports: dict[str, dict] = {}
+    report: dict = {}
+    section = ""
     for line in stdout:
+        if line.startswith("BALANCER "):
+            name = line[len("BALANCER "):]
+            report = reports[name] = {"app": name, "balancer": True, "nginx": True, "units": {"nginx.service": {}},
+                                      "certificates": {}, "health": {"failure": None}}
+            section = "units"
+        elif not report:
+            continue
+        elif line.startswith("HEALTH"):
+            report["health"]["failure"] = line[len("HEALTH "):].strip() or None
+            section = ""
+        elif line.startswith("CERT"):
+            path = paths.get(report["app"], "?")
+            report["certificates"][path] = None if line.strip() == "CERT missing" else []
+            section = "cert"
+        elif section == "units" and "=" in line:
+            key, _, value = line.partition("=")
+            report["units"]["nginx.service"][key] = value
+        elif section == "cert":
+            report["certificates"][paths.get(report["app"], "?")].append(line)
+    return reports
+
+
+def parse(host, apps: list[App], stdout: list[str], stderr: list[str]) -> dict[str, dict]:
+    """Each app's report; `{"error": ...}` for an app whose release tool did not answer."""
+    reports: dict[str, dict] = balancer_reports(apps, stdout) if topology.is_balancer(host) else {}
+    for line in [] if topology.is_balancer(host) else stdout:
         try:
             report = json.loads(line)
         except ValueError:
@@ -69,8 +116,10 @@ def parse(apps: list[App], stdout: list[str], stderr: list[str]) -> dict[str, di
         if isinstance(report, dict) and isinstance(report.get("app"), str):
             reports[report["app"]] = report
     said = next((line.strip() for line in reversed(stderr) if line.strip()), "no output")
+    balancer = topology.is_balancer(host)
     return {app.app_name: reports.get(app.app_name) or {
-        "error": f"its release tool ({tool(app)}) did not answer ({said}): not deployed here yet?"} for app in apps}
+        "error": f"{'the balancer' if balancer else f'its release tool ({tool(app)})'} did not answer ({said}): "
+                 "not deployed here yet?"} for app in apps}
 
 
 def who(entry: dict | None, meta: dict | None = None) -> str:
@@ -109,13 +158,15 @@ def problems(app: App, report: dict, now: datetime | None = None) -> list[str]:
     if "error" in report:
         return [report["error"]]
     found = []
-    if report.get("live") is None:
+    units = report.get("units", {})
+    service = report.get("service", app.service)
+    if report.get("balancer"):
+        pass  # nginx only: no release, no uWSGI
+    elif report.get("live") is None:
         found.append("no live release")
     elif not report.get("confirmed"):
         found.append(f"the activation of {report['live']} never ended healthy (the next deploy re-checks it)")
-    units = report.get("units", {})
-    service = report.get("service", app.service)
-    if _state(units, service) != "active":
+    if not report.get("balancer") and _state(units, service) != "active":
         found.append(f"{service} is {_state(units, service)}")
     for unit in report.get("workers", []):
         if _state(units, unit) != "active":
@@ -170,7 +221,8 @@ def summary(host: str, app: App, report: dict, now: datetime | None = None) -> d
     disk = report.get("disk") or {}
     row.update({
         "release": report.get("live"), "commit": meta.get("commit"), "since": entry.get("at"),
-        "by": who(entry, meta), "web": _state(units, report.get("service", app.service)),
+        "by": who(entry, meta),
+        "web": None if report.get("balancer") else _state(units, report.get("service", app.service)),
         "workers": {unit: _state(units, unit) for unit in workers},
         "jobs": {unit: _state(units, unit) for unit in report.get("jobs", []) + report.get("timers", [])},
         "uwsgi": {key: uwsgi[key] for key in ("workers", "busy", "idle", "requests") if key in uwsgi} or None,
@@ -194,7 +246,7 @@ def cells(row: dict) -> list[str]:
     free, total = row["disk_free"], row["disk_total"]
     return [
         row["host"], row["app"], row["release"] or "-", (row["commit"] or "-")[:10], row["since"] or "-", row["by"],
-        row["web"],
+        row["web"] or "-",
         f"{sum(state == 'active' for state in workers.values())}/{len(workers)} active" if workers else "-",
         f"{uwsgi.get('busy', '?')}/{uwsgi.get('idle', '?')} {uwsgi.get('requests', '?')}" if uwsgi else "-",
         row["nginx"] or "-",

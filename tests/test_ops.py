@@ -112,6 +112,17 @@ def report(**changes) -> dict:
 APP = validate({"app_source": "files/greeting", "workers": WORKERS, "jobs": JOBS})
 
 
+class FakeHost:
+    def __init__(self, name="web1", groups=(), data=None):
+        self.name, self.groups = name, list(groups)
+        self.data = _Data(data or {})
+
+
+class _Data(dict):
+    def get(self, key, default=None):
+        return super().get(key, default)
+
+
 def test_a_healthy_report_has_no_problems_and_its_row_says_what_is_live():
     assert ops_status.problems(APP, report(), NOW) == []
     row = ops_status.summary("web1", APP, report(), NOW)
@@ -152,7 +163,7 @@ def test_each_unhealthy_thing_is_a_problem_naming_it(changes, problem):
 
 def test_a_job_between_runs_is_healthy_and_a_host_whose_tool_did_not_answer_is_not():
     assert ops_status.problems(APP, report(unit={"greeting-report.service": "activating"}), NOW) == []
-    reports = ops_status.parse([APP], ["not json", '{"app": "other"}'], ["sh: 1: release-tool: not found"])
+    reports = ops_status.parse(FakeHost(), [APP], ["not json", '{"app": "other"}'], ["sh: 1: release-tool: not found"])
     assert ops_status.problems(APP, reports["greeting"]) == [
         "its release tool (/srv/greeting/bin/release-tool) did not answer (sh: 1: release-tool: not found): "
         "not deployed here yet?"]
@@ -168,29 +179,42 @@ def test_who_reads_the_record_then_the_metadata():
 def test_the_status_command_names_the_apps_units_and_certificate():
     acme = validate({"app_source": "files/greeting", "workers": WORKERS, "jobs": JOBS, "tls_acme": True,
                      "acme_email": "ops@example.com", "nginx_server_names": ["shop.example.com"]})
-    command = ops_status.host_command([acme])
+    command = ops_status.host_command(FakeHost(), [acme])
     assert command == ("/srv/greeting/bin/release-tool status --json --nginx --worker greeting-mailer@1.service "
                        "--worker greeting-mailer@2.service --job greeting-report.service "
                        "--timer greeting-report.timer --certificate /etc/letsencrypt/live/greeting/fullchain.pem")
     from dataclasses import replace
     behind = replace(acme, behind_balancer=True, runs_jobs=False)
-    assert ops_status.host_command([behind]) == (
+    assert ops_status.host_command(FakeHost(), [behind]) == (
         "/srv/greeting/bin/release-tool status --json --worker greeting-mailer@1.service "
         "--worker greeting-mailer@2.service --job greeting-report.service")
 
 
+def test_a_balancer_is_read_without_a_release_tool_nginx_health_and_certificate():
+    acme = validate({"app_source": "files/greeting", "tls_acme": True, "acme_email": "ops@example.com",
+                     "nginx_server_names": ["shop.example.com"]})
+    balancer = FakeHost("lb1", groups=["load_balancers"])
+    command = ops_status.host_command(balancer, [acme])
+    assert command.startswith("echo BALANCER greeting ; systemctl show") and "healthcheck.py --check" in command
+    assert "/etc/letsencrypt/live/greeting/fullchain.pem" in command and "release-tool" not in command
+    assert subprocess.run(["sh", "-n", "-c", command]).returncode == 0
+    cert = "/etc/letsencrypt/live/greeting/fullchain.pem"
+    output = ["BALANCER greeting", "LoadState=loaded", "ActiveState=active", "SubState=running", "Result=success",
+              "HEALTH", "CERT", "notAfter=Feb 28 00:00:00 2027 GMT", "serial=01"]
+    reports = ops_status.parse(balancer, [acme], output, [])
+    assert reports["greeting"]["certificates"] == {cert: ["notAfter=Feb 28 00:00:00 2027 GMT", "serial=01"]}
+    assert ops_status.problems(acme, reports["greeting"], NOW) == []
+    row = ops_status.summary("lb1", acme, reports["greeting"], NOW)
+    assert row["healthy"] and row["web"] is None and row["nginx"] == "active" and row["certificate_days"] == 88.0
+    output[2], output[5], output[6:] = "ActiveState=failed", "HEALTH HEALTH CHECK FAILED on balancer lb1: 502", \
+        ["CERT missing"]
+    assert ops_status.problems(acme, ops_status.parse(balancer, [acme], output, [])["greeting"], NOW) == [
+        "nginx is failed", "HEALTH CHECK FAILED on balancer lb1: 502", f"certificate {cert} is missing"]
+    assert ops_status.problems(acme, ops_status.parse(balancer, [acme], [], ["ssh: gone"])["greeting"]) == [
+        "the balancer did not answer (ssh: gone): not deployed here yet?"]
+
+
 # logs -----------------------------------------------------------------------------------------
-
-class FakeHost:
-    def __init__(self, name="web1", groups=(), data=None):
-        self.name, self.groups = name, list(groups)
-        self.data = _Data(data or {})
-
-
-class _Data(dict):
-    def get(self, key, default=None):
-        return super().get(key, default)
-
 
 def test_logs_read_the_web_unit_and_with_flags_workers_jobs_and_nginx():
     host = FakeHost()
