@@ -297,3 +297,63 @@ def test_commands_on_a_host_without_the_deploy_say_so_with_their_exit_status(tmp
     assert run.returncode == 1 and "[@local] sh: 1: /nonexistent/greeting/bin/release-tool: not found" in run.stdout
     tty = ops("run", "--tty", "--", "flask", "shell")
     assert tty.returncode == 2 and "--tty: @local is not reached over SSH" in tty.stderr
+
+
+# The release tool's side: `status` and `exec` (files/release-tool.py) ------------------------
+
+@pytest.fixture
+def tool(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("release_tool_ops", REPO_ROOT / "files/release-tool.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    (tmp_path / "releases" / "r1").mkdir(parents=True)
+    (tmp_path / "releases" / "r1" / module.META).write_text(json.dumps({"id": "r1", "commit": "abc", "files": {}}))
+    (tmp_path / "current").symlink_to("releases/r1")
+    config = {"app": "greeting", "service": "greeting.service", "user": "greeting", "writable": [],
+              "sandbox": [], "environment_files": [], "stats_socket": str(tmp_path / "stats.sock")}
+    (tmp_path / "release-tool.json").write_text(json.dumps(config))
+    module.configure(tmp_path)
+    return module
+
+
+def test_exec_runs_in_the_live_release_and_passes_its_exit_status_on(tool, tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(tool, "in_release", lambda release, command, tty=False: calls.append(
+        (release, command, tty)) or 3)
+    assert tool.main(["--root", str(tmp_path), "exec", "--", "flask db upgrade"]) == 3
+    assert calls == [("r1", ["/bin/sh", "-c", "flask db upgrade"], False)]
+    assert capsys.readouterr().err == "exit status 3\n"
+    assert (tmp_path / "releases" / "r1").is_dir()  # unlike a failed release step, nothing is removed
+    monkeypatch.setattr(tool, "in_release", lambda release, command, tty=False: calls.append(
+        (release, command, tty)) or 0)
+    assert tool.main(["--root", str(tmp_path), "exec", "--tty", "--", "flask", "shell"]) == 0
+    assert calls[-1] == ("r1", ["/bin/sh", "-c", "flask shell"], True)
+
+
+def test_a_tty_step_runs_on_a_pty_of_its_own(tool, monkeypatch):
+    argvs = []
+    monkeypatch.setattr(tool.subprocess, "run", lambda argv, stdin=None: argvs.append((argv, stdin)) or
+                        subprocess.CompletedProcess(argv, 0))
+    tool.sandboxed("r1", ["flask", "shell"], [], "/v", tty=True)
+    tool.sandboxed("r1", ["true"], [], "/v")
+    (tty, tty_stdin), (pipe, pipe_stdin) = argvs
+    assert "--pty" in tty and "--pipe" not in tty and tty_stdin is None and any(
+        arg.startswith("--setenv=TERM=") for arg in tty)
+    assert "--pipe" in pipe and "--pty" not in pipe and pipe_stdin == subprocess.DEVNULL
+
+
+def test_status_reads_units_in_one_call_and_never_follows_a_link_to_the_stats_socket(tool, tmp_path, monkeypatch):
+    shown = ("LoadState=loaded\nActiveState=active\nSubState=running\nResult=success\n\n"
+             "LoadState=loaded\nActiveState=inactive\nSubState=dead\nResult=success\n\n"
+             "LoadState=not-found\nActiveState=inactive\nSubState=dead\nResult=success\n")
+    calls = []
+    monkeypatch.setattr(tool.subprocess, "run", lambda argv, **kw: calls.append(argv) or
+                        subprocess.CompletedProcess(argv, 0, stdout=shown))
+    states = tool.unit_states(["greeting.service", "greeting-w@1.service", "nginx.service"])
+    assert len(calls) == 1 and calls[0][-4:] == ["--", "greeting.service", "greeting-w@1.service", "nginx.service"]
+    assert states["greeting-w@1.service"]["ActiveState"] == "inactive"
+    assert states["nginx.service"]["LoadState"] == "not-found"
+    (tmp_path / "stats.sock").symlink_to("/run/somewhere-else.sock")
+    assert "it is a symbolic link" in tool.uwsgi_summary()["error"]
