@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import queue
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 
@@ -241,14 +243,23 @@ def test_the_safe_tail_refuses_links_and_follows_a_file(tmp_path):
     assert f"{tmp_path}: not read: not a regular file" in done.stderr
     follower = subprocess.Popen([sys.executable, "-I", "-S", "-c", ops_logs.SAFE_TAIL, "1", "follow", str(log)],
                                 stdout=subprocess.PIPE, text=True)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in follower.stdout], daemon=True).start()
+
+    def next_line():
+        try:
+            return lines.get(timeout=10)
+        except queue.Empty:
+            return None
+
     try:
-        assert follower.stdout.readline() == "site.access.log: line 99\n"
+        assert next_line() == "site.access.log: line 99\n"
         with log.open("a") as handle:
             handle.write("appended\n")
-        assert follower.stdout.readline() == "site.access.log: appended\n"
+        assert next_line() == "site.access.log: appended\n"
         log.rename(tmp_path / "site.access.log.1")  # rotated: the new file is followed
         log.write_text("after rotation\n")
-        assert follower.stdout.readline() == "site.access.log: after rotation\n"
+        assert next_line() == "site.access.log: after rotation\n"
     finally:
         follower.kill()
         follower.wait()
@@ -329,7 +340,11 @@ def test_exec_runs_in_the_live_release_and_passes_its_exit_status_on(tool, tmp_p
     monkeypatch.setattr(tool, "in_release", lambda release, command, tty=False: calls.append(
         (release, command, tty)) or 0)
     assert tool.main(["--root", str(tmp_path), "exec", "--tty", "--", "flask", "shell"]) == 0
-    assert calls[-1] == ("r1", ["/bin/sh", "-c", "flask shell"], True)
+    release, command, tty = calls[-1]
+    assert release == "r1" and tty and command[-1] == "flask shell" and "time.sleep(0.5)" in command[-2]
+    # The wrapper passes the command's exit status on, and its output.
+    done = subprocess.run([sys.executable, *command[1:-1], "echo said; exit 5"], capture_output=True, text=True)
+    assert (done.returncode, done.stdout) == (5, "said\n")
 
 
 def test_a_tty_step_runs_on_a_pty_of_its_own(tool, monkeypatch):
