@@ -110,13 +110,14 @@ def releases(ctx: Context):
                 click.echo(f"[{name}]   {line}")
 
 
-@command()
+@command(short_help="How each host's apps are doing (exit 1 if unhealthy).")
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON (for scripts).")
 @click.pass_obj
 def status(ctx: Context, as_json: bool):
-    """Each host's apps: live release, units, uWSGI, nginx, certificate, disk.
+    """How each host's apps are doing; exit status 1 if anything is unhealthy.
 
-    Exit status 1 when anything is unhealthy: the web unit not active, a worker not
+    Per host and app: the live release, the web unit, workers, uWSGI's busy/idle
+    workers and requests served, nginx, days left on the certificate, free disk. Exit status 1 when anything is unhealthy: the web unit not active, a worker not
     active, a job or timer failed, nginx not active, the health check failing, the
     certificate missing or expiring within acme_min_valid_days."""
     def gather(host):
@@ -136,7 +137,7 @@ def status(ctx: Context, as_json: bool):
     return 0 if all(row["healthy"] for row in rows) else 1
 
 
-@command()
+@command(short_help="Log lines from every host, prefixed with the host.")
 @click.option("-n", "--lines", type=click.IntRange(min=0), default=10, show_default=True,
               help="Lines to show from the end, per host (and per file).")
 @click.option("--since", metavar="TIME", help="Only journal lines since then (journalctl's --since: "
@@ -146,7 +147,7 @@ def status(ctx: Context, as_json: bool):
 @click.option("--nginx", is_flag=True, help="Add nginx's unit and the site's access and error logs.")
 @click.pass_obj
 def logs(ctx: Context, lines: int, since: str | None, follow: bool, workers: bool, nginx: bool):
-    """The app's log lines from every host at once, each prefixed with its host.
+    """The app's log lines from every host, each prefixed with its host.
 
     The journal of the app's web unit (uWSGI: the app's own output and errors), with
     --workers its workers and jobs, with --nginx nginx's unit and the site's log
@@ -165,7 +166,7 @@ def logs(ctx: Context, lines: int, since: str | None, follow: bool, workers: boo
 @click.argument("words", nargs=-1, required=True, type=click.UNPROCESSED, metavar="-- COMMAND...")
 @click.pass_obj
 def run_(ctx: Context, tty: bool, words: tuple[str, ...]):
-    """COMMAND in the live release as the app user, on every host.
+    """Run COMMAND in the live release as the app user, on every host.
 
     With the release's venv on PATH, the app's environment files (its secrets
     among them) and the service's sandbox: `run -- flask db upgrade`. The words are
