@@ -12,10 +12,15 @@ says which host each line comes from.
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
 import sys
 
 import click
 
+from tasks import ops_logs, ops_run, ops_status
 from tasks.fleet import Fleet, FleetError, parse_data, run
 from tasks.settings import SettingsError
 
@@ -105,9 +110,106 @@ def releases(ctx: Context):
                 click.echo(f"[{name}]   {line}")
 
 
+@command(short_help="How each host's apps are doing (exit 1 if unhealthy).")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON (for scripts).")
+@click.pass_obj
+def status(ctx: Context, as_json: bool):
+    """How each host's apps are doing; exit status 1 if anything is unhealthy.
+
+    Per host and app: the live release, the web unit, workers, uWSGI's busy/idle
+    workers and requests served, nginx, days left on the certificate, free disk. Exit status 1 when anything is unhealthy: the web unit not active, a worker not
+    active, a job or timer failed, nginx not active, the health check failing, the
+    certificate missing or expiring within acme_min_valid_days."""
+    def gather(host):
+        apps = ctx.fleet.apps(host)
+        if not apps:
+            return []
+        ok, out, err = run(host, ops_status.host_command(host, apps), timeout=120)
+        reports = ops_status.parse(host, apps, out, err)
+        return [ops_status.summary(host.name, app, reports[app.app_name], ops_status.now()) for app in apps]
+
+    rows = [row for found in ctx.fleet.each(gather).values() for row in found]
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+    else:
+        for line in ops_status.table(rows):
+            click.echo(line)
+    return 0 if all(row["healthy"] for row in rows) else 1
+
+
+@command(short_help="Log lines from every host, prefixed with the host.")
+@click.option("-n", "--lines", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Lines to show from the end, per host (and per file).")
+@click.option("--since", metavar="TIME", help="Only journal lines since then (journalctl's --since: "
+              "'1 hour ago', '2026-12-01 10:00', 'today').")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until interrupted (Ctrl-C).")
+@click.option("--workers", is_flag=True, help="Add the app's workers and jobs.")
+@click.option("--nginx", is_flag=True, help="Add nginx's unit and the site's access and error logs.")
+@click.pass_obj
+def logs(ctx: Context, lines: int, since: str | None, follow: bool, workers: bool, nginx: bool):
+    """The app's log lines from every host, each prefixed with its host.
+
+    The journal of the app's web unit (uWSGI: the app's own output and errors), with
+    --workers its workers and jobs, with --nginx nginx's unit and the site's log
+    files; a uwsgi_log file too when it is set. --since applies to the journal."""
+    def read(host):
+        command = ops_logs.host_command(host, ctx.fleet.apps(host), lines=lines, since=since, follow=follow,
+                                        nginx=nginx, workers=workers)
+        return run(host, command, stream=True, pty=follow) if command else (True, [], [])
+
+    results = ctx.fleet.each(read)
+    return 0 if all(ok for ok, _, _ in results.values()) else 1
+
+
+@command("run", context_settings={"ignore_unknown_options": True})
+@click.option("--tty", is_flag=True, help="On a terminal, for interactive commands (flask shell); one host only.")
+@click.argument("words", nargs=-1, required=True, type=click.UNPROCESSED, metavar="-- COMMAND...")
+@click.pass_obj
+def run_(ctx: Context, tty: bool, words: tuple[str, ...]):
+    """Run COMMAND in the live release as the app user, on every host.
+
+    With the release's venv on PATH, the app's environment files (its secrets
+    among them) and the service's sandbox: `run -- flask db upgrade`. The words are
+    joined with spaces and run by /bin/sh on the host. Each output line is prefixed
+    with its host; the exit status is the command's (with several hosts: the first
+    non-zero one, in inventory order). --tty (`run --tty --limit web1 -- flask
+    shell`) opens an SSH session with a terminal instead (see docs/operations.md)."""
+    def app_of(host):
+        apps = ctx.fleet.apps(host)
+        if len(apps) > 1:
+            raise FleetError(f"{host.name} runs several apps ({', '.join(a.app_name for a in apps)}): "
+                             "choose one with --app")
+        return apps[0] if apps else None
+
+    targets = [(host, app_of(host)) for host in ctx.fleet.hosts]
+    targets = [(host, app) for host, app in targets if app is not None]
+    if tty:
+        if len(targets) != 1:
+            raise FleetError(f"--tty needs exactly one host, and {len(targets)} are chosen: "
+                             "narrow them with --limit")
+        host, app = targets[0]
+        return subprocess.run(ops_run.ssh_argv(host, ops_run.exec_command(app, words, tty=True))).returncode
+
+    by_name = dict(targets)
+    results = ctx.fleet.each(lambda host: run(host, ops_run.exec_command(by_name[host], words), stream=True)
+                             if host in by_name else (True, [], []))
+    codes = [ops_run.exit_status(ok, err) for ok, _, err in results.values()]
+    return next((code for code in codes if code), 0)
+
+
+
+def _interrupted(signum, frame) -> None:
+    """Ctrl-C: stop at once, quietly (`logs --follow` ends this way). The connections
+    close with the process: a command that runs on a pseudo-terminal (`logs
+    --follow`) gets a hangup there and ends too."""
+    sys.stdout.flush()
+    os._exit(130)
+
+
 def main() -> int:
+    signal.signal(signal.SIGINT, _interrupted)
     try:
-        cli(standalone_mode=False)
+        code = cli(standalone_mode=False)
     except (FleetError, SettingsError) as exc:
         click.echo(f"Error: {exc}", err=True)
         return 2
@@ -118,7 +220,7 @@ def main() -> int:
         return exc.exit_code
     except click.exceptions.Abort:
         return 1
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

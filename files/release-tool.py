@@ -15,6 +15,8 @@
     release-tool health                check the app through nginx
     release-tool history               what went live when (host clock), and how it went
     release-tool lock show|take|release|break   the per-app deploy lock
+    release-tool status [--json]       the live release, units, uWSGI, nginx, health, disk
+    release-tool exec [--tty] -- CMD   run a command in the live release as the app user
 
 Everything that runs app code or its dependencies' build steps (build-venv, check,
 run, canary) runs as the app user in a transient systemd unit with the service's
@@ -406,9 +408,11 @@ def prune_choice(names: list[str], entries: list[dict], current: str | None, kee
 
 # Running things as the app user ---------------------------------------------
 
-def sandboxed(release: str, command: list[str], writable: list[str], venv: str | None) -> int:
+def sandboxed(release: str, command: list[str], writable: list[str], venv: str | None,
+              tty: bool = False) -> int:
     """Run a command as the app user in a transient systemd unit with the service's
-    own sandbox, writing only to `writable`; every process it starts ends with it."""
+    own sandbox, writing only to `writable`; every process it starts ends with it.
+    With tty, on a pseudo-terminal of its own, connected to this one (`flask shell`)."""
     path = release_dir(release)
     env = {
         "PATH": (f"{venv}/bin:" if venv else "") + "/usr/local/bin:/usr/bin:/bin",
@@ -416,10 +420,11 @@ def sandboxed(release: str, command: list[str], writable: list[str], venv: str |
         "LANG": "C.UTF-8",
         "DEPLOY_RELEASE": release,
         **({"VIRTUAL_ENV": venv} if venv else {}),
+        **({"TERM": os.environ.get("TERM") or "xterm"} if tty else {}),
     }
     user = CONFIG["user"]
     argv = [
-        "systemd-run", "--wait", "--pipe", "--collect", "--quiet", "--service-type=exec",
+        "systemd-run", "--wait", "--pty" if tty else "--pipe", "--collect", "--quiet", "--service-type=exec",
         f"--unit={CONFIG['app']}-release-{secrets.token_hex(4)}",
         f"--description=release {release} of {CONFIG['app']}: a step as {user}",
         "-p", f"User={user}", "-p", f"Group={user}", "-p", f"WorkingDirectory={path}",
@@ -435,12 +440,12 @@ def sandboxed(release: str, command: list[str], writable: list[str], venv: str |
         *[f"--setenv={key}={value}" for key, value in env.items()],
         "--", *command,
     ]
-    return subprocess.run(argv, stdin=subprocess.DEVNULL).returncode
+    return subprocess.run(argv, stdin=None if tty else subprocess.DEVNULL).returncode
 
 
-def in_release(release: str, command: list[str]) -> int:
+def in_release(release: str, command: list[str], tty: bool = False) -> int:
     """A step in a release: the venv on PATH, the shared paths writable."""
-    return sandboxed(release, command, CONFIG["writable"], f"{release_dir(release)}/.venv")
+    return sandboxed(release, command, CONFIG["writable"], f"{release_dir(release)}/.venv", tty)
 
 
 def discard(release: str) -> None:
@@ -920,6 +925,131 @@ def cmd_lock(args) -> None:
         log(f"broke the deploy lock held by {describe_holder(holder)}" if holder else "the deploy lock is free")
 
 
+# Day-two: status and exec (ops.py on the laptop) ----------------------------------
+
+UNIT_PROPERTIES = ("LoadState", "ActiveState", "SubState", "Result")
+
+
+def unit_states(units: list[str]) -> dict[str, dict]:
+    """systemctl's state of each unit, in one call (a unit it does not know is
+    LoadState=not-found)."""
+    if not units:
+        return {}
+    out = subprocess.run(["systemctl", "show", "--no-pager", f"--property={','.join(UNIT_PROPERTIES)}",
+                          "--", *units], capture_output=True, text=True).stdout
+    blocks, block = [], {}
+    for line in [*out.splitlines(), ""]:
+        if line.strip():
+            key, _, value = line.partition("=")
+            block[key] = value
+        elif block:
+            blocks.append(block)
+            block = {}
+    return dict(zip(units, blocks))
+
+
+def certificate_lines(path: str) -> list[str] | None:
+    """openssl's expiry, serial and names of a certificate of root's, None when missing
+    (read on the laptop by tasks/acme.py LiveCertificate, the deploy's own reader)."""
+    if not os.path.isfile(path):
+        return None
+    return subprocess.run(["openssl", "x509", "-in", path, "-noout", "-enddate", "-serial",
+                           "-ext", "subjectAltName"], capture_output=True, text=True).stdout.splitlines()
+
+
+def uwsgi_summary() -> dict:
+    """Workers busy and idle and requests served, from the stats socket (safely)."""
+    try:
+        data = stats()
+    except Failure as refused:
+        return {"error": str(refused)}
+    if data is None:
+        return {"error": f"the stats socket {CONFIG['stats_socket']} is not answering"}
+    workers = data.get("workers", [])
+    return {"workers": len(workers), "busy": sum(w.get("status") == "busy" for w in workers),
+            "idle": sum(w.get("status") == "idle" for w in workers),
+            "requests": sum(w.get("requests", 0) for w in workers)}
+
+
+def status_report(workers: list[str], jobs: list[str], timers: list[str], nginx: bool,
+                  certificates: list[str]) -> dict:
+    """Everything `ops.py status` judges, read in one go; the judging is the laptop's
+    (tasks/ops_status.py)."""
+    current = live()
+    meta, entry = None, None
+    if current is not None:
+        try:
+            meta = {key: value for key, value in json.loads((release_dir(current) / META).read_text()).items()
+                    if key != "files"}
+        except (Failure, OSError, ValueError):
+            meta = None
+        for event in ("live", "switched"):
+            entry = next((e for e in reversed(read_history()) if e["release"] == current and e["event"] == event),
+                         None)
+            if entry:
+                break
+    units = unit_states([CONFIG["service"], *workers, *jobs, *timers, *(["nginx.service"] if nginx else [])])
+    try:
+        health(1)
+        healthy = None
+    except Failure as failure:
+        healthy = str(failure)
+    disk = os.statvfs(ROOT)
+    return {
+        "app": CONFIG["app"], "live": current, "confirmed": confirmed() == current, "meta": meta,
+        "entry": entry, "service": CONFIG["service"], "units": units,
+        "workers": workers, "jobs": jobs, "timers": timers, "nginx": nginx,
+        "uwsgi": uwsgi_summary() if units[CONFIG["service"]].get("ActiveState") == "active" else None,
+        "health": {"check": healthcheck().describe(CONFIG["health"]), "failure": healthy},
+        "certificates": {path: certificate_lines(path) for path in certificates},
+        "disk": {"path": str(ROOT), "free": disk.f_bavail * disk.f_frsize, "total": disk.f_blocks * disk.f_frsize},
+        "lock": lock_holder(),
+    }
+
+
+def cmd_status(args) -> None:
+    report = status_report(args.worker, args.job, args.timer, args.nginx, args.certificate)
+    if args.json:
+        print(json.dumps(report), flush=True)
+        return
+    for key, value in report.items():
+        log(f"{key}: {json.dumps(value)}")
+
+
+# Runs a --tty command (the app user's, in its unit). systemd-run --pty (systemd 252)
+# stops copying the terminal's output as soon as the unit ends, so what the command
+# printed last could be lost: the unit ends a moment after the command, with its exit
+# status. Ctrl-C on that terminal is for the command (a REPL's KeyboardInterrupt): the
+# wrapper ignores it, the command gets the default handling back, and runs in bash
+# (dash ends itself after a Ctrl-C its child handled, with status 130; bash does only
+# when the child died of it).
+TTY_WRAPPER = r"""
+import signal, subprocess, sys, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+code = subprocess.call(["/bin/bash", "-c", sys.argv[1]],
+                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+time.sleep(0.5)
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+def cmd_exec(args) -> int:
+    """A command in the live release, as its steps run: the app user, the venv on
+    PATH, the app's environment files, the sandbox. Its exit status is ours."""
+    words = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not words:
+        raise Failure("exec: no command given (release-tool exec -- COMMAND)")
+    current = live()
+    if current is None:
+        raise Failure("there is no live release yet")
+    command = ["/bin/sh", "-c", " ".join(words)]
+    if args.tty:
+        command = ["/usr/bin/python3", "-I", "-S", "-c", TTY_WRAPPER, " ".join(words)]
+    code = in_release(current, command, tty=args.tty)
+    if code:
+        print(f"exit status {code}", file=sys.stderr, flush=True)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host-name", default=socket.gethostname(), help="name used in messages")
@@ -950,20 +1080,28 @@ def main(argv: list[str] | None = None) -> int:
     take.add_argument("--force", action="store_true", help="break the lock whoever holds it")
     lock.add_parser("release")
     lock.add_parser("break")
+    status = sub.add_parser("status", help="what ops.py status judges")
+    status.add_argument("--json", action="store_true")
+    status.add_argument("--nginx", action="store_true", help="nginx runs the app's site on this host")
+    for option in ("worker", "job", "timer", "certificate"):
+        status.add_argument(f"--{option}", action="append", default=[], help=f"a {option} of the app (repeatable)")
+    exec_parser = sub.add_parser("exec", help="a command in the live release as the app user")
+    exec_parser.add_argument("--tty", action="store_true", help="on a terminal (systemd-run --pty)")
+    exec_parser.add_argument("cmd", nargs=argparse.REMAINDER, help="-- then the command")
     args = parser.parse_args(argv)
     handlers = {
         "list": cmd_list, "history": cmd_history, "build-venv": cmd_build_venv, "check": cmd_check,
         "canary": cmd_canary, "run": cmd_run, "activate": cmd_activate, "rollback": cmd_rollback,
-        "prune": cmd_prune, "health": cmd_health, "lock": cmd_lock,
+        "prune": cmd_prune, "health": cmd_health, "lock": cmd_lock, "status": cmd_status, "exec": cmd_exec,
     }
     try:
         configure(args.root)
         with _working() if args.action in CHANGING else contextlib.nullcontext():
-            handlers[args.action](args)
+            code = handlers[args.action](args)
     except Failure as failure:
         print(f"ERROR: {failure}", file=sys.stderr, flush=True)
         return 1
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

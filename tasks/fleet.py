@@ -26,9 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+import click
 import gevent
 from pyinfra.api import Config, Inventory, State
 from pyinfra.api.connect import connect_all
+from pyinfra.api.output import set_echo, set_formatter
 
 from tasks.app import App
 from tasks.inventory import load_apps
@@ -140,6 +142,7 @@ class Fleet:
                    for host in chosen}
         if app_name and not any(by_host.values()):
             raise FleetError(f"--app {app_name}: no host of {inventory_path} runs such an app")
+        show_output()
         state = State(inventory, Config(), initial_limit=chosen)
         connect_all(state)
         unreachable = [host.name for host in chosen if not host.connected]
@@ -159,14 +162,31 @@ class Fleet:
         return {name: job.get() for name, job in jobs.items()}
 
 
+def _echo(message=None, err: bool = False, **kwargs) -> None:
+    """Where pyinfra prints a streamed command's lines: standard output, so that
+    `ops.py logs | grep ...` works (our own errors go to standard error)."""
+    click.echo(message, **kwargs)
+
+
+def show_output() -> None:
+    """Let pyinfra print (its pluggable output, pyinfra.api.output): streamed lines
+    with the host's prefix, styled when the terminal takes it."""
+    set_echo(_echo)
+    set_formatter(click.style)
+
+
 def run(host, command: str, *, as_user: str | None = None, stream: bool = False,
-        timeout: int | None = None) -> tuple[bool, list[str], list[str]]:
+        timeout: int | None = None, pty: bool = False) -> tuple[bool, list[str], list[str]]:
     """(ok, stdout lines, stderr lines) of one command on a host: as root through
     sudo when the inventory connects with sudo (as root otherwise), or as `as_user`.
-    With stream, each line is printed as it arrives, prefixed with the host."""
+    With stream, each line is printed as it arrives, prefixed with the host. With
+    pty, on a pseudo-terminal (stderr joins stdout): the command gets a hangup when
+    the connection ends, for commands that run until interrupted."""
     arguments: dict[str, Any] = {"_sudo": True, "_sudo_user": as_user} if as_user else (
         {"_sudo": True} if host.data.get("_sudo") else {})
     if timeout:
         arguments["_timeout"] = timeout
+    if pty:
+        arguments["_get_pty"] = True
     ok, output = host.run_shell_command(command, print_output=stream, **arguments)
     return ok, output.stdout_lines, output.stderr_lines
