@@ -36,6 +36,6 @@ s = matches[0]
 lock.take(host, [s])
 server.shell(
     name=f"Roll {s.app_name} back to {s.rollback_to or 'the release live before this one'}",
-    commands=[f"{s.app_root}/bin/release-tool --host-name {shlex.quote(host.name)} --run {lock.RUN_ID} "
+    commands=[f"{s.app_root}/bin/release-tool --host-name {shlex.quote(host.name)} {lock.TOOL_RUN} "
               f"rollback {s.rollback_to or ''}"],
 )
