@@ -1039,8 +1039,9 @@ def _maintenance_dir() -> Path:
         info = os.lstat(path)
     except FileNotFoundError:
         raise Failure(f"{path} does not exist: deploy first (it makes it)") from None
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != 0 or info.st_mode & 0o022:
-        raise Failure(f"refusing {path}: not a directory of root's that only root can write")
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
+        raise Failure(f"refusing {path}: not a directory of uid {os.geteuid()}'s that only it can write "
+                      "(a link, or writable by others)")
     return path
 
 
