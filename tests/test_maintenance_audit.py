@@ -398,3 +398,27 @@ def test_an_automatic_rollback_is_the_outcome_the_webhook_reports():
     assert env["PYINFRA_FLASK_HOSTS"] == "web1 web2 web3" and env["PYINFRA_FLASK_FAILED_HOSTS"] == "web2"
     assert json.loads(env["PYINFRA_FLASK_DETAILS"])["web2"]["outcome"] == "rolled-back"
     assert run.payload({"web3"}, ["web3"])["outcome"] == "failure"
+
+
+# The deploy's part, against mocked facts ---------------------------------------------
+
+def test_the_deploy_puts_the_page_and_on_balancers_the_switch_but_never_touches_the_flag(tmp_path):
+    from tests.test_distros import LB_DATA, LB_GROUPS, deploy, host_facts
+
+    page = tmp_path / "page.html"
+    page.write_text("<p>Back soon</p>\n")
+    single = deploy({"debian12": host_facts("debian12")}, maintenance_page=str(page))["debian12"]
+    steps = single.named("nginx sites | Maintenance pages")
+    assert f"nginx sites | Maintenance pages | Upload greeting's maintenance page" in steps
+    assert any(f"{MAINTENANCE_ROOT}/greeting" in name for name in steps)
+    everything = [command for commands in single.changed.values() for command in commands]
+    assert not any(f"{MAINTENANCE_ROOT}/greeting/on" in command for command in everything)
+
+    facts = {name: host_facts("debian12") for name in ("web1", "web2", "lb1")}
+    runs = deploy(facts, groups=LB_GROUPS, host_data=LB_DATA)
+    settings = runs["lb1"].uploads["/var/lib/pyinfra-flask/greeting/release-tool.json"]
+    assert json.loads(settings) == {"app": "greeting", "maintenance_dir": f"{MAINTENANCE_ROOT}/greeting"}
+    assert "Load balancer | nginx sites | Maintenance pages | Install the release tool (maintenance switch, " \
+           "audit log)" in runs["lb1"].changed
+    for web in ("web1", "web2"):  # no nginx there: nothing to switch
+        assert not runs[web].named("nginx sites | Maintenance pages")
