@@ -1067,7 +1067,7 @@ def cmd_maintenance(args) -> None:
     flag = _maintenance_dir() / "on"
     before = maintenance_state()
     if args.state == "status":
-        print(f"MAINTENANCE off" if before is None else f"MAINTENANCE on {json.dumps(before)}", flush=True)
+        print("MAINTENANCE off" if before is None else f"MAINTENANCE on {json.dumps(before)}", flush=True)
         return
     if args.state == "on":
         if before is None:

@@ -6,7 +6,6 @@ The real-host proof is tests/test_maint_e2e.py."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -26,6 +25,7 @@ from tasks.app import MAINTENANCE_ROOT, validate
 from tasks.nginx import Site
 from tasks.settings import SettingsError
 from tests.conftest import REPO_ROOT
+from tests.test_release_tool import tool  # noqa: F401 (the fixture)
 
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
 
@@ -134,17 +134,15 @@ def test_a_big_maintenance_page_is_refused(tmp_path):
 # The release tool: audit log and maintenance switch -------------------------------
 
 @pytest.fixture
-def tool(tmp_path):
-    spec = importlib.util.spec_from_file_location("release_tool_audit", REPO_ROOT / "files/release-tool.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def release_tool(tool, tmp_path):
+    """test_release_tool's tool on its temporary root, with a maintenance directory
+    and the deploying user@machine."""
     switch_dir = tmp_path / "maintenance"
     switch_dir.mkdir(mode=0o755)
     switch_dir.chmod(0o755)
-    module.configure(tmp_path, {"app": "greeting", "maintenance_dir": str(switch_dir)})
-    (tmp_path / "releases").mkdir()
-    module.BY = "ana@laptop"
-    return module
+    tool.CONFIG["maintenance_dir"] = str(switch_dir)
+    tool.BY = "ana@laptop"
+    return tool
 
 
 class Args:
@@ -153,8 +151,8 @@ class Args:
     run = "r1"
 
 
-def test_maintenance_on_and_off_write_the_flag_and_the_audit_log(tool, capsys):
-    flag = Path(tool.CONFIG["maintenance_dir"]) / "on"
+def test_maintenance_on_and_off_write_the_flag_and_the_audit_log(release_tool, capsys):
+    flag = Path(release_tool.CONFIG["maintenance_dir"]) / "on"
 
     class On:
         state = "on"
@@ -162,80 +160,80 @@ def test_maintenance_on_and_off_write_the_flag_and_the_audit_log(tool, capsys):
     class Off:
         state = "off"
 
-    tool.cmd_maintenance(On)
+    release_tool.cmd_maintenance(On)
     assert flag.is_file() and stat.S_IMODE(flag.stat().st_mode) == 0o644
     assert json.loads(flag.read_text())["by"] == {"user": "ana", "machine": "laptop"}
-    tool.cmd_maintenance(On)  # again: stays on, said so
-    tool.cmd_maintenance(Off)
+    release_tool.cmd_maintenance(On)  # again: stays on, said so
+    release_tool.cmd_maintenance(Off)
     assert not flag.exists()
     out = capsys.readouterr().out
     assert "maintenance is on for greeting\n" in out and "(it already was)" in out and "is off for greeting" in out
-    entries = tool.read_audit()
+    entries = release_tool.read_audit()
     assert [(e["event"], e["state"], e["changed"], e["by"]["user"]) for e in entries] == [
         ("maintenance", "on", True, "ana"), ("maintenance", "on", False, "ana"), ("maintenance", "off", True, "ana")]
-    assert stat.S_IMODE(tool.AUDIT.stat().st_mode) == 0o640
+    assert stat.S_IMODE(release_tool.AUDIT.stat().st_mode) == 0o640
 
 
-def test_maintenance_refuses_a_directory_others_can_write_or_a_link(tool, tmp_path):
+def test_maintenance_refuses_a_directory_others_can_write_or_a_link(release_tool, tmp_path):
     class On:
         state = "on"
 
-    folder = Path(tool.CONFIG["maintenance_dir"])
+    folder = Path(release_tool.CONFIG["maintenance_dir"])
     folder.chmod(0o777)
-    with pytest.raises(tool.Failure, match="only it can write"):
-        tool.cmd_maintenance(On)
+    with pytest.raises(release_tool.Failure, match="only it can write"):
+        release_tool.cmd_maintenance(On)
     folder.chmod(0o755)
     folder.rename(tmp_path / "elsewhere")
     folder.symlink_to(tmp_path / "elsewhere")
-    with pytest.raises(tool.Failure, match="a link"):
-        tool.cmd_maintenance(On)
+    with pytest.raises(release_tool.Failure, match="a link"):
+        release_tool.cmd_maintenance(On)
     assert not (tmp_path / "elsewhere" / "on").exists()
 
 
-def test_activations_are_audited_with_their_outcome(tool, monkeypatch):
-    outcomes = iter([None, tool.RolledBack("gate failed; rolled back"), tool.Failure("gate failed, no fallback")])
+def test_activations_are_audited_with_their_outcome(release_tool, monkeypatch):
+    outcomes = iter([None, release_tool.RolledBack("gate failed; rolled back"), release_tool.Failure("gate failed, no fallback")])
 
     def fake(target, mode, host_name, kind, run):
         outcome = next(outcomes)
         if outcome:
             raise outcome
 
-    monkeypatch.setattr(tool, "_activate", fake)
-    monkeypatch.setattr(tool, "live", lambda: "R1")
-    tool.activate("R2", "auto", "web1", kind="deploy", run="r1")
-    with pytest.raises(tool.RolledBack):
-        tool.activate("R3", "auto", "web1", kind="deploy", run="r2")
-    with pytest.raises(tool.Failure):
-        tool.activate("R0", "auto", "web1", kind="rollback", run="r3")
-    entries = tool.read_audit()
+    monkeypatch.setattr(release_tool, "_activate", fake)
+    monkeypatch.setattr(release_tool, "live", lambda: "R1")
+    release_tool.activate("R2", "auto", "web1", kind="deploy", run="r1")
+    with pytest.raises(release_tool.RolledBack):
+        release_tool.activate("R3", "auto", "web1", kind="deploy", run="r2")
+    with pytest.raises(release_tool.Failure):
+        release_tool.activate("R0", "auto", "web1", kind="rollback", run="r3")
+    entries = release_tool.read_audit()
     assert [(e["event"], e["result"], e["from"], e["to"], e["run"]) for e in entries] == [
         ("deploy", "ok", "R1", "R2", "r1"), ("deploy", "rolled-back", "R1", "R3", "r2"),
         ("rollback", "failed", "R1", "R0", "r3")]
-    assert tool.deployers(entries)["R2"]["by"] == {"user": "ana", "machine": "laptop"}
-    assert "R3" not in tool.deployers(entries)
+    assert release_tool.deployers(entries)["R2"]["by"] == {"user": "ana", "machine": "laptop"}
+    assert "R3" not in release_tool.deployers(entries)
 
 
-def test_who_is_the_lock_holder_of_the_run_without_by(tool):
-    tool.BY = ""
-    tool.RUN = "r9"
-    taken, _, _ = tool.lock_take("r9", {"user": "bo", "machine": "ci-7"}, 0)
-    assert taken and tool.who() == {"user": "bo", "machine": "ci-7"}
-    tool.RUN = "other"
-    assert tool.who()["on_host"] is True
+def test_who_is_the_lock_holder_of_the_run_without_by(release_tool):
+    release_tool.BY = ""
+    release_tool.RUN = "r9"
+    taken, _, _ = release_tool.lock_take("r9", {"user": "bo", "machine": "ci-7"}, 0)
+    assert taken and release_tool.who() == {"user": "bo", "machine": "ci-7"}
+    release_tool.RUN = "other"
+    assert release_tool.who()["on_host"] is True
 
 
-def test_a_broken_lock_is_audited_and_the_log_prints_as_asked(tool, capsys):
-    tool.lock_take("old", {"user": "bo", "machine": "ci-7"}, 0)
+def test_a_broken_lock_is_audited_and_the_log_prints_as_asked(release_tool, capsys):
+    release_tool.lock_take("old", {"user": "bo", "machine": "ci-7"}, 0)
 
     class Take:
         lock_action = "take"
         holder = json.dumps({"user": "ana", "machine": "laptop"})
         wait, break_run, force, run = 0, None, True, "new"
 
-    tool.BY = ""
-    tool.RUN = "new"
-    tool.cmd_lock(Take)
-    (entry,) = tool.read_audit()
+    release_tool.BY = ""
+    release_tool.RUN = "new"
+    release_tool.cmd_lock(Take)
+    (entry,) = release_tool.read_audit()
     assert entry["event"] == "lock-break" and entry["by"] == {"user": "ana", "machine": "laptop"}
     assert entry["holder"].startswith("bo@ci-7") and entry["why"] == "deploy_lock_break"
     capsys.readouterr()
@@ -243,23 +241,23 @@ def test_a_broken_lock_is_audited_and_the_log_prints_as_asked(tool, capsys):
     class Show(Args):
         json, n = True, 1
 
-    tool.cmd_audit(Show)
+    release_tool.cmd_audit(Show)
     assert json.loads(capsys.readouterr().out)["event"] == "lock-break"
-    tool.cmd_audit(Args)
+    release_tool.cmd_audit(Args)
     assert re.match(r"\S+Z  lock-break  ok +ana@laptop  bo@ci-7", capsys.readouterr().out)
 
 
-def test_the_listing_says_who_deployed_each_release(tool, capsys):
+def test_the_listing_says_who_deployed_each_release(release_tool, capsys):
     for name in ("R1", "R2"):
-        (tool.RELEASES / name).mkdir()
-        (tool.RELEASES / name / tool.META).write_text(json.dumps({"id": name, "venv": "v1"}))
-    tool.CURRENT.symlink_to("releases/R2")
-    tool.audit("deploy", "ok", run="r1", to="R2", **{"from": "R1"})
+        (release_tool.RELEASES / name).mkdir()
+        (release_tool.RELEASES / name / release_tool.META).write_text(json.dumps({"id": name, "venv": "v1"}))
+    release_tool.CURRENT.symlink_to("releases/R2")
+    release_tool.audit("deploy", "ok", run="r1", to="R2", **{"from": "R1"})
 
     class List:
         json = False
 
-    tool.cmd_list(List)
+    release_tool.cmd_list(List)
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].endswith("venv=.venv") and lines[1].endswith("* live  deployed by ana@laptop")
 
@@ -370,7 +368,7 @@ def test_a_failed_run_is_reported_as_failure_and_a_lost_webhook_only_warns(tmp_p
         assert done.returncode != 0 and seen[-1].startswith("a1 after deploy @local failure")
         assert receiver.bodies[0]["outcome"] == "failure" and receiver.bodies[0]["failed_hosts"] == ["@local"]
         output = done.stdout + done.stderr
-        assert f"webhook to http://127.0.0.1: answered 500" in output and "T0KEN" not in output
+        assert "webhook to http://127.0.0.1: answered 500" in output and "T0KEN" not in output
     finally:
         receiver.close()
     closed = Receiver()
@@ -409,7 +407,7 @@ def test_the_deploy_puts_the_page_and_on_balancers_the_switch_but_never_touches_
     page.write_text("<p>Back soon</p>\n")
     single = deploy({"debian12": host_facts("debian12")}, maintenance_page=str(page))["debian12"]
     steps = single.named("nginx sites | Maintenance pages")
-    assert f"nginx sites | Maintenance pages | Upload greeting's maintenance page" in steps
+    assert "nginx sites | Maintenance pages | Upload greeting's maintenance page" in steps
     assert any(f"{MAINTENANCE_ROOT}/greeting" in name for name in steps)
     everything = [command for commands in single.changed.values() for command in commands]
     assert not any(f"{MAINTENANCE_ROOT}/greeting/on" in command for command in everything)
