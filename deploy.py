@@ -10,11 +10,13 @@ validated before any operation is added, so bad settings never touch a host.
 
 from pyinfra import host
 
-from tasks import app_server, load_balancer, lock, platform, prefetch, preflight, topology, uploads
+from tasks import app_server, hooks, load_balancer, lock, platform, prefetch, preflight, topology, uploads
 from tasks.inventory import load_apps
 
 apps = load_apps(host)
 balancer = topology.is_balancer(host)
+# Local hooks before the first operation and after the last, a webhook at the end (tasks/hooks.py).
+hooks.register(host, apps, "deploy")
 # Facts in one batched command per phase (see tasks/prefetch.py); in the first, before
 # anything is read, the deploy lock: one run at a time per app and host (tasks/lock.py).
 prefetch.start(host, enabled=apps[0].fact_batch, first=lock.first_asks(host, apps))

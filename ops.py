@@ -2,6 +2,8 @@
 
     .venv/bin/python ops.py inventories/prod.py releases
     .venv/bin/python ops.py inventories/prod.py --limit web1.example.com releases
+    .venv/bin/python ops.py inventories/prod.py maintenance on     # 503 + page; `off` to end it
+    .venv/bin/python ops.py inventories/prod.py audit -n 20        # who deployed what, when
     .venv/bin/python ops.py inventories/prod.py --help          # every command
 
 The inventory, `--limit` and `--data` work as they do for `pyinfra INVENTORY
@@ -20,7 +22,7 @@ import sys
 
 import click
 
-from tasks import ops_logs, ops_run, ops_status
+from tasks import audit, lock, maintenance, ops_logs, ops_run, ops_status
 from tasks.fleet import Fleet, FleetError, parse_data, run
 from tasks.settings import SettingsError
 
@@ -204,6 +206,58 @@ def _interrupted(signum, frame) -> None:
     --follow`) gets a hangup there and ends too."""
     sys.stdout.flush()
     os._exit(130)
+@command("maintenance")
+@click.argument("state", type=click.Choice(["on", "off", "status"]))
+@click.pass_obj
+def maintenance_command(ctx: Context, state: str):
+    """Switch maintenance mode on or off (or show it: status).
+
+    While on, nginx answers every request for the app with 503, its maintenance
+    page (`maintenance_page`) and `Retry-After` (`maintenance_retry_after`), except
+    the deploy's health check, ACME challenges and the clients of
+    `maintenance_allow`. It takes effect on the next request (no reload), and stays
+    on through redeploys until switched off. Behind load balancers it is switched
+    on the balancers. Every switch goes into the host's audit log.
+    """
+    def switch(host):
+        return [(s.app_name, run(host, maintenance.switch_command(tool, state, lock.BY)))
+                for s, tool in maintenance.targets(host, ctx.fleet.apps(host))]
+
+    failed = False
+    for name, apps in ctx.fleet.each(switch).items():
+        if not apps:
+            click.echo(f"[{name}] (behind load balancers: maintenance is switched on the balancers)")
+        for app_name, (ok, out, err) in apps:
+            failed = failed or not ok
+            for line in (out if ok else err) or ["(no answer)"]:
+                click.echo(f"[{name}] {app_name}: {line}", err=not ok)
+    if failed:
+        raise click.exceptions.Exit(1)
+
+
+@command("audit")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object a line, with the host it came from.")
+@click.option("-n", "last", type=click.IntRange(min=1), help="Only the last N entries of each host's log.")
+@click.pass_obj
+def audit_command(ctx: Context, as_json: bool, last: int | None):
+    """Print each host's audit log: every deploy, rollback, maintenance switch and
+    lock break, with who (user@machine), when (host clock), what and how it ended."""
+    def read(host):
+        return [(s.app_name, run(host, audit.command(tool, as_json, last or 0)))
+                for s, tool in audit.tools(host, ctx.fleet.apps(host))]
+
+    failed = False
+    for name, apps in ctx.fleet.each(read).items():
+        for app_name, (ok, out, err) in apps:
+            failed = failed or not ok
+            if not ok:
+                for line in err or ["(no answer)"]:
+                    click.echo(f"[{name}] {app_name}: {line}", err=True)
+                continue
+            for line in out:
+                click.echo(audit.tagged(name, app_name, line) if as_json else f"[{name}] {app_name}: {line}")
+    if failed:
+        raise click.exceptions.Exit(1)
 
 
 def main() -> int:

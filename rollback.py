@@ -19,7 +19,7 @@ import shlex
 from pyinfra import host
 from pyinfra.operations import server
 
-from tasks import lock
+from tasks import hooks, lock
 from tasks.inventory import load_apps
 from tasks.settings import SettingsError
 
@@ -34,8 +34,9 @@ if not matches:
                         f"({', '.join(a.app_name for a in apps)}); nothing was changed.")
 s = matches[0]
 lock.take(host, [s])
+hooks.register(host, [s], "rollback")  # local hooks and the webhook (tasks/hooks.py)
 server.shell(
     name=f"Roll {s.app_name} back to {s.rollback_to or 'the release live before this one'}",
-    commands=[f"{s.app_root}/bin/release-tool --host-name {shlex.quote(host.name)} --run {lock.RUN_ID} "
+    commands=[f"{s.app_root}/bin/release-tool --host-name {shlex.quote(host.name)} {lock.TOOL_RUN} "
               f"rollback {s.rollback_to or ''}"],
 )

@@ -17,6 +17,8 @@
     release-tool lock show|take|release|break   the per-app deploy lock
     release-tool status [--json]       the live release, units, uWSGI, nginx, health, disk
     release-tool exec [--tty] -- CMD   run a command in the live release as the app user
+    release-tool maintenance on|off|status      nginx answers 503 with the maintenance page
+    release-tool audit [--json] [-n N]          who deployed, rolled back, switched what, when
 
 Everything that runs app code or its dependencies' build steps (build-venv, check,
 run, canary) runs as the app user in a transient systemd unit with the service's
@@ -26,6 +28,10 @@ The host keeps its own record of activations in <app_root>/history.jsonl (root-o
 one JSON object a line, appended): rollback targets and pruning follow that record
 in the order its lines were written, never release names (which come from the
 deploying machine's clock).
+
+Every deploy, rollback, maintenance switch and lock break also appends one line to
+<app_root>/audit.jsonl (root's): who (the laptop's user and machine, `--by`), what,
+when, and how it ended.
 
 Settings come from release-tool.json next to the bin/ directory. Standard library
 only: this runs on the host's own python3.
@@ -72,25 +78,33 @@ class Settings(TypedDict):
     nginx_error_log: str
     health: dict  # the health check (files/healthcheck.py)
     health_module: str  # where files/healthcheck.py is installed
+    maintenance_dir: str  # root's: the flag `on` (nginx answers 503 while it exists) and page.html
     workers: list  # the units of the app's worker processes, restarted onto each healthy release
     environment_files: list  # the EnvironmentFile= of the app's units (secrets, REDIS_URL, ...), root's
 
 
 # Set by configure() (main() calls it; tests call it with a temporary root).
-ROOT = RELEASES = CURRENT = VENVS = HISTORY = LOCK = Path("/nonexistent")
+ROOT = RELEASES = CURRENT = VENVS = HISTORY = LOCK = AUDIT = Path("/nonexistent")
 CONFIG: Settings = {}  # type: ignore[typeddict-item]
+# Who runs this (the laptop's user@machine, given by the deploy as --by), and the run's id.
+BY = RUN = ""
+AUDITED = False  # the activation said how it went in the audit log
 
 
 def configure(root: Path, config: Settings | None = None) -> None:
-    global ROOT, RELEASES, CURRENT, VENVS, HISTORY, LOCK, CONFIG
+    global ROOT, RELEASES, CURRENT, VENVS, HISTORY, LOCK, AUDIT, CONFIG
     ROOT = Path(root)
     RELEASES, CURRENT, VENVS = ROOT / "releases", ROOT / "current", ROOT / "venvs"
-    HISTORY, LOCK = ROOT / "history.jsonl", ROOT / "deploy.lock"
+    HISTORY, LOCK, AUDIT = ROOT / "history.jsonl", ROOT / "deploy.lock", ROOT / "audit.jsonl"
     CONFIG = config if config is not None else json.loads((ROOT / "release-tool.json").read_text())
 
 
 class Failure(Exception):
     pass
+
+
+class RolledBack(Failure):
+    """An activation failed its health gate and the release before it is live and healthy again."""
 
 
 def log(message: str) -> None:
@@ -314,7 +328,14 @@ def record(event: str, release: str, **extra) -> None:
     moment = time.time()
     entry = {"at": iso(moment), "time": round(moment, 3), "event": event, "release": release,
              **{key: value for key, value in extra.items() if value not in (None, "")}}
-    fd = _own_file(HISTORY, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
+    _append(HISTORY, entry)
+    if event == "live":
+        _write_own(ROOT / "live-confirmed", release + "\n")
+
+
+def _append(path: Path, entry: dict) -> None:
+    """One JSON line appended to a log of root's (history, audit)."""
+    fd = _own_file(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
     try:
         size = os.fstat(fd).st_size
         # After a line cut short by a crash, a new line of its own.
@@ -322,8 +343,25 @@ def record(event: str, release: str, **extra) -> None:
         os.write(fd, (start + json.dumps(entry) + "\n").encode())
     finally:
         os.close(fd)
-    if event == "live":
-        _write_own(ROOT / "live-confirmed", release + "\n")
+
+
+def _read_lines(path: Path) -> list[dict]:
+    """The JSON objects of a log of root's, skipping a line cut short by a crash."""
+    try:
+        fd = _own_file(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return []
+    with os.fdopen(fd, encoding="utf-8", errors="replace") as handle:
+        lines = handle.read().splitlines()
+    entries = []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict):
+            entries.append(entry)
+    return entries
 
 
 def _write_own(path: Path, text: str) -> None:
@@ -337,21 +375,8 @@ def _write_own(path: Path, text: str) -> None:
 
 
 def read_history() -> list[dict]:
-    try:
-        fd = _own_file(HISTORY, os.O_RDONLY)
-    except FileNotFoundError:
-        return []
-    with os.fdopen(fd, encoding="utf-8", errors="replace") as handle:
-        lines = handle.read().splitlines()
-    entries = []
-    for line in lines:
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue  # a line cut short by a crash: the others still count
-        if isinstance(entry, dict) and isinstance(entry.get("release"), str) and isinstance(entry.get("event"), str):
-            entries.append(entry)
-    return entries
+    return [entry for entry in _read_lines(HISTORY)
+            if isinstance(entry.get("release"), str) and isinstance(entry.get("event"), str)]
 
 
 def confirmed() -> str | None:
@@ -465,10 +490,14 @@ def cmd_list(args) -> None:
     if not rows:
         log("no releases yet")
     failed = failed_releases(read_history())
+    deployed = deployers(read_audit())
     for name in rows:
         meta = json.loads((RELEASES / name / META).read_text())
         marker = "* live" if name == current else ("(failed after its switch)" if name in failed else "")
-        log(f"{name}  commit={meta.get('commit') or '-'}  venv={Path(venv_of(name)).name}  {marker}".rstrip())
+        by = deployed.get(name, {}).get("by") or {}
+        deployer = f"  deployed by {by.get('user', '?')}@{by.get('machine', '?')}" if by else ""
+        log(f"{name}  commit={meta.get('commit') or '-'}  venv={Path(venv_of(name)).name}  {marker}".rstrip()
+            + deployer)
 
 
 def cmd_history(args) -> None:
@@ -601,6 +630,21 @@ def cmd_run(args) -> None:
 # Activation -------------------------------------------------------------------
 
 def activate(target: str, mode: str, host_name: str, kind: str = "deploy", run: str = "") -> None:
+    """Switch to `target` (see _activate), and say how it went in the audit log."""
+    previous = live()
+    event = "rollback" if kind.startswith("rollback") else "deploy"
+    try:
+        _activate(target, mode, host_name, kind, run)
+    except RolledBack as failure:
+        audit(event, "rolled-back", run=run, kind=kind, to=target, reason=str(failure), **{"from": previous})
+        raise
+    except Failure as failure:
+        audit(event, "failed", run=run, kind=kind, to=target, reason=str(failure), **{"from": previous})
+        raise
+    audit(event, "ok", run=run, kind=kind, to=target, **{"from": previous})
+
+
+def _activate(target: str, mode: str, host_name: str, kind: str = "deploy", run: str = "") -> None:
     release_dir(target)
     previous = live()
     present = set(releases())
@@ -640,10 +684,11 @@ def activate(target: str, mode: str, host_name: str, kind: str = "deploy", run: 
                 reload(back, fifo if back == "chain" else None)
                 health()
                 record("live", fallback, kind="restored", run=run)
-                outcome = f"Rolled back: {fallback} is live and healthy again."
             except Failure as again:
-                outcome = f"Rolled back to {fallback}, but it is not healthy either: {again}"
-            raise Failure(f"release {target} FAILED on host {host_name}: {failure}. {outcome}") from None
+                raise Failure(f"release {target} FAILED on host {host_name}: {failure}. Rolled back to "
+                              f"{fallback}, but it is not healthy either: {again}") from None
+            raise RolledBack(f"release {target} FAILED on host {host_name}: {failure}. Rolled back: "
+                             f"{fallback} is live and healthy again.") from None
     finally:
         if fifo is not None:
             os.close(fifo)
@@ -911,6 +956,9 @@ def cmd_lock(args) -> None:
         taken, current, broken = lock_take(args.run, holder, args.wait, args.break_run, args.force)
         if broken:
             print(f"LOCK broke {json.dumps(broken)}", flush=True)
+            audit("lock-break", "ok", run=args.run, holder=describe_holder(broken),
+                  why="its process is gone" if args.break_run and broken.get("run") == args.break_run
+                  else "deploy_lock_break")
         if not taken:
             print(f"LOCK held {json.dumps(current)}", flush=True)
             sys.exit(3)
@@ -923,6 +971,119 @@ def cmd_lock(args) -> None:
             holder = lock_holder()
             LOCK.unlink(missing_ok=True)
         log(f"broke the deploy lock held by {describe_holder(holder)}" if holder else "the deploy lock is free")
+        if holder:
+            audit("lock-break", "ok", holder=describe_holder(holder), why="release-tool lock break")
+
+
+# Audit and maintenance -----------------------------------------------------------
+# <app_root>/audit.jsonl (root's, mode 640, in a directory the app user cannot
+# write): one JSON object a line per deploy, rollback, maintenance switch and lock
+# break: when (host clock), who (`by`: the laptop's user and machine, as the
+# deploy gives them with --by; by hand on the host, the sudo user and this host),
+# what (release ids from -> to) and how it ended (`result`).
+
+def who() -> dict:
+    """The person behind this command: --by (user@machine), else the holder of
+    this run's deploy lock, else whoever runs it here (by hand, through sudo)."""
+    if BY:
+        user, _, machine = BY.rpartition("@")
+        return {"user": user or BY, "machine": machine if user else "?"}
+    holder = _lock_entry() or {}
+    if RUN and holder.get("run") == RUN and holder.get("user"):
+        return {"user": holder["user"], "machine": holder.get("machine", "?")}
+    return {"user": os.environ.get("SUDO_USER") or os.environ.get("USER") or str(os.getuid()),
+            "machine": socket.gethostname(), "on_host": True}
+
+
+def audit(event: str, result: str, **details) -> None:
+    global AUDITED
+    AUDITED = True
+    moment = time.time()
+    entry = {"at": iso(moment), "time": round(moment, 3), "app": CONFIG.get("app"), "event": event,
+             "result": result, "by": who(),
+             **{key: value for key, value in details.items() if value not in (None, "")}}
+    _append(AUDIT, entry)
+
+
+def read_audit() -> list[dict]:
+    return [entry for entry in _read_lines(AUDIT) if isinstance(entry.get("event"), str)]
+
+
+def describe_audit(entry: dict) -> str:
+    by = entry.get("by") if isinstance(entry.get("by"), dict) else {}
+    what = entry.get("to") or entry.get("release") or entry.get("holder") or ""
+    if entry.get("from") or entry.get("to"):
+        what = f"{entry.get('from') or '-'} -> {entry.get('to') or '-'}"
+    extra = " ".join(f"{key}={entry[key]}" for key in ("state", "kind", "stage", "run") if entry.get(key))
+    line = (f"{entry.get('at', '?')}  {entry['event']:<11} {str(entry.get('result', '?')):<11} "
+            f"{by.get('user', '?')}@{by.get('machine', '?')}  {what}  {extra}").rstrip()
+    reason = str(entry.get("reason") or "").splitlines()
+    return line + (f"  ({reason[0][:200]})" if reason else "")
+
+
+def deployers(entries: list[dict]) -> dict[str, dict]:
+    """Release id -> the audit entry of the deploy that first made it live."""
+    found: dict[str, dict] = {}
+    for entry in entries:
+        if entry.get("event") == "deploy" and entry.get("result") == "ok" and isinstance(entry.get("to"), str):
+            found.setdefault(entry["to"], entry)
+    return found
+
+
+def cmd_audit(args) -> None:
+    entries = read_audit()[-args.n:] if args.n else read_audit()
+    for entry in entries:
+        print(json.dumps(entry) if args.json else describe_audit(entry), flush=True)
+
+
+def _maintenance_dir() -> Path:
+    """The app's maintenance directory: root's, no link, nobody else may write it
+    (nginx reads the flag and the page there)."""
+    path = Path(CONFIG["maintenance_dir"])
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        raise Failure(f"{path} does not exist: deploy first (it makes it)") from None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
+        raise Failure(f"refusing {path}: not a directory of uid {os.geteuid()}'s that only it can write "
+                      "(a link, or writable by others)")
+    return path
+
+
+def maintenance_state() -> dict | None:
+    """The flag's content ({since_at, by}) while maintenance is on, else None."""
+    flag = _maintenance_dir() / "on"
+    try:
+        fd = _own_file(flag, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    with os.fdopen(fd, errors="replace") as handle:
+        try:
+            found = json.loads(handle.read())
+        except ValueError:
+            found = {}
+    return found if isinstance(found, dict) else {}
+
+
+def cmd_maintenance(args) -> None:
+    """on: nginx answers 503 (the page, Retry-After) from the next request, except the
+    health check, ACME challenges and the allowed clients; off: the app again. nginx
+    looks for the flag on every request: no reload. Deploys leave it alone."""
+    flag = _maintenance_dir() / "on"
+    before = maintenance_state()
+    if args.state == "status":
+        print("MAINTENANCE off" if before is None else f"MAINTENANCE on {json.dumps(before)}", flush=True)
+        return
+    if args.state == "on":
+        if before is None:
+            moment = time.time()
+            _write_own(flag, json.dumps({"since_at": iso(moment), "by": who()}) + "\n")
+            os.chmod(flag, 0o644)  # nginx's workers only test it, but may read it
+        log(f"maintenance is on for {CONFIG['app']}" + (" (it already was)" if before is not None else ""))
+    else:
+        flag.unlink(missing_ok=True)
+        log(f"maintenance is off for {CONFIG['app']}" + (" (it already was)" if before is None else ""))
+    audit("maintenance", "ok", state=args.state, changed=(before is None) == (args.state == "on"))
 
 
 # Day-two: status and exec (ops.py on the laptop) ----------------------------------
@@ -988,6 +1149,9 @@ def status_report(workers: list[str], jobs: list[str], timers: list[str], nginx:
                          None)
             if entry:
                 break
+        deployer = deployers(read_audit()).get(current)
+        if deployer:  # who made it live, from the audit log
+            entry = {**(entry or {}), "by": deployer["by"]}
     units = unit_states([CONFIG["service"], *workers, *jobs, *timers, *(["nginx.service"] if nginx else [])])
     try:
         health(1)
@@ -1054,6 +1218,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host-name", default=socket.gethostname(), help="name used in messages")
     parser.add_argument("--run", default="", help="the deploy run's id, recorded in the history")
+    parser.add_argument("--by", default="", help="USER@MACHINE running the deploy, for the audit log")
     parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parent.parent, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="action", required=True)
     sub.add_parser("list").add_argument("--json", action="store_true")
@@ -1088,17 +1253,32 @@ def main(argv: list[str] | None = None) -> int:
     exec_parser = sub.add_parser("exec", help="a command in the live release as the app user")
     exec_parser.add_argument("--tty", action="store_true", help="on a terminal (systemd-run --pty)")
     exec_parser.add_argument("cmd", nargs=argparse.REMAINDER, help="-- then the command")
+    sub.add_parser("maintenance").add_argument("state", choices=["on", "off", "status"])
+    audit_parser = sub.add_parser("audit")
+    audit_parser.add_argument("--json", action="store_true", help="the log's JSON lines as they are")
+    audit_parser.add_argument("-n", type=int, default=0, help="only the last N entries")
     args = parser.parse_args(argv)
+    global BY, RUN
+    BY, RUN = args.by, args.run
     handlers = {
         "list": cmd_list, "history": cmd_history, "build-venv": cmd_build_venv, "check": cmd_check,
         "canary": cmd_canary, "run": cmd_run, "activate": cmd_activate, "rollback": cmd_rollback,
         "prune": cmd_prune, "health": cmd_health, "lock": cmd_lock, "status": cmd_status, "exec": cmd_exec,
+        "maintenance": cmd_maintenance, "audit": cmd_audit,
     }
     try:
         configure(args.root)
         with _working() if args.action in CHANGING else contextlib.nullcontext():
             code = handlers[args.action](args)
+    except RolledBack as failure:  # audited by activate()
+        print(f"ERROR: {failure}", file=sys.stderr, flush=True)
+        return 1
     except Failure as failure:
+        if args.action in ("build-venv", "check", "run", "canary"):
+            # A new release that never went live: the deploy failed before its switch.
+            audit("deploy", "failed", run=args.run, stage=args.action, to=args.release, reason=str(failure))
+        elif args.action == "rollback" and not AUDITED:
+            audit("rollback", "failed", run=args.run, to=args.release, reason=str(failure))
         print(f"ERROR: {failure}", file=sys.stderr, flush=True)
         return 1
     return code or 0

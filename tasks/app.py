@@ -25,6 +25,8 @@ from tasks.settings import SANDBOX, Settings, SettingsError, parse
 # App.health_host_header).
 HEALTH_ADDRESS = "127.0.0.2"
 HEALTH_DOMAIN = "pyinfra-flask.invalid"
+# Root's directories of the apps' maintenance mode (App.maintenance_dir).
+MAINTENANCE_ROOT = "/etc/pyinfra-flask/maintenance"
 
 
 def local_path(value: str) -> Path:
@@ -205,6 +207,18 @@ class App:
         if self.tls and self.tls_redirect_http:
             return f"https://{HEALTH_ADDRESS}:{self.tls_port}{self.health_path}"
         return f"http://{HEALTH_ADDRESS}:{self.nginx_port}{self.health_path}"
+
+    @property
+    def maintenance_dir(self) -> str:
+        """Root's directory of the app's maintenance mode: the flag `on` (nginx answers
+        503 while it exists) and `page.html`. Outside the app root and every directory
+        the app user can write, so the app can neither switch it nor change the page."""
+        return f"{MAINTENANCE_ROOT}/{self.app_name}"
+
+    @property
+    def maintenance_var(self) -> str:
+        """The prefix of the app's nginx variables for maintenance mode (one nginx, many apps)."""
+        return "pyinfra_flask_" + self.app_name.replace("-", "_")
 
     @property
     def health_host_header(self) -> str:

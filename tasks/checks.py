@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 
 def check(app: App) -> None:
     """Raise ValueError with the first problem of one app's settings."""
-    for concern in (local_app, features, acme.check, environment, background, socket, paths_apart, log_directories):
+    for concern in (local_app, features, acme.check, environment, background, socket, paths_apart, log_directories,
+                    day_two):
         concern(app)
 
 
@@ -207,3 +208,35 @@ def apps_apart(apps: list[App], login: str | None = None) -> list[str]:
                             "so they must share their TLS settings")
         sites.setdefault(site, (app.app_name, tls))
     return problems
+
+
+# The largest maintenance page uploaded (nginx serves it from disk on every request).
+MAINTENANCE_PAGE_MAX = 256 * 1024
+
+
+def day_two(app: App) -> None:
+    """The maintenance page, the hooks (local executables) and the webhook's URL (never shown)."""
+    if app.maintenance_page:
+        path = app.local_path(app.maintenance_page)
+        if not path.is_file():
+            raise ValueError(f"maintenance_page: {app.maintenance_page!r} is not a file ({path})")
+        if path.stat().st_size > MAINTENANCE_PAGE_MAX:
+            raise ValueError(f"maintenance_page: {app.maintenance_page!r} is over {MAINTENANCE_PAGE_MAX // 1024} "
+                             "KiB (a plain page is enough)")
+    for key in ("before_deploy_hooks", "after_deploy_hooks"):
+        for hook in getattr(app, key):
+            path = app.local_path(hook)
+            if not path.is_file() or not os.access(path, os.X_OK):
+                raise ValueError(f"{key}: {hook!r} is not an executable file ({path})")
+    if app.webhook_url is not None:
+        from urllib.parse import urlsplit
+
+        try:
+            url = urlsplit(app.webhook_url)
+            url.port  # noqa: B018 (a bad port raises)
+        except ValueError:
+            url = None
+        if (url is None or url.scheme not in ("http", "https") or not url.hostname
+                or any(c.isspace() for c in app.webhook_url)):
+            raise ValueError("webhook_url: must be an http:// or https:// URL (its value is not shown: it may "
+                             "hold a token)")

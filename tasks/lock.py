@@ -61,6 +61,12 @@ def _user() -> str:
         return str(os.getuid())
 
 
+# Who runs this (the audit log's `by`, files/release-tool.py): the release tool's
+# options naming this run and its user@machine.
+BY = f"{_user()}@{MACHINE}"
+TOOL_RUN = f"--run {RUN_ID} --by {shlex.quote(BY)}"
+
+
 def _alive(pid) -> bool:
     if not isinstance(pid, int) or pid <= 0:
         return True  # unknown: not ours to call dead

@@ -11,7 +11,7 @@ from pyinfra import host
 from pyinfra.api import FactBase, deploy
 from pyinfra.operations import files, server, systemd
 
-from tasks import JINJA, REPO_ROOT, TEMPLATES, acme, default_server
+from tasks import JINJA, REPO_ROOT, TEMPLATES, acme, default_server, maintenance
 from tasks.secrets import put_secret
 
 MARKER = "(pyinfra-flask site)"
@@ -107,6 +107,9 @@ def configure(platform, sites: list[Site], reload_triggers=(), template="nginx-s
         # nginx refuses to start when a log file's directory is missing.
         files.directory(name=f"Create the log directory {log_dir}", path=log_dir, mode="755")
 
+    # The maintenance pages the sites name (tasks/maintenance.py): served from disk,
+    # so they need no reload.
+    maintenance.install([app for site in sites for app in site.apps])
     # RHEL keeps a default server inside nginx.conf: disabled before ours, see there.
     changes = [*default_server.disable(platform)]
     if any(site.apps[0].tls and not site.acme for site in sites):

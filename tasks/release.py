@@ -329,6 +329,7 @@ def tool_settings(s) -> dict:
         "nginx_error_log": s.nginx_error_log,
         "health": healthcheck.spec(s),
         "health_module": healthcheck.MODULE,
+        "maintenance_dir": s.maintenance_dir,
         "workers": s.worker_instances,
         "environment_files": s.environment_files,
     }
@@ -397,24 +398,24 @@ def prepare(s) -> Release:
         # pip (and every dependency's build step) runs as the app user in the
         # service's sandbox; the venv is root's once built (see the release tool).
         server.shell(name=f"Build venv {bundle.venv_hash} from {s.app_requirements} (as {s.app_user})",
-                     commands=[f"{tool} build-venv {bundle.id}"])
+                     commands=[f"{tool} {lock.TOOL_RUN} build-venv {bundle.id}"])
     # In this order: the app must import, the before-switch commands (migrations,
     # a first `flask init-db`) run, and only then is the app asked for its health
     # path, so an app whose pages need those tables can deploy.
     server.shell(name=f"Check release {bundle.id} imports (as {s.app_user})",
-                 commands=[f"{tool} --run {lock.RUN_ID} check {bundle.id}"])
+                 commands=[f"{tool} {lock.TOOL_RUN} check {bundle.id}"])
     for command in s.before_switch_commands:
         server.shell(name=f"Before switch: {command}",
-                     commands=[f"{tool} run {bundle.id} -- {shlex.quote(command)}"])
+                     commands=[f"{tool} {lock.TOOL_RUN} run {bundle.id} -- {shlex.quote(command)}"])
     server.shell(name=f"Check release {bundle.id} answers GET {s.healthcheck_path} (called in-process)",
-                 commands=[f"{tool} canary {bundle.id}"])
+                 commands=[f"{tool} {lock.TOOL_RUN} canary {bundle.id}"])
     return Release(bundle.id, tool, new=True, settings=settings, environment=environment)
 
 
 @deploy("Release activation")
 def activate(s, release: Release, restart_triggers, reload_triggers):
     """Switch to the release and get uWSGI onto it, health-gated; roll back on failure."""
-    run = f"{release.tool} --host-name {shlex.quote(host.name)} --run {lock.RUN_ID} activate {release.id}"
+    run = f"{release.tool} --host-name {shlex.quote(host.name)} {lock.TOOL_RUN} activate {release.id}"
     restarted = server.shell(
         name=f"Restart uWSGI on release {release.id} (its unit or uWSGI itself changed)",
         commands=[f"{run} --mode restart"],

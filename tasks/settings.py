@@ -94,6 +94,13 @@ def _ip_address(value: str) -> str:
         raise ValueError("must be an IPv4 or IPv6 address") from None
 
 
+def _ip_network(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value, strict=False))
+    except ValueError:
+        raise ValueError("must be an IPv4 or IPv6 address or network (CIDR), e.g. '10.0.0.0/8'") from None
+
+
 def _relative_path(value: str) -> str:
     if value.startswith("/") or ".." in value.split("/"):
         raise ValueError("must be a path inside the app directory, without '..'")
@@ -465,6 +472,41 @@ class Settings(BaseModel):
         "`lb_fail_timeout` (0: never).",
     )
     lb_fail_timeout: int = Field(10, ge=1, le=3600, description="Seconds an app server rests after `lb_max_fails`.")
+
+    # Day-two: maintenance mode, hooks and notifications (docs/maintenance-audit-hooks.md)
+    maintenance_page: str | None = Field(
+        None, min_length=1,
+        description="Local HTML file nginx answers with (status 503) while the app is in maintenance "
+        "(`ops.py INVENTORY maintenance on`), uploaded by every deploy. Default: a plain page of its own "
+        "(files/maintenance.html).",
+    )
+    maintenance_retry_after: int = Field(
+        300, ge=1, le=86400,
+        description="Seconds sent in the `Retry-After` header of the maintenance page.",
+    )
+    maintenance_allow: list[Annotated[str, AfterValidator(_ip_network)]] = Field(
+        [],
+        description="Client addresses or networks (`203.0.113.7`, `10.0.0.0/8`) that still reach the app "
+        "during maintenance. The address nginx sees: behind the load balancers, the balancers' clients "
+        "(maintenance is switched there).",
+    )
+    before_deploy_hooks: list[str] = Field(
+        [],
+        description="Local executables run on your machine once per `deploy.py`/`rollback.py` run, before any "
+        "host is changed, with the run's details in `PYINFRA_FLASK_*` environment variables; one that fails "
+        "stops the run with nothing changed.",
+    )
+    after_deploy_hooks: list[str] = Field(
+        [],
+        description="Local executables run on your machine once at the end of every `deploy.py`/`rollback.py` "
+        "run (`PYINFRA_FLASK_OUTCOME` says how it went); one that fails only warns.",
+    )
+    webhook_url: str | None = Field(
+        None, min_length=1,
+        description="An `http(s)://` URL that gets a JSON POST at the end of every deploy or rollback run "
+        "(success, failure, automatic rollback); never printed (it may hold a token); a failed delivery only "
+        "warns.",
+    )
 
     # Health check and packages
     healthcheck_path: str = Field(
