@@ -4,8 +4,10 @@ through `ops.py INVENTORY ...` over SSH as the sudo user."""
 
 from __future__ import annotations
 
+import getpass
 import json
 import shlex
+import socket
 import subprocess
 import sys
 import uuid
@@ -57,6 +59,8 @@ def test_status_reports_a_stopped_worker_as_unhealthy(lab):
     assert row["web"] == "active" and row["nginx"] == "active"
     assert row["workers"] == {"greeting-sleeper@1.service": "active"}
     assert row["uwsgi"]["workers"] >= 1 and row["disk_free"] > 0 and row["since"]
+    # Who made it live: this laptop's user and machine, from the host's audit log.
+    assert row["by"] == f"{getpass.getuser()}@{socket.gethostname()}"
 
     host.exec("systemctl stop greeting-sleeper@1.service")
     broken = ops(inventory, "status")
