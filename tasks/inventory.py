@@ -11,7 +11,7 @@ from __future__ import annotations
 from tasks import checks, topology
 from tasks.app import App, validate
 from tasks.settings import SettingsError
-from tasks.uwsgi import instances
+from tasks.uwsgi import sockets
 
 
 def load_apps(host) -> list[App]:
@@ -61,8 +61,8 @@ def upstreams(host, app_name: str) -> list[tuple[str, str]]:
         if app.socketio:
             # Every Socket.IO instance of every server: the balancer keeps each
             # client on one of them (templates/nginx-balancer.conf.j2).
-            addresses = app.instance_addresses(instances(app, server=app_server))
-            found += [(f"{app_server.name} instance {n}", address) for n, address in enumerate(addresses, 1)]
+            found += [(f"{app_server.name} instance {n}", address)
+                      for n, address in enumerate(sockets(app, server=app_server), 1)]
         else:
             found.append((app_server.name, app.uwsgi_tcp))
     return found

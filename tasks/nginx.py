@@ -167,7 +167,7 @@ def _write_site(platform, site: Site, template: str, context: dict, https: bool,
         name=f"Write the site {platform.site_path(site.name)}{why}",
         src=str(TEMPLATES / template), dest=platform.site_path(site.name), mode="644",
         site=site, https=https, acme_webroot=acme.WEBROOT, acme_challenge=acme.CHALLENGE_PATH,
-        instances=lambda app: app.instance_addresses(uwsgi.instances(app)), **context,
+        sockets=uwsgi.sockets, **context,
     )
 
 

@@ -72,6 +72,11 @@ def instances(s, server=None) -> int:
     return s.socketio_instances or min(16, max(2, (server or host).get_fact(Cpus) or 1))
 
 
+def sockets(s, server=None) -> list[str]:
+    """A `socketio` app's sockets, one per instance; none for other apps."""
+    return s.instance_addresses(instances(s, server)) if s.socketio else []
+
+
 @deploy("uWSGI configuration")
 def configure(s):
     return files.template(
@@ -84,5 +89,5 @@ def configure(s):
         mode="640",
         s=s,
         processes=processes(s),
-        sockets=s.instance_addresses(instances(s)) if s.socketio else [],
+        sockets=sockets(s),
     )
