@@ -536,20 +536,31 @@ def cmd_build_venv(args) -> None:
 # the app through the release's loader and (for the canary) calls it once, as a
 # WSGI server would, for the health path. Its arguments come in DEPLOY_CANARY.
 CANARY = r"""
-import importlib.util, json, os, runpy, sys
-loader, check, what, module = json.loads(os.environ["DEPLOY_CANARY"])
-spec = importlib.util.spec_from_file_location("healthcheck", module)
-healthcheck = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(healthcheck)
-application = runpy.run_path(loader, run_name="deploy_canary")["application"]
-if what == "import":
-    print("the app imports (under uWSGI)", flush=True)
-    sys.exit(0)
-status, text = healthcheck.wsgi_get(check, application)
-wrong = healthcheck.verdict(check, status, text)
-if wrong:
-    sys.exit(f"GET {check['path']} {wrong}")
-print(f"canary: GET {check['path']} answered {status} (called in-process, under uWSGI)", flush=True)
+import importlib.util, json, os, runpy, sys, traceback
+
+
+def main():
+    loader, check, what, module = json.loads(os.environ["DEPLOY_CANARY"])
+    spec = importlib.util.spec_from_file_location("healthcheck", module)
+    healthcheck = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(healthcheck)
+    application = runpy.run_path(loader, run_name="deploy_canary")["application"]
+    if what == "import":
+        print("the app imports (under uWSGI)", flush=True)
+        return
+    status, text = healthcheck.wsgi_get(check, application)
+    wrong = healthcheck.verdict(check, status, text)
+    if wrong:
+        sys.exit(f"GET {check['path']} {wrong}")
+    print(f"canary: GET {check['path']} answered {status} (called in-process, under uWSGI)", flush=True)
+
+
+# uWSGI ends with 0 after a script that raised: only SystemExit sets its exit code.
+try:
+    main()
+except Exception:
+    traceback.print_exc()
+    sys.exit(1)
 """
 CANARY_FILE = ".deploy-canary.py"
 

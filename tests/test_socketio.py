@@ -233,6 +233,11 @@ def test_flask_socketio_over_websockets_on_every_instance_through_a_redeploy(for
         wait_for("the worker's emit", lambda: all(any(n.get("from") == "celery" and n["text"] == "from-celery"
                                                       for n in c.news) for c in chatters), 20)
 
+        # Nothing to do the second time, and the clients never notice.
+        again = run_deploy(fork, tmp_path, data=data)
+        assert again.changed_operations() == [], again.output[-3000:]
+        assert [c.connects for c in chatters] == [1] * len(chatters)
+
         # A code redeploy while every client keeps talking.
         chat = source / "chat.py"
         chat.write_text(chat.read_text().replace('VERSION = "v1"', 'VERSION = "v2"'))
