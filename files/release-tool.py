@@ -567,14 +567,19 @@ CANARY_FILE = ".deploy-canary.py"
 
 def _canary(release: str, what: str) -> int:
     path = release_dir(release)
-    # Root's, in the release (root's directory, which the app user cannot write).
+    # Root's, in the release (root's directory, which the app user cannot write),
+    # for as long as the step runs.
     fd = os.open(path / CANARY_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
     with os.fdopen(fd, "w") as handle:
         handle.write(CANARY)
     os.chown(path / CANARY_FILE, 0, pwd.getpwnam(CONFIG["user"]).pw_gid, follow_symlinks=False)
     arguments = json.dumps([str(path / LOADER), CONFIG["health"], what, CONFIG["health_module"]])
-    return in_release(release, [CONFIG["uwsgi"], "--pyrun", str(path / CANARY_FILE), "--virtualenv",
-                                f"{path}/.venv"], {"DEPLOY_CANARY": arguments})
+    try:
+        return in_release(release, [CONFIG["uwsgi"], "--pyrun", str(path / CANARY_FILE), "--virtualenv",
+                                    f"{path}/.venv"], {"DEPLOY_CANARY": arguments})
+    finally:
+        # Gone again: the release holds what was uploaded, and nothing else.
+        (path / CANARY_FILE).unlink(missing_ok=True)
 
 
 def cmd_check(args) -> None:
