@@ -46,6 +46,7 @@ import fcntl
 import importlib.util
 import json
 import os
+import pwd
 import secrets
 import shutil
 import socket
@@ -81,6 +82,7 @@ class Settings(TypedDict):
     maintenance_dir: str  # root's: the flag `on` (nginx answers 503 while it exists) and page.html
     workers: list  # the units of the app's worker processes, restarted onto each healthy release
     environment_files: list  # the EnvironmentFile= of the app's units (secrets, REDIS_URL, ...), root's
+    uwsgi: str  # uWSGI's binary: the import check and the canary run the app under it (`--pyrun`)
 
 
 # Set by configure() (main() calls it; tests call it with a temporary root).
@@ -434,7 +436,7 @@ def prune_choice(names: list[str], entries: list[dict], current: str | None, kee
 # Running things as the app user ---------------------------------------------
 
 def sandboxed(release: str, command: list[str], writable: list[str], venv: str | None,
-              tty: bool = False) -> int:
+              extra_env: dict | None = None, tty: bool = False) -> int:
     """Run a command as the app user in a transient systemd unit with the service's
     own sandbox, writing only to `writable`; every process it starts ends with it.
     With tty, on a pseudo-terminal of its own, connected to this one (`flask shell`)."""
@@ -445,6 +447,7 @@ def sandboxed(release: str, command: list[str], writable: list[str], venv: str |
         "LANG": "C.UTF-8",
         "DEPLOY_RELEASE": release,
         **({"VIRTUAL_ENV": venv} if venv else {}),
+        **(extra_env or {}),
         **({"TERM": os.environ.get("TERM") or "xterm"} if tty else {}),
     }
     user = CONFIG["user"]
@@ -468,9 +471,9 @@ def sandboxed(release: str, command: list[str], writable: list[str], venv: str |
     return subprocess.run(argv, stdin=None if tty else subprocess.DEVNULL).returncode
 
 
-def in_release(release: str, command: list[str], tty: bool = False) -> int:
+def in_release(release: str, command: list[str], extra_env: dict | None = None, tty: bool = False) -> int:
     """A step in a release: the venv on PATH, the shared paths writable."""
-    return sandboxed(release, command, CONFIG["writable"], f"{release_dir(release)}/.venv", tty)
+    return sandboxed(release, command, CONFIG["writable"], f"{release_dir(release)}/.venv", extra_env, tty)
 
 
 def discard(release: str) -> None:
@@ -531,8 +534,6 @@ def cmd_build_venv(args) -> None:
     if venv_ready(venv):
         log(f"venv {venv.name} is built already")
         return
-    import pwd
-
     account = pwd.getpwnam(CONFIG["user"])
     if os.path.lexists(venv):  # half-built by an interrupted run: from scratch
         shutil.rmtree(venv) if stat.S_ISDIR(os.lstat(venv).st_mode) else venv.unlink()
@@ -561,37 +562,57 @@ def cmd_build_venv(args) -> None:
 
 # Checks before the switch -------------------------------------------------------
 
-# Run by the release's own python as the app user: import the app through the
-# release's loader and (for the canary) call it once, as a WSGI server would, for
-# the health path.
+# Run as the app user by uWSGI itself (`uwsgi --pyrun`, the release's venv as its
+# `virtualenv`), so the app imports the way uWSGI runs it: with uWSGI's embedded
+# Python and its `uwsgi` module (an app that needs them, such as Flask-SocketIO in
+# `gevent_uwsgi` mode or one on uWSGI's WebSocket API, is not refused). It imports
+# the app through the release's loader and (for the canary) calls it once, as a
+# WSGI server would, for the health path. Its arguments come in DEPLOY_CANARY.
 CANARY = r"""
-import importlib.util, json, runpy, sys
-spec = importlib.util.spec_from_file_location("healthcheck", sys.argv[4])
-healthcheck = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(healthcheck)
-check = json.loads(sys.argv[2])
+import importlib.util, json, os, runpy, sys, traceback
+
+
+def main():
+    loader, check, what, module = json.loads(os.environ["DEPLOY_CANARY"])
+    spec = importlib.util.spec_from_file_location("healthcheck", module)
+    healthcheck = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(healthcheck)
+    application = runpy.run_path(loader, run_name="deploy_canary")["application"]
+    if what == "import":
+        print("the app imports (under uWSGI)", flush=True)
+        return
+    status, text = healthcheck.wsgi_get(check, application)
+    wrong = healthcheck.verdict(check, status, text)
+    if wrong:
+        sys.exit(f"GET {check['path']} {wrong}")
+    print(f"canary: GET {check['path']} answered {status} (called in-process, under uWSGI)", flush=True)
+
+
+# uWSGI ends with 0 after a script that raised: only SystemExit sets its exit code.
 try:
-    application = runpy.run_path(sys.argv[1], run_name="deploy_canary")["application"]
-except ModuleNotFoundError as exc:
-    if exc.name in ("uwsgi", "uwsgidecorators"):
-        print("canary: the app needs uWSGI's own module; the check after the switch covers it")
-        sys.exit(0)
-    raise
-if sys.argv[3] == "import":
-    print("the app imports")
-    sys.exit(0)
-status, text = healthcheck.wsgi_get(check, application)
-wrong = healthcheck.verdict(check, status, text)
-if wrong:
-    sys.exit(f"GET {check['path']} {wrong}")
-print(f"canary: GET {check['path']} answered {status}")
+    main()
+except Exception:
+    traceback.print_exc()
+    sys.exit(1)
 """
+CANARY_FILE = ".deploy-canary.py"
 
 
 def _canary(release: str, what: str) -> int:
     path = release_dir(release)
-    return in_release(release, [f"{path}/.venv/bin/python", "-c", CANARY, str(path / LOADER),
-                                json.dumps(CONFIG["health"]), what, CONFIG["health_module"]])
+    # Root's, in the release (root's directory, which the app user cannot write),
+    # for as long as the step runs.
+    fd = os.open(path / CANARY_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(CANARY)
+    os.chown(path / CANARY_FILE, 0, pwd.getpwnam(CONFIG["user"]).pw_gid, follow_symlinks=False)
+    arguments = json.dumps([str(path / LOADER), CONFIG["health"], what, CONFIG["health_module"]])
+    try:
+        return in_release(release, [CONFIG["uwsgi"], "--pyrun", str(path / CANARY_FILE), "--virtualenv",
+                                    f"{path}/.venv"], {"DEPLOY_CANARY": arguments})
+    finally:
+        # Gone again: the release holds what was uploaded, and nothing else.
+        (path / CANARY_FILE).unlink(missing_ok=True)
 
 
 def cmd_check(args) -> None:

@@ -50,6 +50,7 @@ class App:
     nginx_access_log: str
     nginx_error_log: str
     uwsgi_socket: str
+    redis: bool
     # The host's role (tasks/topology.py): an app server behind a load balancer
     # listens on TCP and runs no nginx of its own.
     behind_balancer: bool = False
@@ -72,13 +73,16 @@ class App:
             settings=s,
             app_user=s.app_user or s.app_name,
             app_root=s.app_root or f"/srv/{s.app_name}",
-            uwsgi_threads=s.uwsgi_threads or (1 if s.websockets else 2),
+            uwsgi_threads=s.uwsgi_threads or (1 if s.websockets or s.socketio else 2),
             url_prefix=s.url_prefix.rstrip("/") or "/",
             app_static_dir=static_dir,
             app_static_url=static_url,
             nginx_access_log=s.nginx_access_log or f"/var/log/nginx/{s.app_name}.access.log",
             nginx_error_log=s.nginx_error_log or f"/var/log/nginx/{s.app_name}.error.log",
             uwsgi_socket=s.uwsgi_socket or "unix",
+            # Socket.IO's message queue: the local Redis unless switched off (then
+            # REDIS_URL must come with the app's environment, tasks/checks.py).
+            redis=s.socketio if s.redis is None else s.redis,
         )
 
     def __getattr__(self, name: str) -> Any:
@@ -181,6 +185,24 @@ class App:
     def uwsgi_address(self) -> str:
         """What both uWSGI's `socket =` and nginx's `uwsgi_pass` name."""
         return self.uwsgi_tcp or f"unix:{self.socket_path}"
+
+    @property
+    def gevent(self) -> bool:
+        """uWSGI runs the gevent loop with HTTP sockets (WebSockets pass through nginx)."""
+        return self.websockets or self.socketio
+
+    def instance_addresses(self, count: int) -> list[str]:
+        """A `socketio` app's sockets, one per instance (uWSGI worker, map-socket):
+        `/run/<app>/uwsgi-N.sock`, or consecutive TCP ports from uwsgi_socket's."""
+        if self.uwsgi_tcp:
+            address, port = self.uwsgi_tcp.rsplit(":", 1)
+            return [f"{address}:{int(port) + n}" for n in range(count)]
+        return [f"{self.socket_dir}/uwsgi-{n}.sock" for n in range(1, count + 1)]
+
+    @property
+    def route_cookie(self) -> str:
+        """The cookie naming a client's Socket.IO instance (nginx sets it, balancers read it)."""
+        return f"route_{self.app_name.replace('-', '_')}"
 
     @property
     def uwsgi_ini(self) -> str:

@@ -51,15 +51,31 @@ def local_app(app: App) -> None:
 
 def features(app: App) -> None:
     """WebSockets (gevent, no threads) and TLS (both files, a port of its own)."""
-    if app.websockets:
+    if app.websockets and app.socketio:
+        raise ValueError("websockets: socketio serves WebSockets itself (its own sockets and nginx "
+                         "config): set one of them")
+    if app.gevent:
+        key = "socketio" if app.socketio else "websockets"
         if app.uwsgi_threads > 1:
             raise ValueError(
-                f"uwsgi_threads: {app.uwsgi_threads} conflicts with websockets (gevent runs "
+                f"uwsgi_threads: {app.uwsgi_threads} conflicts with {key} (gevent runs "
                 "the concurrency; threads and gevent do not mix): leave it unset or set 1"
             )
         requirements = (app.source_dir / app.app_requirements).read_text()
-        if not re.search(r"(?im)^\s*gevent\b", requirements):
-            raise ValueError(f"websockets: needs gevent in {app.app_requirements} (uWSGI's gevent loop)")
+        needed = ["gevent", "Flask-SocketIO"] if app.socketio else ["gevent"]
+        for package in needed:
+            if not re.search(rf"(?im)^\s*{package.replace('-', '[-_.]')}\b", requirements):
+                raise ValueError(f"{key}: needs {package} in {app.app_requirements} (uWSGI's gevent loop)"
+                                 if package == "gevent" else f"{key}: needs {package} in {app.app_requirements}")
+    if app.socketio:
+        if app.uwsgi_processes is not None:
+            raise ValueError(f"uwsgi_processes: {app.uwsgi_processes} with socketio: its workers are its "
+                             "instances, set socketio_instances instead")
+        if not app.redis and "REDIS_URL" not in app.environment():
+            raise ValueError("redis: off with socketio, but the app's environment (app_env_file, app_env_from) "
+                             "has no REDIS_URL for its message queue")
+    elif app.socketio_instances is not None:
+        raise ValueError(f"socketio_instances: {app.socketio_instances} without socketio")
     if bool(app.tls_certificate) != bool(app.tls_certificate_key):
         raise ValueError("tls_certificate and tls_certificate_key: set both or neither")
     for key in ("tls_certificate", "tls_certificate_key"):

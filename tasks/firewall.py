@@ -27,6 +27,7 @@ from pyinfra.facts.files import File
 from pyinfra.operations import files, server, systemd
 
 from tasks import JINJA, TEMPLATES
+from tasks.uwsgi import sockets
 
 NFT_TABLE = "inet pyinfra_flask"
 NFT_DIR = "/etc/pyinfra-flask"
@@ -121,7 +122,8 @@ def open_ports(platform, s, app: bool = True, nginx: bool = True):
 
 def uwsgi_ports(apps) -> list[int]:
     """The TCP ports uWSGI listens on for balancers, on this app server."""
-    return sorted({int(app.uwsgi_tcp.rsplit(":", 1)[1]) for app in apps if app.behind_balancer and app.uwsgi_tcp})
+    addresses = (sockets(app) or [app.uwsgi_tcp] for app in apps if app.behind_balancer and app.uwsgi_tcp)
+    return sorted({int(address.rsplit(":", 1)[1]) for found in addresses for address in found})
 
 
 @deploy("Firewall")

@@ -32,7 +32,7 @@ def spec(s) -> dict:
     check = {
         "path": s.healthcheck_path,
         "request_path": s.health_path,
-        "protocol": "http" if s.websockets else "uwsgi",
+        "protocol": "http" if s.gevent else "uwsgi",
         "host_header": s.health_host_header,
         "status": s.healthcheck_status,
         "body": s.healthcheck_body,

@@ -11,6 +11,7 @@ from __future__ import annotations
 from tasks import checks, topology
 from tasks.app import App, validate
 from tasks.settings import SettingsError
+from tasks.uwsgi import sockets
 
 
 def load_apps(host) -> list[App]:
@@ -52,7 +53,18 @@ def upstreams(host, app_name: str) -> list[tuple[str, str]]:
         if not match:
             raise topology.TopologyError(f"Balancer {host.name!r} balances {app_name!r}, which app server "
                                          f"{app_server.name!r} does not run; nothing was changed.")
-        found.append((app_server.name, match[0].uwsgi_tcp))
+        app = match[0]
+        if app.socketio != load_apps(host)[0].socketio:
+            raise topology.TopologyError(f"socketio: {app.socketio} on app server {app_server.name!r} but not on "
+                                         f"balancer {host.name!r}: set it for both (the balancer keeps Socket.IO "
+                                         "clients on their instance); nothing was changed.")
+        if app.socketio:
+            # Every Socket.IO instance of every server: the balancer keeps each
+            # client on one of them (templates/nginx-balancer.conf.j2).
+            found += [(f"{app_server.name} instance {n}", address)
+                      for n, address in enumerate(sockets(app, server=app_server), 1)]
+        else:
+            found.append((app_server.name, app.uwsgi_tcp))
     return found
 
 

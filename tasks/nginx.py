@@ -11,7 +11,7 @@ from pyinfra import host
 from pyinfra.api import FactBase, deploy
 from pyinfra.operations import files, server, systemd
 
-from tasks import JINJA, REPO_ROOT, TEMPLATES, acme, default_server, maintenance
+from tasks import JINJA, REPO_ROOT, TEMPLATES, acme, default_server, maintenance, uwsgi
 from tasks.secrets import put_secret
 
 MARKER = "(pyinfra-flask site)"
@@ -31,7 +31,7 @@ class Site:
 
     @property
     def websockets(self) -> bool:
-        return any(app.websockets for app in self.apps)
+        return any(app.gevent for app in self.apps)
 
     @property
     def acme(self) -> bool:
@@ -169,7 +169,8 @@ def _write_site(platform, site: Site, template: str, context: dict, https: bool,
         jinja_env_kwargs={**JINJA, "loader": FileSystemLoader(str(TEMPLATES))},
         name=f"Write the site {platform.site_path(site.name)}{why}",
         src=str(TEMPLATES / template), dest=platform.site_path(site.name), mode="644",
-        site=site, https=https, acme_webroot=acme.WEBROOT, acme_challenge=acme.CHALLENGE_PATH, **context,
+        site=site, https=https, acme_webroot=acme.WEBROOT, acme_challenge=acme.CHALLENGE_PATH,
+        sockets=uwsgi.sockets, **context,
     )
 
 

@@ -332,6 +332,7 @@ def tool_settings(s) -> dict:
         "maintenance_dir": s.maintenance_dir,
         "workers": s.worker_instances,
         "environment_files": s.environment_files,
+        "uwsgi": f"{s.uwsgi_venv}/bin/uwsgi",
     }
     contract = typing.get_type_hints(_tool().Settings)
     if set(settings) != set(contract) or not all(isinstance(value, contract[key]) for key, value in settings.items()):

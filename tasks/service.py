@@ -7,7 +7,7 @@ from pyinfra import host
 from pyinfra.api import FactBase, deploy
 from pyinfra.operations import files, systemd
 
-from tasks import JINJA, TEMPLATES
+from tasks import JINJA, TEMPLATES, uwsgi
 
 # In every unit this deploy writes (templates/uwsgi.service.j2's first line).
 MARKER = "(pyinfra-flask app)"
@@ -23,6 +23,7 @@ def install(s):
         dest=unit_path,
         mode="644",
         s=s,
+        sockets=uwsgi.sockets(s),
     )
     systemd.daemon_reload(name="Reload systemd (the unit changed)", _if=unit.did_change)
     systemd.service(name=f"Start {s.service} at boot", service=s.service, running=None, enabled=True)

@@ -252,6 +252,18 @@ class Settings(BaseModel):
         "socket and nginx proxies with the Upgrade headers. Needs `gevent` in the app's "
         "requirements; threads are not used.",
     )
+    socketio: bool = Field(
+        False,
+        description="Serve a Flask-SocketIO app over real WebSockets on every CPU: `socketio_instances` "
+        "single-process gevent uWSGI workers, each on a socket of its own, behind nginx with session "
+        "affinity (a route cookie), and Redis as the message queue (`redis` defaults to on; `REDIS_URL`). "
+        "Needs `gevent` and `Flask-SocketIO` in the app's requirements. See docs/socketio.md.",
+    )
+    socketio_instances: int | None = Field(
+        None, ge=2, le=64,
+        description="Socket.IO instances (single-process uWSGI workers, one socket each) for `socketio` apps. "
+        "Default: one per CPU of the host (from its facts), at least 2, at most 16.",
+    )
     app_user: Annotated[str, AfterValidator(reserved.account)] | None = Field(
         None,
         pattern=NAME_RE,
@@ -335,11 +347,12 @@ class Settings(BaseModel):
         description="The app server (inventory name) whose timers run the `jobs`; the others get the job units "
         "but no timers. Default: the first host of `app_servers` behind load balancers, else every host.",
     )
-    redis: bool = Field(
-        False,
+    redis: bool | None = Field(
+        None,
         description="Install Debian's `redis-server` on the host, bound to 127.0.0.1 with a password generated "
         "on the host (root-only, never shown), and hand its URL to the app, its workers and jobs as `REDIS_URL`. "
-        "Refused with `workers` on several app servers (each would have its own Redis).",
+        "Refused with `workers` or `socketio` on several app servers (each would have its own Redis). Default: on "
+        "for `socketio` apps, else off.",
     )
 
     # uWSGI

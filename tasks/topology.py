@@ -68,10 +68,12 @@ def place(host, app: App) -> App:
     if app.jobs_host is None:
         # Behind balancers the app servers serve one site: one of them runs the jobs.
         app = replace(app, runs_jobs=host.name == servers[0])
-    if app.redis and app.workers and len(servers) > 1:
+    if app.redis and (app.workers or app.socketio) and len(servers) > 1:
+        what = "with workers on every one" if app.workers else "and a Socket.IO broadcast would reach only the " \
+            "clients of one server"
         raise TopologyError(f"redis = True: Redis is local to each app server (127.0.0.1), but the "
                             f"{len(servers)} app servers behind the balancers would each enqueue to and read from "
-                            "their own, with workers on every one; use one shared broker (redis off, its URL in "
+                            f"their own, {what}; use one shared broker (redis off, its URL in "
                             "app_env_file) or one app server; nothing was changed.")
     if app.settings.uwsgi_socket is None:
         if not app.private_address:

@@ -60,7 +60,21 @@ def processes(s) -> int:
     """The setting, or one worker per CPU (at least 2, at most 16): with 2 threads each
     that kept both cores of the benchmark host busiest (2x2 beat 4x2 and 8x1 by 10-30%
     in requests/s and p99), and two workers keep one serving while the other reloads."""
+    if s.socketio:
+        return instances(s)
     return s.uwsgi_processes or min(16, max(2, host.get_fact(Cpus) or 1))
+
+
+def instances(s, server=None) -> int:
+    """A `socketio` app's instances on an app server (this host by default): the
+    setting, or one per CPU (at least 2, so one serves while the other is replaced,
+    at most 16). Each is one single-process gevent worker on a socket of its own."""
+    return s.socketio_instances or min(16, max(2, (server or host).get_fact(Cpus) or 1))
+
+
+def sockets(s, server=None) -> list[str]:
+    """A `socketio` app's sockets, one per instance; none for other apps."""
+    return s.instance_addresses(instances(s, server)) if s.socketio else []
 
 
 @deploy("uWSGI configuration")
@@ -75,4 +89,5 @@ def configure(s):
         mode="640",
         s=s,
         processes=processes(s),
+        sockets=sockets(s),
     )

@@ -1,0 +1,1 @@
+from chat import app  # noqa: F401
