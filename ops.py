@@ -129,7 +129,7 @@ def backup(ctx: Context, what: str, download: str | None):
     """Back up each app's database now (`database: postgresql`): pg_dump into the
     host's root-only backup directory, then its retention."""
     if not _report(database.backup_now(ctx.fleet, download), "backed up"):
-        raise click.exceptions.Exit(1)
+        raise click.ClickException("a backup failed (above)")
 
 
 @command()
@@ -137,7 +137,7 @@ def backup(ctx: Context, what: str, download: str | None):
 def backups(ctx: Context):
     """List each app's database backups on each host, oldest first (name, bytes, time)."""
     if not _report(database.listing(ctx.fleet), "backups"):
-        raise click.exceptions.Exit(1)
+        raise click.ClickException("a host's backups could not be listed (above)")
 
 
 @command()
@@ -148,7 +148,7 @@ def restore(ctx: Context, name: str):
     unit, workers and jobs are stopped, the backup restored, the units started again
     and the app health-checked."""
     if not _report(database.restore(ctx.fleet, name), f"restored {name}"):
-        raise click.exceptions.Exit(1)
+        raise click.ClickException(f"restore {name} failed (above)")
 
 
 def main() -> int:

@@ -254,6 +254,7 @@ def test_notes_in_postgresql_survive_redeploys_rollbacks_and_a_restore(fork, tmp
 def _notes(fork, tmp_path):
     v1, v2 = notespg(tmp_path, "v1"), notespg(tmp_path, "v2", second_migration=True)
     first = run_deploy(fork, tmp_path, data=notespg_data(v1))
+    print(f"\nfirst deploy (PostgreSQL installed, the first migration): {first.seconds:.1f}s")
     password = fork.exec("cat /etc/pyinfra-flask/postgresql/notespg.password").strip()
     assert len(password) == 64
     # The first deploy's migration made the schema; the app reaches it over the socket.
@@ -274,15 +275,17 @@ def _notes(fork, tmp_path):
 
     # A code redeploy with the second migration, under load: no request fails, no row is lost.
     dry = run_deploy(fork, tmp_path, "--dry", "--diff", data=notespg_data(v2))
+    print(f"dry run: {dry.seconds:.1f}s")
     with Load(fork.url + "/", threads=2, interval=0.02, max_seconds=120) as load:
         second = run_deploy(fork, tmp_path, data=notespg_data(v2))
-    print(load.report("redeploy with a migration"))
+    print(load.report(f"redeploy with a migration ({second.seconds:.1f}s)"))
     assert load.failures == [] and load.ok > 20
     assert get(fork.url + "/").text == "notespg v2: 3 notes\n"
     assert get(fork.url + "/schema").text.split() == ["author", "id", "text"]
     for run in (first, dry, second):
         assert password not in run.output
-    run_deploy(fork, tmp_path, deploy="rollback.py", data=notespg_data(v2))
+    print(f"rollback: {run_deploy(fork, tmp_path, deploy='rollback.py', data=notespg_data(v2)).seconds:.1f}s")
+    ops_started = time.monotonic()
     assert get(fork.url + "/").text == "notespg v1: 3 notes\n"
 
     # Backup, delete, restore through ops.py (as the deploy user with sudo, as users do).
@@ -310,6 +313,7 @@ def _notes(fork, tmp_path):
     assert ops(inventory, "restore", "notespg-20200101T000000Z.dump").returncode != 0
     for result in (made, restored):
         assert password not in result.stdout + result.stderr
+    print(f"backup, list, restore through ops.py: {time.monotonic() - ops_started:.1f}s")
 
 
 def fork_post(fork, text: str) -> None:

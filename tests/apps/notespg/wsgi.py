@@ -12,9 +12,9 @@ from sqlalchemy import inspect
 VERSION = "v1"
 
 app = Flask(__name__)
-# postgresql://role:password@/database?host=/var/run/postgresql: SQLAlchemy's default
-# PostgreSQL driver for that scheme is psycopg2 (psycopg2-binary in requirements.txt).
-app.config["SQLALCHEMY_DATABASE_URI"] = os.environ["DATABASE_URL"]
+# postgresql://role:password@/database?host=/var/run/postgresql, the libpq URI; for
+# SQLAlchemy the driver is named in the scheme: psycopg (3), in requirements.txt.
+app.config["SQLALCHEMY_DATABASE_URI"] = os.environ["DATABASE_URL"].replace("postgresql://", "postgresql+psycopg://", 1)
 db = SQLAlchemy(app)
 Migrate(app, db)
 
