@@ -57,6 +57,12 @@ def test_a_local_database_behind_balancers_with_several_app_servers_is_refused()
         deploy(facts, groups=LB_GROUPS, host_data=LB_DATA, **DB)
 
 
+def test_two_apps_whose_database_names_meet_are_refused():
+    apps = [{"app_name": "a-b", "nginx_server_names": ["a.example"], **DB},
+            {"app_name": "a_b", "nginx_server_names": ["b.example"], **DB}]
+    assert "app_name = 'a_b': its PostgreSQL database and role would be a_b, as a-b's" in refused(apps=apps)
+
+
 def test_migrations_host_must_be_an_app_server():
     assert "migrations_host = 'db9': not an app server" in refused(migrations_host="db9")
 
@@ -100,6 +106,9 @@ def test_database_url_reaches_every_unit_and_the_release_steps_before_they_run()
     env = "EnvironmentFile=/srv/greeting/secrets/database.env"
     assert env in run.uploads["/etc/systemd/system/greeting.service"]
     assert env in run.uploads["/etc/systemd/system/greeting-w@.service"]
+    # At boot the app's units start after the database.
+    for unit in ("greeting.service", "greeting-w@.service"):
+        assert "After=network.target postgresql.service\n" in run.uploads[f"/etc/systemd/system/{unit}"]
     assert '"/srv/greeting/secrets/database.env"' in run.uploads["/srv/greeting/release-tool.json"]
     names = list(run.changed)
     url = names.index("Database | Hand greeting its DATABASE_URL (/srv/greeting/secrets/database.env, "
@@ -231,7 +240,7 @@ def notespg(tmp_path, version: str, second_migration: bool = False):
 
 def notespg_data(source) -> dict:
     return {"app_name": "notespg", "app_source": str(source), **DB, "healthcheck_body": "notespg",
-            "migrate_commands": ["flask --app wsgi db upgrade"], "database_backup_schedule": None}
+            "migrate_commands": ["flask --app wsgi db upgrade"], "database_backup_schedule": "*-*-* 03:00:00"}
 
 
 def ops(inventory, *arguments: str) -> subprocess.CompletedProcess:
@@ -282,6 +291,9 @@ def _notes(fork, tmp_path):
     assert load.failures == [] and load.ok > 20
     assert get(fork.url + "/").text == "notespg v2: 3 notes\n"
     assert get(fork.url + "/schema").text.split() == ["author", "id", "text"]
+    # The second run touched nothing of the database's (and restarted no timer).
+    assert not [name for name in second.changed_operations() if "PostgreSQL |" in name or "Database |" in name]
+    assert fork.exec("systemctl is-active pyinfra-flask-db-backup-notespg.timer").strip() == "active"
     for run in (first, dry, second):
         assert password not in run.output
     print(f"rollback: {run_deploy(fork, tmp_path, deploy='rollback.py', data=notespg_data(v2)).seconds:.1f}s")
