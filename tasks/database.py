@@ -30,6 +30,7 @@ from pyinfra.facts.files import File
 from pyinfra.operations import apt, files, server, systemd
 
 from tasks import JINJA, REPO_ROOT, TEMPLATES, healthcheck
+from tasks.packages import APT_LOCK_WAIT, DebInstalled
 
 # The distribution's own PostgreSQL, by tasks/platform.py's system name.
 VERSIONS = {"Debian 12 (bookworm)": 15, "Debian 13 (trixie)": 17,
@@ -119,7 +120,13 @@ def install(system, apps) -> None:
     if wanted:
         major = version(system)
         config_dir = f"/etc/postgresql/{major}/main"
-        apt.packages(name="Install PostgreSQL (postgresql)", packages=["postgresql"])
+        if "postgresql" not in host.get_fact(DebInstalled, packages=("postgresql",)):
+            # The base packages may all be there, and the index too old for a new one.
+            apt.update(name="Refresh the package index if older than apt_cache_valid_time",
+                       cache_time=wanted[0].apt_cache_valid_time)
+        # Without recommends (sysstat and the like): the server and its client only.
+        apt.packages(name="Install PostgreSQL (postgresql)", packages=["postgresql"], no_recommends=True,
+                     extra_install_args=APT_LOCK_WAIT)
         conf = files.template(jinja_env_kwargs=JINJA, name="Listen on the unix socket only (no TCP)",
                               src=str(TEMPLATES / "postgresql.conf.j2"),
                               dest=f"{config_dir}/conf.d/pyinfra-flask.conf", mode="644")
