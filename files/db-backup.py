@@ -51,21 +51,32 @@ def load(path: str) -> dict:
 
 def private_directory(path: str) -> int:
     """An fd of `path` (made when missing): a real directory of root's, mode 700 or
-    tighter, every parent root's too."""
-    parent = os.path.dirname(path.rstrip("/"))
-    if not os.path.isdir(parent):
-        os.makedirs(parent, mode=0o700, exist_ok=True)
+    tighter, in a parent of root's that nobody else can write."""
+    path = path.rstrip("/")
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    parent = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    info = os.fstat(fd)
-    if info.st_uid != 0 or info.st_mode & 0o077:
+        _root_only(parent, os.path.dirname(path), 0o022)
+        try:
+            os.mkdir(os.path.basename(path), 0o700, dir_fd=parent)
+        except FileExistsError:
+            pass
+        fd = os.open(os.path.basename(path), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent)
+    finally:
+        os.close(parent)
+    try:
+        _root_only(fd, path, 0o077)
+    except Refused:
         os.close(fd)
-        raise Refused(f"{path} must be root's and closed to others (mode 700), not "
-                      f"uid {info.st_uid} mode {stat.S_IMODE(info.st_mode):o}")
+        raise
     return fd
+
+
+def _root_only(fd: int, path: str, forbidden: int) -> None:
+    info = os.fstat(fd)
+    if info.st_uid != 0 or info.st_mode & forbidden:
+        raise Refused(f"{path} must be root's and closed to others, not "
+                      f"uid {info.st_uid} mode {stat.S_IMODE(info.st_mode):o}")
 
 
 def name_pattern(config: dict) -> re.Pattern:

@@ -214,6 +214,23 @@ def test_retention_keeps_the_newest_by_count_and_age(tmp_path):
     assert names[5] in os.listdir(directory) and names[4] not in os.listdir(directory)  # the newest stays
 
 
+@pytest.mark.skipif(__import__("os").geteuid() != 0, reason="the tool wants root's directories")
+def test_the_tool_refuses_a_backup_directory_others_can_enter_or_a_link(tmp_path):
+    import os
+
+    tool = _tool()
+    (tmp_path / "open").mkdir(mode=0o755)
+    os.chmod(tmp_path / "open", 0o755)
+    with pytest.raises(tool.Refused, match="must be root's and closed to others"):
+        tool.private_directory(str(tmp_path / "open"))
+    (tmp_path / "elsewhere").mkdir(mode=0o700)
+    os.symlink(tmp_path / "elsewhere", tmp_path / "link")
+    with pytest.raises(OSError):
+        tool.private_directory(str(tmp_path / "link"))
+    made = tool.private_directory(str(tmp_path / "made"))
+    assert oct(os.fstat(made).st_mode & 0o777) == "0o700"
+
+
 def test_the_tool_refuses_names_of_other_apps():
     tool = _tool()
     pattern = tool.name_pattern({"app": "shop"})
