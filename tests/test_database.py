@@ -335,9 +335,12 @@ def _notes(fork, tmp_path):
 
     requests.delete(fork.url + "/notes", timeout=10).raise_for_status()
     assert get(fork.url + "/").text == "notespg v1: 0 notes\n"
+    pid = fork.exec("systemctl show -p MainPID --value notespg").strip()
     restored = ops(inventory, "restore", name)
     assert restored.returncode == 0, restored.stdout + restored.stderr
     assert f"RESTORED {name}" in restored.stdout
+    # The app was stopped for the restore and started again (a new uWSGI master).
+    assert fork.exec("systemctl show -p MainPID --value notespg").strip() not in ("0", pid)
     assert get(fork.url + "/notes").text == "first\nsecond\nthird\n"
     assert ops(inventory, "restore", "notespg-20200101T000000Z.dump").returncode != 0
     for result in (made, restored):
