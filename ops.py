@@ -22,7 +22,7 @@ import sys
 
 import click
 
-from tasks import audit, lock, maintenance, ops_logs, ops_run, ops_status
+from tasks import audit, database, lock, maintenance, ops_logs, ops_run, ops_status
 from tasks.fleet import Fleet, FleetError, parse_data, run
 from tasks.settings import SettingsError
 
@@ -258,6 +258,51 @@ def audit_command(ctx: Context, as_json: bool, last: int | None):
                 click.echo(audit.tagged(name, app_name, line) if as_json else f"[{name}] {app_name}: {line}")
     if failed:
         raise click.exceptions.Exit(1)
+
+
+def _report(results: dict, label: str) -> bool:
+    """Print each host's and app's lines; True when every one succeeded."""
+    every = True
+    for name, apps in results.items():
+        if not apps:
+            click.echo(f"[{name}] no app with a database")
+        for app_name, ok, lines in apps:
+            every = every and ok
+            click.echo(f"[{name}] {app_name}: {label if ok else 'FAILED'}")
+            for line in lines:
+                click.echo(f"[{name}]   {line}")
+    return every
+
+
+@command()
+@click.argument("what", type=click.Choice(["now"]))
+@click.option("--download", metavar="DIR", type=click.Path(file_okay=False, exists=True, writable=True),
+              help="Also copy each new backup into this local directory (as <host>-<backup>, mode 600).")
+@click.pass_obj
+def backup(ctx: Context, what: str, download: str | None):
+    """Back up each app's database now (`database: postgresql`): pg_dump into the
+    host's root-only backup directory, then its retention."""
+    if not _report(database.backup_now(ctx.fleet, download), "backed up"):
+        raise click.ClickException("a backup failed (above)")
+
+
+@command()
+@click.pass_obj
+def backups(ctx: Context):
+    """List each app's database backups on each host, oldest first (name, bytes, time)."""
+    if not _report(database.listing(ctx.fleet), "backups"):
+        raise click.ClickException("a host's backups could not be listed (above)")
+
+
+@command()
+@click.argument("name")
+@click.pass_obj
+def restore(ctx: Context, name: str):
+    """Restore the backup NAME (see `backups`) into its app's own database: its web
+    unit, workers and jobs are stopped, the backup restored, the units started again
+    and the app health-checked."""
+    if not _report(database.restore(ctx.fleet, name), f"restored {name}"):
+        raise click.ClickException(f"restore {name} failed (above)")
 
 
 def main() -> int:

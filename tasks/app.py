@@ -57,6 +57,9 @@ class App:
     # Whether this host's timers run the app's `jobs` (tasks/topology.py: one app
     # server behind load balancers).
     runs_jobs: bool = True
+    # Whether this host runs the app's `migrate_commands` (tasks/topology.py: one app
+    # server behind load balancers).
+    runs_migrations: bool = True
 
     @classmethod
     def resolve(cls, s: Settings) -> App:
@@ -124,10 +127,22 @@ class App:
         return f"{self.app_root}/secrets/redis.env"
 
     @property
+    def database_env_path(self) -> str:
+        """DATABASE_URL, written on the host (tasks/database.py): root's, mode 600."""
+        return f"{self.app_root}/secrets/database.env"
+
+    @property
+    def database_name(self) -> str:
+        """The app's PostgreSQL database and role: its name, `-` made `_` (a plain
+        SQL identifier, never quoted)."""
+        return self.app_name.replace("-", "_")
+
+    @property
     def environment_files(self) -> list[str]:
         """The EnvironmentFile= lines of every unit running the app's code."""
         found = [self.env_file_path] if self.app_env_file or self.app_env_from else []
-        return found + ([self.redis_env_path] if self.redis else [])
+        found += [self.redis_env_path] if self.redis else []
+        return found + ([self.database_env_path] if self.database else [])
 
     def unit_prefix(self, name: str) -> str:
         """`<app_name>-<name>`: a worker's (template) or a job's unit name."""

@@ -8,7 +8,7 @@ from typing import NamedTuple
 from pyinfra import host
 from pyinfra.api import deploy
 
-from tasks import background, firewall, healthcheck, inventory, logs, nginx, packages, release, selinux, service, users, uwsgi
+from tasks import background, database, firewall, healthcheck, inventory, logs, nginx, packages, release, selinux, service, users, uwsgi
 from tasks.release import Release
 
 
@@ -21,6 +21,7 @@ class Prepared(NamedTuple):
     unit: object  # the systemd unit (uWSGI restarts)
     workers: dict  # worker name -> its unit's op (the worker restarts)
     redis_url: list  # the ops that changed the app's REDIS_URL (its units restart)
+    database_url: list  # the ops that changed the app's DATABASE_URL (its units restart)
 
 
 @deploy("App server")
@@ -31,10 +32,13 @@ def converge(system, apps):
     uwsgi_builds = {version: uwsgi.install(app) for version, app in {a.uwsgi_version: a for a in apps}.items()}
     health_module = healthcheck.install()
     new_redis_password = background.install_redis(apps)
+    database.install(system, apps)
     prepared = {}
     for s in host.loop(apps):
         prepared[s.app_name] = Prepared(
             nginx_in_group=users.create(system, s),
+            # Before the release: its before-switch and migrate commands need DATABASE_URL.
+            database_url=database.provision(s),
             release=release.prepare(s),
             redis_url=background.redis_url(s, new_redis_password),
             uwsgi_ini=uwsgi.configure(s),
@@ -57,10 +61,11 @@ def converge(system, apps):
         app_ops = release.activate(
             s, ready.release,
             restart_triggers=[op for op in (ready.unit, uwsgi_builds[s.uwsgi_version], ready.release.environment,
-                                            *ready.redis_url) if op],
+                                            *ready.redis_url, *ready.database_url) if op],
             reload_triggers=[ready.uwsgi_ini],
         )
         healthcheck.verify(s, ready.release, service_ops=[*app_ops, *nginx_ops, health_module])
         background.restart(s, ready.workers, activation_ops=app_ops,
-                           environment_ops=[op for op in (ready.release.environment, *ready.redis_url) if op])
+                           environment_ops=[op for op in (ready.release.environment, *ready.redis_url,
+                                                          *ready.database_url) if op])
     firewall.remove_stale(apps)

@@ -203,6 +203,13 @@ def apps_apart(apps: list[App], login: str | None = None) -> list[str]:
                 problems.append(f"{key} of {app.app_name}: its unit {unit} would also be {units[unit]}; "
                                 "rename one of them")
             units.setdefault(unit, f"{app.app_name}'s ({key.split('.')[0]})")
+    databases: dict = {}
+    for app in apps:
+        if app.database and app.database_name in databases:
+            problems.append(f"app_name = {app.app_name!r}: its PostgreSQL database and role would be "
+                            f"{app.database_name}, as {databases[app.database_name]}'s (`-` becomes `_`)")
+        if app.database:
+            databases.setdefault(app.database_name, app.app_name)
     routes: dict = {}
     sockets: dict = {}
     sites: dict = {}

@@ -408,6 +408,11 @@ def prepare(s) -> Release:
     for command in s.before_switch_commands:
         server.shell(name=f"Before switch: {command}",
                      commands=[f"{tool} {lock.TOOL_RUN} run {bundle.id} -- {shlex.quote(command)}"])
+    # Behind balancers on one app server only (tasks/topology.py); every host runs
+    # this step before any runs its switch (pyinfra runs each step on all hosts first).
+    for command in (s.migrate_commands if s.runs_migrations else []):
+        server.shell(name=f"Migrate: {command}",
+                     commands=[f"{tool} {lock.TOOL_RUN} run {bundle.id} -- {shlex.quote(command)}"])
     server.shell(name=f"Check release {bundle.id} answers GET {s.healthcheck_path} (called in-process)",
                  commands=[f"{tool} {lock.TOOL_RUN} canary {bundle.id}"])
     return Release(bundle.id, tool, new=True, settings=settings, environment=environment)

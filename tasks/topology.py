@@ -63,11 +63,24 @@ def place(host, app: App) -> App:
             raise TopologyError(f"jobs_host = {app.jobs_host!r}: not an app server of the inventory "
                                 f"({', '.join(servers)}); nothing was changed.")
         app = replace(app, runs_jobs=host.name == app.jobs_host)
+    if app.migrations_host is not None:
+        if app.migrations_host not in servers:
+            raise TopologyError(f"migrations_host = {app.migrations_host!r}: not an app server of the inventory "
+                                f"({', '.join(servers)}); nothing was changed.")
+        app = replace(app, runs_migrations=host.name == app.migrations_host)
     if not behind_balancer(host):
         return app
     if app.jobs_host is None:
         # Behind balancers the app servers serve one site: one of them runs the jobs.
         app = replace(app, runs_jobs=host.name == servers[0])
+    if app.migrations_host is None:
+        # ... and share one database: one of them migrates it, before any switches.
+        app = replace(app, runs_migrations=host.name == servers[0])
+    if app.database == "postgresql" and len(servers) > 1:
+        raise TopologyError(f"database = 'postgresql': the database is local to each app server, but the "
+                            f"{len(servers)} app servers behind the balancers serve one site and would each "
+                            "keep their own data; use one shared database (its DATABASE_URL in app_env_file) "
+                            "or one app server; nothing was changed.")
     if app.redis and (app.workers or app.socketio) and len(servers) > 1:
         what = "with workers on every one" if app.workers else "and a Socket.IO broadcast would reach only the " \
             "clients of one server"
