@@ -55,7 +55,10 @@ def install(apps) -> list:
                                  dest=f"{s.maintenance_dir}/page.html", user="root", group="root", mode="644"))
         if topology.is_balancer(host):
             root = f"{BALANCER_ROOT}/{s.app_name}"
-            for path in (BALANCER_ROOT, root, f"{root}/bin"):
+            # The parent is shared (the ACME webroot lives there too, which nginx reads).
+            files.directory(name=f"Create {BALANCER_ROOT} (root's)", path=BALANCER_ROOT, user="root", group="root",
+                            mode="755")
+            for path in (root, f"{root}/bin"):
                 files.directory(name=f"Create {path} (root only)", path=path, user="root", group="root", mode="700")
             files.put(name="Install the release tool (maintenance switch, audit log)",
                       src=str(REPO_ROOT / "files/release-tool.py"), dest=tool(s, balancer=True), mode="700")

@@ -34,7 +34,9 @@ def run_deploy(host: throwaway.Host | Path, tmp_path: Path, *flags: str, data: d
     run = throwaway.run_pyinfra(host, tmp_path, *flags, data=data, inventory_data=inventory_data,
                                 deploy=deploy, timeout=timeout)
     if check and run.returncode != 0:
-        pytest.fail(f"{deploy} failed ({run.returncode}):\n{run.output[-6000:]}")
+        # What went wrong comes before pyinfra's table of results, which can be long.
+        before, _, _ = run.output.rpartition("--> Results")
+        pytest.fail(f"{deploy} failed ({run.returncode}):\n{(before or run.output)[-6000:]}")
     return run
 
 

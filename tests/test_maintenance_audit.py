@@ -418,5 +418,9 @@ def test_the_deploy_puts_the_page_and_on_balancers_the_switch_but_never_touches_
     assert json.loads(settings) == {"app": "greeting", "maintenance_dir": f"{MAINTENANCE_ROOT}/greeting"}
     assert "Load balancer | nginx sites | Maintenance pages | Install the release tool (maintenance switch, " \
            "audit log)" in runs["lb1"].changed
+    # The parent stays readable: the ACME webroot (nginx reads it) is beside the tool.
+    lb_commands = " ".join(command for commands in runs["lb1"].changed.values() for command in commands)
+    assert "chmod 755 /var/lib/pyinfra-flask " in lb_commands + " "
+    assert "chmod 700 /var/lib/pyinfra-flask " not in lb_commands + " "
     for web in ("web1", "web2"):  # no nginx there: nothing to switch
         assert not runs[web].named("nginx sites | Maintenance pages")
