@@ -33,6 +33,8 @@ private = {"_temp_dir": uploads.private_directory()}
 # The database server's steps come first: the app servers' first migrations need it.
 if database:
     database_server.converge(system, apps[0], **private)
+if topology.database_server(host):
+    topology.wait_for_database_server()
 if app:
     app_server.converge(system, apps, **private)
 # In a run over everything, balancers start only once every app server is ready.

@@ -271,7 +271,7 @@ class HandedOver(FactBase):
     certificate; None while either is missing."""
 
     def command(self, password: str, url: str, certificate: str) -> str:
-        line = shlex.quote(f'DATABASE_URL="{url}"\n')
+        line = shlex.quote(f'DATABASE_URL="{url}"\\n')
         return (f"[ -f {password} ] && [ -f {certificate} ] && printf {line} \"$(cat {password})\" | sha1sum "
                 f"&& sha1sum < {certificate}; true")
 
@@ -362,7 +362,9 @@ def _json(data: dict) -> io.StringIO:
 # Day-two commands (ops.py backup now, backups, restore), over tasks/fleet.py's hosts.
 
 def _apps_with_database(fleet, host) -> list:
-    return [s for s in fleet.apps(host) if s.database]
+    """The apps whose database is on the host: a local one, or the db server's
+    (an app server whose database is on the db server has none)."""
+    return [s for s in fleet.apps(host) if s.database and not s.database_host]
 
 
 def backup_now(fleet, download: str | None = None) -> dict[str, list[tuple[str, bool, list[str]]]]:
@@ -425,6 +427,15 @@ def restore(fleet, name: str) -> dict[str, list[tuple[str, bool, list[str]]]]:
     if not owners:
         raise FleetError(f"restore {name!r}: names no app with a database (backups are <app>-<UTC time>.dump)")
     app_name = max(owners, key=len)  # `shop-eu-...` is shop-eu's, not shop's
+    from tasks.topology import is_database_server
+
+    servers = [h.name for h in fleet.hosts if is_database_server(h)
+               and any(s.app_name == app_name for s in _apps_with_database(fleet, h))]
+    if servers:
+        # Its units run on the app servers, which the tool on the db server cannot stop.
+        raise FleetError(f"restore {name!r}: {app_name}'s database is on the db server {servers[0]}, where restore "
+                         "is not supported yet: stop the app's units on the app servers, run the backup tool's "
+                         "restore on the db server by hand, start them again (docs/database.md); nothing was changed")
 
     def work(h):
         return [(s.app_name, *_ok_lines(run(h, tool_command(s, "restore", name), stream=True, timeout=6 * 3600)))

@@ -141,6 +141,12 @@ def place(host, app: App) -> App:
     return replace(app, behind_balancer=True)
 
 
+def wait_for_database_server() -> None:
+    """The same barrier (see wait_for_app_servers) after the db server's steps: an
+    app server's first migration, and the copy of its DATABASE_URL, need them done."""
+    server.shell(name="Wait until the database server is deployed", commands=[])
+
+
 def wait_for_app_servers() -> None:
     """A barrier: one operation that every host runs at the same point of deploy.py.
 
