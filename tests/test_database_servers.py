@@ -150,3 +150,22 @@ def test_the_app_reaches_its_database_on_the_db_server_over_tls_and_nobody_else_
         for h in (db, app, outsider):
             hosts.remove(h)
     print(f"test_database_servers on real hosts: {time.monotonic() - started:.1f}s")
+
+
+def test_backups_are_the_db_servers_and_a_restore_there_is_refused_with_one_line():
+    from types import SimpleNamespace
+
+    from tasks import database
+    from tasks.fleet import Fleet, FleetError
+
+    db = SimpleNamespace(name="db1", groups=["db_servers"])
+    web = SimpleNamespace(name="web1", groups=["app_servers"])
+    on_db = SimpleNamespace(app_name="shop", database="postgresql", database_host=None)
+    on_web = SimpleNamespace(app_name="shop", database="postgresql", database_host="10.0.0.5")
+    fleet = Fleet(None, [db, web], {"db1": [on_db], "web1": [on_web]})
+    assert [database._apps_with_database(fleet, h) for h in (db, web)] == [[on_db], []]
+    with pytest.raises(FleetError) as info:
+        database.restore(fleet, "shop-20261202T030000Z.dump")
+    assert str(info.value).startswith("restore 'shop-20261202T030000Z.dump': shop's database is on the db server db1, "
+                                      "where restore is not supported yet")
+    assert str(info.value).endswith("nothing was changed")
