@@ -1,5 +1,6 @@
 """Converge each host to: nginx -> uWSGI (systemd) -> the Flask app(s), or, for hosts
-in the `load_balancers` group, to nginx balancing over the `app_servers`.
+in the `load_balancers` group, to nginx balancing over the `app_servers`, or, for the
+`db_servers` host, to PostgreSQL for the app servers' apps.
 
     pyinfra inventories/prod.py deploy.py               # apply
     pyinfra inventories/prod.py deploy.py --dry --diff  # show what would change
@@ -10,11 +11,13 @@ validated before any operation is added, so bad settings never touch a host.
 
 from pyinfra import host
 
-from tasks import app_server, hooks, load_balancer, lock, platform, prefetch, preflight, topology, uploads
+from tasks import app_server, database_server, hooks, load_balancer, lock, platform, prefetch, preflight, topology, uploads
 from tasks.inventory import load_apps
 
 apps = load_apps(host)
 balancer = topology.is_balancer(host)
+database = topology.is_database_server(host)
+app = not balancer and not database
 # Local hooks before the first operation and after the last, a webhook at the end (tasks/hooks.py).
 hooks.register(host, apps, "deploy")
 # Facts in one batched command per phase (see tasks/prefetch.py); in the first, before
@@ -23,11 +26,16 @@ prefetch.start(host, enabled=apps[0].fact_batch, first=lock.first_asks(host, app
 lock.take(host, apps)
 system = platform.detect(host)
 # Names the host already has for something else stop the run before any change.
-if not balancer:
+if app:
     preflight.check(apps)
 # Every upload passes through a directory only the SSH user can enter.
 private = {"_temp_dir": uploads.private_directory()}
-if not balancer:
+# The database server's steps come first: the app servers' first migrations need it.
+if database:
+    database_server.converge(system, apps[0], **private)
+if topology.database_server(host):
+    topology.wait_for_database_server()
+if app:
     app_server.converge(system, apps, **private)
 # In a run over everything, balancers start only once every app server is ready.
 topology.wait_for_app_servers()

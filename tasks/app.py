@@ -60,6 +60,9 @@ class App:
     # Whether this host runs the app's `migrate_commands` (tasks/topology.py: one app
     # server behind load balancers).
     runs_migrations: bool = True
+    # The private address of the inventory's db_servers host when the app's
+    # PostgreSQL is there (tasks/topology.py), else None: a local one.
+    database_host: str | None = None
 
     @classmethod
     def resolve(cls, s: Settings) -> App:

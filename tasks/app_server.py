@@ -32,7 +32,7 @@ def converge(system, apps):
     uwsgi_builds = {version: uwsgi.install(app) for version, app in {a.uwsgi_version: a for a in apps}.items()}
     health_module = healthcheck.install()
     new_redis_password = background.install_redis(apps)
-    database.install(system, apps)
+    database.install(system, database.local(apps))
     prepared = {}
     for s in host.loop(apps):
         prepared[s.app_name] = Prepared(

@@ -26,8 +26,8 @@ import shlex
 from pyinfra import host
 from pyinfra.api import FactBase, deploy
 from pyinfra.api.exceptions import DeployError
-from pyinfra.facts.files import File
-from pyinfra.operations import apt, files, server, systemd
+from pyinfra.facts.files import File, Sha1File
+from pyinfra.operations import apt, files, python, server, systemd
 
 from tasks import JINJA, REPO_ROOT, TEMPLATES, healthcheck
 from tasks.packages import APT_LOCK_WAIT, DebInstalled
@@ -112,28 +112,54 @@ def version(system) -> int:
     return found
 
 
+def local(apps) -> list:
+    """The apps of an app server whose PostgreSQL is on the host itself."""
+    return [s for s in apps if s.database and not s.database_host]
+
+
+def certificate_paths(address: str) -> tuple[str, str]:
+    """The db server's self-signed certificate and key, named after the address they
+    are for (a new address: a new certificate)."""
+    base = f"/etc/postgresql/pyinfra-flask-{address}"
+    return f"{base}.crt", f"{base}.key"
+
+
 @deploy("PostgreSQL")
-def install(system, apps) -> None:
-    """The distribution's PostgreSQL on the unix socket only, each app's role allowed
-    to its own database and nothing else; the backup tool and its service."""
-    wanted = [s for s in apps if s.database]
+def install(system, wanted, listen: tuple[str, list[tuple[str, str, str]]] | None = None, guard=None) -> None:
+    """The distribution's PostgreSQL, each app's role allowed to its own database and
+    nothing else; the backup tool and its service. `wanted`: the apps with a database
+    here. Alone it listens on the unix socket only; on a db server, `listen` is (its
+    private address, [(app server, its private address, database)]): it listens on
+    that address, with TLS, and each app server's role reaches only its database;
+    `guard` adds the firewall's operations, before PostgreSQL listens there."""
     if wanted:
         major = version(system)
         config_dir = f"/etc/postgresql/{major}/main"
-        if "postgresql" not in host.get_fact(DebInstalled, packages=("postgresql",)):
+        packages = ["postgresql", "nftables"] if listen else ["postgresql"]
+        if set(packages) - set(host.get_fact(DebInstalled, packages=tuple(packages))):
             # The base packages may all be there, and the index too old for a new one.
             apt.update(name="Refresh the package index if older than apt_cache_valid_time",
                        cache_time=wanted[0].apt_cache_valid_time)
         # Without recommends (sysstat and the like): the server and its client only.
-        apt.packages(name="Install PostgreSQL (postgresql)", packages=["postgresql"], no_recommends=True,
+        apt.packages(name=f"Install PostgreSQL ({', '.join(packages)})", packages=packages, no_recommends=True,
                      extra_install_args=APT_LOCK_WAIT)
-        conf = files.template(jinja_env_kwargs=JINJA, name="Listen on the unix socket only (no TCP)",
-                              src=str(TEMPLATES / "postgresql.conf.j2"),
-                              dest=f"{config_dir}/conf.d/pyinfra-flask.conf", mode="644")
+        if guard:
+            guard()
+        address, clients = listen or (None, [])
+        tls = certificate_paths(address) if listen else None
+        if tls and not host.get_fact(File, path=tls[0]):
+            # Public: the app servers get a copy and verify the server by it (sslmode=verify-full).
+            server.shell(name=f"Make the server's self-signed TLS certificate (for {address}, on the host)", commands=[
+                f"(umask 077; openssl req -x509 -newkey rsa:3072 -nodes -days 36500 -subj /CN={address} "
+                f"-addext subjectAltName=IP:{address} -keyout {tls[1]} -out {tls[0]} 2>/dev/null)",
+                f"chown postgres:postgres {tls[0]} {tls[1]}", f"chmod 644 {tls[0]}"])
+        conf = files.template(jinja_env_kwargs=JINJA, name=f"Listen on {address} with TLS only" if listen else
+                              "Listen on the unix socket only (no TCP)", src=str(TEMPLATES / "postgresql.conf.j2"),
+                              dest=f"{config_dir}/conf.d/pyinfra-flask.conf", mode="644", address=address, tls=tls)
         hba = files.template(jinja_env_kwargs=JINJA, name="Allow each app's role to its own database only "
                              "(pg_hba.conf)", src=str(TEMPLATES / "pg_hba.conf.j2"), dest=f"{config_dir}/pg_hba.conf",
                              user="postgres", group="postgres", mode="640",
-                             names=sorted({s.database_name for s in wanted}))
+                             names=[] if listen else sorted({s.database_name for s in wanted}), clients=clients)
         # By command, not systemd.service: on the first deploy its facts (read before the
         # package was installed) would say "not running" and only start what the package
         # already started with Debian's listen_addresses = 'localhost'.
@@ -181,16 +207,31 @@ def install(system, apps) -> None:
 @deploy("Database")
 def provision(s) -> list:
     """The app's role (its password made on the host), its database, DATABASE_URL
-    (root's, mode 600), the backup tool's settings. Before the release is prepared:
-    its before_switch and migrate commands get DATABASE_URL on the first deploy too.
-    Returns the ops that changed DATABASE_URL (the app's units restart on them)."""
+    (root's, mode 600), the backup tool's settings; with a db server, DATABASE_URL
+    and the server's certificate from there (`hand_over`). Before the release is
+    prepared: its before_switch and migrate commands get DATABASE_URL on the first
+    deploy too. Returns the ops that changed DATABASE_URL (the app's units restart on them)."""
     if not s.database:
         files.file(name=f"No DATABASE_URL for {s.app_name} (its database, if any, stays)",
                    path=s.database_env_path, present=False)
         return []
-    name, password = s.database_name, password_path(s)
     files.directory(name=f"Create {s.app_root}/secrets (private)", path=f"{s.app_root}/secrets",
                     user="root", group="root", mode="700")
+    if s.database_host:
+        return hand_over(s)
+    made = role(s)
+    if made or not host.get_fact(File, path=s.database_env_path):
+        url = database_url(s.database_name)
+        return [server.shell(name=f"Hand {s.app_name} its DATABASE_URL ({s.database_env_path}, root-only)",
+                             commands=[f"(umask 077; printf 'DATABASE_URL=\"{url}\"\\n' \"$(cat {password_path(s)})\" "
+                                       f"> {s.database_env_path})"])]
+    return []
+
+
+def role(s):
+    """The app's role, its password (made on this host, root-only), its database and
+    the backup tool's settings. Returns the op that made a new password, or None."""
+    name, password = s.database_name, password_path(s)
     found = host.get_fact(PostgresqlObjects)
     made = None
     if not host.get_fact(File, path=password):
@@ -209,14 +250,93 @@ def provision(s) -> list:
             f"(cd / && {PSQL} -c 'REVOKE ALL ON DATABASE {name} FROM PUBLIC')"])
     files.put(name=f"Write the backup settings of {s.app_name}", src=_json(backup_settings(s)),
               dest=backup_config_path(s), mode="600")
-    if made or not host.get_fact(File, path=s.database_env_path):
-        url = database_url(name)
-        return [server.shell(name=f"Hand {s.app_name} its DATABASE_URL ({s.database_env_path}, root-only)",
-                             commands=[f"(umask 077; printf 'DATABASE_URL=\"{url}\"\\n' \"$(cat {password})\" "
-                                       f"> {s.database_env_path})"])]
-    return []
+    return made
 
 
+# An app server whose database is on the db_servers host.
+
+CA_PATH = "/etc/pyinfra-flask/database-server.crt"
+
+
+def remote_url(s) -> str:
+    """The URL handed to the app, `%s` where the password goes: TLS, the server
+    verified by its certificate and address."""
+    return (f"postgresql://{s.database_name}:%s@{s.database_host}:5432/{s.database_name}"
+            f"?sslmode=verify-full&sslrootcert={CA_PATH}")
+
+
+class HandedOver(FactBase):
+    """On the db server: the SHA-1 of the app server's database.env as it must be
+    (made from the password there, printed only as its hash) and of the server's
+    certificate; None while either is missing."""
+
+    def command(self, password: str, url: str, certificate: str) -> str:
+        line = shlex.quote(f'DATABASE_URL="{url}"\\n')
+        return (f"[ -f {password} ] && [ -f {certificate} ] && printf {line} \"$(cat {password})\" | sha1sum "
+                f"&& sha1sum < {certificate}; true")
+
+    def process(self, output: list[str]) -> tuple[str, str] | None:
+        found = [line.split()[0] for line in output if line.strip()]
+        return (found[0], found[1]) if len(found) == 2 else None
+
+
+def hand_over(s) -> list:
+    """DATABASE_URL and the db server's certificate, copied from the db server when
+    this app server's differ (a hash compared on each side): at execution time, after
+    the db server's steps, through the laptop's memory (`_copy`), never printed."""
+    from tasks import topology
+
+    db = topology.database_server(host)
+    certificate = certificate_paths(s.database_host)[0]
+    wanted = db.get_fact(HandedOver, password=password_path(s), url=remote_url(s), certificate=certificate)
+    have = (host.get_fact(Sha1File, path=s.database_env_path), host.get_fact(Sha1File, path=CA_PATH))
+    if wanted is not None and tuple(wanted) == have:
+        return []
+    files.directory(name="Create /etc/pyinfra-flask", path="/etc/pyinfra-flask", user="root", group="root",
+                    mode="755")
+    return [python.call(name=f"Hand {s.app_name} its DATABASE_URL and the db server's certificate "
+                             f"(from {db.name}, contents not shown)",
+                        function=_copy, source=db, target=host, s=s, certificate=certificate,
+                        directories=(_upload_directory(db), _upload_directory(host)))]
+
+
+def _upload_directory(h) -> str | None:
+    """The SSH user's private upload directory (tasks/uploads.py), or None as root."""
+    from tasks.uploads import DIRECTORY, SshUser
+
+    login = h.get_fact(SshUser)
+    return f"{login.home.rstrip('/')}/{DIRECTORY}" if login and h.data.get("_sudo") else None
+
+
+def _copy(source, target, s, certificate: str, directories: tuple) -> None:
+    """At execution time: the password and certificate read from the db server into
+    memory, DATABASE_URL and the certificate written on this app server (root's, 600
+    and 644). Uploads pass through the SSH user's private directory, downloads too."""
+    import secrets as random
+
+    def read(path: str) -> bytes:
+        found = io.BytesIO()
+        temporary = f"{directories[0]}/{random.token_hex(16)}" if directories[0] else None
+        sudo = {"_sudo": True} if directories[0] else {}
+        if not source.get_file(path, found, remote_temp_filename=temporary, **sudo):
+            raise DeployError(f"Could not read {path} on {source.name}")
+        return found.getvalue()
+
+    def write(data: bytes, dest: str, mode: str) -> None:
+        if directories[1] is None:
+            ok = target.put_file(io.BytesIO(data), dest)
+            commands = f"chown root:root {dest} && chmod {mode} {dest}"
+        else:
+            temporary = f"{directories[1]}/{random.token_hex(16)}"
+            ok = target.put_file(io.BytesIO(data), temporary)
+            commands = f"install -o root -g root -m {mode} {temporary} {dest}; status=$?; rm -f {temporary}; " \
+                       "exit $status"
+        if not ok or not target.run_shell_command(commands, _sudo=directories[1] is not None)[0]:
+            raise DeployError(f"Could not write {dest} on {target.name}")
+
+    password = read(password_path(s)).decode().strip()
+    write(read(certificate), CA_PATH, "644")
+    write(f'DATABASE_URL="{remote_url(s) % password}"\n'.encode(), s.database_env_path, "600")
 def backup_settings(s) -> dict:
     """What files/db-backup.py knows of the app: its database, where its backups go and
     how many stay, the units a restore stops and starts again, its health check."""
@@ -242,7 +362,9 @@ def _json(data: dict) -> io.StringIO:
 # Day-two commands (ops.py backup now, backups, restore), over tasks/fleet.py's hosts.
 
 def _apps_with_database(fleet, host) -> list:
-    return [s for s in fleet.apps(host) if s.database]
+    """The apps whose database is on the host: a local one, or the db server's
+    (an app server whose database is on the db server has none)."""
+    return [s for s in fleet.apps(host) if s.database and not s.database_host]
 
 
 def backup_now(fleet, download: str | None = None) -> dict[str, list[tuple[str, bool, list[str]]]]:
@@ -305,6 +427,15 @@ def restore(fleet, name: str) -> dict[str, list[tuple[str, bool, list[str]]]]:
     if not owners:
         raise FleetError(f"restore {name!r}: names no app with a database (backups are <app>-<UTC time>.dump)")
     app_name = max(owners, key=len)  # `shop-eu-...` is shop-eu's, not shop's
+    from tasks.topology import is_database_server
+
+    servers = [h.name for h in fleet.hosts if is_database_server(h)
+               and any(s.app_name == app_name for s in _apps_with_database(fleet, h))]
+    if servers:
+        # Its units run on the app servers, which the tool on the db server cannot stop.
+        raise FleetError(f"restore {name!r}: {app_name}'s database is on the db server {servers[0]}, where restore "
+                         "is not supported yet: stop the app's units on the app servers, run the backup tool's "
+                         "restore on the db server by hand, start them again (docs/database.md); nothing was changed")
 
     def work(h):
         return [(s.app_name, *_ok_lines(run(h, tool_command(s, "restore", name), stream=True, timeout=6 * 3600)))

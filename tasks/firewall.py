@@ -154,12 +154,20 @@ def remove_stale(apps):
         )
 
 
-def _nftables(ports: list[int], balancers: list[tuple[str, str]]) -> None:
+@deploy("Firewall")
+def guard_postgresql(clients: list[tuple[str, str]]):
+    """On the db server: only the app servers (by their private address) reach
+    PostgreSQL's port, with the same nftables table, unit and drop-in as uWSGI's."""
+    _nftables([5432], clients, what="PostgreSQL", who="app servers")
+
+
+def _nftables(ports: list[int], balancers: list[tuple[str, str]], what: str = "uWSGI",
+              who: str = "balancers") -> None:
     rules = files.template(
         jinja_env_kwargs=JINJA,
-        name=f"Write the uWSGI firewall rules {NFT_RULES} (port {', '.join(map(str, ports))}: balancers only)",
+        name=f"Write the {what} firewall rules {NFT_RULES} (port {', '.join(map(str, ports))}: {who} only)",
         src=str(TEMPLATES / "nftables-uwsgi.nft.j2"), dest=NFT_RULES, mode="644",
-        ports=ports, balancers=balancers, table=NFT_TABLE, nft=NFT,
+        ports=ports, balancers=balancers, table=NFT_TABLE, nft=NFT, what=what,
     )
     units = [
         files.template(
@@ -177,7 +185,7 @@ def _nftables(ports: list[int], balancers: list[tuple[str, str]]) -> None:
                           _if=lambda: any(op.did_change() for op in units))
     # Checked before it is loaded; loading replaces our table in one transaction.
     server.shell(
-        name="Load the changed uWSGI firewall rules (nft -c first)",
+        name=f"Load the changed {what} firewall rules (nft -c first)",
         commands=[f"{NFT} -c -f {NFT_RULES}", f"systemctl reload-or-restart {NFT_UNIT}"],
         _if=lambda: rules.did_change() or any(op.did_change() for op in units),
     )

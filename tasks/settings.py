@@ -433,7 +433,8 @@ class Settings(BaseModel):
         description="The host's address on the private network: app servers in the `app_servers` "
         "group are reached on it by their load balancers, and each balancer in `load_balancers` "
         "connects from it (the only addresses the app servers' firewall lets reach uWSGI). "
-        "Required on both when there are `load_balancers`.",
+        "Required on both when there are `load_balancers`. The `db_servers` host listens on its own "
+        "(PostgreSQL, TLS) and lets in only the app servers' (required on both when there is one).",
     )
     uwsgi_log_requests: bool = Field(
         False,

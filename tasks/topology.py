@@ -3,6 +3,8 @@ the balancers, from the inventory's groups.
 
     app_servers     hosts running the app (any host in no group is one too)
     load_balancers  hosts running only nginx, spreading requests over app_servers
+    db_servers      one host running only PostgreSQL for the app servers' apps
+                    (`database: postgresql`; docs/database.md)
 
 When the inventory has load balancers, app servers listen on TCP on their
 `private_address` (uWSGI's uwsgi protocol; the balancer uses `uwsgi_pass` to
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
 
 APP_GROUP = "app_servers"
 LB_GROUP = "load_balancers"
+DB_GROUP = "db_servers"
 DEFAULT_UWSGI_PORT = 3031
 
 
@@ -41,6 +44,25 @@ def is_balancer(host) -> bool:
     return LB_GROUP in host.groups
 
 
+def is_database_server(host) -> bool:
+    return DB_GROUP in host.groups
+
+
+def database_server(host):
+    """The inventory's one `db_servers` host, or None."""
+    found = members(host, DB_GROUP)
+    if len(found) > 1:
+        raise TopologyError(f"{DB_GROUP} has {len(found)} hosts ({', '.join(h.name for h in found)}): "
+                            "one database server serves the app servers; nothing was changed.")
+    return found[0] if found else None
+
+
+def app_servers(host) -> list:
+    """The app servers, in inventory order: the `app_servers` group, else every host
+    that is neither a balancer nor the database server."""
+    return [h for h in members(host, APP_GROUP) or host.inventory if not is_balancer(h) and not is_database_server(h)]
+
+
 def behind_balancer(host) -> bool:
     return not is_balancer(host) and bool(members(host, LB_GROUP))
 
@@ -51,13 +73,27 @@ def place(host, app: App) -> App:
     if is_balancer(host) and APP_GROUP in host.groups:
         raise TopologyError(f"Host {host.name!r} is in both {APP_GROUP} and {LB_GROUP}: "
                             "a host is either an app server or a balancer; nothing was changed.")
+    roles = [group for group in (APP_GROUP, LB_GROUP, DB_GROUP) if group in host.groups]
+    if DB_GROUP in roles and len(roles) > 1:
+        raise TopologyError(f"Host {host.name!r} is in both {roles[0]} and {roles[1]}: a database server "
+                            "runs only PostgreSQL; nothing was changed.")
+    db = database_server(host)
+    if is_database_server(host):
+        if not app.private_address:
+            raise TopologyError(f"Database server {host.name!r} has no private_address: set it to the address "
+                                "the app servers reach PostgreSQL on; nothing was changed.")
+        return app
+    if db is not None and app.database == "postgresql":
+        # The database is the db server's: reached over TLS on its private address.
+        from tasks.inventory import load_apps
+        app = replace(app, database_host=load_apps(db)[0].private_address)
     if is_balancer(host) and not app.private_address:
         raise TopologyError(
             f"Balancer {host.name!r} has no private_address: set it to the address the app servers "
             "see its connections come from (only the balancers may reach their uWSGI); nothing was changed."
         )
     # In inventory order: the `app_servers` group, else every host that is no balancer.
-    servers = [h.name for h in members(host, APP_GROUP) or host.inventory if not is_balancer(h)]
+    servers = [h.name for h in app_servers(host)]
     if app.jobs_host is not None:
         if app.jobs_host not in servers:
             raise TopologyError(f"jobs_host = {app.jobs_host!r}: not an app server of the inventory "
@@ -76,11 +112,11 @@ def place(host, app: App) -> App:
     if app.migrations_host is None:
         # ... and share one database: one of them migrates it, before any switches.
         app = replace(app, runs_migrations=host.name == servers[0])
-    if app.database == "postgresql" and len(servers) > 1:
+    if app.database == "postgresql" and not app.database_host and len(servers) > 1:
         raise TopologyError(f"database = 'postgresql': the database is local to each app server, but the "
                             f"{len(servers)} app servers behind the balancers serve one site and would each "
-                            "keep their own data; use one shared database (its DATABASE_URL in app_env_file) "
-                            "or one app server; nothing was changed.")
+                            "keep their own data; use one shared database (a db_servers host, or its DATABASE_URL "
+                            "in app_env_file) or one app server; nothing was changed.")
     if app.redis and (app.workers or app.socketio) and len(servers) > 1:
         what = "with workers on every one" if app.workers else "and a Socket.IO broadcast would reach only the " \
             "clients of one server"
@@ -103,6 +139,12 @@ def place(host, app: App) -> App:
             f"address the balancer reaches, not uwsgi_socket={app.uwsgi_socket!r}; nothing was changed."
         )
     return replace(app, behind_balancer=True)
+
+
+def wait_for_database_server() -> None:
+    """The same barrier (see wait_for_app_servers) after the db server's steps: an
+    app server's first migration, and the copy of its DATABASE_URL, need them done."""
+    server.shell(name="Wait until the database server is deployed", commands=[])
 
 
 def wait_for_app_servers() -> None:

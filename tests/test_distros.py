@@ -175,7 +175,7 @@ def deploy(facts: dict[str, dict], groups: dict[str, list[str]] | None = None,
 
 
 DEPLOY = str(REPO_ROOT / "deploy.py")
-ROLES = ("App server | ", "Load balancer | ")
+ROLES = ("App server | ", "Load balancer | ", "Database server | ")
 
 
 def load_deploy(state: State) -> None:
