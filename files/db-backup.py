@@ -155,7 +155,11 @@ def systemctl(action: str, units: list[str]) -> None:
         subprocess.run(["systemctl", action, *units], check=False)
 
 
-def cmd_restore(config: dict, directory: int, name: str) -> int:
+def cmd_restore(config: dict, directory: int, name: str, units_elsewhere: bool = False) -> int:
+    """Restore a backup into the app's database. The app's units are stopped first and
+    started again after, then it is health-checked; with units_elsewhere (a db server,
+    the app on other hosts: ops.py stops and starts them there) only its connections
+    are ended."""
     if not name_pattern(config).match(name):
         raise Refused(f"{name!r} is not a backup of app {config['app']} (<app>-<UTC time>{SUFFIX})")
     lock(directory)
@@ -172,9 +176,11 @@ def cmd_restore(config: dict, directory: int, name: str) -> int:
     if found.group(1) != config["database"]:
         raise Refused(f"{name} is a dump of database {found.group(1)!r}, not of {config['database']!r}")
     os.lseek(fd, 0, os.SEEK_SET)
-    units = [config["service"], *config["workers"]]
-    print(f"Stopping {', '.join(config['timers'] + config['jobs'] + units)}", flush=True)
-    systemctl("stop", config["timers"] + config["jobs"] + units)
+    units = [] if units_elsewhere else [config["service"], *config["workers"]]
+    timers, jobs = ([], []) if units_elsewhere else (config["timers"], config["jobs"])
+    if units:
+        print(f"Stopping {', '.join(timers + jobs + units)}", flush=True)
+        systemctl("stop", timers + jobs + units)
     try:
         database = config["database"]
         as_postgres(["psql", "-X", "-q", "-d", "postgres", "-c",
@@ -184,12 +190,16 @@ def cmd_restore(config: dict, directory: int, name: str) -> int:
         done = as_postgres(["pg_restore", "--clean", "--if-exists", "--single-transaction", "--exit-on-error",
                             "--dbname", database], stdin=fd)
     finally:
-        print(f"Starting {', '.join(units + config['timers'])}", flush=True)
-        systemctl("start", units + config["timers"])
+        if units:
+            print(f"Starting {', '.join(units + timers)}", flush=True)
+            systemctl("start", units + timers)
     if done.returncode != 0:
         print(f"RESTORE FAILED {name}: pg_restore exited {done.returncode}; the database is as it was",
               file=sys.stderr)
         return 1
+    if units_elsewhere:
+        print(f"RESTORED {name}")
+        return 0
     health = subprocess.run(["python3", "-I", "-S", config["health_module"], "--check",
                              json.dumps(config["health"]), "--context", f"after restoring {name}"])
     if health.returncode != 0:
@@ -205,7 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("backup")
     commands.add_parser("list")
-    commands.add_parser("restore").add_argument("name")
+    restore = commands.add_parser("restore")
+    restore.add_argument("name")
+    restore.add_argument("--units-elsewhere", action="store_true",
+                         help="the app runs on other hosts, which stop and start its units (a db server)")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("db-backup: must run as root", file=sys.stderr)
@@ -219,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "list":
             cmd_list(config, directory)
         else:
-            return cmd_restore(config, directory, args.name)
+            return cmd_restore(config, directory, args.name, args.units_elsewhere)
     except Refused as exc:
         print(f"db-backup: {exc}", file=sys.stderr)
         return 1

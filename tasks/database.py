@@ -429,19 +429,72 @@ def restore(fleet, name: str) -> dict[str, list[tuple[str, bool, list[str]]]]:
     app_name = max(owners, key=len)  # `shop-eu-...` is shop-eu's, not shop's
     from tasks.topology import is_database_server
 
-    servers = [h.name for h in fleet.hosts if is_database_server(h)
+    servers = [h for h in fleet.hosts if is_database_server(h)
                and any(s.app_name == app_name for s in _apps_with_database(fleet, h))]
     if servers:
-        # Its units run on the app servers, which the tool on the db server cannot stop.
-        raise FleetError(f"restore {name!r}: {app_name}'s database is on the db server {servers[0]}, where restore "
-                         "is not supported yet: stop the app's units on the app servers, run the backup tool's "
-                         "restore on the db server by hand, start them again (docs/database.md); nothing was changed")
+        return _restore_on_database_server(fleet, servers[0], app_name, name)
 
     def work(h):
         return [(s.app_name, *_ok_lines(run(h, tool_command(s, "restore", name), stream=True, timeout=6 * 3600)))
                 for s in _apps_with_database(fleet, h) if s.app_name == app_name]
 
     return fleet.each(work)
+
+
+def _restore_on_database_server(fleet, server, app_name: str, name: str) -> dict:
+    """The app's units run on the app servers: stopped there first (all of them: a
+    --limit leaving one out is refused), the backup restored on the db server, the
+    units started again and each app server's health-checked."""
+    from tasks.fleet import FleetError, run
+    from tasks.inventory import load_apps
+    from tasks.topology import is_balancer, is_database_server
+
+    def runs_app(h):
+        return [s for s in load_apps(h) if s.app_name == app_name and s.database_host]
+
+    everyone = [h for h in fleet.state.inventory if not is_balancer(h) and not is_database_server(h) and runs_app(h)]
+    chosen = {h.name for h in fleet.hosts}
+    left_out = [h.name for h in everyone if h.name not in chosen]
+    if left_out:
+        raise FleetError(f"restore {name!r}: {app_name} also runs on {', '.join(left_out)}, which --limit leaves "
+                         "out; its units must stop everywhere while its database is restored; nothing was changed")
+    app_servers = [h for h in fleet.hosts if h.name in {e.name for e in everyone}]
+
+    def units(s) -> tuple[list[str], list[str]]:
+        """(what stops, what starts again) of the app on one app server."""
+        settings = backup_settings(s)
+        running = [settings["service"], *settings["workers"]]
+        return settings["timers"] + settings["jobs"] + running, running + settings["timers"]
+
+    def stop(h):
+        [s] = runs_app(h)
+        stopping = units(s)[0]
+        return [(app_name, *_ok_lines(run(h, f"systemctl stop {' '.join(map(shlex.quote, stopping))} && "
+                                         f"echo Stopped {shlex.quote(', '.join(stopping))}")))]
+
+    def start(h):
+        [s] = runs_app(h)
+        starting = units(s)[1]
+        check = healthcheck.command(healthcheck.spec(s), "--context", f"after restoring {name}")
+        return [(app_name, *_ok_lines(run(h, f"systemctl start {' '.join(map(shlex.quote, starting))} && "
+                                         f"echo Started {shlex.quote(', '.join(starting))} && {check}")))]
+
+    results: dict = {h.name: [] for h in fleet.hosts}
+    stopped = {h.name: stop(h) for h in app_servers}  # before the restore begins, on every one
+    try:
+        if all(ok for found in stopped.values() for _, ok, _ in found):
+            [db] = [s for s in _apps_with_database(fleet, server) if s.app_name == app_name]
+            results[server.name] = [(app_name, *_ok_lines(run(server, tool_command(db, "restore", name,
+                                                                                   "--units-elsewhere"),
+                                                              stream=True, timeout=6 * 3600)))]
+        else:
+            results[server.name] = [(app_name, False, [f"{name} not restored: the app's units did not stop on "
+                                                       "every app server"])]
+    finally:
+        for h in app_servers:
+            results[h.name] = [(app, ok and started_ok, before + after) for (app, ok, before), (_, started_ok, after)
+                               in zip(stopped[h.name], start(h))]
+    return results
 
 
 def _ok_lines(result) -> tuple[bool, list[str]]:

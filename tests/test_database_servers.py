@@ -10,6 +10,7 @@ an app server and an outsider on a Docker network of the test's own.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import pytest
 import requests
@@ -18,7 +19,7 @@ from pyinfra.api.exceptions import DeployError
 from dev import throwaway
 from tasks.database import CA_PATH, remote_url
 from tests.conftest import get, run_deploy
-from tests.test_database import notespg, notespg_data
+from tests.test_database import notespg, notespg_data, ops
 from tests.test_distros import deploy, host_facts
 
 DB = {"database": "postgresql"}
@@ -142,6 +143,21 @@ def test_the_app_reaches_its_database_on_the_db_server_over_tls_and_nobody_else_
         assert second.changed_operations() == []
         for run in (first, dry, second):
             assert password not in run.output
+        # Backup on the db server, rows deleted, restored: the app server's units stop
+        # for it and start again (a new uWSGI master), the rows are back.
+        made = ops(inventory, "backup", "now")
+        assert made.returncode == 0 and f"[{db.name}] notespg: backed up" in made.stdout, made.stdout + made.stderr
+        backup = next(word for line in made.stdout.splitlines() for word in line.split() if word.endswith(".dump"))
+        requests.delete(app.url + "/notes", timeout=10).raise_for_status()
+        assert get(app.url + "/").text == "notespg v1: 0 notes\n"
+        pid = app.exec("systemctl show -p MainPID --value notespg").strip()
+        restored = ops(inventory, "restore", backup)
+        assert restored.returncode == 0, restored.stdout + restored.stderr
+        assert f"RESTORED {backup}" in restored.stdout and "Stopped notespg.service" in restored.stdout
+        assert app.exec("systemctl show -p MainPID --value notespg").strip() not in ("0", pid)
+        assert get(app.url + "/notes").text == "remote\n"
+        for run in (made, restored):
+            assert password not in run.stdout + run.stderr
     except BaseException:
         print(db.exec("journalctl --no-pager -n 30 -u postgresql@15-main; nft list ruleset", check=False))
         print(app.exec("journalctl --no-pager -n 30 -u notespg", check=False))
@@ -152,20 +168,40 @@ def test_the_app_reaches_its_database_on_the_db_server_over_tls_and_nobody_else_
     print(f"test_database_servers on real hosts: {time.monotonic() - started:.1f}s")
 
 
-def test_backups_are_the_db_servers_and_a_restore_there_is_refused_with_one_line():
+def test_backups_are_the_db_servers_and_a_restore_stops_the_app_on_every_app_server_first(monkeypatch):
     from types import SimpleNamespace
 
-    from tasks import database
+    from tasks import database, inventory
+    from tasks.app import validate
     from tasks.fleet import Fleet, FleetError
 
     db = SimpleNamespace(name="db1", groups=["db_servers"])
-    web = SimpleNamespace(name="web1", groups=["app_servers"])
+    webs = [SimpleNamespace(name=name, groups=["app_servers"]) for name in ("web1", "web2")]
     on_db = SimpleNamespace(app_name="shop", database="postgresql", database_host=None)
-    on_web = SimpleNamespace(app_name="shop", database="postgresql", database_host="10.0.0.5")
-    fleet = Fleet(None, [db, web], {"db1": [on_db], "web1": [on_web]})
-    assert [database._apps_with_database(fleet, h) for h in (db, web)] == [[on_db], []]
-    with pytest.raises(FleetError) as info:
+    on_web = replace(validate({"app_name": "shop", **DB}), database_host="10.0.0.5")
+    monkeypatch.setattr(inventory, "load_apps", lambda h: [on_db] if h is db else [on_web])
+    commands = []
+
+    def run(h, command, **options):
+        commands.append((h.name, command))
+        return True, [f"RESTORED {command.split()[-2]}"] if "restore" in command else ["ok"], []
+
+    monkeypatch.setattr("tasks.fleet.run", run)
+    state = SimpleNamespace(inventory=[db, *webs])
+    fleet = Fleet(state, [db, *webs], {"db1": [on_db], "web1": [on_web], "web2": [on_web]})
+    monkeypatch.setattr(fleet, "each", lambda work: {h.name: work(h) for h in fleet.hosts})
+    assert [database._apps_with_database(fleet, h) for h in (db, *webs)] == [[on_db], [], []]
+    results = database.restore(fleet, "shop-20261202T030000Z.dump")
+    assert all(ok for found in results.values() for _, ok, _ in found)
+    order = [(name, command.split()[1] if command.startswith("systemctl") else "restore") for name, command in commands]
+    assert order[:3] == [("web1", "stop"), ("web2", "stop"), ("db1", "restore")]
+    assert sorted(order[3:]) == [("web1", "start"), ("web2", "start")]
+    assert "--units-elsewhere" in commands[2][1]
+    assert "healthcheck.py --check" in commands[3][1]
+
+    # An app server left out by --limit: refused, nothing run.
+    commands.clear()
+    fleet = Fleet(state, [db, webs[0]], {"db1": [on_db], "web1": [on_web]})
+    with pytest.raises(FleetError, match="shop also runs on web2, which --limit leaves out.*nothing was changed"):
         database.restore(fleet, "shop-20261202T030000Z.dump")
-    assert str(info.value).startswith("restore 'shop-20261202T030000Z.dump': shop's database is on the db server db1, "
-                                      "where restore is not supported yet")
-    assert str(info.value).endswith("nothing was changed")
+    assert commands == []
