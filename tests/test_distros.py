@@ -180,8 +180,8 @@ ROLES = ("App server | ", "Load balancer | ", "Database server | ")
 
 def load_deploy(state: State) -> None:
     """Add deploy.py's operations for every host, as `pyinfra INVENTORY deploy.py`
-    does (pyinfra_cli.util.load_deploy_file; not imported, because importing
-    pyinfra_cli monkey-patches the whole test process with gevent)."""
+    does (its command-line package's deploy-file loader; not imported, because
+    importing that package monkey-patches the whole test process with gevent)."""
     state.set_stage(StateStage.Prepare)
     code = compile(Path(DEPLOY).read_text(), DEPLOY, "exec")
     state.current_deploy_filename = state.current_exec_filename = DEPLOY
@@ -189,7 +189,7 @@ def load_deploy(state: State) -> None:
     with patch("pyinfra.is_cli", True), ctx_config.use(state.config.copy()):
         for host in state.inventory.get_active_hosts():
             with ctx_host.use(host):
-                exec(code, {"__file__": DEPLOY})  # noqa: S102 (as pyinfra_cli.util.exec_file)
+                exec(code, {"__file__": DEPLOY})  # noqa: S102 (as pyinfra's command line executes it)
 
 
 def deploy_one(system: str, *fixtures: dict, **overrides) -> Run:
