@@ -97,5 +97,19 @@ def test_maintenance_survives_a_redeploy_and_every_step_is_audited_and_announced
         listing = ops(inventory, "releases").stdout
         assert f"{v3}  " in listing and f"* live  deployed by {me['user']}@{me['machine']}" in listing
         assert log.read_text().splitlines() == [f"success {v2}", f"success {v3}"]
+
+        # A release healthy in-process but broken under uWSGI: the gate after its switch
+        # rolls it back, and the webhook and the hook say so.
+        broken = app_variant(tmp_path, "broken under uWSGI", append='\n@app.before_request\ndef broken():\n'
+                             '    if "uwsgi.version" in request.environ:\n        return "boom", 500\n')
+        failed = run_deploy(inventory, tmp_path, data={"app_source": str(broken)}, check=False)
+        assert failed.returncode != 0 and "Rolled back" in failed.output, failed.output[-3000:]
+        assert json.loads(host.exec(f"{tool} list --json"))["live"] == v3
+        body = receiver.bodies[-1]
+        assert body["outcome"] == "rolled-back", body
+        assert body["hosts"][host.name]["outcome"] == "rolled-back"
+        assert log.read_text().splitlines()[-1].startswith("rolled-back")
+        last = json.loads(ops(inventory, "audit", "--json", "-n", "1").stdout.splitlines()[-1])
+        assert (last["event"], last["result"], last["by"]) == ("deploy", "rolled-back", me)
     finally:
         receiver.close()
