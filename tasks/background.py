@@ -24,6 +24,7 @@ from pyinfra.operations import apt, files, server, systemd
 
 from tasks import JINJA, TEMPLATES
 from tasks.release import ServiceActive
+from tasks.secrets import url_from_password
 
 MARKER = "pyinfra-flask background unit of app "
 UNIT_DIR = "/etc/systemd/system"
@@ -232,8 +233,4 @@ def redis_url(s, made) -> list:
         return []
     files.directory(name=f"Create {s.app_root}/secrets (private)", path=f"{s.app_root}/secrets",
                     user="root", group="root", mode="700")
-    if made or not host.get_fact(File, path=s.redis_env_path):
-        return [server.shell(name=f"Hand {s.app_name} its REDIS_URL ({s.redis_env_path}, root-only)", commands=[
-            f"(umask 077; printf 'REDIS_URL=\"redis://:%s@127.0.0.1:6379/0\"\\n' "
-            f"\"$(cat {REDIS_PASSWORD})\" > {s.redis_env_path})"])]
-    return []
+    return url_from_password(s, "REDIS_URL", "redis://:%s@127.0.0.1:6379/0", REDIS_PASSWORD, s.redis_env_path, made)

@@ -31,6 +31,7 @@ from pyinfra.operations import apt, files, python, server, systemd
 
 from tasks import JINJA, REPO_ROOT, TEMPLATES, healthcheck
 from tasks.packages import APT_LOCK_WAIT, DebInstalled
+from tasks.secrets import url_from_password
 
 # The distribution's own PostgreSQL, by tasks/platform.py's system name.
 VERSIONS = {"Debian 12 (bookworm)": 15, "Debian 13 (trixie)": 17,
@@ -219,13 +220,8 @@ def provision(s) -> list:
                     user="root", group="root", mode="700")
     if s.database_host:
         return hand_over(s)
-    made = role(s)
-    if made or not host.get_fact(File, path=s.database_env_path):
-        url = database_url(s.database_name)
-        return [server.shell(name=f"Hand {s.app_name} its DATABASE_URL ({s.database_env_path}, root-only)",
-                             commands=[f"(umask 077; printf 'DATABASE_URL=\"{url}\"\\n' \"$(cat {password_path(s)})\" "
-                                       f"> {s.database_env_path})"])]
-    return []
+    return url_from_password(s, "DATABASE_URL", database_url(s.database_name), password_path(s),
+                             s.database_env_path, made=role(s))
 
 
 def role(s):
@@ -337,6 +333,8 @@ def _copy(source, target, s, certificate: str, directories: tuple) -> None:
     password = read(password_path(s)).decode().strip()
     write(read(certificate), CA_PATH, "644")
     write(f'DATABASE_URL="{remote_url(s) % password}"\n'.encode(), s.database_env_path, "600")
+
+
 def backup_settings(s) -> dict:
     """What files/db-backup.py knows of the app: its database, where its backups go and
     how many stay, the units a restore stops and starts again, its health check."""

@@ -12,6 +12,7 @@ from pyinfra import host, logger
 from pyinfra.api import operation
 from pyinfra.api.command import FileUploadCommand, StringCommand
 from pyinfra.facts.files import File, Sha1File
+from pyinfra.operations import server
 
 from tasks.uploads import temporary_name
 
@@ -41,3 +42,15 @@ def env_file(variables: dict[str, str]) -> bytes:
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
     return "".join(f"{key}={quote(value)}\n" for key, value in sorted(variables.items())).encode()
+
+
+def url_from_password(s, variable: str, url: str, password: str, env_path: str, made) -> list:
+    """`variable` (a URL with `%s` where the password goes) in the root-only env file
+    `env_path`, filled in on the host from the root-only file `password` (printf, a
+    builtin, `$(cat ...)`: no argument list or output shows it); written when the
+    password was just `made` or the file is missing. Returns the op, if any (the app's
+    units restart on it)."""
+    if made or not host.get_fact(File, path=env_path):
+        return [server.shell(name=f"Hand {s.app_name} its {variable} ({env_path}, root-only)", commands=[
+            f"(umask 077; printf '{variable}=\"{url}\"\\n' \"$(cat {password})\" > {env_path})"])]
+    return []
