@@ -32,6 +32,7 @@ from pyinfra.operations import apt, files, python, server, systemd
 from tasks import JINJA, REPO_ROOT, TEMPLATES, healthcheck
 from tasks.packages import APT_LOCK_WAIT, DebInstalled
 from tasks.secrets import url_from_password
+from tasks.uploads import download
 
 # The distribution's own PostgreSQL, by tasks/platform.py's system name.
 VERSIONS = {"Debian 12 (bookworm)": 15, "Debian 13 (trixie)": 17,
@@ -298,10 +299,10 @@ def hand_over(s) -> list:
 
 def _upload_directory(h) -> str | None:
     """The SSH user's private upload directory (tasks/uploads.py), or None as root."""
-    from tasks.uploads import DIRECTORY, SshUser
+    from tasks.uploads import SshUser, private_path
 
     login = h.get_fact(SshUser)
-    return f"{login.home.rstrip('/')}/{DIRECTORY}" if login and h.data.get("_sudo") else None
+    return private_path(login) if login and h.data.get("_sudo") else None
 
 
 def _copy(source, target, s, certificate: str, directories: tuple) -> None:
@@ -312,9 +313,7 @@ def _copy(source, target, s, certificate: str, directories: tuple) -> None:
 
     def read(path: str) -> bytes:
         found = io.BytesIO()
-        temporary = f"{directories[0]}/{random.token_hex(16)}" if directories[0] else None
-        sudo = {"_sudo": True} if directories[0] else {}
-        if not source.get_file(path, found, remote_temp_filename=temporary, **sudo):
+        if not download(source, path, found, directories[0]):
             raise DeployError(f"Could not read {path} on {source.name}")
         return found.getvalue()
 
@@ -391,18 +390,14 @@ def fetch(h, remote: str, local: str) -> bool:
     its way it is copied into the SSH user's private upload directory (mode 700,
     tasks/uploads.py) under a random name, never into /tmp."""
     import os
-    import secrets as random
 
     from tasks.uploads import DIRECTORY
 
     os.close(os.open(local, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     if not h.data.get("_sudo"):
-        return h.get_file(remote, local)
+        return download(h, remote, local, None)
     ok, output = h.run_shell_command(f"install -d -m 700 ~/{DIRECTORY} && cd ~/{DIRECTORY} && pwd")
-    if not ok:
-        return False
-    temporary = f"{output.stdout_lines[-1]}/{random.token_hex(16)}"
-    return h.get_file(remote, local, remote_temp_filename=temporary, _sudo=True)
+    return ok and download(h, remote, local, output.stdout_lines[-1])
 
 
 def listing(fleet) -> dict[str, list[tuple[str, bool, list[str]]]]:

@@ -40,12 +40,17 @@ class SshUser(FactBase):
         return LoginUser(output[0].strip(), output[1].strip())
 
 
+def private_path(login: LoginUser) -> str:
+    """The private upload directory of the SSH user `login`."""
+    return f"{login.home.rstrip('/')}/{DIRECTORY}"
+
+
 def private_directory() -> str | None:
     """Ensure the SSH user's private upload directory; its path, for `_temp_dir`."""
     login = host.get_fact(SshUser)
     if login is None:
         return None
-    path = f"{login.home.rstrip('/')}/{DIRECTORY}"
+    path = private_path(login)
     files.directory(name=f"Keep uploads private on the way ({path}, mode 700, {login.name} only)",
                     path=path, user=login.name, mode="700")
     return path
@@ -56,3 +61,13 @@ def temporary_name() -> str:
     default directory when there is none)."""
     arguments = host.current_op_global_arguments or {}
     return host.get_temp_filename(secrets.token_hex(16), temp_directory=arguments.get("_temp_dir"))
+
+
+def download(h, remote: str, local, directory: str | None) -> bool:
+    """A file only root can read, of host `h`, into `local` (a path or a file object).
+    With sudo it passes through `directory` (the SSH user's private upload directory)
+    under a random name, never through /tmp; as root (`directory` None) it is read
+    directly."""
+    if directory is None:
+        return h.get_file(remote, local)
+    return h.get_file(remote, local, remote_temp_filename=f"{directory}/{secrets.token_hex(16)}", _sudo=True)
