@@ -176,6 +176,9 @@ def ssh_key() -> tuple[Path, str]:
     return key_path, public.decode() + " throwaway-test-key"
 
 
+EXEC_READS = 5  # tries at reading a command's output back (Host.exec)
+
+
 @dataclass
 class Host:
     """One running throwaway host."""
@@ -186,18 +189,45 @@ class Host:
     http_port: int
     key_path: Path
     extra_ports: dict[int, int] = field(default_factory=dict)
+    exec_files_read: tuple[str, ...] = ()  # output files of `exec` already read back
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
     def exec(self, command: str, check: bool = True) -> str:
-        """Run a shell command as root on the host (through `docker exec`)."""
-        code, output = self.container.exec_run(["sh", "-c", command], demux=False)
-        text = output.decode(errors="replace") if output else ""
+        """Run a shell command as root on the host (through `docker exec`); its output
+        (stdout and stderr together).
+
+        Docker can lose the tail of an exec's output stream (docker-py #2042, moby
+        #27289), which made a test read '' for a command that printed its answer. So
+        the command writes into a root-only file on the host, and its status follows
+        the file's contents behind a marker line: when the marker is missing, the file
+        is read again (the command is not re-run)."""
+        token = uuid.uuid4().hex
+        out = f"/tmp/.throwaway-exec.{token}"
+        marker = f"throwaway-exec-{token}"
+        # Files whose contents an earlier call has read go now, in the same exec.
+        tidy = f"rm -f {' '.join(self.exec_files_read)}; " if self.exec_files_read else ""
+        script = (f'{tidy}(umask 077; : > {out}); sh -c "$1" > {out} 2>&1; echo $? > {out}.code; '
+                  f"cat {out}; printf '\\n%s %s\\n' {marker} \"$(cat {out}.code)\"")
+        reread = f"cat {out}; printf '\\n%s %s\\n' {marker} \"$(cat {out}.code)\""
+        argv = ["sh", "-c", script, "sh", command]
+        for _ in range(EXEC_READS):
+            _, output = self.container.exec_run(argv, demux=False)
+            text = output.decode(errors="replace") if output else ""
+            head, found, tail = text.rpartition(f"\n{marker} ")
+            if found:
+                break
+            argv = ["sh", "-c", reread]
+        else:
+            raise ThrowawayError(f"`{command}` on {self.name}: its output could not be read back "
+                                 f"in {EXEC_READS} tries (last read: {text!r})")
+        self.exec_files_read = (out, f"{out}.code")
+        code = int(tail.split()[0])
         if check and code != 0:
-            raise ThrowawayError(f"`{command}` failed on {self.name} ({code}):\n{text}")
-        return text
+            raise ThrowawayError(f"`{command}` failed on {self.name} ({code}):\n{head}")
+        return head
 
     def inventory_data(self, as_root: bool = False) -> dict:
         """How pyinfra reaches the host: as the sudo user, as users connect to their
