@@ -35,6 +35,7 @@ from pyinfra.api import FactBase, operation
 from pyinfra.api.command import FileUploadCommand, StringCommand
 
 from tasks.release_exclude import holds_private_key, secret_path
+from tasks.release_exclude import printable as _printable
 from tasks.uploads import temporary_name
 
 META = ".deploy-release.json"
@@ -233,14 +234,6 @@ def text_lines(data: bytes | None) -> list[str] | None:
         return data.decode("utf-8").splitlines()
     except UnicodeDecodeError:
         return None
-
-
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
-
-
-def _printable(text: str) -> str:
-    """Control characters (escape sequences, CR) shown escaped, never sent to the terminal."""
-    return _CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
 
 
 def _size(count: int) -> str:
