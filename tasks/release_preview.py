@@ -388,3 +388,19 @@ def upload_release(bundle, dest: str, app_root: str):
         logger.info("")
     yield FileUploadCommand(io.BytesIO(bundle.tar), dest, remote_temp_filename=temporary_name())
     yield StringCommand(f"chmod 600 {shlex.quote(dest)}")
+
+
+_warned_runs: set[int] = set()
+
+
+def warn_if_diff_is_skipped(run_state=None) -> bool:
+    """Say once per run, at its start, that `--diff` will show nothing: with `-y`
+    pyinfra skips change detection (`State.should_check_for_changes`), so no operation
+    works out its change before it runs and no diff or preview is printed."""
+    run_state = run_state or state
+    if not run_state.config.DIFF or run_state.should_check_for_changes() or id(run_state) in _warned_runs:
+        return False
+    _warned_runs.add(id(run_state))
+    logger.warning("--diff with -y shows no diff: pyinfra skips change detection with -y; "
+                   "run without -y (with --dry to change nothing) to see what would change")
+    return True

@@ -459,3 +459,24 @@ def test_a_deploy_with_a_link_in_app_source_stops_in_one_line_touching_nothing(a
     assert "nothing was changed on any host" in run.output and "Traceback" not in run.output
     assert "do-not-ship" not in run.output and "Loading: deploy.py" in run.output
     assert not (tmp_path / "cache").exists()  # no fact was read: nothing to remember
+
+
+def test_diff_with_yes_says_it_shows_nothing_once_per_run(caplog):
+    """`pyinfra -y ... --dry --diff`: pyinfra skips change detection with -y, so no diff
+    would print at all; the run says so once, at its start."""
+    from pyinfra.api import Config, State
+
+    def run(diff: bool, yes: bool):
+        state = State(check_for_changes=not yes)
+        state.config = Config(DIFF=diff)
+        return state
+
+    with caplog.at_level("WARNING", logger="pyinfra"):
+        skipped = run(diff=True, yes=True)
+        assert release_preview.warn_if_diff_is_skipped(skipped) is True
+        assert release_preview.warn_if_diff_is_skipped(skipped) is False  # the next host of the run
+        assert not any(release_preview.warn_if_diff_is_skipped(run(diff, yes))
+                       for diff, yes in ((True, False), (False, True), (False, False)))
+    assert [record.getMessage() for record in caplog.records] == [
+        "--diff with -y shows no diff: pyinfra skips change detection with -y; run without -y (with --dry to "
+        "change nothing) to see what would change"]
