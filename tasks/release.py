@@ -17,7 +17,6 @@ import hashlib
 import importlib.util
 import io
 import json
-import os
 import shlex
 import subprocess
 import tarfile
@@ -35,7 +34,8 @@ from pyinfra.operations import files, server
 from tasks import REPO_ROOT, TEMPLATES, healthcheck, lock
 from tasks.secrets import env_file, put_secret
 # The bundle's own parts: what never ships, and the upload with its --diff preview.
-from tasks.release_exclude import configured_secrets, holds_private_key, read_regular, refusal, report_left_out, sort_out  # noqa: I001
+from tasks.release_exclude import (configured_secrets, holds_private_key, read_regular, refusal,  # noqa: I001
+                                   report_left_out, sort_out)
 from tasks.release_preview import upload_release
 
 META = ".deploy-release.json"
