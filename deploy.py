@@ -13,6 +13,10 @@ from pyinfra import host
 
 from tasks import app_server, database_server, hooks, load_balancer, lock, platform, prefetch, preflight, topology, uploads
 from tasks.inventory import load_apps
+from tasks.release_preview import warn_if_diff_is_skipped
+
+# `--dry --diff -y` would otherwise end in pyinfra's "Skipping change detection", no diff.
+warn_if_diff_is_skipped()
 
 apps = load_apps(host)
 balancer = topology.is_balancer(host)

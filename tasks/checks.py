@@ -13,7 +13,7 @@ import re
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
-from tasks import acme, reserved
+from tasks import acme, release_exclude, reserved
 
 if TYPE_CHECKING:
     from tasks.app import App
@@ -31,6 +31,10 @@ def local_app(app: App) -> None:
     source = app.source_dir
     if not source.is_dir():
         raise ValueError(f"app_source: {app.app_source!r} is not a directory ({source})")
+    # Before anything below reads a file of it: no link is followed, no FIFO opened.
+    refused = release_exclude.sort_out(source, app.shared_paths, release_exclude.configured_secrets(app)).refused
+    if refused:
+        raise ValueError(release_exclude.refusal(app.app_source, refused))
     if not (source / app.app_requirements).is_file():
         raise ValueError(
             f"app_requirements: {app.app_requirements!r} not found in {source}"

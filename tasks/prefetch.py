@@ -30,8 +30,13 @@ The boundary: this module leans on how pyinfra 3.10 runs facts (the host's
 only for the pyinfra releases it was tested with (TESTED_PYINFRA), and any surprise
 while it starts leaves the run to plain pyinfra with a warning, never an error.
 `fact_batch: false` (a setting) turns it off. The list of commands lives outside the
-checkout, in the user's own cache directory (mode 700), so nothing committed or
-pulled can put a command into it.
+checkout, in the user's own cache directory, so nothing committed or pulled can put a
+command into it. Its commands run on the host as root, `--dry` included: so the list
+is used only when the directory and the file are the user's own, not writable by
+anyone else, and not links (checked on what was opened, never through a link);
+anything else is ignored with one warning line and the run reads its facts one by
+one, as plain pyinfra (the next run writes a fresh list). It is written the same way:
+mode 600 in a directory of mode 700, no link followed.
 
 Most of those commands are pyinfra's per-file and per-unit facts (a `stat` and a
 `sha1sum` for each file an operation manages, a `systemctl show` for each unit),
@@ -45,6 +50,7 @@ if the grouped call fails in any way its commands are read live.
 from __future__ import annotations
 
 import functools
+import errno
 import hashlib
 import inspect
 import json
@@ -52,7 +58,7 @@ import os
 import re
 import secrets
 import shlex
-import tempfile
+import stat
 import weakref
 from importlib.metadata import version
 from pathlib import Path
@@ -378,7 +384,12 @@ def start(host, enabled: bool = True, first: list[str] = ()) -> bool:
         if not any(isinstance(handler, _Callbacks) for handler in state.callback_handlers):
             state.add_callback_handler(_Callbacks())
         _BATCHES[host] = batch
-        if _remembered(host):
+        noted, ignored = _read_noted(host)
+        if ignored:
+            logger.warning(f"{host.print_prefix}fact batch: ignored {ignored}: its commands run as root on the "
+                           "host, so only a list of your own that nobody else can write is used; facts are read "
+                           "one by one this run")
+        if _remembered(host, noted):
             if not host.connected:
                 host.connect(reason="to load facts", raise_exceptions=True)
             batch.read_again(ahead=list(first))
@@ -412,11 +423,83 @@ def _remembered(host, noted: dict | None = None) -> tuple[list[str], dict[str, K
 
 
 def _noted(host) -> dict:
+    return _read_noted(host)[0]
+
+
+def _read_noted(host) -> tuple[dict, str | None]:
+    """The list noted for `host`, and why a list there was ignored (None: it was not)."""
     try:
-        remembered = json.loads(_cache_file(host).read_text())
+        directory = _open_cache_dir()
+        try:
+            fd = os.open(_cache_file(host).name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=directory)
+        finally:
+            os.close(directory)
+    except FileNotFoundError:
+        return {}, None
+    except UnsafeCache as exc:
+        return {}, str(exc)
+    except OSError as exc:
+        return {}, f"{_cache_file(host)} is a symbolic link" if _is_link_error(exc) else None
+    try:
+        problem = _unsafe(os.fstat(fd), _cache_file(host), stat.S_ISREG, "a regular file")
+        if problem:
+            return {}, problem
+        with os.fdopen(os.dup(fd), "rb") as stream:
+            remembered = json.loads(stream.read())
     except (OSError, ValueError):
-        return {}
-    return remembered if isinstance(remembered, dict) and remembered.get("format") == FORMAT else {}
+        return {}, None
+    finally:
+        os.close(fd)
+    if isinstance(remembered, dict) and remembered.get("format") == FORMAT:
+        return remembered, None
+    return {}, None
+
+
+class UnsafeCache(Exception):
+    """The cache directory is not the user's own (or is a link): not used."""
+
+
+def _is_link_error(exc: OSError) -> bool:
+    return exc.errno in (errno.ELOOP, errno.EMLINK, errno.ENOTDIR)  # what O_NOFOLLOW answers for a link
+
+
+def _unsafe(info: os.stat_result, path: Path, kind, what: str) -> str | None:
+    """Why an opened cache entry must not be used: not `kind`, someone else's, or
+    writable by group or others; None when it is fine."""
+    if not kind(info.st_mode):
+        return f"{path} is not {what}"
+    if info.st_uid != os.getuid():
+        return f"{path} is owned by uid {info.st_uid}, not by you (uid {os.getuid()})"
+    if info.st_mode & 0o022:
+        return f"{path} is writable by others than you (mode {stat.S_IMODE(info.st_mode):o})"
+    return None
+
+
+def _open_cache_dir(create: bool = False) -> int:
+    """The cache directory, opened without following a link at its last step, if it is
+    the user's own and nobody else can write it (UnsafeCache otherwise). `create`:
+    made (mode 700) when missing, and an own directory others could write made 700."""
+    if create:
+        CACHE_DIR.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            os.mkdir(CACHE_DIR, 0o700)
+        except FileExistsError:
+            pass
+    try:
+        fd = os.open(CACHE_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as exc:
+        if _is_link_error(exc):
+            raise UnsafeCache(f"{CACHE_DIR} is a symbolic link") from None
+        raise
+    info = os.fstat(fd)
+    problem = _unsafe(info, CACHE_DIR, stat.S_ISDIR, "a directory")
+    if problem and create and info.st_uid == os.getuid() and stat.S_ISDIR(info.st_mode):
+        os.fchmod(fd, 0o700)  # the user's own, only too open: closed before anything is written
+        problem = None
+    if problem:
+        os.close(fd)
+        raise UnsafeCache(problem)
+    return fd
 
 
 class _Callbacks(BaseStateCallback):
@@ -441,7 +524,6 @@ def _remember(host) -> None:
     batch = _BATCHES.get(host)
     if batch is None or not batch.asked:
         return
-    CACHE_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
     last = _noted(host).get("commands", [])
     asked = set(batch.asked)
     before = [command for command in last if command not in asked]
@@ -449,6 +531,20 @@ def _remember(host) -> None:
     prepare_only = sorted(command for command in batch.prepare_only if command in asked or command in before)
     content = json.dumps({"format": FORMAT, "host": host.name, "commands": batch.asked,
                           "before": before, "kinds": kinds, "prepare_only": prepare_only}, indent=1)
-    with tempfile.NamedTemporaryFile("w", dir=CACHE_DIR, delete=False, suffix=".tmp") as tmp:
-        tmp.write(content)
-    os.replace(tmp.name, _cache_file(host))
+    try:
+        directory = _open_cache_dir(create=True)
+    except (OSError, UnsafeCache):
+        return  # not ours to write in (the run that read it said so): the next run reads live
+    name, temporary = _cache_file(host).name, f".{secrets.token_hex(8)}.tmp"
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=directory)
+        with os.fdopen(fd, "w") as stream:
+            stream.write(content)
+        os.replace(temporary, name, src_dir_fd=directory, dst_dir_fd=directory)
+    except OSError:
+        try:
+            os.unlink(temporary, dir_fd=directory)
+        except OSError:
+            pass
+    finally:
+        os.close(directory)

@@ -17,7 +17,6 @@ import hashlib
 import importlib.util
 import io
 import json
-import os
 import shlex
 import subprocess
 import tarfile
@@ -35,12 +34,10 @@ from pyinfra.operations import files, server
 from tasks import REPO_ROOT, TEMPLATES, healthcheck, lock
 from tasks.secrets import env_file, put_secret
 # The bundle's own parts: what never ships, and the upload with its --diff preview.
-from tasks.release_exclude import holds_private_key, report_left_out, secret_path  # noqa: I001
+from tasks.release_exclude import (configured_secrets, holds_private_key, read_regular, refusal,  # noqa: I001
+                                   report_left_out, sort_out)
 from tasks.release_preview import upload_release
 
-# Local clutter that must never reach a server.
-EXCLUDE_FILES = ("*.pyc", "*.pyo", ".DS_Store", "*.swp")
-EXCLUDE_DIRS = ("__pycache__", ".git", ".venv", "venv", ".pytest_cache", "node_modules")
 META = ".deploy-release.json"
 LOADER = ".deploy-loader.py"
 
@@ -119,13 +116,6 @@ class Bundle:
         return found
 
 
-def _excluded(path: Path) -> bool:
-    """Local clutter (caches, VCS, venvs): skipped without a word."""
-    return any(part in EXCLUDE_DIRS for part in path.parts[:-1]) or path.name in EXCLUDE_DIRS or any(
-        path.match(pattern) for pattern in EXCLUDE_FILES
-    )
-
-
 @dataclass(frozen=True)
 class _Source:
     rel: str
@@ -135,52 +125,27 @@ class _Source:
     exec_bits: int  # as on the laptop (what the content hash has always used)
 
 
-def _select(source: Path, shared: set[str], never: frozenset[str]) -> tuple[list[_Source], list[str]]:
+def _select(source: Path, shared: set[str], never: frozenset[str],
+            app_source: str) -> tuple[list[_Source], list[str]]:
     """The files of `source` that go into a release, and the secrets left out
-    (tasks/release_exclude.py), in order."""
+    (tasks/release_exclude.py), in order. No link is followed, no special file opened:
+    either refuses the whole release (the settings check has already said so)."""
+    tree = sort_out(source, shared, never)
+    if tree.refused:
+        raise DeployError(refusal(app_source, tree.refused))
     chosen, left_out = [], []
-    for dirpath, dirnames, filenames in os.walk(source):
-        base = Path(dirpath).relative_to(source)
-        keep = []
-        for name in sorted(dirnames):
-            rel = (base / name).as_posix()
-            if name in EXCLUDE_DIRS:
-                continue
-            if secret_path(rel + "/"):
-                if any(files for _, _, files in os.walk(Path(dirpath) / name)):
-                    left_out.append(rel + "/")
-                continue
-            if rel not in shared:
-                keep.append(name)
-        dirnames[:] = keep  # pruned: nothing below them is even read
-        for name in sorted(filenames):
-            path, rel = Path(dirpath) / name, (base / name).as_posix()
-            if _excluded(Path(rel)) or not path.is_file():
-                continue
-            if secret_path(rel) or rel in never:
-                left_out.append(rel)
-                continue
-            if rel in shared:
-                continue
-            data = path.read_bytes()
-            if holds_private_key(data):
-                left_out.append(rel)
-                continue
-            stat = path.stat()
-            chosen.append(_Source(rel, data, 0o750 if stat.st_mode & 0o100 else 0o640, stat.st_mtime,
-                                  stat.st_mode & 0o111))
+    for rel, path in tree.seen:
+        if path is None:
+            left_out.append(rel)
+            continue
+        data, info = read_regular(path, rel, app_source)
+        if holds_private_key(data):
+            left_out.append(rel)
+            continue
+        chosen.append(_Source(rel, data, 0o750 if info.st_mode & 0o100 else 0o640, info.st_mtime,
+                              info.st_mode & 0o111))
     chosen.sort(key=lambda f: Path(f.rel))
     return chosen, left_out
-
-
-def _inside(source: Path, path: Path | None) -> str | None:
-    """`path` relative to `source` when it lies inside it."""
-    if path is None:
-        return None
-    try:
-        return path.resolve().relative_to(source.resolve()).as_posix()
-    except ValueError:
-        return None
 
 
 def _git_commit(source: Path) -> str | None:
@@ -220,14 +185,7 @@ def _release_id(commit: str | None) -> str:
 
 def build_bundle(s) -> Bundle:
     return _bundle(id(host.state), s.source_dir, tuple(sorted(s.shared_paths)), s.app_requirements, _loader(s),
-                   s.app_root, str(s.app_source), _configured_secrets(s), s.release_id)
-
-
-def _configured_secrets(s) -> frozenset[str]:
-    """The app's environment file and TLS key, relative to app_source when they lie in it:
-    each is uploaded as a secret of its own, never as part of a release."""
-    inside = (_inside(s.source_dir, s.local_path(path)) for path in (s.app_env_file, s.tls_certificate_key) if path)
-    return frozenset(path for path in inside if path)
+                   s.app_root, str(s.app_source), configured_secrets(s), s.release_id)
 
 
 @cache  # the hosts of one run (one pyinfra state) that deploy the same app share one build
@@ -235,9 +193,9 @@ def _bundle(run: int, source: Path, shared_paths: tuple[str, ...], app_requireme
             app_root: str, app_source: str, never: frozenset[str] = frozenset(),
             named: str | None = None) -> Bundle:
     shared = {path.rstrip("/") for path in shared_paths}
-    files_in, left_out = _select(source, shared, never)
+    files_in, left_out = _select(source, shared, never, app_source)
     report_left_out(app_source, left_out)
-    requirements = (source / app_requirements).read_bytes()
+    requirements, _ = read_regular(source / app_requirements, app_requirements, app_source)
     venv_hash = hashlib.sha256(requirements).hexdigest()[:16]
     loader = loader_text.encode()
 

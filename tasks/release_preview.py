@@ -35,6 +35,7 @@ from pyinfra.api import FactBase, operation
 from pyinfra.api.command import FileUploadCommand, StringCommand
 
 from tasks.release_exclude import holds_private_key, secret_path
+from tasks.release_exclude import printable as _printable
 from tasks.uploads import temporary_name
 
 META = ".deploy-release.json"
@@ -235,14 +236,6 @@ def text_lines(data: bytes | None) -> list[str] | None:
         return None
 
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
-
-
-def _printable(text: str) -> str:
-    """Control characters (escape sequences, CR) shown escaped, never sent to the terminal."""
-    return _CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
-
-
 def _size(count: int) -> str:
     for unit in ("B", "KiB", "MiB"):
         if count < 1024 or unit == "MiB":
@@ -395,3 +388,19 @@ def upload_release(bundle, dest: str, app_root: str):
         logger.info("")
     yield FileUploadCommand(io.BytesIO(bundle.tar), dest, remote_temp_filename=temporary_name())
     yield StringCommand(f"chmod 600 {shlex.quote(dest)}")
+
+
+_warned_runs: set[int] = set()
+
+
+def warn_if_diff_is_skipped(run_state=None) -> bool:
+    """Say once per run, at its start, that `--diff` will show nothing: with `-y`
+    pyinfra skips change detection (`State.should_check_for_changes`), so no operation
+    works out its change before it runs and no diff or preview is printed."""
+    run_state = run_state or state
+    if not run_state.config.DIFF or run_state.should_check_for_changes() or id(run_state) in _warned_runs:
+        return False
+    _warned_runs.add(id(run_state))
+    logger.warning("--diff with -y shows no diff: pyinfra skips change detection with -y; "
+                   "run without -y (with --dry to change nothing) to see what would change")
+    return True

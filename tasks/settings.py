@@ -213,7 +213,8 @@ class Settings(BaseModel):
         "files/greeting",
         min_length=1,
         description="Local directory with the app's code, uploaded to the host "
-        "(relative paths are relative to the repository root).",
+        "(relative paths are relative to the repository root). Its regular files ship; a "
+        "symbolic link or special file among them is refused, never followed (see Troubleshooting).",
     )
     app_entry: str = Field(
         "wsgi:app",

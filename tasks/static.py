@@ -10,6 +10,8 @@ directory at the same URL the app itself would.
 from __future__ import annotations
 
 import ast
+import os
+import stat
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
@@ -39,10 +41,16 @@ def _constant(node: ast.Call, keyword: str, default):
 
 
 def _python_files(source: Path):
-    for path in sorted(source.rglob("*.py")):
-        relative = path.relative_to(source)
-        if len(relative.parts) <= MAX_DEPTH and not SKIP_DIRS.intersection(relative.parts[:-1]):
-            yield path, relative
+    # Links are neither followed nor read, nor is anything but a regular file (a FIFO
+    # would block): the settings check refuses an app_source holding them, after this.
+    for dirpath, dirnames, filenames in os.walk(source):
+        base = Path(dirpath).relative_to(source)
+        dirnames[:] = sorted(name for name in dirnames
+                             if name not in SKIP_DIRS and len(base.parts) + 1 < MAX_DEPTH)
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            if name.endswith(".py") and stat.S_ISREG(path.lstat().st_mode):
+                yield path, base / name
 
 
 def find(source: Path, entry_module: str) -> StaticFolder | None:
@@ -50,7 +58,7 @@ def find(source: Path, entry_module: str) -> StaticFolder | None:
     or None when it has none (or switched it off)."""
     entry_parts = tuple(entry_module.split("."))
     found: list[tuple[int, StaticFolder]] = []
-    for path, relative in _python_files(source):
+    for path, relative in sorted(_python_files(source)):
         try:
             tree = ast.parse(path.read_text(errors="replace"), str(path))
         except (SyntaxError, ValueError):

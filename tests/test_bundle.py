@@ -3,9 +3,11 @@ and the host-side reader (run here on a release directory laid out as on a host)
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import signal
 import shutil
 import subprocess
 import re
@@ -14,11 +16,14 @@ from pathlib import Path
 from unittest.mock import patch
 
 import pytest
+from pyinfra.api import DeployError
 
+from dev.throwaway import PYINFRA, run_command
 from tasks import release, release_preview
-from tasks.release_exclude import secret_path
+from tasks.release_exclude import configured_secrets, secret_path
 from tasks.release_preview import Changes, compare, render, render_first, to_fetch
 from tasks.app import validate
+from tasks.settings import SettingsError
 from tests.conftest import REPO_ROOT
 
 SECRET = "SECRET=do-not-ship-" + "a1b2c3d4"
@@ -108,11 +113,11 @@ def test_configured_env_file_and_tls_key_inside_the_app_stay_home(app, tmp_path)
     s = validate({"app_source": str(app), "app_env_file": str(app / "secrets/app-environment"),
                   "tls_certificate": str(app / "tls/server.crt"),
                   "tls_certificate_key": str(app / "tls/server-key.txt")})
-    assert release._configured_secrets(s) == {"secrets/app-environment", "tls/server-key.txt"}
-    bundle = _bundle(app, never=release._configured_secrets(s))
+    assert configured_secrets(s) == {"secrets/app-environment", "tls/server-key.txt"}
+    bundle = _bundle(app, never=configured_secrets(s))
     assert "tls/server-key.txt" not in bundle.files and "secrets/app-environment" not in bundle.files
     assert "tls/server.crt" in bundle.files
-    assert release._configured_secrets(validate({"app_env_file": str(outside)})) == frozenset()
+    assert configured_secrets(validate({"app_env_file": str(outside)})) == frozenset()
 
 
 @pytest.mark.parametrize(("rel", "secret"), [
@@ -343,3 +348,135 @@ def test_upload_goes_by_the_private_directory_and_diff_shows_the_preview(caplog)
     assert "ustar" not in log and "\0" not in log
     # Printed once, while pyinfra works out the changes; not again when it executes.
     assert log.count("would replace the live R1") == 1
+
+
+# Links and special files in app_source (issue 24): never followed, never shipped --------
+
+@pytest.fixture
+def home(tmp_path) -> Path:
+    """A stand-in for the laptop user's home, with a credentials file."""
+    target = tmp_path / "home"
+    (target / ".aws").mkdir(parents=True)
+    (target / ".aws/credentials").write_text("aws_secret_access_key = do-not-ship-home\n")
+    return target
+
+
+@contextlib.contextmanager
+def never_blocks(seconds: int = 10):
+    """Fails the test, instead of hanging it, if the laptop opens a FIFO for reading."""
+    def blocked(*_):
+        raise AssertionError(f"blocked for {seconds}s: a FIFO was opened")
+    previous = signal.signal(signal.SIGALRM, blocked)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _plant(app: Path, home: Path, case: str) -> str:
+    """Plant one hostile entry in the app; the problem line expected for it."""
+    if case == "relative link out of the tree":  # to the .env the README says never leaves
+        (app / "static/about.txt").symlink_to("../.env")
+        return "app_source: static/about.txt is a symbolic link (to ../.env) in "
+    if case == "absolute link to a file in home":
+        (app / "static/credentials.txt").symlink_to(home / ".aws/credentials")
+        return f"app_source: static/credentials.txt is a symbolic link (to {home}/.aws/credentials) in "
+    if case == "directory link":
+        shutil.rmtree(app / "static")
+        (app / "static").symlink_to(home)
+        return f"app_source: static is a symbolic link (to {home}) in "
+    if case == "FIFO":
+        os.mkfifo(app / "static/feed.txt")
+        return "app_source: static/feed.txt is a FIFO in "
+    if case == "FIFO named like a module":  # the static folder's search reads *.py
+        os.mkfifo(app / "tasks.py")
+        return "app_source: tasks.py is a FIFO in "
+    raise AssertionError(case)
+
+
+LINK_CASES = ["relative link out of the tree", "absolute link to a file in home", "directory link", "FIFO",
+              "FIFO named like a module"]
+
+
+@pytest.mark.parametrize("case", LINK_CASES)
+def test_links_and_special_files_in_app_source_are_refused_before_any_host(app, home, case):
+    expected = _plant(app, home, case)
+    with never_blocks(), pytest.raises(SettingsError) as caught:
+        validate({"app_source": str(app)}, where="settings for host 'web1'")
+    lines = str(caught.value).splitlines()
+    # The settings check: raised before any operation is added, one line for the app_source.
+    assert lines[0] == "Invalid settings for host 'web1'; nothing was changed on any host:"
+    assert len(lines) == 2 and lines[1].startswith("  - " + expected), lines
+    assert "links and special files are never shipped" in lines[1]
+    assert "do-not-ship" not in str(caught.value)
+
+
+@pytest.mark.parametrize("case", LINK_CASES)
+def test_the_bundle_never_follows_a_link_nor_opens_a_fifo(app, home, case):
+    """Past the settings check (the tree changed since), the bundle refuses too."""
+    expected = _plant(app, home, case)
+    with never_blocks(), pytest.raises(DeployError) as caught:
+        _bundle(app)
+    assert str(caught.value).startswith(expected)
+
+
+def test_what_never_ships_may_be_a_link_and_is_never_opened(app, home, tmp_path):
+    """Local venvs, secrets by name and the configured env file may be links (or
+    worse): left where they are, not followed, not opened, not refused."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    (app / "venv").symlink_to(home)
+    (app / ".venv/bin").mkdir(parents=True)
+    (app / ".venv/bin/python").symlink_to("/usr/bin/python3")
+    (app / "node_modules").symlink_to(home)
+    (app / ".env").unlink()
+    (app / ".env").symlink_to(fifo)  # opened, it would block
+    (app / ".envs").symlink_to(home)
+    (app / "site.key").symlink_to(fifo)
+    (app / "config/prod.vars").unlink()
+    (app / "config/prod.vars").symlink_to(home / ".aws/credentials")
+    with never_blocks():
+        s = validate({"app_source": str(app), "app_env_file": str(app / "config/prod.vars")})
+        bundle = _bundle(app, never=configured_secrets(s))
+    assert configured_secrets(s) == {"config/prod.vars"}
+    assert b"do-not-ship" not in bundle.tar
+    assert {".env", ".envs", "site.key", "config/prod.vars"} <= set(bundle.left_out)
+    assert not any(name.startswith(("venv", ".venv", "node_modules", ".envs")) for name in bundle.files)
+
+
+def test_a_deploy_with_a_link_in_app_source_stops_in_one_line_touching_nothing(app, tmp_path, monkeypatch):
+    """The real command line, at @local in dry mode: stopped while the settings are
+    read, before any fact or operation, with the one line and no traceback."""
+    (app / "static/about.txt").symlink_to("../.env")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # this machine's fact cache stays as it is
+    inventory = tmp_path / "inventory.py"
+    inventory.write_text(f'hosts = [("@local", {{"app_source": {str(app)!r}, "app_root": "/nonexistent/greeting"}})]\n')
+    run = run_command([PYINFRA, str(inventory), "deploy.py", "--dry"], timeout=120)
+    assert run.returncode != 0
+    assert "  - app_source: static/about.txt is a symbolic link (to ../.env) in " in run.output, run.output[-3000:]
+    assert "nothing was changed on any host" in run.output and "Traceback" not in run.output
+    assert "do-not-ship" not in run.output and "Loading: deploy.py" in run.output
+    assert not (tmp_path / "cache").exists()  # no fact was read: nothing to remember
+
+
+def test_diff_with_yes_says_it_shows_nothing_once_per_run(caplog):
+    """`pyinfra -y ... --dry --diff`: pyinfra skips change detection with -y, so no diff
+    would print at all; the run says so once, at its start."""
+    from pyinfra.api import Config, State
+
+    def run(diff: bool, yes: bool):
+        state = State(check_for_changes=not yes)
+        state.config = Config(DIFF=diff)
+        return state
+
+    with caplog.at_level("WARNING", logger="pyinfra"):
+        skipped = run(diff=True, yes=True)
+        assert release_preview.warn_if_diff_is_skipped(skipped) is True
+        assert release_preview.warn_if_diff_is_skipped(skipped) is False  # the next host of the run
+        assert not any(release_preview.warn_if_diff_is_skipped(run(diff, yes))
+                       for diff, yes in ((True, False), (False, True), (False, False)))
+    assert [record.getMessage() for record in caplog.records] == [
+        "--diff with -y shows no diff: pyinfra skips change detection with -y; run without -y (with --dry to "
+        "change nothing) to see what would change"]

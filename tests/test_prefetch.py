@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from pyinfra.api import StringCommand
@@ -357,6 +358,134 @@ def test_the_remembered_commands_live_outside_the_checkout():
     from tasks import REPO_ROOT
 
     assert REPO_ROOT not in prefetch.CACHE_DIR.parents
+
+
+
+# The remembered list (issue 24): its commands run as root on every host, --dry included ---
+
+class LocalHost(FakeHost):
+    """Runs every command for real, on this machine: a planted command would leave its mark."""
+
+    connected = True
+
+    def __init__(self):
+        super().__init__()
+        self.state = FakeState()
+
+    def run_shell_command(self, command, **arguments):
+        self.ran.append(str(command))
+        done = subprocess.run(["sh", "-c", str(command)], capture_output=True, text=True, timeout=30, check=False)
+        return done.returncode == 0, CommandOutput([OutputLine("stdout", line) for line in lines(done.stdout)])
+
+
+PLANTED = ["file writable by others", "file writable by group", "file is a link", "directory writable by others",
+           "directory is a link", "file of another user", "directory of another user"]
+
+
+def _plant_cache(tmp_path, monkeypatch, host, case: str) -> tuple[Path, str]:
+    """A remembered list for `host` whose command would touch a mark; the mark, and
+    what the warning must say."""
+    cache, elsewhere = tmp_path / "cache", tmp_path / "elsewhere"
+    cache.mkdir(mode=0o700)
+    elsewhere.mkdir(mode=0o700)
+    monkeypatch.setattr(prefetch, "CACHE_DIR", cache)
+    mark = tmp_path / "planted-command-ran"
+    content = json.dumps({"format": prefetch.FORMAT, "host": host.name, "commands": [f"touch {mark}"]})
+    target = prefetch._cache_file(host)
+    if case == "file is a link":
+        (elsewhere / "list.json").write_text(content)
+        target.symlink_to(elsewhere / "list.json")
+        return mark, f"{target} is a symbolic link"
+    if case == "directory is a link":
+        (elsewhere / target.name).write_text(content)
+        (elsewhere / target.name).chmod(0o600)
+        cache.rmdir()
+        cache.symlink_to(elsewhere)
+        return mark, f"{cache} is a symbolic link"
+    target.write_text(content)
+    target.chmod(0o600)
+    if case == "file writable by others":
+        target.chmod(0o646)
+        return mark, f"{target} is writable by others than you (mode 646)"
+    if case == "file writable by group":
+        target.chmod(0o660)
+        return mark, f"{target} is writable by others than you (mode 660)"
+    if case == "directory writable by others":
+        cache.chmod(0o777)
+        return mark, f"{cache} is writable by others than you (mode 777)"
+    if case == "safe":
+        return mark, ""
+    if os.getuid() != 0:
+        pytest.skip("planting another user's file takes root")
+    if case == "file of another user":
+        os.chown(target, 65534, 65534)
+        return mark, f"{target} is owned by uid 65534, not by you (uid 0)"
+    if case == "directory of another user":
+        os.chown(cache, 65534, 65534)
+        return mark, f"{cache} is owned by uid 65534, not by you (uid 0)"
+    raise AssertionError(case)
+
+
+@pytest.fixture
+def local_host(monkeypatch):
+    monkeypatch.setattr(prefetch, "default_connector_arguments", lambda host: {"_sudo": False})
+    monkeypatch.setattr(FakeState, "callback_handlers", [])
+    monkeypatch.setattr(FakeState, "add_callback_handler", lambda self, handler: self.callback_handlers.append(handler),
+                        raising=False)
+    host = LocalHost()
+    yield host
+    prefetch._BATCHES.pop(host, None)
+
+
+@pytest.mark.parametrize("case", PLANTED)
+def test_a_remembered_list_anyone_else_could_write_is_never_run(local_host, tmp_path, monkeypatch, caplog, case):
+    mark, why = _plant_cache(tmp_path, monkeypatch, local_host, case)
+    with caplog.at_level("WARNING", logger="pyinfra"):
+        assert prefetch.start(local_host) is True  # the run goes on, its facts read one by one
+        prefetch.read_again(local_host)  # also when pyinfra starts executing
+    assert not mark.exists() and local_host.ran == []
+    warnings = [record.getMessage() for record in caplog.records]
+    assert len(warnings) == 1 and f"[fake] fact batch: ignored {why}: its commands run as root" in warnings[0], warnings
+
+
+def test_the_users_own_list_is_used(local_host, tmp_path, monkeypatch, caplog):
+    """The control: the same planted list, safe, is run (so the test above can see a run)."""
+    mark, _ = _plant_cache(tmp_path, monkeypatch, local_host, "safe")
+    with caplog.at_level("WARNING", logger="pyinfra"):
+        assert prefetch.start(local_host) is True
+    assert mark.exists() and caplog.records == []
+
+
+@pytest.mark.parametrize("case", ["file is a link", "directory writable by others", "directory is a link"])
+def test_the_list_is_written_mode_600_in_a_700_directory_through_no_link(local_host, tmp_path, monkeypatch, case):
+    _plant_cache(tmp_path, monkeypatch, local_host, case)
+    batch = prefetch._Batch(local_host)
+    monkeypatch.setitem(prefetch._BATCHES, local_host, batch)
+    batch.asked = ["cat /etc/hostname"]
+    prefetch._remember(local_host)
+    elsewhere = tmp_path / "elsewhere"
+    assert all("cat /etc/hostname" not in path.read_text() for path in elsewhere.iterdir())  # no link followed
+    target, cache = prefetch._cache_file(local_host), tmp_path / "cache"
+    if case == "directory is a link":
+        assert cache.is_symlink()  # not written at all
+        return
+    assert stat_mode(cache) == 0o700 and not target.is_symlink() and stat_mode(target) == 0o600
+    assert json.loads(target.read_text())["commands"] == ["cat /etc/hostname"]
+    assert prefetch._noted(local_host)["commands"] == ["cat /etc/hostname"]  # and the next run uses it
+
+
+def test_a_first_list_is_written_private(local_host, tmp_path, monkeypatch):
+    monkeypatch.setattr(prefetch, "CACHE_DIR", tmp_path / "cache" / "pyinfra-flask" / "facts")
+    batch = prefetch._Batch(local_host)
+    monkeypatch.setitem(prefetch._BATCHES, local_host, batch)
+    batch.asked = ["cat /etc/hostname"]
+    prefetch._remember(local_host)
+    assert stat_mode(prefetch.CACHE_DIR) == 0o700 and stat_mode(prefetch._cache_file(local_host)) == 0o600
+    assert [path.name for path in prefetch.CACHE_DIR.iterdir()] == [prefetch._cache_file(local_host).name]
+
+
+def stat_mode(path: Path) -> int:
+    return path.lstat().st_mode & 0o777
 
 
 @pytest.mark.e2e

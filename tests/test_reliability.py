@@ -194,6 +194,25 @@ def test_hostile_values_are_refused_before_any_host(deployed, tmp_path, data, ke
     assert host.exec("sha256sum /etc/nginx/sites-available/greeting.conf /srv/greeting/uwsgi.ini") == site_before
 
 
+def test_a_link_in_app_source_is_refused_before_any_host(deployed, tmp_path):
+    """`static/about.txt -> ../.env`: followed on the laptop, the .env would ship and
+    nginx would serve it. Refused in one line while the settings are read; the host's
+    releases and site are as they were, and nothing of the .env is on it."""
+    host = deployed.host
+    app = app_variant(tmp_path, greeting="linked")
+    (app / ".env").write_text("SECRET_KEY=do-not-ship-laptop-env\n")
+    (app / "static/about.txt").symlink_to("../.env")
+    state = f"ls {ROOT}/releases; readlink {ROOT}/current; sha256sum /etc/nginx/sites-available/greeting.conf"
+    before = host.exec(state)
+    run = run_deploy(host, tmp_path, data={"app_source": str(app)}, check=False)
+    assert run.returncode != 0
+    assert "  - app_source: static/about.txt is a symbolic link (to ../.env) in " in run.output, run.output[-2000:]
+    assert "Beginning operation run" not in run.output and "Traceback" not in run.output
+    assert host.exec(state) == before
+    assert host.exec(f"grep -rl do-not-ship {ROOT}/releases || true").strip() == ""
+    assert get(host.url + "/static/about.txt").status_code == 404
+
+
 TOOL = f"{ROOT}/bin/release-tool"
 
 
