@@ -42,7 +42,8 @@ def test_the_db_server_listens_privately_with_tls_for_exactly_the_app_servers():
     assert "listen_addresses = '10.0.0.5'" in conf and "ssl = on" in conf
     assert "ssl_cert_file = '/etc/postgresql/pyinfra-flask-10.0.0.5.crt'" in conf
     hba = [line.split() for line in str(db.uploads[HBA]).splitlines() if line and not line.startswith("#")]
-    assert hba == [["local", "all", "postgres", "peer"],
+    # Over the socket, the backup tool connects as the app's role (never as a superuser).
+    assert hba == [["local", "all", "postgres", "peer"], ["local", "greeting", "greeting", "scram-sha-256"],
                    ["hostssl", "greeting", "greeting", "10.0.0.11/32", "scram-sha-256"],
                    ["hostssl", "greeting", "greeting", "10.0.0.12/32", "scram-sha-256"]]
     rules = str(db.uploads["/etc/pyinfra-flask/uwsgi-firewall.nft"])
