@@ -444,8 +444,10 @@ def _notes(fork, tmp_path):
     # The hostile app: as its own user and role it stores code that a superuser would run
     # while the rows load (a CHECK constraint's function). Restored with the app's rights
     # it finds itself no superuser and does nothing.
+    attack_started = time.monotonic()
     as_app(fork, HOSTILE)
     assert as_app(fork, "select count(*) from note").strip() == "3"
+    attack_seconds = time.monotonic() - attack_started
     # Backup, delete, restore through ops.py (as the deploy user with sudo, as users do).
     inventory = fork.write_inventory(tmp_path / "inventory.py", notespg_data(v1))
     download = tmp_path / "downloads"
@@ -472,6 +474,7 @@ def _notes(fork, tmp_path):
     assert fork.exec("systemctl show -p MainPID --value notespg").strip() not in ("0", pid)
     assert get(fork.url + "/notes").text == "first\nsecond\nthird\n"
     # The stored code ran as the app's role while the rows loaded: no superuser, no program.
+    checks_started = time.monotonic()
     assert fork.exec("cd / && runuser -u postgres -- psql -XAt -c \"select rolsuper from pg_roles where "
                      "rolname = 'notespg'\"").strip() == "f"
     assert fork.exec("ls /var/lib/postgresql/pwned 2>&1", check=False).strip().endswith("No such file or directory")
@@ -481,6 +484,8 @@ def _notes(fork, tmp_path):
                      "c.relnamespace where n.nspname = 'public' union select r.rolname from pg_proc p join "
                      "pg_roles r on r.oid = p.proowner where p.proname = 'pwn'\"").split() == ["notespg"]
     assert "pwn" in as_app(fork, "select conname from pg_constraint where conname = 'pwn'")
+    print(f"the hostile app's attack on the restore, and its checks: "
+          f"{attack_seconds + time.monotonic() - checks_started:.1f}s")
     assert ops(inventory, "restore", "notespg-20200101T000000Z.dump").returncode != 0
     for result in (made, restored):
         assert password not in result.stdout + result.stderr
