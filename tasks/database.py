@@ -161,7 +161,7 @@ def install(system, wanted, listen: tuple[str, list[tuple[str, str, str]]] | Non
         hba = files.template(jinja_env_kwargs=JINJA, name="Allow each app's role to its own database only "
                              "(pg_hba.conf)", src=str(TEMPLATES / "pg_hba.conf.j2"), dest=f"{config_dir}/pg_hba.conf",
                              user="postgres", group="postgres", mode="640",
-                             names=[] if listen else sorted({s.database_name for s in wanted}), clients=clients)
+                             names=sorted({s.database_name for s in wanted}), clients=clients)
         # By command, not systemd.service: on the first deploy its facts (read before the
         # package was installed) would say "not running" and only start what the package
         # already started with Debian's listen_addresses = 'localhost'.
@@ -340,6 +340,10 @@ def backup_settings(s) -> dict:
     return {
         "app": s.app_name,
         "database": s.database_name,
+        # pg_dump and pg_restore connect as the app's own role, never as a superuser.
+        "role": s.database_name,
+        "password_file": password_path(s),
+        "socket": SOCKET_DIR,
         "directory": f"{BACKUP_ROOT}/{s.app_name}",
         "keep": s.database_backup_keep,
         "max_age_days": s.database_backup_max_age,

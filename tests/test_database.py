@@ -11,6 +11,7 @@ its restore, and the database unreachable from the network.
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import socket
 import subprocess
@@ -240,6 +241,129 @@ def test_the_tool_refuses_names_of_other_apps():
         assert not pattern.match(name)
 
 
+TOC = """;
+;     dbname: shop
+;
+2; 3079 16395 EXTENSION - pgcrypto 
+3389; 0 0 COMMENT - EXTENSION pgcrypto 
+4; 3079 16689 EXTENSION - postgis 
+3534; 0 0 COMMENT - EXTENSION postgis 
+216; 1259 16387 TABLE public note shop
+3381; 0 16387 TABLE DATA public note shop
+"""
+
+
+class FakeClients:
+    """subprocess.run for the backup tool: records each command line (and the
+    environment and restore list it got), answers as PostgreSQL's clients would."""
+
+    def __init__(self, installed="installed\tpgcrypto\ttrue\ninstalled\tpostgis\tfalse\n"):
+        self.calls, self.installed, self.listed = [], installed, None
+
+    def __call__(self, argv, **kwargs):
+        import os
+
+        self.calls.append((argv, kwargs.get("env") or {}))
+        out = ""
+        if "--list" in argv:
+            out = TOC
+        elif "psql" in argv and "--username" in argv:
+            out = self.installed + "available\tpgcrypto\ttrue\navailable\tpostgis\tfalse\n"
+        elif "pg_restore" in argv:
+            fd = int(next(a for a in argv if a.startswith("--use-list=")).rsplit("/", 1)[1])
+            assert kwargs["pass_fds"] == (fd,)
+            self.listed = os.pread(fd, 65536, 0).decode()
+        return subprocess.CompletedProcess(argv, 0, out if kwargs.get("text") else out.encode(), "")
+
+
+def _restore_with(monkeypatch, tmp_path, clients, units_elsewhere):
+    import os
+
+    tool = _tool()
+    monkeypatch.setattr(tool.subprocess, "run", clients)
+    (tmp_path / "shop.password").write_text("s3cret-of-shop\n")
+    directory = tmp_path / "backups"
+    directory.mkdir(exist_ok=True)
+    (directory / "shop-20261202T030000Z.dump").write_bytes(b"PGDMP")
+    config = {"app": "shop", "database": "shop", "role": "shop", "password_file": str(tmp_path / "shop.password"),
+              "socket": "/var/run/postgresql", "service": "shop.service", "workers": [], "jobs": [], "timers": [],
+              "health": {}, "health_module": "/usr/local/lib/pyinfra-flask/healthcheck.py"}
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        return tool, tool.cmd_restore(config, fd, "shop-20261202T030000Z.dump", units_elsewhere)
+    finally:
+        os.close(fd)
+
+
+APP_ROLE = ["--host", "/var/run/postgresql", "--username", "shop", "--no-password", "--dbname", "shop"]
+
+
+@pytest.mark.parametrize("units_elsewhere", [False, True], ids=["local", "db-server"])
+def test_a_restore_runs_the_apps_data_as_the_apps_role_never_as_a_superuser(monkeypatch, tmp_path,
+                                                                            units_elsewhere):
+    clients = FakeClients()
+    _, code = _restore_with(monkeypatch, tmp_path, clients, units_elsewhere)
+    assert code == 0
+    restores = [(argv, env) for argv, env in clients.calls if "pg_restore" in argv and "--list" not in argv]
+    [(argv, env)] = restores
+    # The exact command line: as the postgres user (not root), connected as the app's
+    # role by its password (in the environment, not the arguments), all or nothing.
+    fd = argv[-len(APP_ROLE) - 1].rsplit("/", 1)[1]
+    assert argv == ["runuser", "-u", "postgres", "--", "pg_restore", "--clean", "--if-exists", "--single-transaction",
+                    "--exit-on-error", "--no-owner", f"--use-list=/proc/self/fd/{fd}", *APP_ROLE]
+    assert env["PGPASSWORD"] == "s3cret-of-shop"
+    # Every connection to the app's database is the app role's; postgres connects only to
+    # its own database, to end the app's connections, and runs nothing of the app's.
+    for argv, env in clients.calls:
+        assert "s3cret-of-shop" not in " ".join(argv) and "--role" not in " ".join(argv)
+        if argv[0] == "runuser" and argv[4] in ("psql", "pg_dump", "pg_restore") and "--list" not in argv:
+            assert argv[-len(APP_ROLE):] == APP_ROLE or argv[5:9] == ["-X", "-q", "-d", "postgres"], argv
+    # The extension the administrator made stays as it is; the app's own is restored.
+    assert ";4; 3079 16689 EXTENSION - postgis" in clients.listed
+    assert ";3534; 0 0 COMMENT - EXTENSION postgis" in clients.listed
+    assert "\n2; 3079 16395 EXTENSION - pgcrypto" in clients.listed
+    stops = [argv for argv, _ in clients.calls if argv[:2] == ["systemctl", "stop"]]
+    assert stops == ([] if units_elsewhere else [["systemctl", "stop", "shop.service"]])
+
+
+def test_a_backup_connects_as_the_apps_role(monkeypatch, tmp_path):
+    import os
+
+    tool, clients = _tool(), FakeClients()
+    monkeypatch.setattr(tool.subprocess, "run", clients)
+    (tmp_path / "shop.password").write_text("s3cret-of-shop\n")
+    directory = tmp_path / "backups"
+    directory.mkdir()
+    fd = os.open(directory, os.O_RDONLY)
+    tool.cmd_backup({"app": "shop", "database": "shop", "role": "shop", "password_file": str(tmp_path / "shop.password"),
+                     "socket": "/var/run/postgresql", "keep": 2, "max_age_days": 0}, fd)
+    [(argv, env)] = clients.calls
+    assert argv == ["runuser", "-u", "postgres", "--", "pg_dump", "--format=custom", *APP_ROLE]
+    assert env["PGPASSWORD"] == "s3cret-of-shop"
+
+
+def test_a_restore_needing_an_extension_only_a_superuser_may_make_stops_before_anything(monkeypatch, tmp_path):
+    clients = FakeClients(installed="installed\tpgcrypto\ttrue\n")
+    with pytest.raises(Exception, match=r"the backup needs extension postgis, which database shop lacks and only "
+                                        r"a superuser may make .*CREATE EXTENSION postgis.*nothing was changed"):
+        _restore_with(monkeypatch, tmp_path, clients, False)
+    assert not [argv for argv, _ in clients.calls if "systemctl" in argv or "pg_restore" in argv and
+                "--list" not in argv]
+
+
+def test_the_backup_tool_gets_the_apps_role_and_password_on_both_kinds_of_database_host():
+    import json
+
+    from tests.test_database_servers import cluster
+
+    local = json.loads(one(**DB).uploads["/etc/pyinfra-flask/db-backup/greeting.json"])
+    remote = json.loads(str(cluster()["db1"].uploads["/etc/pyinfra-flask/db-backup/greeting.json"]))
+    for settings in (local, remote):
+        assert {k: settings[k] for k in ("database", "role", "password_file", "socket")} == {
+            "database": "greeting", "role": "greeting", "socket": "/var/run/postgresql",
+            "password_file": "/etc/pyinfra-flask/postgresql/greeting.password"}
+
+
 # On a real host ---------------------------------------------------------------------
 
 NOTESPG = REPO_ROOT / "tests/apps/notespg"
@@ -317,6 +441,13 @@ def _notes(fork, tmp_path):
     ops_started = time.monotonic()
     assert get(fork.url + "/").text == "notespg v1: 3 notes\n"
 
+    # The hostile app: as its own user and role it stores code that a superuser would run
+    # while the rows load (a CHECK constraint's function). Restored with the app's rights
+    # it finds itself no superuser and does nothing.
+    attack_started = time.monotonic()
+    as_app(fork, HOSTILE)
+    assert as_app(fork, "select count(*) from note").strip() == "3"
+    attack_seconds = time.monotonic() - attack_started
     # Backup, delete, restore through ops.py (as the deploy user with sudo, as users do).
     inventory = fork.write_inventory(tmp_path / "inventory.py", notespg_data(v1))
     download = tmp_path / "downloads"
@@ -342,10 +473,44 @@ def _notes(fork, tmp_path):
     # The app was stopped for the restore and started again (a new uWSGI master).
     assert fork.exec("systemctl show -p MainPID --value notespg").strip() not in ("0", pid)
     assert get(fork.url + "/notes").text == "first\nsecond\nthird\n"
+    # The stored code ran as the app's role while the rows loaded: no superuser, no program.
+    checks_started = time.monotonic()
+    assert fork.exec("cd / && runuser -u postgres -- psql -XAt -c \"select rolsuper from pg_roles where "
+                     "rolname = 'notespg'\"").strip() == "f"
+    assert fork.exec("ls /var/lib/postgresql/pwned 2>&1", check=False).strip().endswith("No such file or directory")
+    # Everything restored is the app's own, as before, and its constraint came back.
+    assert fork.exec("cd / && runuser -u postgres -- psql -XAt -d notespg -c \"select distinct r.rolname from "
+                     "pg_class c join pg_roles r on r.oid = c.relowner join pg_namespace n on n.oid = "
+                     "c.relnamespace where n.nspname = 'public' union select r.rolname from pg_proc p join "
+                     "pg_roles r on r.oid = p.proowner where p.proname = 'pwn'\"").split() == ["notespg"]
+    assert "pwn" in as_app(fork, "select conname from pg_constraint where conname = 'pwn'")
+    print(f"the hostile app's attack on the restore, and its checks: "
+          f"{attack_seconds + time.monotonic() - checks_started:.1f}s")
     assert ops(inventory, "restore", "notespg-20200101T000000Z.dump").returncode != 0
     for result in (made, restored):
         assert password not in result.stdout + result.stderr
     print(f"backup, list, restore through ops.py: {time.monotonic() - ops_started:.1f}s")
+
+
+# Runs only where it finds itself a superuser: then it makes the app's role one and runs
+# a program as postgres (COPY ... TO PROGRAM), as a restore by the superuser used to let it.
+HOSTILE = r"""
+create function pwn(t text) returns boolean language plpgsql as $$
+begin
+  if current_setting('is_superuser') = 'on' then
+    execute 'alter role notespg superuser';
+    execute $c$copy (select 1) to program 'touch /var/lib/postgresql/pwned'$c$;
+  end if;
+  return true;
+end $$;
+alter table note add constraint pwn check (pwn(text));
+"""
+
+
+def as_app(fork, sql: str) -> str:
+    """`sql` run by psql as the app's user with the app's DATABASE_URL (its role)."""
+    return fork.exec(f"cd / && . /srv/notespg/secrets/database.env && runuser -u notespg -- psql -XAt "
+                     f"-v ON_ERROR_STOP=1 \"$DATABASE_URL\" -c {shlex.quote(sql)}")
 
 
 def fork_post(fork, text: str) -> None:

@@ -9,6 +9,7 @@ an app server and an outsider on a Docker network of the test's own.
 
 from __future__ import annotations
 
+import shlex
 import time
 from dataclasses import replace
 
@@ -19,7 +20,7 @@ from pyinfra.api.exceptions import DeployError
 from dev import throwaway
 from tasks.database import CA_PATH, remote_url
 from tests.conftest import get, run_deploy
-from tests.test_database import notespg, notespg_data, ops
+from tests.test_database import HOSTILE, notespg, notespg_data, ops
 from tests.test_distros import deploy, host_facts
 
 DB = {"database": "postgresql"}
@@ -42,7 +43,8 @@ def test_the_db_server_listens_privately_with_tls_for_exactly_the_app_servers():
     assert "listen_addresses = '10.0.0.5'" in conf and "ssl = on" in conf
     assert "ssl_cert_file = '/etc/postgresql/pyinfra-flask-10.0.0.5.crt'" in conf
     hba = [line.split() for line in str(db.uploads[HBA]).splitlines() if line and not line.startswith("#")]
-    assert hba == [["local", "all", "postgres", "peer"],
+    # Over the socket, the backup tool connects as the app's role (never as a superuser).
+    assert hba == [["local", "all", "postgres", "peer"], ["local", "greeting", "greeting", "scram-sha-256"],
                    ["hostssl", "greeting", "greeting", "10.0.0.11/32", "scram-sha-256"],
                    ["hostssl", "greeting", "greeting", "10.0.0.12/32", "scram-sha-256"]]
     rules = str(db.uploads["/etc/pyinfra-flask/uwsgi-firewall.nft"])
@@ -143,6 +145,10 @@ def test_the_app_reaches_its_database_on_the_db_server_over_tls_and_nobody_else_
         assert second.changed_operations() == []
         for run in (first, dry, second):
             assert password not in run.output
+        # The hostile app stores code for a superuser's restore to run (tests/test_database.py).
+        app.exec("cd / && set -a && . /srv/notespg/secrets/database.env && runuser -u notespg -- "
+                 "/srv/notespg/current/.venv/bin/python -c 'import os, sys, psycopg; psycopg.connect("
+                 f"os.environ[\"DATABASE_URL\"], autocommit=True).execute(sys.argv[1])' {shlex.quote(HOSTILE)}")
         # Backup on the db server, rows deleted, restored: the app server's units stop
         # for it and start again (a new uWSGI master), the rows are back.
         made = ops(inventory, "backup", "now")
@@ -156,6 +162,9 @@ def test_the_app_reaches_its_database_on_the_db_server_over_tls_and_nobody_else_
         assert f"RESTORED {backup}" in restored.stdout and "Stopped notespg.service" in restored.stdout
         assert app.exec("systemctl show -p MainPID --value notespg").strip() not in ("0", pid)
         assert get(app.url + "/notes").text == "remote\n"
+        # The restore ran it as the app's role: no superuser, no program run as postgres.
+        assert db.exec("cd / && runuser -u postgres -- psql -XAt -c \"select rolsuper from pg_roles where "
+                       "rolname = 'notespg'\"; test -e /var/lib/postgresql/pwned || echo none").split() == ["f", "none"]
         for run in (made, restored):
             assert password not in run.stdout + run.stderr
     except BaseException:
