@@ -269,3 +269,36 @@ def test_apps_with_log_directories_of_their_own_pass():
     assert _host_problems([
         {"app_name": "shop", "uwsgi_log": "/var/log/shop/uwsgi.log", "nginx_access_log": "/var/log/shop-nginx/a.log"},
         {"app_name": "blog", "url_prefix": "/blog", "uwsgi_log": "/var/log/blog/uwsgi.log"}]) == []
+
+
+@pytest.mark.parametrize(("owner", "expected"), [
+    ("root", "uwsgi_log of greeting: its directory /var/log/foo already exists and belongs to root; the deploy "
+             "would hand it to greeting; use a directory of the app's own, e.g. /var/log/greeting/uwsgi.log"),
+    ("link", "its directory /var/log/foo already exists and is a link"),
+    ("blog", "already exists and belongs to blog"),
+])
+def test_a_log_directory_the_host_already_has_for_someone_else_is_refused(owner, expected):
+    """Whatever the list of service directories misses: the host says whose it is."""
+    from pyinfra.api.exceptions import DeployError
+
+    from tests.test_distros import deploy, host_facts
+
+    facts = host_facts("debian12", DirectoryOwner=lambda path: owner if path == "/var/log/foo" else None)
+    with pytest.raises(DeployError) as info:
+        deploy({"web": facts}, uwsgi_log="/var/log/foo/uwsgi.log")
+    message = str(info.value)
+    assert message.startswith("Invalid settings for host '@fake/web'; nothing was changed on any host")
+    assert expected in message
+    # Its own directory (a redeploy) is fine.
+    facts = host_facts("debian12", DirectoryOwner=lambda path: "greeting" if path == "/var/log/foo" else None)
+    deploy({"web": facts}, uwsgi_log="/var/log/foo/uwsgi.log")
+
+
+def test_a_host_letting_anyone_hard_link_others_files_is_refused():
+    from pyinfra.api.exceptions import DeployError
+
+    from tests.test_distros import deploy, host_facts
+
+    with pytest.raises(DeployError, match=r"fs.protected_hardlinks is 0 on this host: an app user could hard-link"):
+        deploy({"web": host_facts("debian12", ProtectedHardlinks=0)})
+    deploy({"web": host_facts("debian12", ProtectedHardlinks=1)})
