@@ -79,7 +79,8 @@ def log_directory(value: str, example: str) -> str:
     app_directory(value, example=example)
     for tree in SERVICE_LOG_TREES:
         if _inside(PurePosixPath(value), tree):
-            raise ValueError(f"{value} is inside {tree}, where a service run by root writes its logs; use e.g. "
+            where = "" if PurePosixPath(value) == PurePosixPath(tree) else f"inside {tree}, "
+            raise ValueError(f"{value} is {where}where a service run by root writes its logs; use e.g. "
                              f"{example}")
     return value
 

@@ -240,10 +240,11 @@ def _host_problems(apps) -> list[str]:
     ([{"app_name": "shop"},
       {"app_name": "blog", "url_prefix": "/blog", "uwsgi_log": "/var/log/nginx/blog.uwsgi.log",
        "nginx_access_log": "/var/log/blog-nginx/access.log", "nginx_error_log": "/var/log/blog-nginx/error.log"}],
-     "uwsgi_log: its directory is given to the app user, and /var/log/nginx is inside /var/log/nginx, where a "
-     "service run by root writes its logs"),
+     "uwsgi_log: its directory is given to the app user, and /var/log/nginx is where a service run by root "
+     "writes its logs; use e.g. /var/log/blog/uwsgi.log"),
     ([{"app_name": "blog", "uwsgi_log": "/var/log/postgresql/blog.log"}], "uwsgi_log: its directory is given"),
-    ([{"app_name": "blog", "uwsgi_log": "/var/log/redis/blog.log"}], "/var/log/redis, where a service run by root"),
+    ([{"app_name": "blog", "uwsgi_log": "/var/log/redis/blog/x.log"}], "/var/log/redis/blog is inside /var/log/redis, "
+     "where a service run by root"),
     # Another app's nginx logs, uWSGI log directory or app root.
     ([{"app_name": "shop", "nginx_access_log": "/var/log/shop-nginx/access.log"},
       {"app_name": "blog", "url_prefix": "/blog", "uwsgi_log": "/var/log/shop-nginx/blog.log"}],
