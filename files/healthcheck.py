@@ -35,6 +35,12 @@ REDIRECTS = (301, 302, 303, 307, 308)
 MAX_REDIRECTS = 5
 
 
+def login_hint(check: dict) -> str:
+    """Said when the app answers the check with a redirect (often: to a login page)."""
+    return (f"if {check.get('path', '/')!r} needs a login, set healthcheck_path to a path that answers "
+            "without one")
+
+
 class Unhealthy(Exception):
     """The app did not answer as expected; the message says what it did."""
 
@@ -48,11 +54,38 @@ def verdict(check: dict, status: int, body: str) -> str | None:
     return None
 
 
+class Redirected(Exception):
+    """The app redirected the check off its site: not followed (see `on_site`)."""
+
+    def __init__(self, status: int, location: str):
+        super().__init__(f"{status} to {location}")
+        self.status, self.location = status, location
+
+
+def on_site(check: dict, current: str, target: str) -> bool:
+    """Whether a redirect from `current` to `target` stays on the app's site, the only
+    place root's check follows it to: the same scheme, host and port, where the host
+    may be named by the check's Host header (the site's own name, which means the
+    address asked); or plain HTTP to HTTPS on the same host's port 443. Anything else
+    (another host, another port, another scheme) would have root send requests
+    wherever the app says."""
+    here, there = urlsplit(current), urlsplit(target)
+    names = {here.hostname, check["host_header"].lower()}
+    if there.hostname not in names:
+        return False
+    if (there.scheme, there.port) == (here.scheme, here.port):
+        return True
+    return (here.scheme, there.scheme) == ("http", "https") and there.port in (None, 443)
+
+
 def http_get(check: dict, url: str | None = None) -> tuple[int, str]:
-    """GET over HTTP(S), following redirects as a browser would."""
+    """GET over HTTP(S), following redirects on the site only (`on_site`)."""
     url = url or check["url"]
+    address = urlsplit(url).hostname
     for _ in range(MAX_REDIRECTS + 1):
         parts = urlsplit(url)
+        # The site's own name (an absolute redirect to it) is the address asked.
+        hostname = address if parts.hostname == check["host_header"].lower() else parts.hostname
         if parts.scheme == "https":
             import ssl
 
@@ -61,10 +94,10 @@ def http_get(check: dict, url: str | None = None) -> tuple[int, str]:
             context = ssl.create_default_context()
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
-            connection = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=check["timeout"],
+            connection = http.client.HTTPSConnection(hostname, parts.port, timeout=check["timeout"],
                                                      context=context)
         else:
-            connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=check["timeout"])
+            connection = http.client.HTTPConnection(hostname, parts.port, timeout=check["timeout"])
         target = parts.path or "/"
         if parts.query:
             target += "?" + parts.query
@@ -77,7 +110,10 @@ def http_get(check: dict, url: str | None = None) -> tuple[int, str]:
             connection.close()
         if response.status not in REDIRECTS or not location:
             return response.status, body
-        url = urljoin(url, location)
+        following = urljoin(url, location)
+        if not on_site(check, url, following):
+            raise Redirected(response.status, location)
+        url = following
     raise OSError(f"more than {MAX_REDIRECTS} redirects")
 
 
@@ -153,10 +189,22 @@ def wait_healthy(check: dict, attempts: int | None = None, interval: float = 1.0
             time.sleep(interval)
         try:
             status, body = get(check)
+        except Redirected as redirect:
+            # Judged as the answer it is (a check may expect a redirect), never followed.
+            wrong = verdict(check, redirect.status, "")
+            if wrong is None:
+                return
+            outcome = (f"{wrong}: a redirect to {redirect.location}, off the site (not followed; "
+                       f"{login_hint(check)})")
+            continue
         except (OSError, http.client.HTTPException) as exc:
             outcome = f"no answer ({exc})"
+            if "redirects" in str(exc):
+                outcome += f"; {login_hint(check)}"
             continue
         wrong = verdict(check, status, body)
+        if wrong and status in REDIRECTS:
+            wrong += f" (a redirect; {login_hint(check)})"
         if wrong is None:
             return
         outcome = wrong

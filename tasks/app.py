@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from dotenv import parser as dotenv_parser
 
@@ -33,6 +33,15 @@ def local_path(value: str) -> Path:
     """A path on the laptop: relative paths are relative to the repository root."""
     path = Path(value).expanduser()
     return path if path.is_absolute() else REPO_ROOT / path
+
+
+class StaticLocation(NamedTuple):
+    """One nginx location of static files (App.static_locations)."""
+
+    url: str  # under the app's mount prefix
+    path: str  # nginx's alias
+    trusted: str  # links are followed up to this path, never below it
+    exact: bool = False  # one file (`location =`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,6 +189,41 @@ class App:
     @property
     def service(self) -> str:
         return f"{self.app_name}.service"
+
+    @property
+    def static_locations(self) -> list[StaticLocation]:
+        """Where nginx serves the app's static files from disk, each with the path up
+        to which it may follow links (nginx's `disable_symlinks ... from=`).
+
+        The release is root's, reached through the `current` link; a shared path
+        below the static directory is the app user's, and a link in the release
+        leads to it. nginx's user is in every app's group, so a link the app plants
+        there would serve any file nginx can read, another app's included: each
+        shared path inside the static directory gets a location of its own, served
+        from its real directory with no link followed past it, and the release's
+        own files none past the static directory (the shared links included)."""
+        static_dir = self.app_static_dir.strip("/")
+        if not static_dir:
+            return []
+        shared = f"{self.app_root}/shared"
+        names = [(path.rstrip("/"), path.endswith("/")) for path in self.shared_paths]
+        for name, is_dir in names:
+            if is_dir and (static_dir == name or static_dir.startswith(name + "/")):
+                # The whole static directory lives in (or is) an app-writable one.
+                return [StaticLocation(self.app_static_url, f"{shared}/{static_dir}/", f"{shared}/{name}")]
+        found = [StaticLocation(self.app_static_url, f"{self.code_dir}/{static_dir}/",
+                                f"{self.code_dir}/{static_dir}")]
+        for name, is_dir in names:
+            if not name.startswith(static_dir + "/"):
+                continue
+            url = self.app_static_url + name[len(static_dir) + 1:]
+            if is_dir:
+                found.append(StaticLocation(url + "/", f"{shared}/{name}/", f"{shared}/{name}"))
+            else:
+                # A file: links are refused from its directory on (root's), itself included.
+                found.append(StaticLocation(url, f"{shared}/{name}", f"{shared}/{name.rsplit('/', 1)[0]}",
+                                            exact=True))
+        return found
 
     @property
     def socket_dir(self) -> str:

@@ -158,7 +158,7 @@ def log_directories(app: App) -> None:
     if app.uwsgi_log != "journal":
         log_dir = str(PurePosixPath(app.uwsgi_log).parent)
         try:
-            reserved.app_directory(log_dir, example=f"/var/log/{app.app_name}/uwsgi.log")
+            reserved.log_directory(log_dir, example=f"/var/log/{app.app_name}/uwsgi.log")
         except ValueError as exc:
             raise ValueError(f"uwsgi_log: its directory is given to the app user, and {exc}") from None
         app_writable.append(log_dir)
@@ -214,6 +214,7 @@ def apps_apart(apps: list[App], login: str | None = None) -> list[str]:
                             f"{app.database_name}, as {databases[app.database_name]}'s (`-` becomes `_`)")
         if app.database:
             databases.setdefault(app.database_name, app.app_name)
+    problems += logs_apart(apps)
     routes: dict = {}
     sockets: dict = {}
     sites: dict = {}
@@ -234,6 +235,39 @@ def apps_apart(apps: list[App], login: str | None = None) -> list[str]:
             problems.append(f"tls_*: {app.app_name} and {sites[site][0]} share host names and port, "
                             "so they must share their TLS settings")
         sites.setdefault(site, (app.app_name, tls))
+    return problems
+
+
+def logs_apart(apps: list[App]) -> list[str]:
+    """The log directories of a host's apps together. uWSGI's log directory is handed
+    to its app user (chowned): it must be no other app's (its uWSGI log's, its app
+    root or anything in it) and hold no app's nginx logs (which nginx, as root,
+    opens by name); nor nest in or around one of those. Each app alone is checked in
+    `log_directories`."""
+    problems = []
+    for app in apps:
+        if app.uwsgi_log == "journal":
+            continue
+        log_dir = PurePosixPath(app.uwsgi_log).parent
+        if PurePosixPath(app.app_root) == log_dir or PurePosixPath(app.app_root) in log_dir.parents:
+            problems.append(f"uwsgi_log of {app.app_name}: {log_dir} is inside its app_root {app.app_root}, "
+                            f"whose directories are root's; use e.g. /var/log/{app.app_name}/uwsgi.log")
+            continue
+        theirs = []
+        for other in apps:
+            if other is app:  # its own nginx logs: `log_directories`
+                continue
+            theirs += [(f"{other.app_name}'s {key}", PurePosixPath(getattr(other, key)).parent)
+                       for key in ("nginx_access_log", "nginx_error_log") if getattr(other, key).startswith("/")]
+            theirs.append((f"{other.app_name}'s app_root", PurePosixPath(other.app_root)))
+            if other.uwsgi_log != "journal" and apps.index(other) > apps.index(app):  # said once
+                theirs.append((f"{other.app_name}'s uwsgi_log", PurePosixPath(other.uwsgi_log).parent))
+        for name, path in theirs:
+            if path == log_dir or path in log_dir.parents or log_dir in path.parents:
+                problems.append(f"uwsgi_log of {app.app_name}: its directory {log_dir} would be given to "
+                                f"{app.app_user}, and it is (or holds, or is inside) {path}, {name}; each "
+                                f"app's uWSGI log needs a directory of its own, e.g. /var/log/{app.app_name}")
+                break
     return problems
 
 

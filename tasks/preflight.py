@@ -43,6 +43,30 @@ class ForeignAccount(FactBase):
         return output[0].strip() if output else None
 
 
+class DirectoryOwner(FactBase):
+    """The owner of a directory (`link` when it is a symlink, not followed), or None
+    when there is none."""
+
+    def command(self, path: str) -> str:
+        quoted = shlex.quote(path)
+        return (f"if [ -L {quoted} ]; then echo link; elif [ -d {quoted} ]; then stat -c %U {quoted}; "
+                f"elif [ -e {quoted} ]; then echo not-a-directory; fi; true")
+
+    def process(self, output: list[str]) -> str | None:
+        return output[0].strip() if output else None
+
+
+class ProtectedHardlinks(FactBase):
+    """The kernel's fs.protected_hardlinks (1: nobody hard-links a file they may not
+    read and write), or None when it cannot be read."""
+
+    def command(self) -> str:
+        return "cat /proc/sys/fs/protected_hardlinks 2>/dev/null; true"
+
+    def process(self, output: list[str]) -> int | None:
+        return int(output[0]) if output and output[0].strip().isdigit() else None
+
+
 class ForeignName(DeployError):
     pass
 
@@ -65,6 +89,21 @@ def check(apps) -> None:
         if home:
             problems.append(f"app_user = {s.app_user!r}: the host already has this account (home {home}), "
                             "which is not an app's of this deploy; choose another app_user")
+        if s.uwsgi_log != "journal":
+            # Handed to the app user (chowned): only a new directory, or its own already.
+            log_dir = s.uwsgi_log.rsplit("/", 1)[0] or "/"
+            owner = host.get_fact(DirectoryOwner, path=log_dir)
+            if owner not in (None, s.app_user):
+                what = {"link": "is a link", "not-a-directory": "is not a directory"}.get(owner,
+                                                                                      f"belongs to {owner}")
+                problems.append(f"uwsgi_log of {s.app_name}: its directory {log_dir} already exists and {what}; "
+                                f"the deploy would hand it to {s.app_user}; use a directory of the app's own, "
+                                f"e.g. /var/log/{s.app_name}/uwsgi.log")
+    # nginx's user reads files of every app's group; an app could hard-link one into
+    # its static files (uploads) if the kernel let it link files it cannot read.
+    if host.get_fact(ProtectedHardlinks) == 0:
+        problems.append("fs.protected_hardlinks is 0 on this host: an app user could hard-link files nginx "
+                        "reads (other apps' logs) into its static files; set it to 1 (sysctl) and run again")
     if problems:
         lines = "\n".join(f"  - {problem}" for problem in problems)
         raise ForeignName(f"Invalid settings for host {host.name!r}; nothing was changed on any host:\n{lines}")

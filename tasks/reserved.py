@@ -19,6 +19,16 @@ SYSTEM_TREES = (
     # Where this deploy keeps uWSGI's builds, shared by every app.
     "/opt/pyinfra-flask",
 )
+# Log directories of root's services (and of daemons root starts), where they open
+# their logs by name: one handed to an app user would let it put a link in a log's
+# place (nginx's master, as root, would create the file it points to).
+SERVICE_LOG_TREES = (
+    "/var/log/nginx", "/var/log/apache2", "/var/log/httpd", "/var/log/postgresql", "/var/log/redis",
+    "/var/log/mysql", "/var/log/mariadb", "/var/log/letsencrypt", "/var/log/apt", "/var/log/journal",
+    "/var/log/private", "/var/log/audit", "/var/log/installer", "/var/log/unattended-upgrades",
+    "/var/log/dist-upgrade", "/var/log/sysstat", "/var/log/chrony", "/var/log/exim4", "/var/log/firewalld",
+    "/var/log/uwsgi",
+)
 # Directories many things share: an app may live below them, never be one.
 SHARED_PARENTS = ("/", "/home", "/media", "/mnt", "/opt", "/srv", "/var", "/var/lib", "/var/log", "/var/opt",
                   "/var/www", "/usr/local")
@@ -60,6 +70,18 @@ def app_directory(value: str, example: str = "/srv/myapp") -> str:
     for tree in SYSTEM_TREES:
         if _inside(path, tree):
             raise ValueError(f"{path} is inside {tree}, which belongs to the system; use e.g. {example}")
+    return value
+
+
+def log_directory(value: str, example: str) -> str:
+    """A log directory the deploy gives the app user: an app directory (above), and
+    none of the system services' log directories."""
+    app_directory(value, example=example)
+    for tree in SERVICE_LOG_TREES:
+        if _inside(PurePosixPath(value), tree):
+            where = "" if PurePosixPath(value) == PurePosixPath(tree) else f"inside {tree}, "
+            raise ValueError(f"{value} is {where}where a service run by root writes its logs; use e.g. "
+                             f"{example}")
     return value
 
 

@@ -559,7 +559,10 @@ class Settings(BaseModel):
 
     # Health check and packages
     healthcheck_path: str = Field(
-        "/", pattern=URL_PATH_RE, description="Path requested through nginx after a deploy."
+        "/", pattern=URL_PATH_RE,
+        description="Path requested through nginx after a deploy. Redirects are followed on the site only (same "
+        "host, port and scheme, or HTTP to HTTPS on port 443); a redirect elsewhere (a login service, another "
+        "port) is the answer, and fails a check expecting 200.",
     )
     healthcheck_status: int = Field(
         200, ge=100, le=599, description="HTTP status the health check expects."

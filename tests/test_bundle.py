@@ -480,3 +480,37 @@ def test_diff_with_yes_says_it_shows_nothing_once_per_run(caplog):
     assert [record.getMessage() for record in caplog.records] == [
         "--diff with -y shows no diff: pyinfra skips change detection with -y; run without -y (with --dry to "
         "change nothing) to see what would change"]
+
+
+class _FlaskLike:
+    """What the loader reads of a Flask app, with Flask's own cookie path rule
+    (SessionInterface.get_cookie_path: SESSION_COOKIE_PATH, else APPLICATION_ROOT)."""
+
+    def __init__(self, **config):
+        self.config = {"SESSION_COOKIE_PATH": None, "APPLICATION_ROOT": "/", **config}
+
+    def cookie_path(self):
+        return self.config["SESSION_COOKIE_PATH"] or self.config["APPLICATION_ROOT"]
+
+
+@pytest.mark.parametrize(("prefix", "config", "expected"), [
+    ("/blog", {}, "/blog"),  # two apps on one host name keep their session cookies apart
+    ("/", {}, "/"),
+    ("/blog", {"SESSION_COOKIE_PATH": "/"}, "/"),  # the app's own choice stands
+    ("/blog", {"APPLICATION_ROOT": "/b"}, "/b"),
+])
+def test_the_loader_keeps_the_session_cookie_under_the_apps_prefix(tmp_path, prefix, config, expected):
+    s = validate({"app_name": "blog", "app_source": "tests/apps/blog", "app_entry": "blog:app", "url_prefix": prefix})
+    (tmp_path / "blog.py").write_text(f"from tests.test_bundle import _FlaskLike\napp = _FlaskLike(**{config!r})\n")
+    loader = tmp_path / release.LOADER
+    loader.write_text(release._loader(s))
+    cwd = os.getcwd()
+    try:
+        namespace = {"__file__": str(loader), "__name__": "loader"}
+        exec(compile(loader.read_text(), str(loader), "exec"), namespace)
+    finally:
+        os.chdir(cwd)
+        import sys
+        sys.modules.pop("blog", None)
+        sys.path.remove(str(tmp_path))
+    assert namespace["application"].cookie_path() == expected

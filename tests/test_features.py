@@ -25,7 +25,8 @@ pytestmark = pytest.mark.features
 
 APPS = [
     {"app_name": "greeting"},
-    {"app_name": "blog", "app_source": "tests/apps/blog", "app_entry": "blog:app", "url_prefix": "/blog"},
+    {"app_name": "blog", "app_source": "tests/apps/blog", "app_entry": "blog:app", "url_prefix": "/blog",
+     "shared_paths": ["instance/", "static/uploads/"]},
     {"app_name": "chat", "app_source": "tests/apps/websocket", "app_entry": "wsgi:app", "app_static_dir": "",
      "websockets": True, "uwsgi_processes": 2, "nginx_server_names": ["chat.test"]},
 ]
@@ -71,6 +72,44 @@ def test_app_under_a_prefix_sees_its_script_name(multi):
     # The greeting app keeps its own static files and pages.
     assert get(multi.url + "/static/style.css").status_code == 200
     assert get(multi.url + "/blogger").status_code == 404  # not swallowed by the /blog prefix
+    # blog's session cookie stays under /blog (greeting, on the same host name, never
+    # gets it): Flask's own cookie path, read from the app uWSGI loads.
+    cookie_path = multi.exec(
+        "cd /srv/blog/current && runuser -u blog -- .venv/bin/python -c 'import runpy; "
+        "app = runpy.run_path(\".deploy-loader.py\")[\"application\"]; "
+        "print(app.session_interface.get_cookie_path(app))'")
+    assert cookie_path.strip() == "/blog"
+
+
+def test_nginx_serves_no_link_an_app_planted_in_its_shared_static_path(multi):
+    """blog, hostile, can write its shared static/uploads/ (served by nginx, whose user
+    is in every app's group): links it plants there, to greeting's data or to
+    /etc/passwd, are refused; its own uploads are served."""
+    multi.exec("install -o greeting -g greeting -m 640 /dev/null /srv/greeting/shared/instance/secret.txt"
+               " && echo greeting-secret > /srv/greeting/shared/instance/secret.txt")
+    uploads = "/srv/blog/shared/static/uploads"
+    multi.exec(f"runuser -u blog -- sh -c 'cd {uploads} && echo uploaded > ok.txt"
+               " && ln -s /srv/greeting/shared/instance/secret.txt leak.txt && ln -s /etc/passwd passwd.txt"
+               " && ln -s /srv/greeting/shared/instance linked && mkdir sub && ln -s /etc sub/etc'")
+    ok = get(multi.url + "/blog/static/uploads/ok.txt")
+    assert ok.status_code == 200 and ok.text == "uploaded\n"
+    assert get(multi.url + "/blog/static/blog.css").status_code == 200, "the release's own, through current"
+    for path in ("leak.txt", "passwd.txt", "linked/secret.txt", "sub/etc/passwd"):
+        response = requests.get(multi.url + "/blog/static/uploads/" + path, timeout=10)
+        assert response.status_code in (403, 404), (path, response.status_code, response.text[:80])
+        assert "greeting-secret" not in response.text and "root:" not in response.text
+    # Hard links: greeting's files are out of blog's reach (its app root is 750), and
+    # nginx's logs (www-data's) are the kernel's to refuse (fs.protected_hardlinks).
+    for target in ("/srv/greeting/shared/instance/secret.txt", "/var/log/nginx/greeting.access.log"):
+        refused = multi.exec(f"runuser -u blog -- ln {target} {uploads}/hard.txt 2>&1 || echo refused", check=False)
+        assert refused.strip().endswith("refused"), (target, refused)
+    # Maintenance still reaches these locations (nginx tests its flag under the same rule).
+    multi.exec("touch /etc/pyinfra-flask/maintenance/blog/on")
+    try:
+        for path in ("/blog/static/blog.css", "/blog/static/uploads/ok.txt"):
+            assert get(multi.url + path).status_code == 503, path
+    finally:
+        multi.exec("rm /etc/pyinfra-flask/maintenance/blog/on")
 
 
 def test_websocket_echo_through_nginx_while_workers_serve_http(multi):

@@ -92,6 +92,63 @@ def test_redirects_are_followed_and_a_loop_is_not_healthy(web):
         hc.wait_healthy(check(base + "/loop"), attempts=1)
 
 
+def test_a_redirect_off_the_site_is_never_followed(web):
+    """Root's check follows the app's redirects on its site only: not to another port
+    of the same address (where another service listens), another host or scheme."""
+    base, handler = web
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=other.serve_forever, daemon=True)
+    thread.start()
+    try:
+        elsewhere = f"http://127.0.0.1:{other.server_address[1]}/health"
+        handler.routes["/health"] = (302, {"Location": elsewhere}, b"")
+        handler.routes["/login"] = (302, {"Location": "http://login.example.com/?next=/"}, b"")
+        with pytest.raises(hc.Unhealthy, match=r"answered 302, expected 200: a redirect to http://127\.0\.0\.1:\d+/"
+                           r"health, off the site \(not followed; if '/health' needs a login, set "
+                           r"healthcheck_path to a path that answers without one\), after 1 attempts"):
+            hc.wait_healthy(check(base + "/health"), attempts=1)
+        with pytest.raises(hc.Unhealthy, match=r"a redirect to http://login\.example\.com/\?next=/, off the site"):
+            hc.wait_healthy(check(base + "/login"), attempts=1)
+        assert [path for path, _ in handler.seen] == ["/health", "/login"], "asked once each, nothing followed"
+        # A check that expects the redirect gets it, still without following it.
+        hc.wait_healthy(check(base + "/health", status=302), attempts=1)
+        assert len(handler.seen) == 3
+    finally:
+        other.shutdown()
+        other.server_close()
+
+
+def test_a_redirect_to_the_sites_own_name_is_followed_to_the_same_address(web):
+    base, handler = web
+    port = base.rsplit(":", 1)[1]
+    handler.routes["/"] = (301, {"Location": f"http://greeting.pyinfra-flask.invalid:{port}/home"}, b"")
+    handler.routes["/home"] = (200, {}, b"ok")
+    hc.wait_healthy(check(base + "/"), attempts=1)
+    assert handler.seen == [("/", "greeting.pyinfra-flask.invalid"), ("/home", "greeting.pyinfra-flask.invalid")]
+
+
+@pytest.mark.parametrize(("current", "target", "followed"), [
+    ("http://127.0.0.2:80/", "http://127.0.0.2:80/login", True),
+    ("http://127.0.0.2/", "https://127.0.0.2/", True),  # to HTTPS, on the same host's 443
+    ("http://127.0.0.2/", "https://greeting.pyinfra-flask.invalid/", True),
+    ("http://127.0.0.2/", "https://127.0.0.2:8443/", False),
+    ("https://127.0.0.2/", "http://127.0.0.2/", False),  # never down to plain HTTP
+    ("http://127.0.0.2/", "http://127.0.0.2:8080/", False),
+    ("http://127.0.0.2/", "http://127.0.0.1/", False),
+    ("http://127.0.0.2/", "ftp://127.0.0.2/", False),
+])
+def test_what_counts_as_the_site(current, target, followed):
+    assert hc.on_site(check(current), current, target) is followed
+
+
+def test_a_login_redirect_that_fails_the_check_names_healthcheck_path(web):
+    base, handler = web
+    handler.routes["/"] = (302, {}, b"")  # no Location: the answer itself
+    with pytest.raises(hc.Unhealthy, match=r"answered 302, expected 200 \(a redirect; if '/' needs a login, "
+                                           r"set healthcheck_path"):
+        hc.wait_healthy(check(base + "/", path="/"), attempts=1)
+
+
 def test_nothing_listening_is_no_answer():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

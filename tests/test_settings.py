@@ -222,3 +222,84 @@ def test_env_files_are_read_as_dotenv_reads_them(tmp_path):
     env.write_text("SECRET_KEY=abc\nthis is not a setting\n")
     with pytest.raises(SettingsError, match=r"app_env_file: line 2 of .*app.env is not KEY=value"):
         validate({"app_env_file": str(env)})
+
+
+def _host_problems(apps) -> list[str]:
+    """The lines of a host's refused settings, as tasks/inventory.load_apps finds them:
+    each app alone, then all of them together."""
+    try:
+        found = [validate(app, where="settings for host 'web1'") for app in apps]
+    except SettingsError as exc:
+        return [line for line in str(exc).splitlines()[1:]]
+    return checks.apps_apart(found)
+
+
+@pytest.mark.parametrize(("apps", "expected"), [
+    # The attack: blog's own nginx logs elsewhere, its uWSGI log in nginx's directory,
+    # which would be chowned to blog (it then links nginx's error.log where it likes).
+    ([{"app_name": "shop"},
+      {"app_name": "blog", "url_prefix": "/blog", "uwsgi_log": "/var/log/nginx/blog.uwsgi.log",
+       "nginx_access_log": "/var/log/blog-nginx/access.log", "nginx_error_log": "/var/log/blog-nginx/error.log"}],
+     "uwsgi_log: its directory is given to the app user, and /var/log/nginx is where a service run by root "
+     "writes its logs; use e.g. /var/log/blog/uwsgi.log"),
+    ([{"app_name": "blog", "uwsgi_log": "/var/log/postgresql/blog.log"}], "uwsgi_log: its directory is given"),
+    ([{"app_name": "blog", "uwsgi_log": "/var/log/redis/blog/x.log"}], "/var/log/redis/blog is inside /var/log/redis, "
+     "where a service run by root"),
+    # Another app's nginx logs, uWSGI log directory or app root.
+    ([{"app_name": "shop", "nginx_access_log": "/var/log/shop-nginx/access.log"},
+      {"app_name": "blog", "url_prefix": "/blog", "uwsgi_log": "/var/log/shop-nginx/blog.log"}],
+     "uwsgi_log of blog: its directory /var/log/shop-nginx would be given to blog, and it is (or holds, or is "
+     "inside) /var/log/shop-nginx, shop's nginx_access_log; each app's uWSGI log needs a directory of its own"),
+    ([{"app_name": "shop", "uwsgi_log": "/var/log/apps/shop.log"},
+      {"app_name": "blog", "url_prefix": "/blog", "uwsgi_log": "/var/log/apps/blog.log"}],
+     "uwsgi_log of shop: its directory /var/log/apps would be given to shop, and it is (or holds, or is inside) "
+     "/var/log/apps, blog's uwsgi_log"),
+    ([{"app_name": "shop"}, {"app_name": "blog", "url_prefix": "/blog", "uwsgi_log": "/srv/shop/log/blog.log"}],
+     "uwsgi_log of blog: its directory /srv/shop/log would be given to blog, and it is (or holds, or is inside) "
+     "/srv/shop, shop's app_root"),
+    # Its own app root holds root's directories (releases, bin, secrets).
+    ([{"app_name": "blog", "uwsgi_log": "/srv/blog/releases/uwsgi.log"}],
+     "uwsgi_log of blog: /srv/blog/releases is inside its app_root /srv/blog, whose directories are root's"),
+])
+def test_log_directories_are_checked_across_the_hosts_apps(apps, expected):
+    problems = _host_problems(apps)
+    assert len(problems) == 1 and expected in problems[0], problems
+
+
+def test_apps_with_log_directories_of_their_own_pass():
+    assert _host_problems([
+        {"app_name": "shop", "uwsgi_log": "/var/log/shop/uwsgi.log", "nginx_access_log": "/var/log/shop-nginx/a.log"},
+        {"app_name": "blog", "url_prefix": "/blog", "uwsgi_log": "/var/log/blog/uwsgi.log"}]) == []
+
+
+@pytest.mark.parametrize(("owner", "expected"), [
+    ("root", "uwsgi_log of greeting: its directory /var/log/foo already exists and belongs to root; the deploy "
+             "would hand it to greeting; use a directory of the app's own, e.g. /var/log/greeting/uwsgi.log"),
+    ("link", "its directory /var/log/foo already exists and is a link"),
+    ("blog", "already exists and belongs to blog"),
+])
+def test_a_log_directory_the_host_already_has_for_someone_else_is_refused(owner, expected):
+    """Whatever the list of service directories misses: the host says whose it is."""
+    from pyinfra.api.exceptions import DeployError
+
+    from tests.test_distros import deploy, host_facts
+
+    facts = host_facts("debian12", DirectoryOwner=lambda path: owner if path == "/var/log/foo" else None)
+    with pytest.raises(DeployError) as info:
+        deploy({"web": facts}, uwsgi_log="/var/log/foo/uwsgi.log")
+    message = str(info.value)
+    assert message.startswith("Invalid settings for host '@fake/web'; nothing was changed on any host")
+    assert expected in message
+    # Its own directory (a redeploy) is fine.
+    facts = host_facts("debian12", DirectoryOwner=lambda path: "greeting" if path == "/var/log/foo" else None)
+    deploy({"web": facts}, uwsgi_log="/var/log/foo/uwsgi.log")
+
+
+def test_a_host_letting_anyone_hard_link_others_files_is_refused():
+    from pyinfra.api.exceptions import DeployError
+
+    from tests.test_distros import deploy, host_facts
+
+    with pytest.raises(DeployError, match=r"fs.protected_hardlinks is 0 on this host: an app user could hard-link"):
+        deploy({"web": host_facts("debian12", ProtectedHardlinks=0)})
+    deploy({"web": host_facts("debian12", ProtectedHardlinks=1)})
