@@ -119,7 +119,9 @@ def host_command(host, apps: list[App], *, lines: int, since: str | None, follow
     paths = list(dict.fromkeys(path for app in apps for path in files(host, app, nginx)))
     parts = []
     if journal:
-        parts.append(shlex.join(["journalctl", "--no-pager", "--quiet", "-o", "short-iso", "-n", str(lines),
+        # Following runs on a pseudo-terminal, where journalctl would color its lines: the
+        # laptop prints every escape as text (tasks/fleet.py printable), so none is sent.
+        parts.append(("SYSTEMD_COLORS=0 " if follow else "") + shlex.join(["journalctl", "--no-pager", "--quiet", "-o", "short-iso", "-n", str(lines),
                                  *(["--since", since] if since else []), *(["--follow"] if follow else []),
                                  *[arg for unit in journal for arg in ("-u", unit)]]))
     if paths:

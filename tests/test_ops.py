@@ -225,7 +225,7 @@ def test_logs_read_the_web_unit_and_with_flags_workers_jobs_and_nginx():
     assert plain == "journalctl --no-pager --quiet -o short-iso -n 5 -u greeting.service"
     everything = ops_logs.host_command(host, [APP], lines=5, since="1 hour ago", follow=True, nginx=True, workers=True)
     journal, tail, wait = everything.split(" & ")
-    assert journal == ("journalctl --no-pager --quiet -o short-iso -n 5 --since '1 hour ago' --follow "
+    assert journal == ("SYSTEMD_COLORS=0 journalctl --no-pager --quiet -o short-iso -n 5 --since '1 hour ago' --follow "
                        "-u greeting.service -u 'greeting-mailer@*.service' -u greeting-report.service "
                        "-u nginx.service")
     assert tail.endswith(" 5 follow /var/log/nginx/greeting.access.log /var/log/nginx/greeting.error.log")
