@@ -113,8 +113,11 @@ server.bind(path)
 server.listen(8)
 for n in range(10**6):
     client, _ = server.accept()
-    client.sendall(json.dumps({"workers": [{"pid": 100000 + n, "status": "idle", "accepting": 1,
-                                            "requests": 123456789}]}).encode())
+    try:
+        client.sendall(json.dumps({"workers": [{"pid": 100000 + n, "status": "idle", "accepting": 1,
+                                                "requests": 123456789}]}).encode())
+    except OSError:
+        pass
     client.close()
 '''
 
