@@ -23,7 +23,7 @@ import sys
 import click
 
 from tasks import audit, database, lock, maintenance, ops_logs, ops_run, ops_status
-from tasks.fleet import Fleet, FleetError, parse_data, run
+from tasks.fleet import Fleet, FleetError, echo, parse_data, run, show_output
 from tasks.settings import SettingsError
 
 
@@ -109,7 +109,7 @@ def releases(ctx: Context):
         for app_name, (ok, out, err) in apps:
             click.echo(f"[{name}] {app_name}:")
             for line in (out if ok else err) or ["(none)"]:
-                click.echo(f"[{name}]   {line}")
+                echo(f"[{name}]   {line}")
 
 
 @command(short_help="How each host's apps are doing (exit 1 if unhealthy).")
@@ -135,7 +135,7 @@ def status(ctx: Context, as_json: bool):
         click.echo(json.dumps(rows, indent=1))
     else:
         for line in ops_status.table(rows):
-            click.echo(line)
+            echo(line)
     return 0 if all(row["healthy"] for row in rows) else 1
 
 
@@ -193,6 +193,7 @@ def run_(ctx: Context, tty: bool, words: tuple[str, ...]):
         return subprocess.run(ops_run.ssh_argv(host, ops_run.exec_command(app, words, tty=True))).returncode
 
     by_name = dict(targets)
+    show_output(raw=True)  # the operator's own command: its output as it is
     results = ctx.fleet.each(lambda host: run(host, ops_run.exec_command(by_name[host], words), stream=True)
                              if host in by_name else (True, [], []))
     codes = [ops_run.exit_status(ok, err) for ok, _, err in results.values()]
@@ -230,7 +231,7 @@ def maintenance_command(ctx: Context, state: str):
         for app_name, (ok, out, err) in apps:
             failed = failed or not ok
             for line in (out if ok else err) or ["(no answer)"]:
-                click.echo(f"[{name}] {app_name}: {line}", err=not ok)
+                echo(f"[{name}] {app_name}: {line}", err=not ok)
     if failed:
         raise click.exceptions.Exit(1)
 
@@ -252,10 +253,10 @@ def audit_command(ctx: Context, as_json: bool, last: int | None):
             failed = failed or not ok
             if not ok:
                 for line in err or ["(no answer)"]:
-                    click.echo(f"[{name}] {app_name}: {line}", err=True)
+                    echo(f"[{name}] {app_name}: {line}", err=True)
                 continue
             for line in out:
-                click.echo(audit.tagged(name, app_name, line) if as_json else f"[{name}] {app_name}: {line}")
+                echo(audit.tagged(name, app_name, line) if as_json else f"[{name}] {app_name}: {line}")
     if failed:
         raise click.exceptions.Exit(1)
 
@@ -270,7 +271,7 @@ def _report(results: dict, label: str) -> bool:
             every = every and ok
             click.echo(f"[{name}] {app_name}: {label if ok else 'FAILED'}")
             for line in lines:
-                click.echo(f"[{name}]   {line}")
+                echo(f"[{name}]   {line}")
     return every
 
 

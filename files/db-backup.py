@@ -251,8 +251,10 @@ def cmd_restore(config: dict, directory: int, name: str, units_elsewhere: bool =
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=directory)
     except FileNotFoundError:
         raise Refused(f"no backup {name} (see `backups`)") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        raise Refused(f"{name} is not a regular file")
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        raise Refused(f"{name} is not a regular file with one name (it has {info.st_nlink} hard links)"
+                      if stat.S_ISREG(info.st_mode) else f"{name} is not a regular file")
     header = as_postgres(["pg_restore", "--list"], stdin=fd, capture_output=True, text=True)
     found = re.search(r"^;\s+dbname:\s*(\S+)\s*$", header.stdout, re.M | re.I)
     if header.returncode != 0 or not found:

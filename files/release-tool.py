@@ -51,6 +51,7 @@ import secrets
 import shutil
 import socket
 import stat
+import struct
 import subprocess
 import sys
 import time
@@ -176,7 +177,8 @@ def systemctl(action: str) -> None:
 
 def _open_no_follow(path: str, flags: int, kind: int, what: str) -> int:
     """Open a path in a directory the app user can write (/run/<app>) the only safe way
-    for root: never through a link (O_NOFOLLOW), and only if it is what it should be
+    for root: never through a link (O_NOFOLLOW), and only if it is what it should be,
+    with one name (a hard link the app made to a file of someone else's is refused)
     (checked on the opened file, so a swap between check and use is impossible)."""
     link = Failure(f"refusing {what} {path}: it is a symbolic link (in a directory the app user "
                    "can write; root never follows links there)")
@@ -186,7 +188,8 @@ def _open_no_follow(path: str, flags: int, kind: int, what: str) -> int:
         if exc.errno == errno.ELOOP:
             raise link from None
         raise
-    mode = os.fstat(fd).st_mode
+    info = os.fstat(fd)
+    mode = info.st_mode
     if stat.S_ISLNK(mode):  # O_PATH|O_NOFOLLOW opens the link itself
         os.close(fd)
         raise link
@@ -194,6 +197,10 @@ def _open_no_follow(path: str, flags: int, kind: int, what: str) -> int:
         os.close(fd)
         raise Failure(f"refusing {what} {path}: it is not a {'FIFO' if kind == stat.S_IFIFO else 'socket'} "
                       f"(mode {stat.filemode(mode)})")
+    if info.st_nlink != 1:
+        os.close(fd)
+        raise Failure(f"refusing {what} {path}: it has {info.st_nlink} hard links (in a directory the app "
+                      "user can write; root reads nothing there that has another name)")
     return fd
 
 
@@ -206,11 +213,29 @@ def open_master_fifo() -> int:
         raise Failure(f"uWSGI's master FIFO {CONFIG['master_fifo']} is not answering: {exc}") from exc
 
 
+STATS_LIMIT = 4 << 20  # bytes: uWSGI's stats of a few hundred workers fit many times over
+
+
+def main_pid() -> int:
+    """The app's uWSGI master, by systemd (0: the service is not running)."""
+    out = subprocess.run(["systemctl", "show", "--property=MainPID", "--value", CONFIG["service"]],
+                         capture_output=True, text=True).stdout.strip()
+    return int(out) if out.isdigit() else 0
+
+
 def stats() -> dict | None:
     """uWSGI's stats (JSON on a unix socket), or None while it is not answering. The
     socket is opened as a path (O_PATH, no links followed), checked to be a socket, and
     connected to through /proc/self/fd: what is checked is what is connected to. A
-    link or another kind of file there is refused (Failure)."""
+    link or another kind of file there is refused (Failure), and so is a socket that
+    the uWSGI master systemd started does not serve (SO_PEERCRED): the app user can
+    replace the socket in its directory with one of its own.
+
+    Even uWSGI's own answer is the app's word: its workers (app code) write the
+    figures in memory they share with the master. So they are only shown (ops.py
+    status) and waited on; what root decides rests on the kernel's facts
+    (`worker_pids`) and the health check. The answer is read within a size and a
+    time limit and must be a JSON object."""
     try:
         fd = _open_no_follow(CONFIG["stats_socket"], os.O_PATH, stat.S_IFSOCK, "uWSGI's stats socket")
     except OSError:
@@ -219,29 +244,59 @@ def stats() -> dict | None:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(2)
             sock.connect(f"/proc/self/fd/{fd}")
-            chunks = []
+            pid, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                              struct.calcsize("3i")))
+            master = main_pid()
+            if pid != master:
+                raise Failure(f"refusing uWSGI's stats socket {CONFIG['stats_socket']}: it is served by pid "
+                              f"{pid} (uid {uid}), not by the uWSGI master of {CONFIG['service']} "
+                              f"({f'pid {master}' if master else 'not running'}): the app user replaced it? "
+                              f"(systemctl restart {CONFIG['service']} makes a new one)")
+            chunks, size, deadline = [], 0, time.monotonic() + 5
             while chunk := sock.recv(65536):
                 chunks.append(chunk)
-        return json.loads(b"".join(chunks))
+                size += len(chunk)
+                if size > STATS_LIMIT or time.monotonic() > deadline:
+                    return None
+        data = json.loads(b"".join(chunks))
+        return data if isinstance(data, dict) else None
     except (OSError, ValueError):
         return None
     finally:
         os.close(fd)
 
 
+def stats_workers(data: dict | None) -> list[dict]:
+    """The workers of a stats answer, as far as they have the expected shape."""
+    workers = (data or {}).get("workers")
+    return [w for w in workers if isinstance(w, dict)] if isinstance(workers, list) else []
+
+
 def worker_pids() -> set[int]:
-    data = stats() or {}
-    return {worker["pid"] for worker in data.get("workers", []) if worker.get("pid")}
+    """uWSGI's worker processes, by the kernel: the children of the master systemd
+    started (the app cannot add to them, nor keep one there once it ended)."""
+    master = main_pid()
+    if not master:
+        return set()
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            process = _process(int(entry))
+            if process is not None and process[1] == master:
+                found.add(int(entry))
+    return found
 
 
 def wait_for_new_workers(old: set[int], timeout: float) -> None:
-    """Until every worker is a new process that has loaded the app and accepts."""
+    """Until every worker is a new process (by the kernel: none of `old` is left) and
+    uWSGI reports each of them loaded and accepting. The report alone decides nothing:
+    a forged one cannot end the wait while an old worker still serves, and the health
+    check that follows reaches new workers only."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        data = stats()
-        workers = (data or {}).get("workers", [])
-        pids = {w.get("pid") for w in workers}
-        if (workers and not pids & old and 0 not in pids
+        pids = worker_pids()
+        workers = stats_workers(stats())
+        if (pids and not pids & old and workers and {w.get("pid") for w in workers} <= pids
                 and all(w.get("accepting", 1) == 1 and w.get("status") in ("idle", "busy") for w in workers)):
             return
         time.sleep(0.2)
@@ -1140,17 +1195,19 @@ def certificate_lines(path: str) -> list[str] | None:
 
 
 def uwsgi_summary() -> dict:
-    """Workers busy and idle and requests served, from the stats socket (safely)."""
+    """Workers busy and idle and requests served, from the stats socket (safely), as
+    uWSGI reports them: for display only (see `stats`)."""
     try:
         data = stats()
     except Failure as refused:
         return {"error": str(refused)}
     if data is None:
         return {"error": f"the stats socket {CONFIG['stats_socket']} is not answering"}
-    workers = data.get("workers", [])
+    workers = stats_workers(data)
+    requests = [w.get("requests") for w in workers]
     return {"workers": len(workers), "busy": sum(w.get("status") == "busy" for w in workers),
             "idle": sum(w.get("status") == "idle" for w in workers),
-            "requests": sum(w.get("requests", 0) for w in workers)}
+            "requests": sum(n for n in requests if isinstance(n, int) and not isinstance(n, bool) and n >= 0)}
 
 
 def status_report(workers: list[str], jobs: list[str], timers: list[str], nginx: bool,

@@ -122,6 +122,14 @@ class App:
         found.update({name: os.environ[name] for name in self.app_env_from})
         return found
 
+    def environment_names(self) -> set[str]:
+        """The names of the app's environment, its values unread (none is needed, nor
+        app_env_from's variables set, nor app_env_file here)."""
+        found = set(self.app_env_from)
+        if self.app_env_file and local_path(self.app_env_file).is_file():
+            found.update(b.key for b in self.env_bindings() if b.key and not b.error)
+        return found
+
     # Paths and names the tasks share, derived from the settings.
     local_path = staticmethod(local_path)
 
@@ -314,16 +322,17 @@ class App:
         return f"{self.app_name}.{HEALTH_DOMAIN}"
 
 
-def validate(data: dict[str, Any], where: str = "settings") -> App:
+def validate(data: dict[str, Any], where: str = "settings", secrets: bool = True) -> App:
     """The app of a host's data (before its place in the inventory), or a
     SettingsError that names every bad key and its value. The checks of
-    tasks/checks.py run once every value is valid on its own."""
+    tasks/checks.py run once every value is valid on its own (without secrets: all
+    but the app's environment, see checks.check)."""
     settings, problems = parse(data)
     app = None
     if settings is not None:
         app = App.resolve(settings)
         try:
-            checks.check(app)
+            checks.check(app, secrets)
         except ValueError as exc:
             problems.append(str(exc))
     if problems:

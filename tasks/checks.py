@@ -19,10 +19,12 @@ if TYPE_CHECKING:
     from tasks.app import App
 
 
-def check(app: App) -> None:
-    """Raise ValueError with the first problem of one app's settings."""
-    for concern in (local_app, features, acme.check, environment, background, socket, paths_apart, log_directories,
-                    day_two):
+def check(app: App, secrets: bool = True) -> None:
+    """Raise ValueError with the first problem of one app's settings. Without secrets
+    (ops.py: it uploads none) the app's environment is not read: app_env_file need
+    not be on this machine, nor app_env_from's variables in its shell."""
+    for concern in (local_app, features, acme.check, *([environment] if secrets else []), background, socket,
+                    paths_apart, log_directories, day_two):
         concern(app)
 
 
@@ -75,7 +77,7 @@ def features(app: App) -> None:
         if app.uwsgi_processes is not None:
             raise ValueError(f"uwsgi_processes: {app.uwsgi_processes} with socketio: its workers are its "
                              "instances, set socketio_instances instead")
-        if not app.redis and "REDIS_URL" not in app.environment():
+        if not app.redis and "REDIS_URL" not in app.environment_names():
             raise ValueError("redis: off with socketio, but the app's environment (app_env_file, app_env_from) "
                              "has no REDIS_URL for its message queue")
     elif app.socketio_instances is not None:

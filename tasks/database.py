@@ -447,7 +447,7 @@ def _restore_on_database_server(fleet, server, app_name: str, name: str) -> dict
     from tasks.topology import is_balancer, is_database_server
 
     def runs_app(h):
-        return [s for s in load_apps(h) if s.app_name == app_name and s.database_host]
+        return [s for s in load_apps(h, secrets=False) if s.app_name == app_name and s.database_host]
 
     everyone = [h for h in fleet.state.inventory if not is_balancer(h) and not is_database_server(h) and runs_app(h)]
     chosen = {h.name for h in fleet.hosts}

@@ -30,7 +30,8 @@ import click
 import gevent
 from pyinfra.api import Config, Inventory, State
 from pyinfra.api.connect import connect_all
-from pyinfra.api.output import set_echo, set_formatter
+from pyinfra.api.exceptions import PyinfraError
+from pyinfra.api.output import set_echo
 
 from tasks.app import App
 from tasks.inventory import load_apps
@@ -138,13 +139,18 @@ class Fleet:
                 fnmatch.fnmatch(group, pattern) for group in host.groups) for pattern in patterns)]
         if not chosen:
             raise FleetError(f"--limit {','.join(patterns)}: matches no host of {inventory_path}")
-        by_host = {host.name: [app for app in load_apps(host) if app_name in (None, app.app_name)]
+        # No command uploads the app's environment (run and restore use what the
+        # deploy put on the host): none needs the secrets on this machine.
+        by_host = {host.name: [app for app in load_apps(host, secrets=False) if app_name in (None, app.app_name)]
                    for host in chosen}
         if app_name and not any(by_host.values()):
             raise FleetError(f"--app {app_name}: no host of {inventory_path} runs such an app")
         show_output()
         state = State(inventory, Config(), initial_limit=chosen)
-        connect_all(state)
+        try:
+            connect_all(state)
+        except PyinfraError:  # none could be connected to: said below, in one line
+            pass
         unreachable = [host.name for host in chosen if not host.connected]
         fleet = cls(state, [host for host in chosen if host.connected], by_host)
         if unreachable:
@@ -162,17 +168,41 @@ class Fleet:
         return {name: job.get() for name, job in jobs.items()}
 
 
+def printable(text: str) -> str:
+    """Text from a host as it may safely reach the operator's terminal: every character
+    that is not printable (control characters, ESC, CR, backspace, bidi overrides,
+    zero-width marks...) written out visibly, `\\x1b` as journald does, so an app
+    cannot hide, rewrite or forge lines. A CR ending the line (a pseudo-terminal's
+    line end) is dropped. The one filter for everything ops.py prints from a host."""
+    text = text[:-1] if text.endswith("\r") else text
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() or char == "\t" else char.encode("unicode_escape").decode("ascii")
+                   for char in text)
+
+
+def echo(text: str, err: bool = False) -> None:
+    """Print one line that came from a host (see `printable`)."""
+    click.echo(printable(text), err=err)
+
+
+_RAW = {"on": False}
+
+
 def _echo(message=None, err: bool = False, **kwargs) -> None:
-    """Where pyinfra prints a streamed command's lines: standard output, so that
-    `ops.py logs | grep ...` works (our own errors go to standard error)."""
-    click.echo(message, **kwargs)
+    """Where pyinfra prints a streamed command's lines (prefixed with the host, unstyled
+    so that all of it can be filtered): standard output, so that `ops.py logs | grep
+    ...` works (our own errors go to standard error)."""
+    text = "" if message is None else str(message)
+    click.echo(text if _RAW["on"] else printable(text), **kwargs)
 
 
-def show_output() -> None:
-    """Let pyinfra print (its pluggable output, pyinfra.api.output): streamed lines
-    with the host's prefix, styled when the terminal takes it."""
+def show_output(raw: bool = False) -> None:
+    """Let pyinfra print (its pluggable output, pyinfra.api.output) streamed lines
+    with the host's prefix, through `printable`; raw: as they are (`ops.py run`: the
+    operator's own command, which may style its output)."""
+    _RAW["on"] = raw
     set_echo(_echo)
-    set_formatter(click.style)
 
 
 def run(host, command: str, *, as_user: str | None = None, stream: bool = False,

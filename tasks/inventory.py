@@ -14,14 +14,15 @@ from tasks.settings import SettingsError
 from tasks.uwsgi import sockets
 
 
-def load_apps(host) -> list[App]:
+def load_apps(host, secrets: bool = True) -> list[App]:
     """The apps of a pyinfra host, from its inventory, group and --data data, with
-    the defaults its place in the inventory implies."""
+    the defaults its place in the inventory implies (secrets=False: the app's
+    environment unread, for ops.py, see checks.check)."""
     data = host.data.dict()
     apps = data.pop("apps", None)
     where = f"settings for host {host.name!r}"
     if apps is None:
-        found = [topology.place(host, validate(data, where=where))]
+        found = [topology.place(host, validate(data, where=where, secrets=secrets))]
     elif not isinstance(apps, list) or not apps or not all(isinstance(app, dict) for app in apps):
         raise SettingsError.listing(where, [f"apps = {apps!r}: must be a non-empty list of dicts, one per app"])
     else:
@@ -29,7 +30,8 @@ def load_apps(host) -> list[App]:
         for index, app in enumerate(apps):
             try:
                 found.append(topology.place(host, validate(
-                    {**data, **app}, where=f"{where}, apps[{index}] ({app.get('app_name', '?')})")))
+                    {**data, **app}, where=f"{where}, apps[{index}] ({app.get('app_name', '?')})",
+                    secrets=secrets)))
             except SettingsError as exc:
                 problems.append(str(exc))
         if problems:

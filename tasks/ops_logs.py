@@ -5,8 +5,10 @@ instances (`<app>-<worker>@*`) and job services, with `--nginx` nginx's unit; th
 files the deploy logs to outside the journal (`uwsgi_log` when it is a file, and
 with `--nginx` the site's access and error logs) are read by `SAFE_TAIL`, which
 root runs on the host: it opens each file without following a link (O_NOFOLLOW)
-and only reads regular files, because such a file may be in a directory the app
-user can write. Each host's lines are printed as they arrive, prefixed with the
+and only reads regular files with one link (a hard link the app made to a file it
+could not read otherwise is refused), because such a file may be in a directory the
+app user can write. The lines are printed on the laptop through tasks/fleet.py
+`printable`: what the app wrote cannot reach the operator's terminal as escapes. Each host's lines are printed as they arrive, prefixed with the
 host's name (tasks/fleet.py `run(stream=True)`).
 """
 
@@ -35,14 +37,19 @@ def open_log(path):
         why = "a symbolic link, refused (root never follows links to logs)" if exc.errno == errno.ELOOP else exc.strerror
         print(f"{path}: not read: {why}", file=sys.stderr, flush=True)
         return None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
         os.close(fd)
-        print(f"{path}: not read: not a regular file", file=sys.stderr, flush=True)
+        why = "not a regular file" if not stat.S_ISREG(info.st_mode) else \
+            f"it has {info.st_nlink} hard links, refused (another file's, linked into a directory the app can write?)"
+        print(f"{path}: not read: {why}", file=sys.stderr, flush=True)
         return None
     return fd
 
 def lines_of(data):
-    return data.decode("utf-8", "replace").splitlines()
+    # Lines end at \n only: a CR or another separator the app wrote stays in its line.
+    lines = data.decode("utf-8", "replace").split("\n")
+    return lines[:-1] if lines[-1] == "" else lines
 
 count, follow, paths = int(sys.argv[1]), sys.argv[2] == "follow", sys.argv[3:]
 files = {}
@@ -112,7 +119,9 @@ def host_command(host, apps: list[App], *, lines: int, since: str | None, follow
     paths = list(dict.fromkeys(path for app in apps for path in files(host, app, nginx)))
     parts = []
     if journal:
-        parts.append(shlex.join(["journalctl", "--no-pager", "--quiet", "-o", "short-iso", "-n", str(lines),
+        # Following runs on a pseudo-terminal, where journalctl would color its lines: the
+        # laptop prints every escape as text (tasks/fleet.py printable), so none is sent.
+        parts.append(("SYSTEMD_COLORS=0 " if follow else "") + shlex.join(["journalctl", "--no-pager", "--quiet", "-o", "short-iso", "-n", str(lines),
                                  *(["--since", since] if since else []), *(["--follow"] if follow else []),
                                  *[arg for unit in journal for arg in ("-u", unit)]]))
     if paths:

@@ -86,7 +86,8 @@ def place(host, app: App) -> App:
     if db is not None and app.database == "postgresql":
         # The database is the db server's: reached over TLS on its private address.
         from tasks.inventory import load_apps
-        app = replace(app, database_host=load_apps(db)[0].private_address)
+        # Only its address is read: its secrets are its own deploy's business.
+        app = replace(app, database_host=load_apps(db, secrets=False)[0].private_address)
     if is_balancer(host) and not app.private_address:
         raise TopologyError(
             f"Balancer {host.name!r} has no private_address: set it to the address the app servers "

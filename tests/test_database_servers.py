@@ -188,7 +188,7 @@ def test_backups_are_the_db_servers_and_a_restore_stops_the_app_on_every_app_ser
     webs = [SimpleNamespace(name=name, groups=["app_servers"]) for name in ("web1", "web2")]
     on_db = SimpleNamespace(app_name="shop", database="postgresql", database_host=None)
     on_web = replace(validate({"app_name": "shop", **DB}), database_host="10.0.0.5")
-    monkeypatch.setattr(inventory, "load_apps", lambda h: [on_db] if h is db else [on_web])
+    monkeypatch.setattr(inventory, "load_apps", lambda h, secrets=True: [on_db] if h is db else [on_web])
     commands = []
 
     def run(h, command, **options):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import queue
 import subprocess
 import sys
@@ -224,7 +225,7 @@ def test_logs_read_the_web_unit_and_with_flags_workers_jobs_and_nginx():
     assert plain == "journalctl --no-pager --quiet -o short-iso -n 5 -u greeting.service"
     everything = ops_logs.host_command(host, [APP], lines=5, since="1 hour ago", follow=True, nginx=True, workers=True)
     journal, tail, wait = everything.split(" & ")
-    assert journal == ("journalctl --no-pager --quiet -o short-iso -n 5 --since '1 hour ago' --follow "
+    assert journal == ("SYSTEMD_COLORS=0 journalctl --no-pager --quiet -o short-iso -n 5 --since '1 hour ago' --follow "
                        "-u greeting.service -u 'greeting-mailer@*.service' -u greeting-report.service "
                        "-u nginx.service")
     assert tail.endswith(" 5 follow /var/log/nginx/greeting.access.log /var/log/nginx/greeting.error.log")
@@ -372,3 +373,210 @@ def test_status_reads_units_in_one_call_and_never_follows_a_link_to_the_stats_so
     assert states["nginx.service"]["LoadState"] == "not-found"
     (tmp_path / "stats.sock").symlink_to("/run/somewhere-else.sock")
     assert "it is a symbolic link" in tool.uwsgi_summary()["error"]
+
+
+# A hostile app's text reaches the operator's terminal only as printable text (issue 24) ------
+
+FORGED = "\x1b[2K\rdeploy ok by admin\x1b]0;owned\x07\b\u202eevil"
+
+
+def test_text_from_a_host_is_printed_with_every_control_and_format_character_escaped():
+    from tasks.fleet import printable
+
+    assert printable(FORGED) == "\\x1b[2K\\rdeploy ok by admin\\x1b]0;owned\\x07\\x08\\u202eevil"
+    assert printable("plain\ttext, été, 日本 \u2713") == "plain\ttext, été, 日本 \u2713"
+    assert printable("a pty's line\r") == "a pty's line"  # its line end, not the app's
+    assert printable("zero\u200bwidth\x00nul\x7fdel\u0085") == "zero\\u200bwidth\\x00nul\\x7fdel\\x85"
+
+
+def test_streamed_lines_are_escaped_and_only_run_prints_them_raw(capsys):
+    from pyinfra.api.output import echo
+
+    from tasks.fleet import show_output
+
+    show_output()
+    echo(f"[web1] {FORGED}", err=True)
+    assert capsys.readouterr().out == "[web1] \\x1b[2K\\rdeploy ok by admin\\x1b]0;owned\\x07\\x08\\u202eevil\n"
+    show_output(raw=True)
+    echo("[web1] 10%\r20%\b")
+    assert capsys.readouterr().out == "[web1] 10%\r20%\b\n"
+    show_output()
+
+
+@pytest.fixture
+def work_dir():
+    """A directory settings accept as app_root (not under /tmp, the system's)."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    path = Path(tempfile.mkdtemp(prefix=".test-ops-", dir=REPO_ROOT))
+    yield path
+    shutil.rmtree(path)
+
+
+def test_logs_status_and_audit_print_what_the_app_wrote_escaped(tmp_path, work_dir):
+    """Through the whole command line, on @local: a release tool that answers with the
+    app's escapes in a health failure and an audit entry, and a uWSGI log file with them."""
+    root = work_dir / "greeting"
+    (root / "bin").mkdir(parents=True)
+    report = {"app": "greeting", "live": "r1", "confirmed": True, "service": "greeting.service",
+              "units": {"greeting.service": {"LoadState": "loaded", "ActiveState": "active"}},
+              "workers": [], "jobs": [], "timers": [], "nginx": False,
+              "uwsgi": {"workers": 1, "busy": 0, "idle": 1, "requests": 5},
+              "health": {"check": "GET /", "failure": f"health check GET / answered 500: {FORGED}"},
+              "certificates": {}, "disk": {"free": 1, "total": 2}}
+    (root / "bin" / "release-tool").write_text(textwrap.dedent(f"""\
+        #!/bin/sh
+        case "$1" in
+          status) printf '%s\\n' {json.dumps(json.dumps(report))} ;;
+          audit) printf '2026-12-01T10:00:00Z  deploy ok {FORGED}\\n' ;;
+        esac
+        """))
+    (root / "bin" / "release-tool").chmod(0o755)
+    log = work_dir / "log" / "uwsgi.log"
+    log.parent.mkdir()
+    log.write_text(f"{FORGED}\n")
+    path = inventory(tmp_path, f'hosts = [("@local", {{"app_root": "{root}", "uwsgi_log": "{log}"}})]\n')
+
+    def ops(*args):
+        return subprocess.run([sys.executable, "ops.py", str(path), *args], cwd=REPO_ROOT, capture_output=True,
+                              text=True, stdin=subprocess.DEVNULL, timeout=60)
+
+    escaped = "\\x1b[2K\\rdeploy ok by admin\\x1b]0;owned\\x07\\x08\\u202eevil"
+    for args, shown in ((["status"], "answered 500: \\x1b[2K\n"), (["audit"], escaped), (["logs"], escaped)):
+        done = ops(*args)
+        assert "\x1b" not in done.stdout + done.stderr and "\r" not in done.stdout + done.stderr, args
+        assert shown in done.stdout, (args, done.stdout, done.stderr)
+    as_json = ops("status", "--json").stdout
+    assert "\x1b" not in as_json and json.loads(as_json)[0]["problems"] == [
+        "health check GET / answered 500: \x1b[2K"]  # JSON escapes it itself
+
+
+def test_the_safe_tail_refuses_a_hard_link(tmp_path):
+    """A log file with a second name (the app linked another file of the host into its
+    log directory; here a file of the test's own, which protected_hardlinks allows)."""
+    secret = tmp_path / "secret"
+    secret.write_text("root's secret\n")
+    (tmp_path / "logs").mkdir()
+    os.link(secret, tmp_path / "logs" / "app.log")
+    done = subprocess.run([sys.executable, "-I", "-S", "-c", ops_logs.SAFE_TAIL, "3", "once",
+                           str(tmp_path / "logs" / "app.log")], capture_output=True, text=True, timeout=10)
+    assert done.stdout == "" and "app.log: not read: it has 2 hard links, refused" in done.stderr
+
+
+def test_an_unreachable_host_is_one_error_line_and_exit_2(tmp_path):
+    path = inventory(tmp_path, 'hosts = [("127.0.0.1", {"ssh_port": 1, "ssh_connect_retries": 0})]\n')
+    for command in ("status", "logs", "releases"):
+        done = subprocess.run([sys.executable, "ops.py", str(path), command], cwd=REPO_ROOT, capture_output=True,
+                              text=True, stdin=subprocess.DEVNULL, timeout=60)
+        assert done.returncode == 2, (command, done.stderr)
+        assert "Error: cannot connect to 127.0.0.1" in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_read_only_commands_need_no_secrets_but_the_deploy_does(tmp_path, monkeypatch):
+    from tasks.inventory import load_apps
+    from tasks.settings import SettingsError
+
+    monkeypatch.delenv("OPS_NOT_EXPORTED", raising=False)
+    path = inventory(tmp_path, 'hosts = [("web1.invalid", {"app_env_from": ["OPS_NOT_EXPORTED"], '
+                               '"app_env_file": "missing.env"})]\n')
+    [host] = list(read_inventory(str(path)))
+    with pytest.raises(SettingsError, match="app_env_file: 'missing.env' is not a file"):
+        load_apps(host)
+    [app] = load_apps(host, secrets=False)
+    assert app.app_env_from == ["OPS_NOT_EXPORTED"]
+    # ops.py: past the settings, to the connection (which fails: no such host).
+    done = subprocess.run([sys.executable, "ops.py", str(path), "status"], cwd=REPO_ROOT, capture_output=True,
+                          text=True, stdin=subprocess.DEVNULL, timeout=60)
+    assert done.returncode == 2 and "Error: cannot connect to web1.invalid" in done.stderr, done.stderr
+
+
+def serve(path, answer: bytes):
+    """A unix socket at path answering every connection with `answer` (a stand-in for
+    uWSGI's stats socket, or for the app's forgery of it)."""
+    import socket
+
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(8)
+
+    def loop():
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return
+            with client:
+                client.sendall(answer)
+
+    threading.Thread(target=loop, daemon=True).start()
+    return server
+
+
+FORGED_STATS = json.dumps({"workers": [{"pid": 4242, "status": "idle", "accepting": 1, "requests": 123456789}]})
+
+
+def test_the_stats_socket_counts_only_when_the_services_uwsgi_master_serves_it(tool, tmp_path, monkeypatch):
+    server = serve(tmp_path / "stats.sock", FORGED_STATS.encode())
+    try:
+        monkeypatch.setattr(tool, "main_pid", lambda: os.getpid())  # this process listens: "the master"
+        assert tool.stats()["workers"][0]["requests"] == 123456789
+        monkeypatch.setattr(tool, "main_pid", lambda: 1)  # someone else: the app user's own listener
+        with pytest.raises(tool.Failure, match=rf"served by pid {os.getpid()} .*not by the uWSGI master of "
+                                               r"greeting.service \(pid 1\): the app user replaced it"):
+            tool.stats()
+        assert "the app user replaced it" in tool.uwsgi_summary()["error"]
+    finally:
+        server.close()
+
+
+def test_a_stats_answer_of_the_wrong_shape_or_size_is_no_answer(tool, tmp_path, monkeypatch):
+    monkeypatch.setattr(tool, "main_pid", lambda: os.getpid())
+    for answer, summary in ((b'["not", "an", "object"]', None), (b" " * (tool.STATS_LIMIT + 1), None),
+                            (b'{"workers": [{"status": "busy", "requests": "9"}, 7, {"status": "idle", '
+                             b'"requests": 3}]}', {"workers": 2, "busy": 1, "idle": 1, "requests": 3})):
+        (tmp_path / "stats.sock").unlink(missing_ok=True)
+        server = serve(tmp_path / "stats.sock", answer)
+        try:
+            assert tool.uwsgi_summary() == (summary or {
+                "error": f"the stats socket {tmp_path}/stats.sock is not answering"})
+        finally:
+            server.close()
+
+
+def test_a_forged_stats_answer_cannot_end_a_reload_while_an_old_worker_is_alive(tool, monkeypatch):
+    """The release tool's chain reload waits for new workers: by the kernel (the master's
+    children), not by what the stats socket says."""
+    tool.CONFIG["service"] = "greeting.service"
+    monkeypatch.setattr(tool, "journal_tail", lambda lines=30: "")
+    monkeypatch.setattr(tool.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(tool, "stats", lambda: json.loads(FORGED_STATS))
+    monkeypatch.setattr(tool, "worker_pids", lambda: {100, 4242})  # worker 100 is an old one
+    with pytest.raises(tool.Failure, match="were not all replaced within 0s"):
+        tool.wait_for_new_workers({100, 101}, 0.05)
+    monkeypatch.setattr(tool, "worker_pids", lambda: {4242, 4243})
+    tool.wait_for_new_workers({100, 101}, 0.05)
+    # The kernel's answer: the children of the master systemd started.
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        monkeypatch.undo()
+        monkeypatch.setattr(tool, "main_pid", lambda: os.getpid())
+        assert child.pid in tool.worker_pids()
+        monkeypatch.setattr(tool, "main_pid", lambda: 0)
+        assert tool.worker_pids() == set()
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_root_refuses_a_fifo_or_socket_with_a_second_name(tool, tmp_path):
+    os.mkfifo(tmp_path / "master.fifo")
+    reader = os.open(tmp_path / "master.fifo", os.O_RDONLY | os.O_NONBLOCK)  # uWSGI, reading it
+    os.link(tmp_path / "master.fifo", tmp_path / "other")
+    tool.CONFIG["master_fifo"] = str(tmp_path / "master.fifo")
+    try:
+        with pytest.raises(tool.Failure, match="it has 2 hard links"):
+            tool.open_master_fifo()
+    finally:
+        os.close(reader)
