@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shlex
 import shutil
 import time
 
 import pytest
 from pyinfra.api.exceptions import DeployError
 
-from tasks.background import REDIS_PASSWORD, BackgroundUnits, systemd_command
+from tasks.app import App
+from tasks.background import BackgroundUnits, systemd_command
+from tasks.settings import Settings
 from tests.conftest import REPO_ROOT, Load, get, run_deploy
 from tests.test_distros import LB_DATA, deploy, host_facts
 
@@ -254,6 +257,56 @@ def tasker_data(source, workers=True, jobs=True) -> dict:
             "jobs": {"tick": {"command": TICK, "schedule": "*:*:0/2", "timeout": 20}} if jobs else {}}
 
 
+# A second app of the host with a Redis of its own: the hostile neighbour. The example
+# app (already on the shared deployed host), under a prefix.
+NEIGHBOUR = {"app_name": "greeting", "redis": True, "url_prefix": "/neighbour"}
+
+
+def with_neighbour(data: dict) -> dict:
+    return {"apps": [data, NEIGHBOUR]}
+
+
+def redis_url_of(host, app: str) -> str:
+    """The app's REDIS_URL as its units get it (root's file)."""
+    return host.exec(f"sed -n 's/^REDIS_URL=\"\\(.*\\)\"$/\\1/p' /srv/{app}/secrets/redis.env").strip()
+
+
+def as_neighbour(host, url: str, command: str, check=False) -> str:
+    """redis-cli as the neighbour's user, with `url` (whoever's it is)."""
+    return host.exec(f"cd / && runuser -u greeting -- redis-cli --no-auth-warning -u "
+                     f"{shlex.quote(url)} {command} 2>&1", check=check).strip()
+
+
+def _neighbour_cannot_reach_tasker_redis(fork):
+    """As the neighbour's user, with its own REDIS_URL: the tasker's Redis and keys
+    are out of reach, whatever it tries."""
+    mine, theirs = redis_url_of(fork, "greeting"), redis_url_of(fork, "tasker")
+    assert mine.startswith("redis://default:") and theirs.startswith("redis://default:") and mine != theirs
+    fork.exec(f"redis-cli --no-auth-warning -u {shlex.quote(theirs)} set tasker-secret kept")
+    # Its own Redis knows nothing of the tasker's keys, and whatever it does there
+    # (flush it all included) leaves them alone.
+    assert as_neighbour(fork, mine, "get tasker-secret") == ""
+    assert "tasker-secret" not in as_neighbour(fork, mine, "keys '*'")
+    assert as_neighbour(fork, mine, "set mine 1") == "OK"
+    assert as_neighbour(fork, mine, "flushall") == "OK"
+    # Nor can it reconfigure, stop or re-point its own Redis (to write files as the
+    # redis user, the other Redis's data among them).
+    for command in ("config set dir /var/lib/redis/tasker", "config set dbfilename x.rdb", "config get requirepass",
+                    "acl list", "shutdown nosave", "save", "debug sleep 0", "module list", "replicaof 127.0.0.1 1"):
+        answer = as_neighbour(fork, mine, command)
+        assert answer.startswith(("NOPERM", "ERR DEBUG")), (command, answer)
+    # The tasker's Redis: its own password does not open it, nor does none; its
+    # URL and password are root's alone.
+    port = theirs.rsplit(":", 1)[1].split("/")[0]
+    stolen = mine.replace(mine.rsplit(":", 1)[1], theirs.rsplit(":", 1)[1])
+    assert as_neighbour(fork, stolen, "get tasker-secret").startswith("AUTH failed: WRONGPASS")
+    assert as_neighbour(fork, f"redis://127.0.0.1:{port}/0", "flushall").startswith("NOAUTH")
+    for path in ("/srv/tasker/secrets/redis.env", "/etc/pyinfra-flask/redis/tasker.password",
+                 "/etc/redis/redis-tasker.user.conf", "/var/lib/redis/tasker/dump.rdb"):
+        assert "Permission denied" in fork.exec(f"runuser -u greeting -- cat {path} 2>&1", check=False), path
+    assert fork.exec(f"redis-cli --no-auth-warning -u {shlex.quote(theirs)} get tasker-secret").strip() == "kept"
+
+
 def main_pid(host) -> str:
     return host.exec(f"systemctl show -p MainPID --value {WORKER_UNIT}").strip()
 
@@ -277,21 +330,24 @@ def test_celery_worker_and_job_follow_the_releases_on_the_hosts_redis(fork, tmp_
     try:
         _follow_the_releases(fork, tmp_path)
     except BaseException:
-        print(fork.exec(f"systemctl status --no-pager {WORKER_UNIT} redis-server tasker-tick.service; "
-                        "journalctl --no-pager -n 60 -u tasker-celery@1 -u redis-server -u tasker", check=False))
+        print(fork.exec(f"systemctl status --no-pager {WORKER_UNIT} redis-server@tasker tasker-tick.service; "
+                        "journalctl --no-pager -n 60 -u tasker-celery@1 -u 'redis-server@*' -u tasker", check=False))
         raise
     print(f"\ntest_workers on a real host: {time.monotonic() - started:.1f}s")
 
 
 def _follow_the_releases(fork, tmp_path):
     v1, v2 = tasker(tmp_path, "v1"), tasker(tmp_path, "v2")
-    run_deploy(fork, tmp_path, data=tasker_data(v1))
+    run_deploy(fork, tmp_path, data=with_neighbour(tasker_data(v1)))
     deployed_at = time.monotonic()
-    # Redis: on localhost only, with a password only root can read.
-    assert fork.exec("redis-cli -h 127.0.0.1 ping").strip().startswith("NOAUTH")
-    assert fork.exec(f"stat -c '%U %a' {REDIS_PASSWORD} /srv/tasker/secrets/redis.env").split() == [
-        "root", "600", "root", "600"]
-    assert "127.0.0.1:6379" in fork.exec("ss -ltn") and "0.0.0.0:6379" not in fork.exec("ss -ltn")
+    # Redis: each app's own, on localhost only, with a password only root can read.
+    port = App.resolve(Settings(app_name="tasker")).redis_port
+    assert fork.exec(f"redis-cli -h 127.0.0.1 -p {port} ping").strip().startswith("NOAUTH")
+    assert fork.exec("stat -c '%U %a' /etc/pyinfra-flask/redis/tasker.password /srv/tasker/secrets/redis.env"
+                     ).split() == ["root", "600", "root", "600"]
+    listening = fork.exec("ss -ltn")
+    assert f"127.0.0.1:{port}" in listening and f"0.0.0.0:{port}" not in listening and ":6379 " not in listening
+    _neighbour_cannot_reach_tasker_redis(fork)
     # A web request enqueues, the worker runs it, the web app shows its result.
     first = get(fork.url + "/enqueue").text
     assert first.startswith("v1 from worker pid"), first
@@ -304,7 +360,7 @@ def _follow_the_releases(fork, tmp_path):
              fork.exec(f"systemctl is-active {WORKER_UNIT}", check=False).strip() == "active", 15)
     assert get(fork.url + "/enqueue").text.startswith("v1")
     # Nothing to do the second time.
-    again = run_deploy(fork, tmp_path, data=tasker_data(v1))
+    again = run_deploy(fork, tmp_path, data=with_neighbour(tasker_data(v1)))
     assert again.changed_operations() == [], again.output[-3000:]
 
     # --dry --diff shows a unit's change (and changes nothing).
@@ -333,8 +389,13 @@ def _follow_the_releases(fork, tmp_path):
     assert moments == sorted(moments)
     assert fork.exec("systemctl is-failed tasker-tick.service", check=False).strip() != "failed"
 
-    # Removed from the settings: stopped, disabled, their units gone.
+    # Removed from the settings: stopped, disabled, their units gone; the neighbour's
+    # Redis too (its data stays, as its /srv/greeting does).
     run_deploy(fork, tmp_path, data=tasker_data(v1, workers=False, jobs=False))
+    assert fork.exec("systemctl is-active redis-server@greeting.service", check=False).strip() == "inactive"
+    assert fork.exec("ls /etc/redis/redis-greeting.conf /etc/pyinfra-flask/redis/greeting.password 2>&1",
+                     check=False).count("No such file") == 2
+    assert fork.exec("test -d /var/lib/redis/greeting && echo kept").strip() == "kept"
     assert fork.exec("ls /etc/systemd/system/ | grep '^tasker-' || true").strip() == ""
     assert fork.exec(f"systemctl is-active {WORKER_UNIT} tasker-tick.timer", check=False).split() == [
         "inactive", "inactive"]
