@@ -20,7 +20,7 @@ import shlex
 
 from pyinfra import host, logger
 from pyinfra.api import FactBase, deploy
-from pyinfra.facts.files import Directory, File, FindInFile
+from pyinfra.facts.files import Directory, File
 from pyinfra.operations import apt, files, server, systemd
 
 from tasks import JINJA, TEMPLATES
@@ -304,10 +304,21 @@ def redis_url(s, made: dict) -> list:
                     user="root", group="root", mode="700")
     # Written again when it points elsewhere: a new redis_port, or the shared Redis
     # of the deploys before each app had its own.
-    pattern = "redis://default:[0-9a-f]*@" + re.escape(f"127.0.0.1:{s.redis_port}/0")
-    current = host.get_fact(FindInFile, path=s.redis_env_path, pattern=pattern)
+    current = host.get_fact(RedisUrlCurrent, path=s.redis_env_path, port=s.redis_port)
     return url_from_password(s, "REDIS_URL", s.redis_url, redis_paths(s.app_name)["password"], s.redis_env_path,
                              made.get(s.app_name) or not current)
+
+
+class RedisUrlCurrent(FactBase):
+    """Whether the app's REDIS_URL file points at its own Redis on `port`: only
+    yes or no comes back (the file holds the password)."""
+
+    def command(self, path: str, port: int) -> str:
+        pattern = shlex.quote("redis://default:[0-9a-f]*@" + re.escape(f"127.0.0.1:{port}/0"))
+        return f"grep -q -e {pattern} {shlex.quote(path)} 2>/dev/null && echo current || true"
+
+    def process(self, output: list[str]) -> bool:
+        return output == ["current"]
 
 
 @deploy("Redis of apps no longer deployed")

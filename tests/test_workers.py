@@ -18,7 +18,7 @@ import pytest
 from pyinfra.api.exceptions import DeployError
 
 from tasks.app import App
-from tasks.background import BackgroundUnits, systemd_command
+from tasks.background import BackgroundUnits, RedisInstances, systemd_command
 from tasks.settings import Settings
 from tests.conftest import REPO_ROOT, Load, get, run_deploy
 from tests.test_distros import LB_DATA, deploy, host_facts
@@ -104,7 +104,7 @@ def test_worker_and_job_units_follow_the_live_release_with_the_apps_user_sandbox
                  "Environment=PATH=/srv/greeting/current/.venv/bin:", "EnvironmentFile=/srv/greeting/secrets/app.env",
                  "EnvironmentFile=/srv/greeting/secrets/redis.env", "KillSignal=SIGTERM", "TimeoutStopSec=45",
                  "Restart=on-failure", 'ExecStart=/bin/sh -c "celery -A tasks worker --loglevel=INFO"',
-                 "ReadWritePaths=-/srv/greeting/shared/instance", "After=network.target redis-server.service"):
+                 "ReadWritePaths=-/srv/greeting/shared/instance", "After=network.target redis-server@greeting.service"):
         assert line in worker, line
     # The same sandbox and environment as the web app's unit.
     for line in web.splitlines():
@@ -134,14 +134,98 @@ def test_redis_password_is_made_on_the_host_and_never_in_the_output():
     redis = run.named("Redis")
     assert "Redis | Install redis-server" in redis
     commands = "\n".join(c for cs in run.changed.values() for c in cs)
-    assert "requirepass %s" in commands and "$(cat /etc/pyinfra-flask/redis.password)" in commands
-    assert "umask 077" in redis["Redis | Generate the Redis password (on the host, root-only)"][1]
+    assert "user default on >%s ~* %s+@all -@admin" in commands
+    assert "$(cat /etc/pyinfra-flask/redis/greeting.password)" in commands
+    assert "umask 077" in redis["Redis | Generate greeting's Redis password (on the host, root-only)"][0]
+    port = App.resolve(Settings()).redis_port
+    [url] = run.changed["Redis URL | Hand greeting its REDIS_URL (/srv/greeting/secrets/redis.env, root-only)"]
+    assert f"REDIS_URL=\"redis://default:%s@127.0.0.1:{port}/0\"" in url
     # A fake host is no container: no PrivateUsers drop-in.
-    assert "Redis | Let redis-server start in this container (PrivateUsers=no)" not in redis
-    # In a container it is written.
+    assert "Redis | Let redis-server@ start in this container (PrivateUsers=no)" not in redis
+    # In a container it is written, for the template unit of every app's Redis.
     contained = deploy({"web": host_facts("debian12", Container=True)}, workers=WORKERS, redis=True)["web"]
     assert contained.uploads[
-        "/etc/systemd/system/redis-server.service.d/pyinfra-flask-container.conf"] == "[Service]\nPrivateUsers=no\n"
+        "/etc/systemd/system/redis-server@.service.d/pyinfra-flask-container.conf"] == "[Service]\nPrivateUsers=no\n"
+
+
+def test_each_app_has_a_redis_of_its_own():
+    apps = [{"app_name": "shop", "redis": True, "workers": WORKERS},
+            {"app_name": "blog", "redis": True, "url_prefix": "/blog"}, {"app_name": "plain", "url_prefix": "/p"}]
+    run = one(apps=apps)
+    ports = {name: App.resolve(Settings(app_name=name)).redis_port for name in ("shop", "blog")}
+    assert len(set(ports.values())) == 2
+    for name, port in ports.items():
+        conf = run.uploads[f"/etc/redis/redis-{name}.conf"]
+        for line in ("bind 127.0.0.1 -::1", f"port {port}", f"dir /var/lib/redis/{name}",
+                     f"include /etc/redis/redis-{name}.user.conf", "protected-mode yes", "supervised systemd"):
+            assert line in conf.splitlines(), (name, line)
+        assert "requirepass" not in conf and "unixsocket" not in conf.replace("unix socket", "")
+        assert f"Redis | Run redis-server@{name}.service (and at boot)" in run.changed
+        assert f"Redis | Create /var/lib/redis/{name} ({name}'s Redis data)" in run.changed
+    assert "/etc/redis/redis-plain.conf" not in run.uploads
+    assert "After=network.target redis-server@shop.service" in run.uploads["/etc/systemd/system/shop-celery@.service"]
+    # Debian's own instance (6379, no password) never starts: masked before the package.
+    names = list(run.changed)
+    assert names.index("Redis | Keep Debian's shared redis-server.service from starting (masked)") < names.index(
+        "Redis | Install redis-server")
+    # Installed already: left alone.
+    installed = deploy({"web": host_facts("debian12", File=lambda path: path.endswith("@.service") or None)},
+                       apps=apps)["web"]
+    assert "Redis | Keep Debian's shared redis-server.service from starting (masked)" not in installed.changed
+
+
+@pytest.mark.parametrize(("apps", "line"), [
+    ([{"app_name": "shop", "redis": True, "redis_port": 7000}, {"app_name": "blog", "redis": True,
+                                                                 "redis_port": 7000, "url_prefix": "/blog"}],
+     "redis_port = 7000: blog's Redis would be on the port of shop's redis_port; set redis_port for one of them"),
+    ([{"app_name": "shop", "redis": True, "redis_port": 8080, "nginx_port": 8080}],
+     "redis_port = 8080: shop's Redis would be on the port of shop's nginx_port"),
+])
+def test_redis_ports_that_clash_are_refused_naming_the_key(apps, line):
+    assert line in refused(apps=apps)
+
+
+def test_the_shared_redis_of_older_deploys_gives_way_to_one_per_app():
+    older = ("/etc/redis/pyinfra-flask.conf", "/etc/pyinfra-flask/redis.password")
+    legacy = {"File": lambda path: {"user": "root", "group": "root", "mode": 600} if path in older else None}
+    # One app used it: its Redis starts with the shared one's data (saved first).
+    run = deploy({"web": host_facts("debian12", legacy)}, redis=True)["web"]
+    [seeded] = [name for name in run.changed if name.endswith("with the shared Redis's data")]
+    commands = "\n".join(run.changed[seeded])
+    assert 'REDISCLI_AUTH="$(cat /etc/pyinfra-flask/redis.password)" redis-cli -h 127.0.0.1 -p 6379 save' in commands
+    assert "/var/lib/redis/dump.rdb /var/lib/redis/greeting/dump.rdb" in commands
+    # The shared one is stopped and its configuration removed last, once every app
+    # is on its own Redis.
+    names = list(run.changed)
+    retired = names.index("Redis of apps no longer deployed | Stop the shared redis-server.service "
+                          "(each app has a Redis of its own)")
+    assert retired > max(i for i, n in enumerate(names) if n.startswith("Release activation |"))
+    assert "Redis of apps no longer deployed | Remove /etc/redis/pyinfra-flask.conf" in names[retired:]
+    assert "Redis of apps no longer deployed | Remove /etc/pyinfra-flask/redis.password" in names[retired:]
+    # Several apps shared it: their keys cannot be told apart, none gets them.
+    run = deploy({"web": host_facts("debian12", legacy)},
+                 apps=[{"app_name": "shop", "redis": True}, {"app_name": "blog", "redis": True, "url_prefix": "/b"}])["web"]
+    assert not [name for name in run.changed if name.endswith("with the shared Redis's data")]
+    assert "Redis | Create /var/lib/redis/shop (shop's Redis data)" in run.changed
+
+
+def test_the_redis_of_a_removed_app_is_stopped_and_its_secrets_removed():
+    found = {"gone": "/etc/redis/redis-gone.conf", "greeting": "/etc/redis/redis-greeting.conf"}
+    gone = ("/etc/redis/redis-gone.conf", "/etc/redis/redis-gone.user.conf", "/etc/pyinfra-flask/redis/gone.password")
+    run = deploy({"web": host_facts("debian12", RedisInstances=found, File=lambda path: {
+        "user": "root", "group": "root", "mode": 600} if path in gone else None)}, redis=True)["web"]
+    assert run.changed["Redis of apps no longer deployed | Stop redis-server@gone (its app is gone or has no redis)"] == [
+        "systemctl disable --now redis-server@gone.service"]
+    for path in ("/etc/redis/redis-gone.conf", "/etc/redis/redis-gone.user.conf",
+                 "/etc/pyinfra-flask/redis/gone.password"):
+        assert f"Redis of apps no longer deployed | Remove {path}" in run.changed
+    assert not [name for name in run.changed if "redis-server@greeting (its app" in name]
+    assert not [name for name in run.changed if "/var/lib/redis/gone" in " ".join(run.changed[name])]
+
+
+def test_the_instances_fact_reads_the_marked_configurations():
+    assert RedisInstances().process(["/etc/redis/redis-shop.conf", "/etc/redis/redis-my-blog.conf"]) == {
+        "shop": "/etc/redis/redis-shop.conf", "my-blog": "/etc/redis/redis-my-blog.conf"}
 
 
 def test_behind_balancers_only_the_first_app_server_gets_the_timers():
