@@ -42,6 +42,7 @@ REDIS_RULES = "+@all -@admin"
 # (retire_redis removes it).
 REDIS_PASSWORD = "/etc/pyinfra-flask/redis.password"
 REDIS_CONF = "/etc/redis/pyinfra-flask.conf"
+SHARED_URL = "redis://:%s@127.0.0.1:6379/0"
 LEGACY_DROP_IN = "/etc/systemd/system/redis-server.service.d/pyinfra-flask-container.conf"
 
 
@@ -246,14 +247,13 @@ def install_redis(apps) -> dict:
     apt.packages(name="Install redis-server", packages=["redis-server"])
     for path, mode in (("/etc/pyinfra-flask", "755"), (REDIS_PASSWORDS, "700")):
         files.directory(name=f"Create {path}", path=path, user="root", group="root", mode=mode)
-    legacy = host.get_fact(File, path=REDIS_CONF)
-    made = {}
-    for s in wanted:
-        made[s.app_name] = _instance(s, drop_in, seed=bool(legacy) and len(wanted) == 1)
-    if legacy and len(wanted) > 1:
+    # The apps on the one Redis shared by every app of the host, before each had its own.
+    shared = [s.app_name for s in wanted if host.get_fact(File, path=REDIS_CONF)
+              and host.get_fact(RedisUrlIs, path=s.redis_env_path, url=SHARED_URL)]
+    if len(shared) > 1:
         logger.warning(f"{host.print_prefix}The shared Redis's data stays in /var/lib/redis/dump.rdb, in no app's "
-                       "Redis: several apps used it, and their keys cannot be told apart (docs/workers.md)")
-    return made
+                       f"Redis: {', '.join(shared)} used it, and their keys cannot be told apart (docs/workers.md)")
+    return {s.app_name: _instance(s, drop_in, seed=shared == [s.app_name]) for s in wanted}
 
 
 def _instance(s, drop_in, seed: bool):
@@ -275,8 +275,8 @@ def _instance(s, drop_in, seed: bool):
     if not host.get_fact(Directory, path=paths["data"]):
         commands = [f"install -d -m 750 -o redis -g redis {paths['data']}"]
         if seed:
-            # The only app of the host that used the shared Redis: its data (queued
-            # jobs included) goes with it; nothing in it is another app's.
+            # The only app on the shared Redis: its data (queued jobs included) goes
+            # with it, and holds nothing it could not read there already.
             commands += [f"REDISCLI_AUTH=\"$(cat {REDIS_PASSWORD})\" redis-cli -h 127.0.0.1 -p 6379 save || true",
                          f"if [ -f /var/lib/redis/dump.rdb ]; then install -m 640 -o redis -g redis "
                          f"/var/lib/redis/dump.rdb {paths['data']}/dump.rdb; fi"]
@@ -304,21 +304,21 @@ def redis_url(s, made: dict) -> list:
                     user="root", group="root", mode="700")
     # Written again when it points elsewhere: a new redis_port, or the shared Redis
     # of the deploys before each app had its own.
-    current = host.get_fact(RedisUrlCurrent, path=s.redis_env_path, port=s.redis_port)
+    current = host.get_fact(RedisUrlIs, path=s.redis_env_path, url=s.redis_url)
     return url_from_password(s, "REDIS_URL", s.redis_url, redis_paths(s.app_name)["password"], s.redis_env_path,
                              made.get(s.app_name) or not current)
 
 
-class RedisUrlCurrent(FactBase):
-    """Whether the app's REDIS_URL file points at its own Redis on `port`: only
-    yes or no comes back (the file holds the password)."""
+class RedisUrlIs(FactBase):
+    """Whether the REDIS_URL file `path` holds `url` (`%s` standing for any password
+    the deploy makes): only yes or no comes back, never the file's password."""
 
-    def command(self, path: str, port: int) -> str:
-        pattern = shlex.quote("redis://default:[0-9a-f]*@" + re.escape(f"127.0.0.1:{port}/0"))
-        return f"grep -q -e {pattern} {shlex.quote(path)} 2>/dev/null && echo current || true"
+    def command(self, path: str, url: str) -> str:
+        pattern = shlex.quote('REDIS_URL="' + re.escape(url).replace("%s", "[0-9a-f]*") + '"$')
+        return f"grep -q -e {pattern} {shlex.quote(path)} 2>/dev/null && echo yes || true"
 
     def process(self, output: list[str]) -> bool:
-        return output == ["current"]
+        return output == ["yes"]
 
 
 @deploy("Redis of apps no longer deployed")

@@ -187,7 +187,8 @@ def test_redis_ports_that_clash_are_refused_naming_the_key(apps, line):
 
 def test_the_shared_redis_of_older_deploys_gives_way_to_one_per_app():
     older = ("/etc/redis/pyinfra-flask.conf", "/etc/pyinfra-flask/redis.password")
-    legacy = {"File": lambda path: {"user": "root", "group": "root", "mode": 600} if path in older else None}
+    legacy = {"File": lambda path: {"user": "root", "group": "root", "mode": 600} if path in older else None,
+              "RedisUrlIs": lambda path, url: ":6379/" in url and "/blog/" not in path}
     # One app used it: its Redis starts with the shared one's data (saved first).
     run = deploy({"web": host_facts("debian12", legacy)}, redis=True)["web"]
     [seeded] = [name for name in run.changed if name.endswith("with the shared Redis's data")]
@@ -202,11 +203,17 @@ def test_the_shared_redis_of_older_deploys_gives_way_to_one_per_app():
     assert retired > max(i for i, n in enumerate(names) if n.startswith("Release activation |"))
     assert "Redis of apps no longer deployed | Remove /etc/redis/pyinfra-flask.conf" in names[retired:]
     assert "Redis of apps no longer deployed | Remove /etc/pyinfra-flask/redis.password" in names[retired:]
+    assert 'REDIS_URL="redis://default:%s@127.0.0.1:' in "\n".join(
+        run.changed["Redis URL | Hand greeting its REDIS_URL (/srv/greeting/secrets/redis.env, root-only)"])
     # Several apps shared it: their keys cannot be told apart, none gets them.
-    run = deploy({"web": host_facts("debian12", legacy)},
-                 apps=[{"app_name": "shop", "redis": True}, {"app_name": "blog", "redis": True, "url_prefix": "/b"}])["web"]
+    two = [{"app_name": "shop", "redis": True}, {"app_name": "wiki", "redis": True, "url_prefix": "/w"}]
+    run = deploy({"web": host_facts("debian12", legacy)}, apps=two)["web"]
     assert not [name for name in run.changed if name.endswith("with the shared Redis's data")]
     assert "Redis | Create /var/lib/redis/shop (shop's Redis data)" in run.changed
+    # An app new to Redis beside the one that used it: only that one gets its data.
+    run = deploy({"web": host_facts("debian12", legacy)}, apps=[two[0], {**two[1], "app_name": "blog"}])["web"]
+    assert [name for name in run.changed if name.endswith("with the shared Redis's data")] == [
+        "Redis | Create /var/lib/redis/shop (shop's Redis data), with the shared Redis's data"]
 
 
 def test_the_redis_of_a_removed_app_is_stopped_and_its_secrets_removed():
@@ -365,11 +372,11 @@ def _neighbour_cannot_reach_tasker_redis(fork):
     """As the neighbour's user, with its own REDIS_URL: the tasker's Redis and keys
     are out of reach, whatever it tries."""
     mine, theirs = redis_url_of(fork, "greeting"), redis_url_of(fork, "tasker")
-    assert mine.startswith("redis://default:") and theirs.startswith("redis://default:") and mine != theirs
     fork.exec(f"redis-cli --no-auth-warning -u {shlex.quote(theirs)} set tasker-secret kept")
     # Its own Redis knows nothing of the tasker's keys, and whatever it does there
     # (flush it all included) leaves them alone.
     assert as_neighbour(fork, mine, "get tasker-secret") == ""
+    assert mine.startswith("redis://default:") and theirs.startswith("redis://default:") and mine != theirs
     assert "tasker-secret" not in as_neighbour(fork, mine, "keys '*'")
     assert as_neighbour(fork, mine, "set mine 1") == "OK"
     assert as_neighbour(fork, mine, "flushall") == "OK"
@@ -424,6 +431,7 @@ def _follow_the_releases(fork, tmp_path):
     v1, v2 = tasker(tmp_path, "v1"), tasker(tmp_path, "v2")
     run_deploy(fork, tmp_path, data=with_neighbour(tasker_data(v1)))
     deployed_at = time.monotonic()
+    _neighbour_cannot_reach_tasker_redis(fork)
     # Redis: each app's own, on localhost only, with a password only root can read.
     port = App.resolve(Settings(app_name="tasker")).redis_port
     assert fork.exec(f"redis-cli -h 127.0.0.1 -p {port} ping").strip().startswith("NOAUTH")
@@ -431,7 +439,6 @@ def _follow_the_releases(fork, tmp_path):
                      ).split() == ["root", "600", "root", "600"]
     listening = fork.exec("ss -ltn")
     assert f"127.0.0.1:{port}" in listening and f"0.0.0.0:{port}" not in listening and ":6379 " not in listening
-    _neighbour_cannot_reach_tasker_redis(fork)
     # A web request enqueues, the worker runs it, the web app shows its result.
     first = get(fork.url + "/enqueue").text
     assert first.startswith("v1 from worker pid"), first
