@@ -336,7 +336,15 @@ def retire_redis(apps) -> None:
                      commands=[f"systemctl disable --now {shlex.quote(f'redis-server@{name}.service')}"])
         for key in ("conf", "user", "password"):
             files.file(name=f"Remove {paths[key]}", path=paths[key], present=False)
-    if host.get_fact(File, path=REDIS_CONF):
+    if not host.get_fact(File, path=REDIS_CONF):
+        return
+    # An app without `redis` may still name it in its own environment.
+    users = [s.app_name for s in apps if not s.redis
+             and re.search(r"@(127\.0\.0\.1|localhost|\[::1\])(:6379)?/", s.environment().get("REDIS_URL", ""))]
+    if users:
+        logger.warning(f"{host.print_prefix}The shared Redis stays: the REDIS_URL of {', '.join(users)} "
+                       "(app_env_file, app_env_from) names it")
+    else:
         server.shell(name="Stop the shared redis-server.service (each app has a Redis of its own)",
                      commands=["systemctl disable --now redis-server.service", "systemctl mask redis-server.service"])
         files.line(name="Remove its include from /etc/redis/redis.conf", path="/etc/redis/redis.conf",

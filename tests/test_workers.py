@@ -18,7 +18,7 @@ import pytest
 from pyinfra.api.exceptions import DeployError
 
 from tasks.app import App
-from tasks.background import BackgroundUnits, RedisInstances, systemd_command
+from tasks.background import REDIS_TEMPLATE_UNIT, BackgroundUnits, RedisInstances, systemd_command
 from tasks.settings import Settings
 from tests.conftest import REPO_ROOT, Load, get, run_deploy
 from tests.test_distros import LB_DATA, deploy, host_facts
@@ -186,7 +186,7 @@ def test_redis_ports_that_clash_are_refused_naming_the_key(apps, line):
 
 
 def test_the_shared_redis_of_older_deploys_gives_way_to_one_per_app():
-    older = ("/etc/redis/pyinfra-flask.conf", "/etc/pyinfra-flask/redis.password")
+    older = ("/etc/redis/pyinfra-flask.conf", "/etc/pyinfra-flask/redis.password", REDIS_TEMPLATE_UNIT)
     legacy = {"File": lambda path: {"user": "root", "group": "root", "mode": 600} if path in older else None,
               "RedisUrlIs": lambda path, url: ":6379/" in url and "/blog/" not in path}
     # One app used it: its Redis starts with the shared one's data (saved first).
@@ -214,6 +214,18 @@ def test_the_shared_redis_of_older_deploys_gives_way_to_one_per_app():
     run = deploy({"web": host_facts("debian12", legacy)}, apps=[two[0], {**two[1], "app_name": "blog"}])["web"]
     assert [name for name in run.changed if name.endswith("with the shared Redis's data")] == [
         "Redis | Create /var/lib/redis/shop (shop's Redis data), with the shared Redis's data"]
+
+
+def test_the_shared_redis_stays_while_an_apps_own_environment_names_it(tmp_path):
+    env = tmp_path / "other.env"
+    env.write_text("REDIS_URL=redis://:copied@127.0.0.1:6379/0\n")
+    older = ("/etc/redis/pyinfra-flask.conf", "/etc/pyinfra-flask/redis.password", REDIS_TEMPLATE_UNIT)
+    facts = host_facts("debian12", File=lambda path: {"user": "root", "group": "root", "mode": 600}
+                       if path in older else None)
+    run = deploy({"web": facts}, apps=[{"app_name": "shop", "redis": True},
+                                       {"app_name": "other", "url_prefix": "/o", "app_env_file": str(env)}])["web"]
+    assert not [name for name in run.changed if "shared redis-server.service" in name or "pyinfra-flask.conf" in name]
+    assert "Redis | Run redis-server@shop.service (and at boot)" in run.changed
 
 
 def test_the_redis_of_a_removed_app_is_stopped_and_its_secrets_removed():
