@@ -37,10 +37,11 @@ def converge(system, apps):
     for s in host.loop(apps):
         prepared[s.app_name] = Prepared(
             nginx_in_group=users.create(system, s),
-            # Before the release: its before-switch and migrate commands need DATABASE_URL.
+            # Before the release: its before-switch and migrate commands need DATABASE_URL,
+            # and a Socket.IO app's check before the switch its REDIS_URL.
             database_url=database.provision(s),
-            release=release.prepare(s),
             redis_url=background.redis_url(s, new_redis_passwords),
+            release=release.prepare(s),
             uwsgi_ini=uwsgi.configure(s),
             unit=service.install(s),
             workers=background.install(s),

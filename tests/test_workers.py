@@ -380,6 +380,37 @@ def as_neighbour(host, url: str, command: str, check=False) -> str:
                      f"{shlex.quote(url)} {command} 2>&1", check=check).strip()
 
 
+def _as_left_by_the_shared_redis(fork):
+    """The host as deploys before one Redis per app left it: one redis-server for
+    all, its password in redis.env of the app that used it (the neighbour), a job
+    queued there."""
+    fork.exec(
+        "mkdir -p /etc/systemd/system/redis-server.service.d && printf '[Service]\\nPrivateUsers=no\\n' "
+        "> /etc/systemd/system/redis-server.service.d/pyinfra-flask-container.conf && systemctl daemon-reload && "
+        "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server >/dev/null && "
+        "install -d -m 700 /etc/pyinfra-flask /srv/greeting/secrets && "
+        "head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n' > /etc/pyinfra-flask/redis.password && "
+        "printf 'bind 127.0.0.1 -::1\\nprotected-mode yes\\nrequirepass %s\\n' "
+        "\"$(cat /etc/pyinfra-flask/redis.password)\" > /etc/redis/pyinfra-flask.conf && "
+        "echo 'include /etc/redis/pyinfra-flask.conf' >> /etc/redis/redis.conf && "
+        "printf 'REDIS_URL=\"redis://:%s@127.0.0.1:6379/0\"\\n' \"$(cat /etc/pyinfra-flask/redis.password)\" "
+        "> /srv/greeting/secrets/redis.env && systemctl restart redis-server && "
+        "REDISCLI_AUTH=\"$(cat /etc/pyinfra-flask/redis.password)\" redis-cli rpush queued-job greeting-job")
+
+
+def _moved_off_the_shared_redis(fork):
+    """Each app on its own Redis; the one app that used the shared one has its
+    queued job, the other none; the shared one stopped, its config gone."""
+    assert as_neighbour(fork, redis_url_of(fork, "greeting"), "lrange queued-job 0 -1") == "greeting-job"
+    assert fork.exec(f"redis-cli --no-auth-warning -u {shlex.quote(redis_url_of(fork, 'tasker'))} exists queued-job"
+                     ).strip() == "0"
+    assert fork.exec("systemctl is-enabled redis-server.service", check=False).strip() == "masked"
+    assert fork.exec("systemctl is-active redis-server.service", check=False).strip() == "inactive"
+    assert fork.exec("ls /etc/redis/pyinfra-flask.conf /etc/pyinfra-flask/redis.password 2>&1; "
+                     "grep -c pyinfra-flask /etc/redis/redis.conf", check=False).split()[-1] == "0"
+    assert fork.exec("ls /var/lib/redis/dump.rdb").strip() == "/var/lib/redis/dump.rdb"  # its data stays
+
+
 def _neighbour_cannot_reach_tasker_redis(fork):
     """As the neighbour's user, with its own REDIS_URL: the tasker's Redis and keys
     are out of reach, whatever it tries."""
@@ -441,8 +472,10 @@ def test_celery_worker_and_job_follow_the_releases_on_the_hosts_redis(fork, tmp_
 
 def _follow_the_releases(fork, tmp_path):
     v1, v2 = tasker(tmp_path, "v1"), tasker(tmp_path, "v2")
+    _as_left_by_the_shared_redis(fork)
     run_deploy(fork, tmp_path, data=with_neighbour(tasker_data(v1)))
     deployed_at = time.monotonic()
+    _moved_off_the_shared_redis(fork)
     _neighbour_cannot_reach_tasker_redis(fork)
     # Redis: each app's own, on localhost only, with a password only root can read.
     port = App.resolve(Settings(app_name="tasker")).redis_port
