@@ -370,8 +370,10 @@ def with_neighbour(data: dict) -> dict:
 
 
 def redis_url_of(host, app: str) -> str:
-    """The app's REDIS_URL as its units get it (root's file)."""
-    return host.exec(f"sed -n 's/^REDIS_URL=\"\\(.*\\)\"$/\\1/p' /srv/{app}/secrets/redis.env").strip()
+    """The app's REDIS_URL as its units get it (root's file), the user named (as
+    redis-cli needs: `redis://:<password>@` is the same `default` user)."""
+    url = host.exec(f"sed -n 's/^REDIS_URL=\"\\(.*\\)\"$/\\1/p' /srv/{app}/secrets/redis.env").strip()
+    return url.replace("redis://:", "redis://default:", 1)
 
 
 def as_neighbour(host, url: str, command: str, check=False) -> str:
