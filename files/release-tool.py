@@ -84,6 +84,7 @@ class Settings(TypedDict):
     workers: list  # the units of the app's worker processes, restarted onto each healthy release
     environment_files: list  # the EnvironmentFile= of the app's units (secrets, REDIS_URL, ...), root's
     uwsgi: str  # uWSGI's binary: the import check and the canary run the app under it (`--pyrun`)
+    message_queue: bool  # a Socket.IO app: the import check also proves REDIS_URL's queue carries a message
 
 
 # Set by configure() (main() calls it; tests call it with a temporary root).
@@ -624,17 +625,63 @@ def cmd_build_venv(args) -> None:
 # the app through the release's loader and (for the canary) calls it once, as a
 # WSGI server would, for the health path. Its arguments come in DEPLOY_CANARY.
 CANARY = r"""
-import importlib.util, json, os, runpy, sys, traceback
+import importlib, importlib.util, json, os, runpy, sys, time, traceback
+
+
+# Publish once through REDIS_URL and receive it, with the client Flask-SocketIO would
+# use (python-socketio's RedisManager: `redis`, or `valkey`): without it, or with a
+# queue that does not answer, every broadcast and every emit from a worker would be
+# dropped with no more than a line in the log.
+def message_queue(url):
+    scheme = url.split(":", 1)[0].split("+", 1)[0].lower()
+    names = {"redis": ["redis"], "rediss": ["redis"], "valkey": ["valkey"], "valkeys": ["valkey"],
+             "unix": ["redis", "valkey"]}.get(scheme)
+    if names is None:
+        print(f"message queue: a {scheme}:// URL, not checked (only Redis's are)", flush=True)
+        return
+    for name in names:
+        try:
+            client = importlib.import_module(name)
+            break
+        except ImportError:
+            continue
+    else:
+        sys.exit(f"socketio: the release's venv has no {' or '.join(names)} package, the client of the message "
+                 f"queue (REDIS_URL): Flask-SocketIO would drop every broadcast and every emit from a worker; "
+                 f"add {names[0]} to the app's requirements")
+    token = os.urandom(16).hex()
+    try:
+        connection = client.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=10)
+        pubsub = connection.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(f"pyinfra-flask-check-{token}")
+        connection.publish(f"pyinfra-flask-check-{token}", token)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            message = pubsub.get_message(timeout=1)
+            if message and message.get("data") in (token, token.encode()):
+                break
+        else:
+            sys.exit("socketio: a message published through REDIS_URL never came back within 10 s")
+        pubsub.close()
+    except Exception as error:
+        # redis-py's messages name the address, never the password.
+        sys.exit(f"socketio: the message queue (REDIS_URL) does not work: {type(error).__name__}: {error}")
+    print(f"message queue: a message went through REDIS_URL and back ({name} "
+          f"{getattr(client, '__version__', '')})", flush=True)
 
 
 def main():
-    loader, check, what, module = json.loads(os.environ["DEPLOY_CANARY"])
+    loader, check, what, module, queue = json.loads(os.environ["DEPLOY_CANARY"])
     spec = importlib.util.spec_from_file_location("healthcheck", module)
     healthcheck = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(healthcheck)
     application = runpy.run_path(loader, run_name="deploy_canary")["application"]
     if what == "import":
         print("the app imports (under uWSGI)", flush=True)
+        if queue:
+            if not os.environ.get("REDIS_URL"):
+                sys.exit("socketio: the app's environment has no REDIS_URL for its message queue")
+            message_queue(os.environ["REDIS_URL"])
         return
     status, text = healthcheck.wsgi_get(check, application)
     wrong = healthcheck.verdict(check, status, text)
@@ -661,7 +708,8 @@ def _canary(release: str, what: str) -> int:
     with os.fdopen(fd, "w") as handle:
         handle.write(CANARY)
     os.chown(path / CANARY_FILE, 0, pwd.getpwnam(CONFIG["user"]).pw_gid, follow_symlinks=False)
-    arguments = json.dumps([str(path / LOADER), CONFIG["health"], what, CONFIG["health_module"]])
+    arguments = json.dumps([str(path / LOADER), CONFIG["health"], what, CONFIG["health_module"],
+                            CONFIG["message_queue"]])
     try:
         return in_release(release, [CONFIG["uwsgi"], "--pyrun", str(path / CANARY_FILE), "--virtualenv",
                                     f"{path}/.venv"], {"DEPLOY_CANARY": arguments})
@@ -675,8 +723,9 @@ def cmd_check(args) -> None:
     the sandbox)."""
     if _canary(args.release, "import") != 0:
         discard(args.release)
+        what = "import, or its message queue does not work" if CONFIG["message_queue"] else "import"
         raise Failure(f"release {args.release} failed its check before the switch: the app does not "
-                      "import (output above); the live release was left alone and kept serving")
+                      f"{what} (output above); the live release was left alone and kept serving")
     record("created", args.release, run=args.run)
     log(f"release {args.release}: the app imports")
 

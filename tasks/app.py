@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import zlib
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -60,6 +61,7 @@ class App:
     nginx_error_log: str
     uwsgi_socket: str
     redis: bool
+    redis_port: int
     # The host's role (tasks/topology.py): an app server behind a load balancer
     # listens on TCP and runs no nginx of its own.
     behind_balancer: bool = False
@@ -98,6 +100,9 @@ class App:
             # Socket.IO's message queue: the local Redis unless switched off (then
             # REDIS_URL must come with the app's environment, tasks/checks.py).
             redis=s.socketio if s.redis is None else s.redis,
+            # A port of the app's own, the same on every run: clashes are refused
+            # (tasks/checks.py apps_apart), and 6379 (Debian's own Redis) is never one.
+            redis_port=s.redis_port or 6380 + zlib.crc32(s.app_name.encode()) % 1000,
         )
 
     def __getattr__(self, name: str) -> Any:
@@ -145,6 +150,16 @@ class App:
     def redis_env_path(self) -> str:
         """REDIS_URL, written on the host (tasks/background.py): root's, mode 600."""
         return f"{self.app_root}/secrets/redis.env"
+
+    @property
+    def redis_service(self) -> str:
+        """The app's own Redis (tasks/background.py): an instance of Debian's template unit."""
+        return f"redis-server@{self.app_name}.service"
+
+    @property
+    def redis_url(self) -> str:
+        """REDIS_URL, with `%s` where the password goes (filled in on the host)."""
+        return f"redis://default:%s@127.0.0.1:{self.redis_port}/0"
 
     @property
     def database_env_path(self) -> str:

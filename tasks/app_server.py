@@ -31,16 +31,17 @@ def converge(system, apps):
     # One uWSGI build per version, shared by the apps that use it.
     uwsgi_builds = {version: uwsgi.install(app) for version, app in {a.uwsgi_version: a for a in apps}.items()}
     health_module = healthcheck.install()
-    new_redis_password = background.install_redis(apps)
+    new_redis_passwords = background.install_redis(apps)
     database.install(system, database.local(apps))
     prepared = {}
     for s in host.loop(apps):
         prepared[s.app_name] = Prepared(
             nginx_in_group=users.create(system, s),
-            # Before the release: its before-switch and migrate commands need DATABASE_URL.
+            # Before the release: its before-switch and migrate commands need DATABASE_URL,
+            # and a Socket.IO app's check before the switch its REDIS_URL.
             database_url=database.provision(s),
+            redis_url=background.redis_url(s, new_redis_passwords),
             release=release.prepare(s),
-            redis_url=background.redis_url(s, new_redis_password),
             uwsgi_ini=uwsgi.configure(s),
             unit=service.install(s),
             workers=background.install(s),
@@ -69,3 +70,5 @@ def converge(system, apps):
                            environment_ops=[op for op in (ready.release.environment, *ready.redis_url,
                                                           *ready.database_url) if op])
     firewall.remove_stale(apps)
+    # Last: no app's units use the Redis it removes any more.
+    background.retire_redis(apps)

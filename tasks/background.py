@@ -15,11 +15,12 @@ environment changed without a new activation.
 from __future__ import annotations
 
 import io
+import re
 import shlex
 
-from pyinfra import host
+from pyinfra import host, logger
 from pyinfra.api import FactBase, deploy
-from pyinfra.facts.files import File
+from pyinfra.facts.files import Directory, File
 from pyinfra.operations import apt, files, server, systemd
 
 from tasks import JINJA, TEMPLATES
@@ -28,9 +29,21 @@ from tasks.secrets import url_from_password
 
 MARKER = "pyinfra-flask background unit of app "
 UNIT_DIR = "/etc/systemd/system"
+# Each app's Redis (install_redis): an instance of Debian's template unit.
+REDIS_TEMPLATE_UNIT = "/usr/lib/systemd/system/redis-server@.service"
+REDIS_DROP_IN = "/etc/systemd/system/redis-server@.service.d/pyinfra-flask-container.conf"
+REDIS_PASSWORDS = "/etc/pyinfra-flask/redis"
+REDIS_MARKER = "pyinfra-flask Redis of app "
+# What an app may do in its Redis: everything but administration (CONFIG, ACL, DEBUG,
+# MODULE, SAVE, SHUTDOWN, REPLICAOF, MONITOR, CLIENT KILL...): it cannot reconfigure,
+# stop or re-point it, nor write files with it.
+REDIS_RULES = "+@all -@admin"
+# The one Redis shared by every app of the host, before each had its own
+# (retire_redis removes it).
 REDIS_PASSWORD = "/etc/pyinfra-flask/redis.password"
 REDIS_CONF = "/etc/redis/pyinfra-flask.conf"
-REDIS_DROP_IN = "/etc/systemd/system/redis-server.service.d/pyinfra-flask-container.conf"
+SHARED_URL = "redis://:%s@127.0.0.1:6379/0"
+LEGACY_DROP_IN = "/etc/systemd/system/redis-server.service.d/pyinfra-flask-container.conf"
 
 
 def systemd_command(command: str) -> str:
@@ -185,47 +198,103 @@ class Container(FactBase):
         return bool(output) and output[-1].strip() not in ("", "none")
 
 
+class RedisInstances(FactBase):
+    """The apps whose Redis instance this deploy set up: {app name: its config file}."""
+
+    @staticmethod
+    def default() -> dict:
+        return {}
+
+    def command(self) -> str:
+        return f"grep -l -F {shlex.quote(REDIS_MARKER)} /etc/redis/redis-*.conf 2>/dev/null || true"
+
+    def process(self, output: list[str]) -> dict:
+        return {line[len("/etc/redis/redis-"):-len(".conf")]: line for line in output
+                if line.startswith("/etc/redis/redis-") and line.endswith(".conf")}
+
+
+def redis_paths(name: str) -> dict[str, str]:
+    """Where the Redis of the app `name` keeps its configuration, password and data."""
+    return {"conf": f"/etc/redis/redis-{name}.conf",  # the path Debian's template unit reads
+            "user": f"/etc/redis/redis-{name}.user.conf",  # its one user, the password in it
+            "password": f"{REDIS_PASSWORDS}/{name}.password",
+            "data": f"/var/lib/redis/{name}"}
+
+
 @deploy("Redis")
-def install_redis(apps):
-    """Debian's redis-server on 127.0.0.1 with a password made on the host, for the
-    apps with `redis`. Returns the op that made a new password (each app's REDIS_URL
-    is written again after it), or None."""
-    if not any(s.redis for s in apps):
-        return None
+def install_redis(apps) -> dict:
+    """A Redis of its own for each app with `redis` (Debian's redis-server@<app>
+    instance, on 127.0.0.1:<redis_port>, with a password made on the host). Returns
+    {app name: the op that made its new password}: its REDIS_URL is written again."""
+    wanted = [s for s in apps if s.redis]
+    if not wanted:
+        return {}
     if host.get_fact(Container):
         # Only in containers that cannot set up a user namespace (the stock unit's
         # PrivateUsers=true fails there with 217/USER); never on a real server.
         # Before the package, whose installation starts the service.
-        drop_in = files.put(name="Let redis-server start in this container (PrivateUsers=no)",
+        drop_in = files.put(name="Let redis-server@ start in this container (PrivateUsers=no)",
                             src=io.StringIO("[Service]\nPrivateUsers=no\n"), dest=REDIS_DROP_IN, mode="644",
                             create_remote_dir=True)
     else:
-        drop_in = files.file(name="No container drop-in for redis-server", path=REDIS_DROP_IN, present=False)
-    systemd.daemon_reload(name="Reload systemd (redis-server's drop-in changed)", _if=drop_in.did_change)
+        drop_in = files.file(name="No container drop-in for redis-server@", path=REDIS_DROP_IN, present=False)
+    systemd.daemon_reload(name="Reload systemd (redis-server@'s drop-in changed)", _if=drop_in.did_change)
+    if not host.get_fact(File, path=REDIS_TEMPLATE_UNIT):
+        # Debian's own instance (6379, no password: every local user's) must never
+        # start, not even for the moment between the package's start and a stop.
+        server.shell(name="Keep Debian's shared redis-server.service from starting (masked)",
+                     commands=["systemctl mask redis-server.service"])
     apt.packages(name="Install redis-server", packages=["redis-server"])
+    for path, mode in (("/etc/pyinfra-flask", "755"), (REDIS_PASSWORDS, "700")):
+        files.directory(name=f"Create {path}", path=path, user="root", group="root", mode=mode)
+    # The apps on the one Redis shared by every app of the host, before each had its own.
+    shared = [s.app_name for s in wanted if host.get_fact(File, path=REDIS_CONF)
+              and host.get_fact(RedisUrlIs, path=s.redis_env_path, url=SHARED_URL)]
+    if len(shared) > 1:
+        logger.warning(f"{host.print_prefix}The shared Redis's data stays in /var/lib/redis/dump.rdb, in no app's "
+                       f"Redis: {', '.join(shared)} used it, and their keys cannot be told apart (docs/workers.md)")
+    return {s.app_name: _instance(s, drop_in, seed=shared == [s.app_name]) for s in wanted}
+
+
+def _instance(s, drop_in, seed: bool):
+    """One app's Redis: its password, user, configuration and data, running."""
+    paths = redis_paths(s.app_name)
     made = None
-    if not host.get_fact(File, path=REDIS_PASSWORD):
+    if not host.get_fact(File, path=paths["password"]):
         # Made on the host and never printed: pyinfra's output shows only the commands.
-        made = server.shell(name="Generate the Redis password (on the host, root-only)", commands=[
-            "install -d -m 700 -o root -g root /etc/pyinfra-flask",
-            f"(umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n' > {REDIS_PASSWORD})",
-        ])
+        made = server.shell(name=f"Generate {s.app_name}'s Redis password (on the host, root-only)", commands=[
+            f"(umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n' > {paths['password']})"])
     changes = [drop_in]
-    if made or not host.get_fact(File, path=REDIS_CONF):
-        new = f"{REDIS_CONF}.new"
-        changes.append(server.shell(name=f"Write {REDIS_CONF} (bind 127.0.0.1, the password)", commands=[
-            f"(umask 027; printf 'bind 127.0.0.1 -::1\\nprotected-mode yes\\nrequirepass %s\\n' "
-            f"\"$(cat {REDIS_PASSWORD})\" > {new}) && chown redis:redis {new} && mv {new} {REDIS_CONF}"]))
-    changes.append(files.line(name="Include it in /etc/redis/redis.conf", path="/etc/redis/redis.conf",
-                              line=f"include {REDIS_CONF}"))
-    systemd.service(name="Restart redis-server (its configuration changed)", service="redis-server",
+    if made or not host.get_fact(File, path=paths["user"]):
+        new = f"{paths['user']}.new"
+        # Channel rules (`&*`) came with Redis 6.2; 6.0 lets every user use every channel.
+        channels = "$(redis-server --version | grep -q ' v=6\\.0\\.' || echo '&* ')"
+        changes.append(server.shell(name=f"Write {paths['user']} ({s.app_name}'s Redis user, its password)", commands=[
+            f"(umask 027; printf 'user default on >%s ~* %s{REDIS_RULES}\\n' \"$(cat {paths['password']})\" "
+            f"\"{channels}\" > {new}) && chown root:redis {new} && mv {new} {paths['user']}"]))
+    if not host.get_fact(Directory, path=paths["data"]):
+        commands = [f"install -d -m 750 -o redis -g redis {paths['data']}"]
+        if seed:
+            # The only app on the shared Redis: its data (queued jobs included) goes
+            # with it, and holds nothing it could not read there already.
+            commands += [f"REDISCLI_AUTH=\"$(cat {REDIS_PASSWORD})\" redis-cli -h 127.0.0.1 -p 6379 save || true",
+                         f"if [ -f /var/lib/redis/dump.rdb ]; then install -m 640 -o redis -g redis "
+                         f"/var/lib/redis/dump.rdb {paths['data']}/dump.rdb; fi"]
+        server.shell(name=f"Create {paths['data']} ({s.app_name}'s Redis data)"
+                     + (", with the shared Redis's data" if seed else ""), commands=commands)
+    changes.append(files.template(
+        jinja_env_kwargs=JINJA, name=f"Write {paths['conf']} ({s.app_name}'s Redis, 127.0.0.1:{s.redis_port})",
+        src=str(TEMPLATES / "redis.conf.j2"), dest=paths["conf"], user="root", group="redis", mode="640",
+        s=s, paths=paths, marker=REDIS_MARKER, rules=REDIS_RULES))
+    systemd.service(name=f"Restart {s.redis_service} (its configuration changed)", service=s.redis_service,
                     running=True, enabled=True, restarted=True, _if=lambda: any(op.did_change() for op in changes))
-    systemd.service(name="Run redis-server at boot", service="redis-server", running=True, enabled=True)
+    systemd.service(name=f"Run {s.redis_service} (and at boot)", service=s.redis_service, running=True,
+                    enabled=True)
     return made
 
 
 @deploy("Redis URL")
-def redis_url(s, made) -> list:
+def redis_url(s, made: dict) -> list:
     """The app's REDIS_URL (root's, mode 600, read by systemd), or none without
     `redis`. Returns the ops that changed it (the app's units restart on them)."""
     if not s.redis:
@@ -233,4 +302,52 @@ def redis_url(s, made) -> list:
         return []
     files.directory(name=f"Create {s.app_root}/secrets (private)", path=f"{s.app_root}/secrets",
                     user="root", group="root", mode="700")
-    return url_from_password(s, "REDIS_URL", "redis://:%s@127.0.0.1:6379/0", REDIS_PASSWORD, s.redis_env_path, made)
+    # Written again when it points elsewhere: a new redis_port, or the shared Redis
+    # of the deploys before each app had its own.
+    current = host.get_fact(RedisUrlIs, path=s.redis_env_path, url=s.redis_url)
+    return url_from_password(s, "REDIS_URL", s.redis_url, redis_paths(s.app_name)["password"], s.redis_env_path,
+                             made.get(s.app_name) or not current)
+
+
+class RedisUrlIs(FactBase):
+    """Whether the REDIS_URL file `path` holds `url` (`%s` standing for any password
+    the deploy makes): only yes or no comes back, never the file's password."""
+
+    def command(self, path: str, url: str) -> str:
+        pattern = shlex.quote('REDIS_URL="' + re.escape(url).replace("%s", "[0-9a-f]*") + '"$')
+        return f"grep -q -e {pattern} {shlex.quote(path)} 2>/dev/null && echo yes || true"
+
+    def process(self, output: list[str]) -> bool:
+        return output == ["yes"]
+
+
+@deploy("Redis of apps no longer deployed")
+def retire_redis(apps) -> None:
+    """Last (every app's units are on their new REDIS_URL): the Redis instances of
+    apps gone from the data or without `redis` stopped, their configuration and
+    password removed (their data stays in /var/lib/redis/<app>); and the shared
+    Redis of the deploys before each app had its own, stopped and masked, its
+    configuration and password removed (its data stays in /var/lib/redis/dump.rdb)."""
+    wanted = {s.app_name for s in apps if s.redis}
+    stale = sorted(name for name in host.get_fact(RedisInstances) if name not in wanted)
+    for name in stale:
+        paths = redis_paths(name)
+        server.shell(name=f"Stop redis-server@{name} (its app is gone or has no redis)",
+                     commands=[f"systemctl disable --now {shlex.quote(f'redis-server@{name}.service')}"])
+        for key in ("conf", "user", "password"):
+            files.file(name=f"Remove {paths[key]}", path=paths[key], present=False)
+    if not host.get_fact(File, path=REDIS_CONF):
+        return
+    # An app without `redis` may still name it in its own environment.
+    users = [s.app_name for s in apps if not s.redis
+             and re.search(r"@(127\.0\.0\.1|localhost|\[::1\])(:6379)?/", s.environment().get("REDIS_URL", ""))]
+    if users:
+        logger.warning(f"{host.print_prefix}The shared Redis stays: the REDIS_URL of {', '.join(users)} "
+                       "(app_env_file, app_env_from) names it")
+    else:
+        server.shell(name="Stop the shared redis-server.service (each app has a Redis of its own)",
+                     commands=["systemctl disable --now redis-server.service", "systemctl mask redis-server.service"])
+        files.line(name="Remove its include from /etc/redis/redis.conf", path="/etc/redis/redis.conf",
+                   line=f"include {REDIS_CONF}", present=False)
+        for path in (REDIS_CONF, REDIS_PASSWORD, LEGACY_DROP_IN):
+            files.file(name=f"Remove {path}", path=path, present=False)

@@ -217,6 +217,20 @@ def apps_apart(apps: list[App], login: str | None = None) -> list[str]:
         if app.database:
             databases.setdefault(app.database_name, app.app_name)
     problems += logs_apart(apps)
+    # Each app's Redis on a port of its own, clear of every port the host's apps listen on.
+    ports: dict = {}
+    for app in apps:
+        listening = [("nginx_port", app.nginx_port)] + ([("tls_port", app.tls_port)] if app.tls else [])
+        if app.uwsgi_tcp:
+            listening.append(("uwsgi_socket", int(app.uwsgi_tcp.rsplit(":", 1)[1])))
+        for key, port in listening:
+            ports.setdefault(port, f"{app.app_name}'s {key}")
+    for app in apps:
+        if app.redis:
+            if app.redis_port in ports:
+                problems.append(f"redis_port = {app.redis_port}: {app.app_name}'s Redis would be on the port of "
+                                f"{ports[app.redis_port]}; set redis_port for one of them")
+            ports.setdefault(app.redis_port, f"{app.app_name}'s redis_port")
     routes: dict = {}
     sockets: dict = {}
     sites: dict = {}

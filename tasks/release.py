@@ -291,6 +291,7 @@ def tool_settings(s) -> dict:
         "workers": s.worker_instances,
         "environment_files": s.environment_files,
         "uwsgi": f"{s.uwsgi_venv}/bin/uwsgi",
+        "message_queue": bool(s.socketio),
     }
     contract = typing.get_type_hints(_tool().Settings)
     if set(settings) != set(contract) or not all(isinstance(value, contract[key]) for key, value in settings.items()):

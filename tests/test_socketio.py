@@ -13,12 +13,15 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sys
 import threading
 import time
+import types
 
 import pytest
 import socketio
 
+from tasks.release import _tool
 from tests.conftest import REPO_ROOT, get, run_deploy
 from tests.test_distros import LB_DATA, deploy, host_facts
 
@@ -101,6 +104,28 @@ def test_one_socket_per_instance_behind_nginx_with_a_route_cookie_and_the_hosts_
     # At least two instances, whatever the host: one serves while the other is replaced.
     assert "processes = 2" in one(cpus=1, **SOCKETIO).uploads["/srv/greeting/uwsgi.ini"]
     assert "processes = 3" in one(cpus=8, socketio_instances=3, **SOCKETIO).uploads["/srv/greeting/uwsgi.ini"]
+
+
+def test_a_socketio_release_proves_its_message_queue_before_its_switch(monkeypatch):
+    settings = json.loads(one(**SOCKETIO).uploads["/srv/greeting/release-tool.json"])
+    assert settings["message_queue"] is True
+    assert json.loads(one().uploads["/srv/greeting/release-tool.json"])["message_queue"] is False
+    # The check, as the release's venv runs it: without a Redis client, one line naming
+    # the package; an unreachable queue, one line naming the error (never the URL's
+    # password); another kind of queue, not checked.
+    canary = {}
+    exec(_tool().CANARY.split("\ndef main():")[0], canary)
+    monkeypatch.setitem(sys.modules, "redis", None)
+    with pytest.raises(SystemExit, match="^socketio: the release's venv has no redis package, the client of the "
+                                         "message queue \\(REDIS_URL\\)"):
+        canary["message_queue"]("redis://default:secret@127.0.0.1:1/0")
+    monkeypatch.setitem(sys.modules, "redis", types.SimpleNamespace(Redis=types.SimpleNamespace(
+        from_url=lambda url, **options: (_ for _ in ()).throw(ConnectionError("Error 111 connecting to 127.0.0.1:1.")))))
+    with pytest.raises(SystemExit) as refused:
+        canary["message_queue"]("redis://default:secret@127.0.0.1:1/0")
+    assert str(refused.value) == ("socketio: the message queue (REDIS_URL) does not work: ConnectionError: "
+                                  "Error 111 connecting to 127.0.0.1:1.")
+    canary["message_queue"]("amqp://guest@rabbit//")
 
 
 def test_balancers_keep_each_client_on_one_instance_of_one_app_server(tmp_path):
@@ -260,3 +285,40 @@ def test_flask_socketio_over_websockets_on_every_instance_through_a_redeploy(for
     finally:
         for chatter in chatters:
             chatter.client.disconnect()
+    _without_a_queue_client_never_goes_live(fork, tmp_path)
+
+
+# Flask-SocketIO without the `redis` package in its venv imports and serves, and only
+# logs "Cannot publish to redis... giving up" at each broadcast.
+NO_QUEUE_CLIENT = """import os
+
+from flask import Flask
+from flask_socketio import SocketIO
+
+app = Flask(__name__)
+socketio = SocketIO(app, async_mode="gevent_uwsgi", message_queue=os.environ["REDIS_URL"])
+
+
+@app.get("/")
+def index():
+    return "no queue client"
+"""
+
+
+def _without_a_queue_client_never_goes_live(fork, tmp_path):
+    """A Socket.IO release whose venv cannot reach its message queue is refused
+    before its switch: the live release keeps serving."""
+    source = tmp_path / "no-queue-client"
+    source.mkdir()
+    (source / "app.py").write_text(NO_QUEUE_CLIENT)
+    requirements = (REPO_ROOT / "tests/apps/socketio/requirements.txt").read_text()
+    (source / "requirements.txt").write_text("\n".join(
+        line for line in requirements.splitlines() if not line.lower().startswith("celery")) + "\n")
+    live = fork.exec("readlink /srv/greeting/current").strip()
+    run = run_deploy(fork, tmp_path, data={**SOCKETIO, "app_source": str(source), "app_entry": "app:app"},
+                     check=False)
+    assert run.returncode != 0
+    assert "socketio: the release's venv has no redis package" in run.output, run.output[-3000:]
+    assert "failed its check before the switch" in run.output
+    assert fork.exec("readlink /srv/greeting/current").strip() == live
+    print(f"without a queue client: refused before the switch in {run.seconds:.1f}s")

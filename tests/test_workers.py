@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shlex
 import shutil
 import time
 
 import pytest
 from pyinfra.api.exceptions import DeployError
 
-from tasks.background import REDIS_PASSWORD, BackgroundUnits, systemd_command
+from tasks.app import App
+from tasks.background import REDIS_TEMPLATE_UNIT, BackgroundUnits, RedisInstances, systemd_command
+from tasks.settings import Settings
 from tests.conftest import REPO_ROOT, Load, get, run_deploy
 from tests.test_distros import LB_DATA, deploy, host_facts
 
@@ -101,7 +104,7 @@ def test_worker_and_job_units_follow_the_live_release_with_the_apps_user_sandbox
                  "Environment=PATH=/srv/greeting/current/.venv/bin:", "EnvironmentFile=/srv/greeting/secrets/app.env",
                  "EnvironmentFile=/srv/greeting/secrets/redis.env", "KillSignal=SIGTERM", "TimeoutStopSec=45",
                  "Restart=on-failure", 'ExecStart=/bin/sh -c "celery -A tasks worker --loglevel=INFO"',
-                 "ReadWritePaths=-/srv/greeting/shared/instance", "After=network.target redis-server.service"):
+                 "ReadWritePaths=-/srv/greeting/shared/instance", "After=network.target redis-server@greeting.service"):
         assert line in worker, line
     # The same sandbox and environment as the web app's unit.
     for line in web.splitlines():
@@ -131,14 +134,117 @@ def test_redis_password_is_made_on_the_host_and_never_in_the_output():
     redis = run.named("Redis")
     assert "Redis | Install redis-server" in redis
     commands = "\n".join(c for cs in run.changed.values() for c in cs)
-    assert "requirepass %s" in commands and "$(cat /etc/pyinfra-flask/redis.password)" in commands
-    assert "umask 077" in redis["Redis | Generate the Redis password (on the host, root-only)"][1]
+    assert "user default on >%s ~* %s+@all -@admin" in commands
+    assert "$(cat /etc/pyinfra-flask/redis/greeting.password)" in commands
+    assert "umask 077" in redis["Redis | Generate greeting's Redis password (on the host, root-only)"][0]
+    port = App.resolve(Settings()).redis_port
+    [url] = run.changed["Redis URL | Hand greeting its REDIS_URL (/srv/greeting/secrets/redis.env, root-only)"]
+    assert f"REDIS_URL=\"redis://default:%s@127.0.0.1:{port}/0\"" in url
     # A fake host is no container: no PrivateUsers drop-in.
-    assert "Redis | Let redis-server start in this container (PrivateUsers=no)" not in redis
-    # In a container it is written.
+    assert "Redis | Let redis-server@ start in this container (PrivateUsers=no)" not in redis
+    # In a container it is written, for the template unit of every app's Redis.
     contained = deploy({"web": host_facts("debian12", Container=True)}, workers=WORKERS, redis=True)["web"]
     assert contained.uploads[
-        "/etc/systemd/system/redis-server.service.d/pyinfra-flask-container.conf"] == "[Service]\nPrivateUsers=no\n"
+        "/etc/systemd/system/redis-server@.service.d/pyinfra-flask-container.conf"] == "[Service]\nPrivateUsers=no\n"
+
+
+def test_each_app_has_a_redis_of_its_own():
+    apps = [{"app_name": "shop", "redis": True, "workers": WORKERS},
+            {"app_name": "blog", "redis": True, "url_prefix": "/blog"}, {"app_name": "plain", "url_prefix": "/p"}]
+    run = one(apps=apps)
+    ports = {name: App.resolve(Settings(app_name=name)).redis_port for name in ("shop", "blog")}
+    assert len(set(ports.values())) == 2
+    for name, port in ports.items():
+        conf = run.uploads[f"/etc/redis/redis-{name}.conf"]
+        for line in ("bind 127.0.0.1 -::1", f"port {port}", f"dir /var/lib/redis/{name}",
+                     f"include /etc/redis/redis-{name}.user.conf", "protected-mode yes", "supervised systemd"):
+            assert line in conf.splitlines(), (name, line)
+        assert "requirepass" not in conf and "unixsocket" not in conf.replace("unix socket", "")
+        assert f"Redis | Run redis-server@{name}.service (and at boot)" in run.changed
+        assert f"Redis | Create /var/lib/redis/{name} ({name}'s Redis data)" in run.changed
+    assert "/etc/redis/redis-plain.conf" not in run.uploads
+    assert "After=network.target redis-server@shop.service" in run.uploads["/etc/systemd/system/shop-celery@.service"]
+    # Debian's own instance (6379, no password) never starts: masked before the package.
+    names = list(run.changed)
+    assert names.index("Redis | Keep Debian's shared redis-server.service from starting (masked)") < names.index(
+        "Redis | Install redis-server")
+    # Installed already: left alone.
+    installed = deploy({"web": host_facts("debian12", File=lambda path: path.endswith("@.service") or None)},
+                       apps=apps)["web"]
+    assert "Redis | Keep Debian's shared redis-server.service from starting (masked)" not in installed.changed
+
+
+@pytest.mark.parametrize(("apps", "line"), [
+    ([{"app_name": "shop", "redis": True, "redis_port": 7000}, {"app_name": "blog", "redis": True,
+                                                                 "redis_port": 7000, "url_prefix": "/blog"}],
+     "redis_port = 7000: blog's Redis would be on the port of shop's redis_port; set redis_port for one of them"),
+    ([{"app_name": "shop", "redis": True, "redis_port": 8080, "nginx_port": 8080}],
+     "redis_port = 8080: shop's Redis would be on the port of shop's nginx_port"),
+])
+def test_redis_ports_that_clash_are_refused_naming_the_key(apps, line):
+    assert line in refused(apps=apps)
+
+
+def test_the_shared_redis_of_older_deploys_gives_way_to_one_per_app():
+    older = ("/etc/redis/pyinfra-flask.conf", "/etc/pyinfra-flask/redis.password", REDIS_TEMPLATE_UNIT)
+    legacy = {"File": lambda path: {"user": "root", "group": "root", "mode": 600} if path in older else None,
+              "RedisUrlIs": lambda path, url: ":6379/" in url and "/blog/" not in path}
+    # One app used it: its Redis starts with the shared one's data (saved first).
+    run = deploy({"web": host_facts("debian12", legacy)}, redis=True)["web"]
+    [seeded] = [name for name in run.changed if name.endswith("with the shared Redis's data")]
+    commands = "\n".join(run.changed[seeded])
+    assert 'REDISCLI_AUTH="$(cat /etc/pyinfra-flask/redis.password)" redis-cli -h 127.0.0.1 -p 6379 save' in commands
+    assert "/var/lib/redis/dump.rdb /var/lib/redis/greeting/dump.rdb" in commands
+    # The shared one is stopped and its configuration removed last, once every app
+    # is on its own Redis.
+    names = list(run.changed)
+    retired = names.index("Redis of apps no longer deployed | Stop the shared redis-server.service "
+                          "(each app has a Redis of its own)")
+    assert retired > max(i for i, n in enumerate(names) if n.startswith("Release activation |"))
+    assert "Redis of apps no longer deployed | Remove /etc/redis/pyinfra-flask.conf" in names[retired:]
+    assert "Redis of apps no longer deployed | Remove /etc/pyinfra-flask/redis.password" in names[retired:]
+    assert 'REDIS_URL="redis://default:%s@127.0.0.1:' in "\n".join(
+        run.changed["Redis URL | Hand greeting its REDIS_URL (/srv/greeting/secrets/redis.env, root-only)"])
+    # Several apps shared it: their keys cannot be told apart, none gets them.
+    two = [{"app_name": "shop", "redis": True}, {"app_name": "wiki", "redis": True, "url_prefix": "/w"}]
+    run = deploy({"web": host_facts("debian12", legacy)}, apps=two)["web"]
+    assert not [name for name in run.changed if name.endswith("with the shared Redis's data")]
+    assert "Redis | Create /var/lib/redis/shop (shop's Redis data)" in run.changed
+    # An app new to Redis beside the one that used it: only that one gets its data.
+    run = deploy({"web": host_facts("debian12", legacy)}, apps=[two[0], {**two[1], "app_name": "blog"}])["web"]
+    assert [name for name in run.changed if name.endswith("with the shared Redis's data")] == [
+        "Redis | Create /var/lib/redis/shop (shop's Redis data), with the shared Redis's data"]
+
+
+def test_the_shared_redis_stays_while_an_apps_own_environment_names_it(tmp_path):
+    env = tmp_path / "other.env"
+    env.write_text("REDIS_URL=redis://:copied@127.0.0.1:6379/0\n")
+    older = ("/etc/redis/pyinfra-flask.conf", "/etc/pyinfra-flask/redis.password", REDIS_TEMPLATE_UNIT)
+    facts = host_facts("debian12", File=lambda path: {"user": "root", "group": "root", "mode": 600}
+                       if path in older else None)
+    run = deploy({"web": facts}, apps=[{"app_name": "shop", "redis": True},
+                                       {"app_name": "other", "url_prefix": "/o", "app_env_file": str(env)}])["web"]
+    assert not [name for name in run.changed if "shared redis-server.service" in name or "pyinfra-flask.conf" in name]
+    assert "Redis | Run redis-server@shop.service (and at boot)" in run.changed
+
+
+def test_the_redis_of_a_removed_app_is_stopped_and_its_secrets_removed():
+    found = {"gone": "/etc/redis/redis-gone.conf", "greeting": "/etc/redis/redis-greeting.conf"}
+    gone = ("/etc/redis/redis-gone.conf", "/etc/redis/redis-gone.user.conf", "/etc/pyinfra-flask/redis/gone.password")
+    run = deploy({"web": host_facts("debian12", RedisInstances=found, File=lambda path: {
+        "user": "root", "group": "root", "mode": 600} if path in gone else None)}, redis=True)["web"]
+    assert run.changed["Redis of apps no longer deployed | Stop redis-server@gone (its app is gone or has no redis)"] == [
+        "systemctl disable --now redis-server@gone.service"]
+    for path in ("/etc/redis/redis-gone.conf", "/etc/redis/redis-gone.user.conf",
+                 "/etc/pyinfra-flask/redis/gone.password"):
+        assert f"Redis of apps no longer deployed | Remove {path}" in run.changed
+    assert not [name for name in run.changed if "redis-server@greeting (its app" in name]
+    assert not [name for name in run.changed if "/var/lib/redis/gone" in " ".join(run.changed[name])]
+
+
+def test_the_instances_fact_reads_the_marked_configurations():
+    assert RedisInstances().process(["/etc/redis/redis-shop.conf", "/etc/redis/redis-my-blog.conf"]) == {
+        "shop": "/etc/redis/redis-shop.conf", "my-blog": "/etc/redis/redis-my-blog.conf"}
 
 
 def test_behind_balancers_only_the_first_app_server_gets_the_timers():
@@ -254,6 +360,89 @@ def tasker_data(source, workers=True, jobs=True) -> dict:
             "jobs": {"tick": {"command": TICK, "schedule": "*:*:0/2", "timeout": 20}} if jobs else {}}
 
 
+# A second app of the host with a Redis of its own: the hostile neighbour. The example
+# app (already on the shared deployed host), under a prefix.
+NEIGHBOUR = {"app_name": "greeting", "redis": True, "url_prefix": "/neighbour"}
+
+
+def with_neighbour(data: dict) -> dict:
+    return {"apps": [data, NEIGHBOUR]}
+
+
+def redis_url_of(host, app: str) -> str:
+    """The app's REDIS_URL as its units get it (root's file), the user named (as
+    redis-cli needs: `redis://:<password>@` is the same `default` user)."""
+    url = host.exec(f"sed -n 's/^REDIS_URL=\"\\(.*\\)\"$/\\1/p' /srv/{app}/secrets/redis.env").strip()
+    return url.replace("redis://:", "redis://default:", 1)
+
+
+def as_neighbour(host, url: str, command: str, check=False) -> str:
+    """redis-cli as the neighbour's user, with `url` (whoever's it is)."""
+    return host.exec(f"cd / && runuser -u greeting -- redis-cli --no-auth-warning -u "
+                     f"{shlex.quote(url)} {command} 2>&1", check=check).strip()
+
+
+def _as_left_by_the_shared_redis(fork):
+    """The host as deploys before one Redis per app left it: one redis-server for
+    all, its password in redis.env of the app that used it (the neighbour), a job
+    queued there."""
+    fork.exec(
+        "mkdir -p /etc/systemd/system/redis-server.service.d && printf '[Service]\\nPrivateUsers=no\\n' "
+        "> /etc/systemd/system/redis-server.service.d/pyinfra-flask-container.conf && systemctl daemon-reload && "
+        "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server >/dev/null && "
+        "install -d -m 700 /etc/pyinfra-flask /srv/greeting/secrets && "
+        "head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n' > /etc/pyinfra-flask/redis.password && "
+        "printf 'bind 127.0.0.1 -::1\\nprotected-mode yes\\nrequirepass %s\\n' "
+        "\"$(cat /etc/pyinfra-flask/redis.password)\" > /etc/redis/pyinfra-flask.conf && "
+        "echo 'include /etc/redis/pyinfra-flask.conf' >> /etc/redis/redis.conf && "
+        "printf 'REDIS_URL=\"redis://:%s@127.0.0.1:6379/0\"\\n' \"$(cat /etc/pyinfra-flask/redis.password)\" "
+        "> /srv/greeting/secrets/redis.env && systemctl restart redis-server && "
+        "REDISCLI_AUTH=\"$(cat /etc/pyinfra-flask/redis.password)\" redis-cli rpush queued-job greeting-job")
+
+
+def _moved_off_the_shared_redis(fork):
+    """Each app on its own Redis; the one app that used the shared one has its
+    queued job, the other none; the shared one stopped, its config gone."""
+    assert as_neighbour(fork, redis_url_of(fork, "greeting"), "lrange queued-job 0 -1") == "greeting-job"
+    assert fork.exec(f"redis-cli --no-auth-warning -u {shlex.quote(redis_url_of(fork, 'tasker'))} exists queued-job"
+                     ).strip() == "0"
+    assert fork.exec("systemctl is-enabled redis-server.service", check=False).strip() == "masked"
+    assert fork.exec("systemctl is-active redis-server.service", check=False).strip() == "inactive"
+    assert fork.exec("ls /etc/redis/pyinfra-flask.conf /etc/pyinfra-flask/redis.password 2>&1; "
+                     "grep -c pyinfra-flask /etc/redis/redis.conf", check=False).split()[-1] == "0"
+    assert fork.exec("ls /var/lib/redis/dump.rdb").strip() == "/var/lib/redis/dump.rdb"  # its data stays
+
+
+def _neighbour_cannot_reach_tasker_redis(fork):
+    """As the neighbour's user, with its own REDIS_URL: the tasker's Redis and keys
+    are out of reach, whatever it tries."""
+    mine, theirs = redis_url_of(fork, "greeting"), redis_url_of(fork, "tasker")
+    fork.exec(f"redis-cli --no-auth-warning -u {shlex.quote(theirs)} set tasker-secret kept")
+    # Its own Redis knows nothing of the tasker's keys, and whatever it does there
+    # (flush it all included) leaves them alone.
+    assert as_neighbour(fork, mine, "get tasker-secret") == ""
+    assert mine.startswith("redis://default:") and theirs.startswith("redis://default:") and mine != theirs
+    assert "tasker-secret" not in as_neighbour(fork, mine, "keys '*'")
+    assert as_neighbour(fork, mine, "set mine 1") == "OK"
+    assert as_neighbour(fork, mine, "flushall") == "OK"
+    # Nor can it reconfigure, stop or re-point its own Redis (to write files as the
+    # redis user, the other Redis's data among them).
+    for command in ("config set dir /var/lib/redis/tasker", "config set dbfilename x.rdb", "config get requirepass",
+                    "acl list", "shutdown nosave", "save", "debug sleep 0", "module list", "replicaof 127.0.0.1 1"):
+        answer = as_neighbour(fork, mine, command)
+        assert answer.startswith(("NOPERM", "ERR DEBUG")), (command, answer)
+    # The tasker's Redis: its own password does not open it, nor does none; its
+    # URL and password are root's alone.
+    port = theirs.rsplit(":", 1)[1].split("/")[0]
+    stolen = mine.replace(mine.rsplit(":", 1)[1], theirs.rsplit(":", 1)[1])
+    assert as_neighbour(fork, stolen, "get tasker-secret").startswith("AUTH failed: WRONGPASS")
+    assert as_neighbour(fork, f"redis://127.0.0.1:{port}/0", "flushall").startswith("NOAUTH")
+    for path in ("/srv/tasker/secrets/redis.env", "/etc/pyinfra-flask/redis/tasker.password",
+                 "/etc/redis/redis-tasker.user.conf", "/var/lib/redis/tasker/dump.rdb"):
+        assert "Permission denied" in fork.exec(f"runuser -u greeting -- cat {path} 2>&1", check=False), path
+    assert fork.exec(f"redis-cli --no-auth-warning -u {shlex.quote(theirs)} get tasker-secret").strip() == "kept"
+
+
 def main_pid(host) -> str:
     return host.exec(f"systemctl show -p MainPID --value {WORKER_UNIT}").strip()
 
@@ -277,21 +466,26 @@ def test_celery_worker_and_job_follow_the_releases_on_the_hosts_redis(fork, tmp_
     try:
         _follow_the_releases(fork, tmp_path)
     except BaseException:
-        print(fork.exec(f"systemctl status --no-pager {WORKER_UNIT} redis-server tasker-tick.service; "
-                        "journalctl --no-pager -n 60 -u tasker-celery@1 -u redis-server -u tasker", check=False))
+        print(fork.exec(f"systemctl status --no-pager {WORKER_UNIT} redis-server@tasker tasker-tick.service; "
+                        "journalctl --no-pager -n 60 -u tasker-celery@1 -u 'redis-server@*' -u tasker", check=False))
         raise
     print(f"\ntest_workers on a real host: {time.monotonic() - started:.1f}s")
 
 
 def _follow_the_releases(fork, tmp_path):
     v1, v2 = tasker(tmp_path, "v1"), tasker(tmp_path, "v2")
-    run_deploy(fork, tmp_path, data=tasker_data(v1))
+    _as_left_by_the_shared_redis(fork)
+    run_deploy(fork, tmp_path, data=with_neighbour(tasker_data(v1)))
     deployed_at = time.monotonic()
-    # Redis: on localhost only, with a password only root can read.
-    assert fork.exec("redis-cli -h 127.0.0.1 ping").strip().startswith("NOAUTH")
-    assert fork.exec(f"stat -c '%U %a' {REDIS_PASSWORD} /srv/tasker/secrets/redis.env").split() == [
-        "root", "600", "root", "600"]
-    assert "127.0.0.1:6379" in fork.exec("ss -ltn") and "0.0.0.0:6379" not in fork.exec("ss -ltn")
+    _moved_off_the_shared_redis(fork)
+    _neighbour_cannot_reach_tasker_redis(fork)
+    # Redis: each app's own, on localhost only, with a password only root can read.
+    port = App.resolve(Settings(app_name="tasker")).redis_port
+    assert fork.exec(f"redis-cli -h 127.0.0.1 -p {port} ping").strip().startswith("NOAUTH")
+    assert fork.exec("stat -c '%U %a' /etc/pyinfra-flask/redis/tasker.password /srv/tasker/secrets/redis.env"
+                     ).split() == ["root", "600", "root", "600"]
+    listening = fork.exec("ss -ltn")
+    assert f"127.0.0.1:{port}" in listening and f"0.0.0.0:{port}" not in listening and ":6379 " not in listening
     # A web request enqueues, the worker runs it, the web app shows its result.
     first = get(fork.url + "/enqueue").text
     assert first.startswith("v1 from worker pid"), first
@@ -304,7 +498,7 @@ def _follow_the_releases(fork, tmp_path):
              fork.exec(f"systemctl is-active {WORKER_UNIT}", check=False).strip() == "active", 15)
     assert get(fork.url + "/enqueue").text.startswith("v1")
     # Nothing to do the second time.
-    again = run_deploy(fork, tmp_path, data=tasker_data(v1))
+    again = run_deploy(fork, tmp_path, data=with_neighbour(tasker_data(v1)))
     assert again.changed_operations() == [], again.output[-3000:]
 
     # --dry --diff shows a unit's change (and changes nothing).
@@ -333,8 +527,13 @@ def _follow_the_releases(fork, tmp_path):
     assert moments == sorted(moments)
     assert fork.exec("systemctl is-failed tasker-tick.service", check=False).strip() != "failed"
 
-    # Removed from the settings: stopped, disabled, their units gone.
+    # Removed from the settings: stopped, disabled, their units gone; the neighbour's
+    # Redis too (its data stays, as its /srv/greeting does).
     run_deploy(fork, tmp_path, data=tasker_data(v1, workers=False, jobs=False))
+    assert fork.exec("systemctl is-active redis-server@greeting.service", check=False).strip() == "inactive"
+    assert fork.exec("ls /etc/redis/redis-greeting.conf /etc/pyinfra-flask/redis/greeting.password 2>&1",
+                     check=False).count("No such file") == 2
+    assert fork.exec("test -d /var/lib/redis/greeting && echo kept").strip() == "kept"
     assert fork.exec("ls /etc/systemd/system/ | grep '^tasker-' || true").strip() == ""
     assert fork.exec(f"systemctl is-active {WORKER_UNIT} tasker-tick.timer", check=False).split() == [
         "inactive", "inactive"]
