@@ -37,7 +37,8 @@ def _activate(target: str, mode: str, host_name: str, kind: str = "deploy", run:
     if fallback == target or fallback not in present:
         fallback = None
     if mode == "auto":
-        mode = "chain" if running and running in present and releases.venv_of(running) == releases.venv_of(target) else "graceful"
+        same_venv = running and running in present and releases.venv_of(running) == releases.venv_of(target)
+        mode = "chain" if same_venv else "graceful"
     fifo = None
     if uwsgi.service_active():
         # Opened (and checked) before anything changes: refused, nothing is switched.
@@ -62,7 +63,8 @@ def _activate(target: str, mode: str, host_name: str, kind: str = "deploy", run:
             base.log(f"release {target} failed ({failure}); switching back to {fallback}")
             releases.switch(fallback)
             try:
-                back = "chain" if releases.venv_of(fallback) == releases.venv_of(target) and mode == "chain" else "graceful"
+                same_venv = releases.venv_of(fallback) == releases.venv_of(target)
+                back = "chain" if same_venv and mode == "chain" else "graceful"
                 uwsgi.reload(back, fifo if back == "chain" else None)
                 health.health()
                 history.record("live", fallback, kind="restored", run=run)

@@ -24,7 +24,7 @@ def who() -> dict:
     if base.BY:
         user, _, machine = base.BY.rpartition("@")
         return {"user": user or base.BY, "machine": machine if user else "?"}
-    holder = lock._lock_entry() or {}
+    holder = lock.lock_entry() or {}
     if base.RUN and holder.get("run") == base.RUN and holder.get("user"):
         return {"user": holder["user"], "machine": holder.get("machine", "?")}
     return {"user": os.environ.get("SUDO_USER") or os.environ.get("USER") or str(os.getuid()),
@@ -37,11 +37,11 @@ def audit(event: str, result: str, **details) -> None:
     entry = {"at": base.iso(moment), "time": round(moment, 3), "app": base.CONFIG.get("app"), "event": event,
              "result": result, "by": who(),
              **{key: value for key, value in details.items() if value not in (None, "")}}
-    base._append(base.AUDIT, entry)
+    base.append_line(base.AUDIT, entry)
 
 
 def read_audit() -> list[dict]:
-    return [entry for entry in base._read_lines(base.AUDIT) if isinstance(entry.get("event"), str)]
+    return [entry for entry in base.read_lines(base.AUDIT) if isinstance(entry.get("event"), str)]
 
 
 def describe_audit(entry: dict) -> str:

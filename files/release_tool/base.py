@@ -70,7 +70,7 @@ def log(message: str) -> None:
     print(message, flush=True)
 
 
-def _open_no_follow(path: str, flags: int, kind: int, what: str) -> int:
+def open_no_follow(path: str, flags: int, kind: int, what: str) -> int:
     """Open a path in a directory the app user can write (/run/<app>) the only safe way
     for root: never through a link (O_NOFOLLOW), and only if it is what it should be,
     with one name (a hard link the app made to a file of someone else's is refused)
@@ -110,7 +110,7 @@ def iso(moment: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(moment))
 
 
-def _own_file(path: Path, flags: int, mode: int = 0o600) -> int:
+def own_file(path: Path, flags: int, mode: int = 0o600) -> int:
     """A regular file of root's in a directory of root's, never through a link."""
     fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     info = os.fstat(fd)
@@ -120,9 +120,9 @@ def _own_file(path: Path, flags: int, mode: int = 0o600) -> int:
     return fd
 
 
-def _append(path: Path, entry: dict) -> None:
+def append_line(path: Path, entry: dict) -> None:
     """One JSON line appended to a log of root's (history, audit)."""
-    fd = _own_file(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
+    fd = own_file(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
     try:
         size = os.fstat(fd).st_size
         # After a line cut short by a crash, a new line of its own.
@@ -132,10 +132,10 @@ def _append(path: Path, entry: dict) -> None:
         os.close(fd)
 
 
-def _read_lines(path: Path) -> list[dict]:
+def read_lines(path: Path) -> list[dict]:
     """The JSON objects of a log of root's, skipping a line cut short by a crash."""
     try:
-        fd = _own_file(path, os.O_RDONLY)
+        fd = own_file(path, os.O_RDONLY)
     except FileNotFoundError:
         return []
     with os.fdopen(fd, encoding="utf-8", errors="replace") as handle:
@@ -151,7 +151,7 @@ def _read_lines(path: Path) -> list[dict]:
     return entries
 
 
-def _write_own(path: Path, text: str) -> None:
+def write_own(path: Path, text: str) -> None:
     """Replace a small file of root's atomically (a new file renamed over it)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     tmp.unlink(missing_ok=True)

@@ -62,8 +62,8 @@ def cmd_lock(args) -> None:
         if broken:
             print(f"LOCK broke {json.dumps(broken)}", flush=True)
             audit.audit("lock-break", "ok", run=args.run, holder=lock.describe_holder(broken),
-                  why="its process is gone" if args.break_run and broken.get("run") == args.break_run
-                  else "deploy_lock_break")
+                        why="its process is gone" if args.break_run and broken.get("run") == args.break_run
+                        else "deploy_lock_break")
         if not taken:
             print(f"LOCK held {json.dumps(current)}", flush=True)
             sys.exit(3)
@@ -72,10 +72,11 @@ def cmd_lock(args) -> None:
     elif args.lock_action == "release":
         print("LOCK released" if lock.lock_release(args.run) else "LOCK not-ours", flush=True)
     else:  # break
-        with lock._guard():
+        with lock.guard():
             holder = lock.lock_holder()
             base.LOCK.unlink(missing_ok=True)
-        base.log(f"broke the deploy lock held by {lock.describe_holder(holder)}" if holder else "the deploy lock is free")
+        base.log(f"broke the deploy lock held by {lock.describe_holder(holder)}" if holder
+                 else "the deploy lock is free")
         if holder:
             audit.audit("lock-break", "ok", holder=lock.describe_holder(holder), why="release-tool lock break")
 
@@ -116,7 +117,8 @@ def argument_parser(root: Path | None = None) -> argparse.ArgumentParser:
     status_parser.add_argument("--json", action="store_true")
     status_parser.add_argument("--nginx", action="store_true", help="nginx runs the app's site on this host")
     for option in ("worker", "job", "timer", "certificate"):
-        status_parser.add_argument(f"--{option}", action="append", default=[], help=f"a {option} of the app (repeatable)")
+        status_parser.add_argument(f"--{option}", action="append", default=[],
+                                   help=f"a {option} of the app (repeatable)")
     exec_parser = sub.add_parser("exec", help="a command in the live release as the app user")
     exec_parser.add_argument("--tty", action="store_true", help="on a terminal (systemd-run --pty)")
     exec_parser.add_argument("cmd", nargs=argparse.REMAINDER, help="-- then the command")

@@ -13,20 +13,20 @@ def record(event: str, release: str, **extra) -> None:
     moment = time.time()
     entry = {"at": base.iso(moment), "time": round(moment, 3), "event": event, "release": release,
              **{key: value for key, value in extra.items() if value not in (None, "")}}
-    base._append(base.HISTORY, entry)
+    base.append_line(base.HISTORY, entry)
     if event == "live":
-        base._write_own(base.ROOT / "live-confirmed", release + "\n")
+        base.write_own(base.ROOT / "live-confirmed", release + "\n")
 
 
 def read_history() -> list[dict]:
-    return [entry for entry in base._read_lines(base.HISTORY)
+    return [entry for entry in base.read_lines(base.HISTORY)
             if isinstance(entry.get("release"), str) and isinstance(entry.get("event"), str)]
 
 
 def confirmed() -> str | None:
     """The release whose activation last ended healthy (what uWSGI last ran well)."""
     try:
-        fd = base._own_file(base.ROOT / "live-confirmed", os.O_RDONLY)
+        fd = base.own_file(base.ROOT / "live-confirmed", os.O_RDONLY)
     except (FileNotFoundError, base.Failure):
         return None
     with os.fdopen(fd) as handle:

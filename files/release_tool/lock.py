@@ -61,7 +61,7 @@ def connection_gone(holder: dict) -> bool:
 @contextlib.contextmanager
 def _flocked(name: str):
     """An exclusive flock of a root-only file in the app root, held for the block."""
-    fd = base._own_file(base.ROOT / name, os.O_RDWR | os.O_CREAT)
+    fd = base.own_file(base.ROOT / name, os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -69,7 +69,7 @@ def _flocked(name: str):
         os.close(fd)
 
 
-def _guard():
+def guard():
     return _flocked(".deploy.lock.guard")
 
 
@@ -87,7 +87,7 @@ def _working():
 def work_in_progress() -> bool:
     """A command that changes the host is running (it holds the work flock)."""
     try:
-        fd = base._own_file(base.ROOT / ".deploy.work", os.O_RDONLY)
+        fd = base.own_file(base.ROOT / ".deploy.work", os.O_RDONLY)
     except FileNotFoundError:
         return False
     try:
@@ -102,13 +102,13 @@ def work_in_progress() -> bool:
 def lock_holder() -> dict | None:
     """The run holding the lock, None when it is free (or its holder's connection is
     gone and nothing it started is still at work)."""
-    holder = _lock_entry()
+    holder = lock_entry()
     return None if holder is None or (connection_gone(holder) and not work_in_progress()) else holder
 
 
-def _lock_entry() -> dict | None:
+def lock_entry() -> dict | None:
     try:
-        fd = base._own_file(base.LOCK, os.O_RDONLY)
+        fd = base.own_file(base.LOCK, os.O_RDONLY)
     except FileNotFoundError:
         return None
     with os.fdopen(fd, errors="replace") as handle:
@@ -137,7 +137,7 @@ def lock_take(run: str, holder: dict, wait: float, break_run: str | None = None,
     deadline = time.monotonic() + wait
     broken = None
     while True:
-        with _guard():
+        with guard():
             current = lock_holder()
             if current and current.get("run") != run and (force or (break_run and current.get("run") == break_run)):
                 broken, current = current, None
@@ -157,7 +157,7 @@ def lock_take(run: str, holder: dict, wait: float, break_run: str | None = None,
 
 
 def lock_release(run: str) -> bool:
-    with _guard():
+    with guard():
         current = lock_holder()
         if current and current.get("run") == run:
             base.LOCK.unlink()

@@ -29,7 +29,7 @@ def maintenance_state() -> dict | None:
     """The flag's content ({since_at, by}) while maintenance is on, else None."""
     flag = _maintenance_dir() / "on"
     try:
-        fd = base._own_file(flag, os.O_RDONLY)
+        fd = base.own_file(flag, os.O_RDONLY)
     except FileNotFoundError:
         return None
     with os.fdopen(fd, errors="replace") as handle:
@@ -52,7 +52,7 @@ def cmd_maintenance(args) -> None:
     if args.state == "on":
         if before is None:
             moment = time.time()
-            base._write_own(flag, json.dumps({"since_at": base.iso(moment), "by": audit.who()}) + "\n")
+            base.write_own(flag, json.dumps({"since_at": base.iso(moment), "by": audit.who()}) + "\n")
             os.chmod(flag, 0o644)  # nginx's workers only test it, but may read it
         base.log(f"maintenance is on for {base.CONFIG['app']}" + (" (it already was)" if before is not None else ""))
     else:

@@ -49,4 +49,5 @@ def sandboxed(release: str, command: list[str], writable: list[str], venv: str |
 
 def in_release(release: str, command: list[str], extra_env: dict | None = None, tty: bool = False) -> int:
     """A step in a release: the venv on PATH, the shared paths writable."""
-    return sandboxed(release, command, base.CONFIG["writable"], f"{releases.release_dir(release)}/.venv", extra_env, tty)
+    venv = f"{releases.release_dir(release)}/.venv"
+    return sandboxed(release, command, base.CONFIG["writable"], venv, extra_env, tty)

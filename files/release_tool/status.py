@@ -25,8 +25,8 @@ def cmd_list(args) -> None:
         marker = "* live" if name == current else ("(failed after its switch)" if name in failed else "")
         by = deployed.get(name, {}).get("by") or {}
         deployer = f"  deployed by {by.get('user', '?')}@{by.get('machine', '?')}" if by else ""
-        base.log(f"{name}  commit={meta.get('commit') or '-'}  venv={Path(releases.venv_of(name)).name}  {marker}".rstrip()
-            + deployer)
+        venv = Path(releases.venv_of(name)).name
+        base.log(f"{name}  commit={meta.get('commit') or '-'}  venv={venv}  {marker}".rstrip() + deployer)
 
 
 def cmd_history(args) -> None:
@@ -92,13 +92,13 @@ def status_report(workers: list[str], jobs: list[str], timers: list[str], nginx:
     meta, entry = None, None
     if current is not None:
         try:
-            meta = {key: value for key, value in json.loads((releases.release_dir(current) / base.META).read_text()).items()
-                    if key != "files"}
+            found = json.loads((releases.release_dir(current) / base.META).read_text())
+            meta = {key: value for key, value in found.items() if key != "files"}
         except (base.Failure, OSError, ValueError):
             meta = None
         for event in ("live", "switched"):
-            entry = next((e for e in reversed(history.read_history()) if e["release"] == current and e["event"] == event),
-                         None)
+            entry = next((e for e in reversed(history.read_history())
+                          if e["release"] == current and e["event"] == event), None)
             if entry:
                 break
         deployer = audit.deployers(audit.read_audit()).get(current)

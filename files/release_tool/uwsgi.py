@@ -37,7 +37,7 @@ def systemctl(action: str) -> None:
 def open_master_fifo() -> int:
     """uWSGI's master FIFO, open for writing (ENXIO: nobody reads it, uWSGI is not up)."""
     try:
-        return base._open_no_follow(base.CONFIG["master_fifo"], os.O_WRONLY | os.O_NONBLOCK, stat.S_IFIFO,
+        return base.open_no_follow(base.CONFIG["master_fifo"], os.O_WRONLY | os.O_NONBLOCK, stat.S_IFIFO,
                                "uWSGI's master FIFO")
     except OSError as exc:
         raise base.Failure(f"uWSGI's master FIFO {base.CONFIG['master_fifo']} is not answering: {exc}") from exc
@@ -67,7 +67,7 @@ def stats() -> dict | None:
     (`worker_pids`) and the health check. The answer is read within a size and a
     time limit and must be a JSON object."""
     try:
-        fd = base._open_no_follow(base.CONFIG["stats_socket"], os.O_PATH, stat.S_IFSOCK, "uWSGI's stats socket")
+        fd = base.open_no_follow(base.CONFIG["stats_socket"], os.O_PATH, stat.S_IFSOCK, "uWSGI's stats socket")
     except OSError:
         return None
     try:
