@@ -5,6 +5,7 @@ tool's own argument parser."""
 
 from __future__ import annotations
 
+import ast
 import inspect
 import io
 import json
@@ -141,3 +142,24 @@ def test_the_loader_gives_a_fresh_tool_whose_names_set_where_they_are_defined(tm
     assert one.audit.__module__ == "release_tool.audit" and one.who()["user"] == "bo"
     with pytest.raises(AttributeError):
         _ = one.no_such_name
+
+
+def test_no_other_module_writes_the_tools_path_or_command_lines():
+    """tasks/tool.py is the one place that names bin/release-tool in code (docstrings
+    and comments aside)."""
+    from tasks import REPO_ROOT
+
+    scripts = ("ops.py", "rollout.py", "rollback.py", "releases.py", "deploy.py")
+    sources = [*(REPO_ROOT / "tasks").rglob("*.py"), *(REPO_ROOT / name for name in scripts)]
+    found = []
+    for source in sources:
+        if source == REPO_ROOT / "tasks/tool.py":
+            continue
+        tree = ast.parse(source.read_text())
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                      if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef)) and node.body
+                      and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+        found += [f"{source.relative_to(REPO_ROOT)}:{node.lineno}" for node in ast.walk(tree)
+                  if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+                  and ("bin/release-tool" in node.value or "release-tool " in node.value)]
+    assert found == []
