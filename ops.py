@@ -23,6 +23,7 @@ import sys
 import click
 
 from tasks import audit, database, lock, maintenance, ops_logs, ops_run, ops_status
+from tasks import tool as host_tool
 from tasks.fleet import Fleet, FleetError, echo, parse_data, run, show_output
 from tasks.settings import SettingsError
 
@@ -103,7 +104,8 @@ def cli(ctx: click.Context, inventory: str, limit: tuple[str, ...], data: tuple[
 def releases(ctx: Context):
     """List each host's releases per app, the live one marked."""
     def listing(host):
-        return [(app.app_name, run(host, f"{app.app_root}/bin/release-tool list")) for app in ctx.fleet.apps(host)]
+        return [(app.app_name, run(host, host_tool.listing(host_tool.path(app.app_root))))
+                for app in ctx.fleet.apps(host)]
 
     for name, apps in ctx.fleet.each(listing).items():
         for app_name, (ok, out, err) in apps:

@@ -14,12 +14,12 @@ check fails, the release that was live stays live. List releases first with
 app's deploy lock (tasks/lock.py).
 """
 
-import shlex
 
 from pyinfra import host
 from pyinfra.operations import server
 
 from tasks import hooks, lock
+from tasks import tool as host_tool
 from tasks.inventory import load_apps
 from tasks.settings import SettingsError
 
@@ -37,6 +37,5 @@ lock.take(host, [s])
 hooks.register(host, [s], "rollback")  # local hooks and the webhook (tasks/hooks.py)
 server.shell(
     name=f"Roll {s.app_name} back to {s.rollback_to or 'the release live before this one'}",
-    commands=[f"{s.app_root}/bin/release-tool --host-name {shlex.quote(host.name)} {lock.TOOL_RUN} "
-              f"rollback {s.rollback_to or ''}"],
+    commands=[host_tool.rollback(host_tool.path(s.app_root), s.rollback_to, host.name, lock.RUN_ID, lock.BY)],
 )

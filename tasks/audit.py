@@ -1,5 +1,5 @@
 """The audit log, read from the laptop (ops.py `audit`): every host's
-`release-tool audit` (files/release-tool.py writes <app_root>/audit.jsonl, root's:
+`release-tool audit` (files/release_tool/ writes <app_root>/audit.jsonl, root's:
 one JSON line per deploy, rollback, maintenance switch and lock break, naming who
 did it, what, when and how it ended).
 
@@ -11,9 +11,9 @@ their deploys' and rollbacks'.
 from __future__ import annotations
 
 import json
-import shlex
 
 from tasks import maintenance, topology
+from tasks import tool as host_tool
 
 
 def tools(host, apps) -> list[tuple[object, str]]:
@@ -23,10 +23,8 @@ def tools(host, apps) -> list[tuple[object, str]]:
 
 
 def command(tool_path: str, as_json: bool, last: int) -> str:
-    quoted = shlex.quote(tool_path)
-    options = (" --json" if as_json else "") + (f" -n {int(last)}" if last else "")
     # A host never deployed to (no tool yet) has no log: nothing to print.
-    return f"if [ -x {quoted} ]; then {quoted} audit{options}; fi"
+    return host_tool.if_installed(tool_path, host_tool.audit(tool_path, as_json, last))
 
 
 def tagged(host_name: str, app_name: str, line: str) -> str:

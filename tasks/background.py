@@ -8,7 +8,7 @@ opt-in local Redis (`redis`). See docs/workers.md.
 Every unit carries MARKER and its app's name, so units of workers and jobs gone from
 the settings (or of apps gone from the data) are found and removed. The workers are
 (re)started onto a release by the release tool after the release passed its health
-gate (files/release-tool.py); the deploy restarts them itself only when their unit or
+gate (files/release_tool/); the deploy restarts them itself only when their unit or
 environment changed without a new activation.
 """
 

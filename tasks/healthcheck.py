@@ -18,6 +18,7 @@ from pyinfra.api import FactBase, deploy
 from pyinfra.operations import files, server
 
 from tasks import REPO_ROOT
+from tasks import tool as host_tool
 
 INSTALL_DIR = "/usr/local/lib/pyinfra-flask"
 MODULE = f"{INSTALL_DIR}/healthcheck.py"
@@ -97,5 +98,5 @@ def verify(s, release, service_ops):
     behind a balancer), or the run fails with the service's log."""
     where = "from uWSGI" if s.behind_balancer else "through nginx"
     gate(f"Check GET {s.healthcheck_path} {where} answers {s.healthcheck_status}", spec(s),
-         f"{release.tool} --host-name {shlex.quote(host.name)} health",
+         host_tool.health(release.tool, host.name),
          triggers=[release.settings, *service_ops], present=release.tool)

@@ -14,7 +14,7 @@ pyinfra prepares (nothing runs then). That registers one pyinfra state callback
   token).
 
 How the run went comes from pyinfra (the hosts it failed) and from each host's
-audit log (files/release-tool.py): the entries of this run (its run id) name the
+audit log (files/release_tool/): the entries of this run (its run id) name the
 release ids before and after and whether the health gate rolled a release back,
 read with one command per host at its disconnect, only when hooks or a webhook
 are set. The outcome is `rolled-back` when a host rolled back automatically,
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import subprocess
 import time
 import urllib.error
@@ -43,6 +42,7 @@ from pyinfra.api import BaseStateCallback, StringCommand
 from pyinfra.api.exceptions import DeployError
 
 from tasks import lock, prefetch
+from tasks import tool as host_tool
 from tasks.app import local_path
 
 WEBHOOK_TIMEOUT = 5
@@ -193,8 +193,8 @@ def read_audit(host, apps) -> dict[str, dict]:
     """This run's last audit entry per app on a host (empty when the host has none)."""
     found = {}
     for s in apps:
-        tool = shlex.quote(f"{s.app_root}/bin/release-tool")
-        command = f"if [ -x {tool} ]; then {tool} audit --json -n 50; fi"
+        tool = host_tool.path(s.app_root)
+        command = host_tool.if_installed(tool, host_tool.audit(tool, True, 50))
         try:
             ok, output = host.run_shell_command(StringCommand(command), print_output=False, print_input=False,
                                                 **prefetch.default_connector_arguments(host))

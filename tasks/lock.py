@@ -41,6 +41,7 @@ from pyinfra.api.exceptions import DeployError
 from pyinfra.api.state import BaseStateCallback
 
 from tasks import prefetch
+from tasks import tool as host_tool
 
 # This run's id (one pyinfra process is one run).
 RUN_ID = secrets.token_hex(3)
@@ -61,10 +62,9 @@ def _user() -> str:
         return str(os.getuid())
 
 
-# Who runs this (the audit log's `by`, files/release-tool.py): the release tool's
-# options naming this run and its user@machine.
+# Who runs this (the audit log's `by`, files/release_tool/audit.py): with RUN_ID, what
+# the release tool's command lines name this run by (tasks/tool.py).
 BY = f"{_user()}@{MACHINE}"
-TOOL_RUN = f"--run {RUN_ID} --by {shlex.quote(BY)}"
 
 
 def _alive(pid) -> bool:
@@ -100,11 +100,9 @@ class DeployLock(FactBase):
 
     def command(self, tool: str, run: str, holder: str, wait: int, break_run: str = "", force: bool = False) -> str:
         quoted = shlex.quote(tool)
-        options = f"--wait {int(wait)}" + (f" --break-run {shlex.quote(break_run)}" if break_run else "") + (
-            " --force" if force else "")
+        take = host_tool.lock_take(tool, run, holder, wait, break_run, force)
         # Always exits 0, with the tool's errors in the output (a held lock exits 3).
-        return (f"if [ -x {quoted} ]; then {quoted} --run {shlex.quote(run)} lock take --holder "
-                f"{shlex.quote(holder)} {options} 2>&1; echo \"LOCK exit $?\"; else echo 'LOCK no-tool'; fi")
+        return f"if [ -x {quoted} ]; then {take} 2>&1; echo \"LOCK exit $?\"; else echo 'LOCK no-tool'; fi"
 
     def process(self, output: list[str]) -> dict:
         answer: dict = {"lines": output}
@@ -127,7 +125,7 @@ class DeployLock(FactBase):
 
 
 def _tool(s) -> str:
-    return f"{s.app_root}/bin/release-tool"
+    return host_tool.path(s.app_root)
 
 
 def _ask_arguments(s, wait: float = 0, break_run: str | None = None) -> dict:
@@ -207,7 +205,7 @@ class _ReleaseOnDisconnect(BaseStateCallback):
         # A lock taken over SSH is free once this connection closes: nothing to send.
         for tool in [tool for tool, release in _HELD.pop(host.name, {}).items() if release]:
             try:
-                host.run_shell_command(StringCommand(f"{shlex.quote(tool)} --run {RUN_ID} lock release"),
+                host.run_shell_command(StringCommand(host_tool.lock_release(tool, RUN_ID)),
                                        print_output=False, print_input=False,
                                        **prefetch.default_connector_arguments(host))
             except Exception as exc:  # the connection is gone: the lock stays, recognisably ours

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import io
 import json
-import shlex
 
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import files
 
 from tasks import REPO_ROOT, topology
+from tasks import tool as host_tool
 from tasks.app import MAINTENANCE_ROOT
 
 DEFAULT_PAGE = REPO_ROOT / "files/maintenance.html"
@@ -36,7 +36,7 @@ BALANCER_ROOT = "/var/lib/pyinfra-flask"
 
 def tool(s, balancer: bool) -> str:
     """The release tool that switches an app's maintenance (and keeps its audit log) on a host."""
-    return f"{BALANCER_ROOT}/{s.app_name}/bin/release-tool" if balancer else f"{s.app_root}/bin/release-tool"
+    return host_tool.path(f"{BALANCER_ROOT}/{s.app_name}" if balancer else s.app_root)
 
 
 def page_source(s) -> str:
@@ -61,7 +61,7 @@ def install(apps) -> list:
             for path in (root, f"{root}/bin"):
                 files.directory(name=f"Create {path} (root only)", path=path, user="root", group="root", mode="700")
             files.put(name="Install the release tool (maintenance switch, audit log)",
-                      src=str(REPO_ROOT / "files/release-tool.py"), dest=tool(s, balancer=True), mode="700")
+                      src=host_tool.upload(), dest=tool(s, balancer=True), mode="700")
             settings = {"app": s.app_name, "maintenance_dir": s.maintenance_dir}
             files.put(name="Write the release tool's settings (maintenance only)", mode="600",
                       src=io.StringIO(json.dumps(settings, indent=2) + "\n"), dest=f"{root}/release-tool.json")
@@ -78,4 +78,4 @@ def targets(host, apps) -> list[tuple[object, str]]:
 
 def switch_command(tool_path: str, state: str, by: str) -> str:
     """The host-side command switching maintenance on/off (or reading it: status)."""
-    return f"{shlex.quote(tool_path)} --by {shlex.quote(by)} maintenance {shlex.quote(state)}"
+    return host_tool.maintenance(tool_path, state, by)

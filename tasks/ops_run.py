@@ -3,7 +3,7 @@
 On the host, `release-tool exec` runs it in a transient systemd unit as the app
 user, in the live release's directory, with its venv on PATH, the app's
 environment files (app_env_file/app_env_from, REDIS_URL: read by systemd, never on
-a command line) and the service's sandbox (files/release-tool.py `sandboxed`). The
+a command line) and the service's sandbox (files/release_tool/sandbox.py). The
 words after `--` are joined with spaces and run by /bin/sh there, as ssh does.
 
 Without --tty the output comes back through pyinfra's connection, each line
@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 import shlex
 
+from tasks import tool as host_tool
 from tasks.app import App
 from tasks.fleet import FleetError
 
@@ -26,8 +27,7 @@ EXIT_STATUS = re.compile(r"^exit status (\d+)$")
 
 
 def exec_command(app: App, words: tuple[str, ...] | list[str], tty: bool = False) -> str:
-    return shlex.join([f"{app.app_root}/bin/release-tool", "exec", *(["--tty"] if tty else []), "--",
-                       " ".join(words)])
+    return host_tool.execute(host_tool.path(app.app_root), " ".join(words), tty)
 
 
 def exit_status(ok: bool, stderr: list[str]) -> int:

@@ -1,7 +1,7 @@
 """`ops.py status`: how each app is doing on each host, judged on the laptop.
 
 Each host is read in ONE remote command: the release tool's `status --json` of
-every app of the host (files/release-tool.py `status_report`), which reads the
+every app of the host (files/release_tool/status.py `status_report`), which reads the
 live release and the host's record of it, the units (one `systemctl show`), uWSGI's
 stats socket (opened the safe way, never through a link), nginx, the health check
 (files/healthcheck.py, one attempt), the certificate (openssl) and the free disk
@@ -16,12 +16,13 @@ import shlex
 from datetime import datetime, timezone
 
 from tasks import acme, healthcheck, topology
+from tasks import tool as host_tool
 from tasks.app import App
 from tasks.nginx import sites_for
 
 
 def tool(app: App) -> str:
-    return f"{app.app_root}/bin/release-tool"
+    return host_tool.path(app.app_root)
 
 
 def certificates(apps: list[App]) -> dict[str, str]:
@@ -44,12 +45,8 @@ def job_units(app: App) -> tuple[list[str], list[str]]:
 
 def app_command(app: App, certificate: str | None) -> str:
     jobs, timers = job_units(app)
-    args = [tool(app), "status", "--json", *(["--nginx"] if not app.behind_balancer else [])]
-    for option, values in (("--worker", app.worker_instances), ("--job", jobs), ("--timer", timers),
-                           ("--certificate", [certificate] if certificate else [])):
-        for value in values:
-            args += [option, value]
-    return shlex.join(args)
+    return host_tool.status(tool(app), not app.behind_balancer, app.worker_instances, jobs, timers,
+                            [certificate] if certificate else [])
 
 
 def balancer_command(app: App, certificate: str | None) -> str:

@@ -8,13 +8,12 @@
 A release is made only when what would go into it (code, requirements, entry point,
 shared paths) differs from the live one, so a no-op run stays "No changes". The
 switch, the reload and the health gate with automatic rollback are done on the host
-by bin/release-tool (files/release-tool.py), which rollback.py uses too.
+by bin/release-tool (files/release_tool/), which rollback.py uses too.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import io
 import json
 import shlex
@@ -31,7 +30,8 @@ from pyinfra.api import DeployError, FactBase, deploy
 from pyinfra.facts.systemd import SystemdStatus
 from pyinfra.operations import files, server
 
-from tasks import REPO_ROOT, TEMPLATES, healthcheck, lock
+from tasks import TEMPLATES, healthcheck, lock
+from tasks import tool as host_tool
 from tasks.secrets import env_file, put_secret
 # The bundle's own parts: what never ships, and the upload with its --diff preview.
 from tasks.release_exclude import (configured_secrets, holds_private_key, read_regular, refusal,  # noqa: I001
@@ -59,8 +59,8 @@ class Releases(FactBase):
     """The release tool's listing of the releases, the live one marked."""
 
     def command(self, app_root: str) -> str:
-        tool = shlex.quote(f"{app_root}/bin/release-tool")
-        return f"if [ -x {tool} ]; then {tool} list; fi"
+        tool = host_tool.path(app_root)
+        return host_tool.if_installed(tool, host_tool.listing(tool))
 
     def process(self, output: list[str]) -> str:
         return "\n".join(f"  {line}" for line in output)
@@ -262,16 +262,12 @@ class Release:
 
 @cache
 def _tool():
-    """files/release-tool.py as a module (importing it reads nothing), for its
-    settings' definition."""
-    spec = importlib.util.spec_from_file_location("pyinfra_flask_release_tool", REPO_ROOT / "files/release-tool.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The release tool (files/release_tool/), loaded for its settings' definition."""
+    return host_tool.load()
 
 
 def tool_settings(s) -> dict:
-    """The release tool's settings (its `Settings`, files/release-tool.py) for an app."""
+    """The release tool's settings (its `Settings`, files/release_tool/base.py) for an app."""
     settings = {
         "app": s.app_name,
         "service": s.service,
@@ -303,9 +299,8 @@ def tool_settings(s) -> dict:
 def prepare(s) -> Release:
     """Install the release tool, the shared paths, and (when something changed)
     a new release with its venv, checked and ready to switch to."""
-    tool = f"{s.app_root}/bin/release-tool"
-    files.put(name="Install the release tool", src=str(REPO_ROOT / "files/release-tool.py"),
-              dest=tool, mode="750")
+    tool = host_tool.path(s.app_root)
+    files.put(name="Install the release tool", src=host_tool.upload(), dest=tool, mode="750")
     settings = files.template(name="Write the release tool's settings", src=str(TEMPLATES / "release-tool.json.j2"),
                               dest=f"{s.app_root}/release-tool.json", mode="640", settings=tool_settings(s))
     for path in ("releases", "venvs", "shared"):
@@ -358,37 +353,39 @@ def prepare(s) -> Release:
         # pip (and every dependency's build step) runs as the app user in the
         # service's sandbox; the venv is root's once built (see the release tool).
         server.shell(name=f"Build venv {bundle.venv_hash} from {s.app_requirements} (as {s.app_user})",
-                     commands=[f"{tool} {lock.TOOL_RUN} build-venv {bundle.id}"])
+                     commands=[host_tool.build_venv(tool, bundle.id, lock.RUN_ID, lock.BY)])
     # In this order: the app must import, the before-switch commands (migrations,
     # a first `flask init-db`) run, and only then is the app asked for its health
     # path, so an app whose pages need those tables can deploy.
     server.shell(name=f"Check release {bundle.id} imports (as {s.app_user})",
-                 commands=[f"{tool} {lock.TOOL_RUN} check {bundle.id}"])
+                 commands=[host_tool.check(tool, bundle.id, lock.RUN_ID, lock.BY)])
     for command in s.before_switch_commands:
         server.shell(name=f"Before switch: {command}",
-                     commands=[f"{tool} {lock.TOOL_RUN} run {bundle.id} -- {shlex.quote(command)}"])
+                     commands=[host_tool.run_in_release(tool, bundle.id, command, lock.RUN_ID, lock.BY)])
     # Behind balancers on one app server only (tasks/topology.py); every host runs
     # this step before any runs its switch (pyinfra runs each step on all hosts first).
     for command in (s.migrate_commands if s.runs_migrations else []):
         server.shell(name=f"Migrate: {command}",
-                     commands=[f"{tool} {lock.TOOL_RUN} run {bundle.id} -- {shlex.quote(command)}"])
+                     commands=[host_tool.run_in_release(tool, bundle.id, command, lock.RUN_ID, lock.BY)])
     server.shell(name=f"Check release {bundle.id} answers GET {s.healthcheck_path} (called in-process)",
-                 commands=[f"{tool} {lock.TOOL_RUN} canary {bundle.id}"])
+                 commands=[host_tool.canary(tool, bundle.id, lock.RUN_ID, lock.BY)])
     return Release(bundle.id, tool, new=True, settings=settings, environment=environment)
 
 
 @deploy("Release activation")
 def activate(s, release: Release, restart_triggers, reload_triggers):
     """Switch to the release and get uWSGI onto it, health-gated; roll back on failure."""
-    run = f"{release.tool} --host-name {shlex.quote(host.name)} {lock.TOOL_RUN} activate {release.id}"
+    def run(mode: str) -> str:
+        return host_tool.activate(release.tool, release.id, mode, host.name, lock.RUN_ID, lock.BY)
+
     restarted = server.shell(
         name=f"Restart uWSGI on release {release.id} (its unit or uWSGI itself changed)",
-        commands=[f"{run} --mode restart"],
+        commands=[run("restart")],
         _if=lambda: any(op.did_change() for op in restart_triggers),
     )
     reloaded = server.shell(
         name=f"Reload uWSGI gracefully on release {release.id} (its config changed)",
-        commands=[f"{run} --mode graceful"],
+        commands=[run("graceful")],
         _if=lambda: not restarted.did_change() and any(op.did_change() for op in reload_triggers),
     )
     ops = [restarted, reloaded]
@@ -396,19 +393,19 @@ def activate(s, release: Release, restart_triggers, reload_triggers):
     if release.new or not running:
         ops.append(server.shell(
             name=f"Switch to release {release.id}, reload uWSGI without dropping requests, check health",
-            commands=[f"{run} --mode auto"],
+            commands=[run("auto")],
             _if=lambda: not restarted.did_change() and not reloaded.did_change(),
         ))
     elif not release.confirmed:
         # `current` was switched but the run ended before the health gate said yes.
         ops.append(server.shell(
             name=f"Activate release {release.id} again: its activation never ended healthy",
-            commands=[f"{run} --mode auto"],
+            commands=[run("auto")],
             _if=lambda: not restarted.did_change() and not reloaded.did_change(),
         ))
     if release.new:
         server.shell(name=f"Keep the newest {s.keep_releases} releases (by this host's record)",
-                     commands=[f"{release.tool} prune"])
+                     commands=[host_tool.prune(release.tool)])
     return ops
 
 

@@ -15,6 +15,7 @@ import threading
 import pytest
 
 from tasks import healthcheck as deploy_healthcheck
+from tasks import tool as host_tool
 from tests.conftest import REPO_ROOT
 
 MODULE = REPO_ROOT / "files/healthcheck.py"
@@ -234,7 +235,7 @@ def test_the_fact_and_the_release_tool_use_this_module(web, tmp_path):
     handler.routes["/health"] = (200, {}, b"")
     assert subprocess.run(["sh", "-c", script], capture_output=True, text=True).stdout.split() == ["yes"]
     # The release tool loads it from where its settings say and reports its verdict.
-    tool = load(REPO_ROOT / "files/release-tool.py", "release_tool_health")
+    tool = host_tool.load()
     tool.configure(tmp_path, {"health": spec, "health_module": str(MODULE)})
     tool.health(attempts=1)
     handler.routes["/health"] = (404, {}, b"")

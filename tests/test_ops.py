@@ -12,6 +12,7 @@ import threading
 
 import pytest
 
+from tasks import tool as host_tool
 from tasks.fleet import Fleet, FleetError, parse_data, read_inventory
 from tests.conftest import REPO_ROOT
 
@@ -311,15 +312,11 @@ def test_commands_on_a_host_without_the_deploy_say_so_with_their_exit_status(tmp
     assert tty.returncode == 2 and "--tty: @local is not reached over SSH" in tty.stderr
 
 
-# The release tool's side: `status` and `exec` (files/release-tool.py) ------------------------
+# The release tool's side: `status` and `exec` (files/release_tool/) ------------------------
 
 @pytest.fixture
 def tool(tmp_path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("release_tool_ops", REPO_ROOT / "files/release-tool.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = host_tool.load()
     (tmp_path / "releases" / "r1").mkdir(parents=True)
     (tmp_path / "releases" / "r1" / module.META).write_text(json.dumps({"id": "r1", "commit": "abc", "files": {}}))
     (tmp_path / "current").symlink_to("releases/r1")

@@ -1,10 +1,9 @@
-"""The host-side release tool (files/release-tool.py) against a temporary root: no
+"""The host-side release tool (files/release_tool/) against a temporary root: no
 Docker, no systemd. Its choices (rollback target, what prune keeps, the lock) and
 its refusals (links where the app user can write)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import socket
@@ -14,15 +13,13 @@ import threading
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tasks import tool as host_tool
 
 
 @pytest.fixture
 def tool(tmp_path):
     # Importing it reads nothing (its settings are read in main()/configure()).
-    spec = importlib.util.spec_from_file_location("release_tool", REPO_ROOT / "files/release-tool.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = host_tool.load()
     run = tmp_path / "run"
     run.mkdir()
     module.configure(tmp_path, {
@@ -334,8 +331,6 @@ def test_the_deploy_writes_exactly_the_settings_the_tool_reads(tmp_path):
     assert settings["health"]["url"] == s.health_url
     rendered = Template((TEMPLATES / "release-tool.json.j2").read_text()).render(settings=settings)
     (tmp_path / "release-tool.json").write_text(rendered)
-    spec = importlib.util.spec_from_file_location("release_tool_contract", REPO_ROOT / "files/release-tool.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = host_tool.load()
     module.configure(tmp_path)
     assert module.CONFIG == settings

@@ -8,7 +8,6 @@ release tool restarting workers only after the health gate. On a real host (mark
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shlex
 import shutil
@@ -17,6 +16,7 @@ import time
 import pytest
 from pyinfra.api.exceptions import DeployError
 
+from tasks import tool as host_tool
 from tasks.app import App
 from tasks.background import REDIS_TEMPLATE_UNIT, BackgroundUnits, RedisInstances, systemd_command
 from tasks.settings import Settings
@@ -301,9 +301,7 @@ def test_commands_are_escaped_for_systemd():
 
 @pytest.fixture
 def tool(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("release_tool", REPO_ROOT / "files/release-tool.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = host_tool.load()
     module.configure(tmp_path, {"app": "greeting", "service": "greeting.service", "keep_releases": 2,
                                 "workers": ["greeting-celery@1.service"]})
     (tmp_path / "releases").mkdir()

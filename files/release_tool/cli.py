@@ -1,0 +1,158 @@
+"""Release choreography on the host, installed by the pyinfra deploy as
+<app_root>/bin/release-tool and driven by it (and usable by hand, as root):
+
+    release-tool list                  releases, the live one marked
+    release-tool build-venv ID         build the release's venv as the app user
+    release-tool check ID              import the release's app as the app user
+    release-tool run ID -- COMMAND     run a command in the release as the app user
+    release-tool canary ID             call the release's app once for its health path
+    release-tool activate [ID]         switch to ID (default: the live one), reload
+                                       uWSGI without dropping requests, check health
+                                       through nginx, and switch back if it fails
+    release-tool rollback [ID]         activate the previous (or the named) release
+    release-tool prune                 keep the newest N releases and their venvs
+    release-tool health                check the app through nginx
+    release-tool history               what went live when (host clock), and how it went
+    release-tool lock show|take|release|break   the per-app deploy lock
+    release-tool status [--json]       the live release, units, uWSGI, nginx, health, disk
+    release-tool exec [--tty] -- CMD   run a command in the live release as the app user
+    release-tool maintenance on|off|status      nginx answers 503 with the maintenance page
+    release-tool audit [--json] [-n N]          who deployed, rolled back, switched what, when
+
+Everything that runs app code or its dependencies' build steps (build-venv, check,
+run, canary) runs as the app user in a transient systemd unit with the service's
+own sandbox (`sandbox` in the settings), so no process outlives it.
+
+The host keeps its own record of activations in <app_root>/history.jsonl (root-only,
+one JSON object a line, appended): rollback targets and pruning follow that record
+in the order its lines were written, never release names (which come from the
+deploying machine's clock).
+
+Every deploy, rollback, maintenance switch and lock break also appends one line to
+<app_root>/audit.jsonl (root's): who (the laptop's user and machine, `--by`), what,
+when, and how it ended.
+
+Settings come from release-tool.json next to the bin/ directory. Standard library
+only: this runs on the host's own python3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import socket
+import sys
+from pathlib import Path
+
+from . import activation, audit, base, execute, health, lock, maintenance, status, steps
+
+
+def cmd_lock(args) -> None:
+    """Machine-readable answers (one `LOCK ...` line each) for tasks/lock.py."""
+    if args.lock_action == "show":
+        holder = lock.lock_holder()
+        print("LOCK free" if holder is None else f"LOCK held {json.dumps(holder)}", flush=True)
+    elif args.lock_action == "take":
+        holder = json.loads(args.holder)
+        connection = lock.ssh_connection()
+        if connection:
+            holder["connection"] = connection
+        taken, current, broken = lock.lock_take(args.run, holder, args.wait, args.break_run, args.force)
+        if broken:
+            print(f"LOCK broke {json.dumps(broken)}", flush=True)
+            audit.audit("lock-break", "ok", run=args.run, holder=lock.describe_holder(broken),
+                        why="its process is gone" if args.break_run and broken.get("run") == args.break_run
+                        else "deploy_lock_break")
+        if not taken:
+            print(f"LOCK held {json.dumps(current)}", flush=True)
+            sys.exit(3)
+        # "ssh": freed when this SSH connection ends, no release needed.
+        print("LOCK taken ssh" if connection else "LOCK taken", flush=True)
+    elif args.lock_action == "release":
+        print("LOCK released" if lock.lock_release(args.run) else "LOCK not-ours", flush=True)
+    else:  # break
+        with lock.guard():
+            holder = lock.lock_holder()
+            base.LOCK.unlink(missing_ok=True)
+        base.log(f"broke the deploy lock held by {lock.describe_holder(holder)}" if holder
+                 else "the deploy lock is free")
+        if holder:
+            audit.audit("lock-break", "ok", holder=lock.describe_holder(holder), why="release-tool lock break")
+
+
+def argument_parser(root: Path | None = None) -> argparse.ArgumentParser:
+    """The command line (tasks/tool.py builds every command line the deploy runs to it)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host-name", default=socket.gethostname(), help="name used in messages")
+    parser.add_argument("--run", default="", help="the deploy run's id, recorded in the history")
+    parser.add_argument("--by", default="", help="USER@MACHINE running the deploy, for the audit log")
+    parser.add_argument("--root", type=Path, default=root, help=argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="action", required=True)
+    sub.add_parser("list").add_argument("--json", action="store_true")
+    sub.add_parser("history").add_argument("--last", type=int, default=50)
+    for name in ("build-venv", "check", "canary"):
+        sub.add_parser(name).add_argument("release")
+    run = sub.add_parser("run")
+    run.add_argument("release")
+    run.add_argument("cmd", nargs=argparse.REMAINDER, help="-- then the command")
+    activate_parser = sub.add_parser("activate")
+    activate_parser.add_argument("release", nargs="?")
+    activate_parser.add_argument("--mode", choices=["auto", "chain", "graceful", "restart"], default="auto")
+    sub.add_parser("rollback").add_argument("release", nargs="?")
+    sub.add_parser("prune")
+    health_parser = sub.add_parser("health")
+    health_parser.add_argument("--attempts", type=int, help="default: the configured retries")
+    health_parser.add_argument("--quiet", action="store_true", help="no logs on failure")
+    lock_parser = sub.add_parser("lock").add_subparsers(dest="lock_action", required=True)
+    lock_parser.add_parser("show")
+    take = lock_parser.add_parser("take")
+    take.add_argument("--holder", default="{}", help="JSON: user, machine, pid of the deploying run")
+    take.add_argument("--wait", type=float, default=0, help="seconds to wait for a holder to release it")
+    take.add_argument("--break-run", help="break the lock if this run (known to be gone) holds it")
+    take.add_argument("--force", action="store_true", help="break the lock whoever holds it")
+    lock_parser.add_parser("release")
+    lock_parser.add_parser("break")
+    status_parser = sub.add_parser("status", help="what ops.py status judges")
+    status_parser.add_argument("--json", action="store_true")
+    status_parser.add_argument("--nginx", action="store_true", help="nginx runs the app's site on this host")
+    for option in ("worker", "job", "timer", "certificate"):
+        status_parser.add_argument(f"--{option}", action="append", default=[],
+                                   help=f"a {option} of the app (repeatable)")
+    exec_parser = sub.add_parser("exec", help="a command in the live release as the app user")
+    exec_parser.add_argument("--tty", action="store_true", help="on a terminal (systemd-run --pty)")
+    exec_parser.add_argument("cmd", nargs=argparse.REMAINDER, help="-- then the command")
+    sub.add_parser("maintenance").add_argument("state", choices=["on", "off", "status"])
+    audit_parser = sub.add_parser("audit")
+    audit_parser.add_argument("--json", action="store_true", help="the log's JSON lines as they are")
+    audit_parser.add_argument("-n", type=int, default=0, help="only the last N entries")
+    return parser
+
+
+def main(argv: list[str] | None = None, root: Path | None = None) -> int:
+    """Run one command; `root` is the app root (the zipapp passes the one it is installed in)."""
+    args = argument_parser(root).parse_args(argv)
+    base.BY, base.RUN = args.by, args.run
+    handlers = {
+        "list": status.cmd_list, "history": status.cmd_history, "build-venv": steps.cmd_build_venv,
+        "check": steps.cmd_check, "canary": steps.cmd_canary, "run": steps.cmd_run,
+        "activate": activation.cmd_activate, "rollback": activation.cmd_rollback, "prune": activation.cmd_prune,
+        "health": health.cmd_health, "lock": cmd_lock, "status": status.cmd_status, "exec": execute.cmd_exec,
+        "maintenance": maintenance.cmd_maintenance, "audit": audit.cmd_audit,
+    }
+    try:
+        base.configure(args.root)
+        with lock._working() if args.action in lock.CHANGING else contextlib.nullcontext():
+            code = handlers[args.action](args)
+    except base.RolledBack as failure:  # audited by activate()
+        print(f"ERROR: {failure}", file=sys.stderr, flush=True)
+        return 1
+    except base.Failure as failure:
+        if args.action in ("build-venv", "check", "run", "canary"):
+            # A new release that never went live: the deploy failed before its switch.
+            audit.audit("deploy", "failed", run=args.run, stage=args.action, to=args.release, reason=str(failure))
+        elif args.action == "rollback" and not base.AUDITED:
+            audit.audit("rollback", "failed", run=args.run, to=args.release, reason=str(failure))
+        print(f"ERROR: {failure}", file=sys.stderr, flush=True)
+        return 1
+    return code or 0

@@ -1,0 +1,242 @@
+"""The host tool (files/release_tool/, installed as <app_root>/bin/release-tool): the
+one file it ships as, the one way to load it, and every command line the deploy,
+ops.py, rollout.py and rollback.py run it with.
+
+Its command lines are built here and nowhere else; tests/test_tool.py parses every
+one of them with the tool's own argument parser, so a new subcommand or option is
+added in two places side by side: files/release_tool/cli.py and a builder below.
+
+It ships as a zipapp: one file, `#!/usr/bin/env python3` and a zip of the package,
+built here from the source with fixed names, order, timestamps and modes, so the
+same source always gives the same bytes (a second deploy uploads nothing). Python
+puts the zip itself first on the import path: root's file in root's directory.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import io
+import shlex
+import sys
+import zipfile
+from collections.abc import Mapping
+from functools import cache
+from types import ModuleType
+
+from tasks import REPO_ROOT
+
+SOURCE = REPO_ROOT / "files/release_tool"
+PACKAGE = "release_tool"
+SHEBANG = b"#!/usr/bin/env python3\n"
+# The zip's entries all carry this moment (zip's earliest) and mode: only content counts.
+EPOCH = (1980, 1, 1, 0, 0, 0)
+MODE = 0o644
+
+
+def path(root: str) -> str:
+    """Where the tool is installed under an app's root (or a balancer's app directory)."""
+    return f"{root}/bin/release-tool"
+
+
+# The one file ------------------------------------------------------------------
+
+def sources() -> list[str]:
+    """The package's module files, by name (what the zipapp holds under release_tool/)."""
+    return sorted(p.name for p in SOURCE.glob("*.py") if p.name != "__main__.py")
+
+
+@cache
+def build() -> bytes:
+    """The zipapp's bytes: the package under release_tool/, its entry point as the
+    zip's own __main__.py. Stored (not compressed): no zlib version changes a byte."""
+    buffer = io.BytesIO()
+    buffer.write(SHEBANG)
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        entries = [(f"{PACKAGE}/{name}", SOURCE / name) for name in sources()]
+        for name, source in [("__main__.py", SOURCE / "__main__.py"), *entries]:
+            info = zipfile.ZipInfo(name, date_time=EPOCH)
+            info.external_attr = (0o100000 | MODE) << 16
+            info.create_system = 3  # unix, whatever the laptop
+            archive.writestr(info, source.read_bytes())
+    return buffer.getvalue()
+
+
+def upload() -> io.BytesIO:
+    """The zipapp, for files.put (a fresh reader per operation)."""
+    return io.BytesIO(build())
+
+
+# Loading it on the laptop (the deploy and every test) -----------------------------
+
+MODULES = ("base", "history", "releases", "lock", "audit", "uwsgi", "health", "sandbox", "steps",
+           "activation", "maintenance", "status", "execute", "cli")
+
+
+class Tool:
+    """The tool's modules as one namespace, as the single file they once were: a
+    name is read from, and set on (monkeypatch), the module that defines it, so what
+    is replaced is what every module calls (they import modules, never names).
+    Names no module defines are kept here (a test's own notes)."""
+
+    def __init__(self, modules: list[ModuleType]):
+        object.__setattr__(self, "_modules", modules)
+
+    def _owner(self, name: str) -> ModuleType | None:
+        """The module defining `name` (a stdlib module they import: any of them)."""
+        found = None
+        for module in self._modules:
+            if name in vars(module):
+                if not isinstance(vars(module)[name], ModuleType):
+                    return module
+                found = found or module
+        return found
+
+    @property
+    def __dict__(self) -> Mapping:  # what monkeypatch reads a value back from, to put it back
+        return _Names(self)
+
+    def __getattr__(self, name: str):
+        owner = self._owner(name)
+        if owner is None:
+            raise AttributeError(f"the release tool has no {name!r}")
+        return getattr(owner, name)
+
+    def __setattr__(self, name: str, value) -> None:
+        owner = self._owner(name)
+        if owner is None:
+            object.__setattr__(self, name, value)
+        else:
+            setattr(owner, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        owner = self._owner(name)
+        if owner is None:
+            object.__delattr__(self, name)
+        else:
+            delattr(owner, name)
+
+
+class _Names(Mapping):
+    """A Tool's names as they resolve (the modules' and its own)."""
+
+    def __init__(self, tool: Tool):
+        self._tool = tool
+
+    def __getitem__(self, name: str):
+        try:
+            return getattr(self._tool, name)
+        except AttributeError:
+            raise KeyError(name) from None
+
+    def __iter__(self):
+        modules = object.__getattribute__(self._tool, "_modules")
+        return iter(dict.fromkeys(name for module in modules for name in vars(module)))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+def load() -> Tool:
+    """A fresh copy of the tool's package (importing it reads nothing: its settings
+    are read by `configure`, which main() calls and tests call with a temporary root)."""
+    for name in [name for name in sys.modules if name == PACKAGE or name.startswith(f"{PACKAGE}.")]:
+        del sys.modules[name]
+    spec = importlib.util.spec_from_file_location(PACKAGE, SOURCE / "__init__.py",
+                                                  submodule_search_locations=[str(SOURCE)])
+    package = importlib.util.module_from_spec(spec)
+    sys.modules[PACKAGE] = package
+    spec.loader.exec_module(package)
+    return Tool([importlib.import_module(f"{PACKAGE}.{name}") for name in MODULES])
+
+
+# Its command lines -------------------------------------------------------------------
+# `run` and `by` name the deploy run and its user@machine (tasks/lock.py RUN_ID, BY),
+# for the host's history and audit log.
+
+def line(tool: str, *words, host_name: str | None = None, run: str | None = None, by: str | None = None) -> str:
+    """One command line: the tool, its global options, then a subcommand's words."""
+    options = [*(["--host-name", host_name] if host_name else []), *(["--run", run] if run else []),
+               *(["--by", by] if by else [])]
+    return shlex.join([tool, *options, *(str(word) for word in words)])
+
+
+def if_installed(tool: str, command: str) -> str:
+    """The command only where the tool is installed (a host never deployed to has none)."""
+    quoted = shlex.quote(tool)
+    return f"if [ -x {quoted} ]; then {command}; fi"
+
+
+def listing(tool: str) -> str:
+    return line(tool, "list")
+
+
+def build_venv(tool: str, release: str, run: str, by: str) -> str:
+    return line(tool, "build-venv", release, run=run, by=by)
+
+
+def check(tool: str, release: str, run: str, by: str) -> str:
+    return line(tool, "check", release, run=run, by=by)
+
+
+def run_in_release(tool: str, release: str, command: str, run: str, by: str) -> str:
+    """A before-switch command, as the app user in the new release."""
+    return line(tool, "run", release, "--", command, run=run, by=by)
+
+
+def canary(tool: str, release: str, run: str, by: str) -> str:
+    return line(tool, "canary", release, run=run, by=by)
+
+
+def activate(tool: str, release: str, mode: str, host_name: str, run: str, by: str) -> str:
+    return line(tool, "activate", release, "--mode", mode, host_name=host_name, run=run, by=by)
+
+
+def rollback(tool: str, release: str | None, host_name: str, run: str, by: str) -> str:
+    return line(tool, "rollback", *([release] if release else []), host_name=host_name, run=run, by=by)
+
+
+def prune(tool: str) -> str:
+    return line(tool, "prune")
+
+
+def health(tool: str, host_name: str) -> str:
+    return line(tool, "health", host_name=host_name)
+
+
+def lock_take(tool: str, run: str, holder: str, wait: int, break_run: str = "", force: bool = False) -> str:
+    return line(tool, "lock", "take", "--holder", holder, "--wait", int(wait),
+                *(["--break-run", break_run] if break_run else []), *(["--force"] if force else []), run=run)
+
+
+def lock_release(tool: str, run: str) -> str:
+    return line(tool, "lock", "release", run=run)
+
+
+def status(tool: str, nginx: bool, workers: list[str], jobs: list[str], timers: list[str],
+           certificates: list[str]) -> str:
+    """`status --json`: what ops.py status judges."""
+    options = ["--nginx"] if nginx else []
+    for option, values in (("--worker", workers), ("--job", jobs), ("--timer", timers),
+                           ("--certificate", certificates)):
+        for value in values:
+            options += [option, value]
+    return line(tool, "status", "--json", *options)
+
+
+def execute(tool: str, command: str, tty: bool = False) -> str:
+    """A command in the live release as the app user (ops.py run)."""
+    return line(tool, "exec", *(["--tty"] if tty else []), "--", command)
+
+
+def maintenance(tool: str, state: str, by: str) -> str:
+    return line(tool, "maintenance", state, by=by)
+
+
+def audit(tool: str, as_json: bool, last: int) -> str:
+    return line(tool, "audit", *(["--json"] if as_json else []), *(["-n", int(last)] if last else []))
+
+
+# Every builder above, for the contract test (tests/test_tool.py).
+BUILDERS = (listing, build_venv, check, run_in_release, canary, activate, rollback, prune, health, lock_take,
+            lock_release, status, execute, maintenance, audit)
