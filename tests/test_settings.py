@@ -132,13 +132,23 @@ def test_every_problem_is_reported_at_once():
         assert f"  - {key}" in message
 
 
-def test_readme_settings_table_matches_the_code():
-    readme = (REPO_ROOT / "README.md").read_text()
+def test_settings_page_table_matches_the_code():
+    page = (REPO_ROOT / "docs" / "settings.md").read_text()
     table = settings.markdown_table()
-    assert table in readme, "README's settings table is stale: regenerate it with `python -m tasks.settings`"
+    assert table in page, "docs/settings.md's table is stale: regenerate it with `python -m tasks.settings`"
     # And every setting is in it.
     for name in settings.Settings.model_fields:
-        assert re.search(rf"^\| `{name}` \|", readme, re.M), name
+        assert re.search(rf"^\| `{name}` \|", page, re.M), name
+
+
+def test_readme_common_settings_are_rows_of_the_full_table():
+    readme = (REPO_ROOT / "README.md").read_text()
+    rows = set(settings.markdown_table().splitlines())
+    common = re.findall(r"^\| `\w+` \|.*$", readme, re.M)
+    assert len(common) >= 10, "README lost its table of the common settings"
+    for row in common:
+        assert row in rows, f"README row is stale (copy it from docs/settings.md): {row[:60]}"
+    assert "docs/settings.md" in readme
 
 
 def test_an_app_user_that_is_the_ssh_user_is_refused():
