@@ -5,15 +5,18 @@ in the `load_balancers` group, to nginx balancing over the `app_servers`, or, fo
     pyinfra inventories/prod.py deploy.py               # apply
     pyinfra inventories/prod.py deploy.py --dry --diff  # show what would change
 
-Settings come from host/group data (see tasks/settings.py and the README); they are
+Settings come from host/group data (see tasks/config/settings.py and the README); they are
 validated before any operation is added, so bad settings never touch a host.
 """
 
 from pyinfra import host
 
-from tasks import app_server, database_server, hooks, load_balancer, lock, platform, prefetch, preflight, topology, uploads
-from tasks.inventory import load_apps
-from tasks.release_preview import warn_if_diff_is_skipped
+from tasks.config import platform, topology
+from tasks.roles import app_server, database_server, load_balancer
+from tasks.run import hooks, lock, prefetch, preflight
+from tasks.steps import uploads
+from tasks.config.inventory import load_apps
+from tasks.steps.release_preview import warn_if_diff_is_skipped
 
 # `--dry --diff -y` would otherwise end in pyinfra's "Skipping change detection", no diff.
 warn_if_diff_is_skipped()
@@ -22,10 +25,10 @@ apps = load_apps(host)
 balancer = topology.is_balancer(host)
 database = topology.is_database_server(host)
 app = not balancer and not database
-# Local hooks before the first operation and after the last, a webhook at the end (tasks/hooks.py).
+# Local hooks before the first operation and after the last, a webhook at the end (tasks/run/hooks.py).
 hooks.register(host, apps, "deploy")
-# Facts in one batched command per phase (see tasks/prefetch.py); in the first, before
-# anything is read, the deploy lock: one run at a time per app and host (tasks/lock.py).
+# Facts in one batched command per phase (see tasks/run/prefetch.py); in the first, before
+# anything is read, the deploy lock: one run at a time per app and host (tasks/run/lock.py).
 prefetch.start(host, enabled=apps[0].fact_batch, first=lock.first_asks(host, apps))
 lock.take(host, apps)
 system = platform.detect(host)

@@ -8,7 +8,7 @@
 
 The inventory, `--limit` and `--data` work as they do for `pyinfra INVENTORY
 deploy.py`: the same hosts, connected the same way, with the same settings
-(tasks/fleet.py). Every command reads or acts on what the deploy put there and
+(tasks/ops/fleet.py). Every command reads or acts on what the deploy put there and
 says which host each line comes from.
 """
 
@@ -22,9 +22,11 @@ import sys
 
 import click
 
-from tasks import audit, database, lock, maintenance, ops_logs, ops_run, ops_status
-from tasks.fleet import Fleet, FleetError, echo, parse_data, run, show_output
-from tasks.settings import SettingsError
+from tasks.ops import audit, exec as ops_run, logs as ops_logs, status as ops_status
+from tasks.run import lock
+from tasks.steps import database, maintenance
+from tasks.ops.fleet import Fleet, FleetError, echo, parse_data, run, show_output
+from tasks.config.settings import SettingsError
 
 
 class Context:

@@ -6,8 +6,8 @@
 import click
 from pyinfra import host
 
-from tasks.inventory import load_apps
-from tasks.release import Releases
+from tasks.config.inventory import load_apps
+from tasks.steps.release import Releases
 
 for s in load_apps(host):
     listing = host.get_fact(Releases, app_root=s.app_root)

@@ -11,7 +11,7 @@ are never targets. The switch is atomic, uWSGI is reloaded without dropping
 requests (with the release's own venv), and the result is health-checked; if the
 check fails, the release that was live stays live. List releases first with
 `pyinfra -y inventories/prod.py releases.py`. Like a deploy, a rollback takes the
-app's deploy lock (tasks/lock.py).
+app's deploy lock (tasks/run/lock.py).
 """
 
 import shlex
@@ -19,9 +19,9 @@ import shlex
 from pyinfra import host
 from pyinfra.operations import server
 
-from tasks import hooks, lock
-from tasks.inventory import load_apps
-from tasks.settings import SettingsError
+from tasks.run import hooks, lock
+from tasks.config.inventory import load_apps
+from tasks.config.settings import SettingsError
 
 apps = load_apps(host)
 wanted = apps[0].rollback_app
@@ -34,7 +34,7 @@ if not matches:
                         f"({', '.join(a.app_name for a in apps)}); nothing was changed.")
 s = matches[0]
 lock.take(host, [s])
-hooks.register(host, [s], "rollback")  # local hooks and the webhook (tasks/hooks.py)
+hooks.register(host, [s], "rollback")  # local hooks and the webhook (tasks/run/hooks.py)
 server.shell(
     name=f"Roll {s.app_name} back to {s.rollback_to or 'the release live before this one'}",
     commands=[f"{s.app_root}/bin/release-tool --host-name {shlex.quote(host.name)} {lock.TOOL_RUN} "

@@ -25,15 +25,15 @@ It ends with a summary of the hosts done, failed and untouched, and exits 0 only
 when every host is done.
 
 How a run's outcome is read. Each stage is one `pyinfra INVENTORY
-tasks/record_outcomes.py deploy.py` process, and each host's outcome is what that
-run itself wrote through pyinfra's public state API (tasks/outcomes.py: a state
+tasks/run/record_outcomes.py deploy.py` process, and each host's outcome is what that
+run itself wrote through pyinfra's public state API (tasks/run/outcomes.py: a state
 callback recording, as pyinfra disconnects, the stage reached and
 `state.failed_hosts`), never a match on pyinfra's printed output. A host with no
 outcome saying done counts as failed. Not in-process (pyinfra.api's State,
 connect_all, run_ops on this side): deploy.py is a CLI deploy file, and pyinfra's
 public API has no loader for one. `add_op`/`add_deploy` put pyinfra in API mode,
 where operations are matched across hosts by their position instead of deploy.py's
-lines (which tasks/topology.py's barrier and the fact batch rely on); CLI mode
+lines (which tasks/config/topology.py's barrier and the fact batch rely on); CLI mode
 (`pyinfra.is_cli`) is set only by pyinfra's CLI, and loading deploy files is
 code of pyinfra's command-line package. A process per stage also keeps each run what a plain `pyinfra`
 run is (its lock, run id, caches, output), so a rollout deploys exactly what
@@ -54,13 +54,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks import outcomes
-from tasks.release import new_release_id
-from tasks.topology import APP_GROUP, LB_GROUP
+from tasks.run import outcomes
+from tasks.steps.release import new_release_id
+from tasks.config.topology import APP_GROUP, LB_GROUP
 
 REPO_ROOT = Path(__file__).resolve().parent
 PYINFRA = str(Path(sys.executable).parent / "pyinfra")
-RECORDER = "tasks/record_outcomes.py"
+RECORDER = "tasks/run/record_outcomes.py"
 DEPLOY = "deploy.py"
 
 

@@ -1,0 +1,422 @@
+"""Releases: each code change becomes releases/<id>, switched to atomically.
+
+    <app_root>/releases/<id>/       code, its .venv link, shared-path links, loader
+    <app_root>/venvs/<hash>/        one venv per requirements file (shared by releases)
+    <app_root>/shared/<path>        data that outlives releases (instance/, uploads/, ...)
+    <app_root>/current -> releases/<id>
+
+A release is made only when what would go into it (code, requirements, entry point,
+shared paths) differs from the live one, so a no-op run stays "No changes". The
+switch, the reload and the health gate with automatic rollback are done on the host
+by bin/release-tool (files/release-tool.py), which rollback.py uses too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import io
+import json
+import shlex
+import subprocess
+import tarfile
+import time
+import typing
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from pyinfra import host
+from pyinfra.api import DeployError, FactBase, deploy
+from pyinfra.facts.systemd import SystemdStatus
+from pyinfra.operations import files, server
+
+from tasks import REPO_ROOT, TEMPLATES
+from tasks.run import lock
+from tasks.steps import healthcheck
+from tasks.steps.secrets import env_file, put_secret
+# The bundle's own parts: what never ships, and the upload with its --diff preview.
+from tasks.config.release_exclude import (configured_secrets, holds_private_key, read_regular, refusal,  # noqa: I001
+                                   report_left_out, sort_out)
+from tasks.steps.release_preview import upload_release
+
+META = ".deploy-release.json"
+LOADER = ".deploy-loader.py"
+
+
+class LiveRelease(FactBase):
+    """The live release's metadata (`current/.deploy-release.json`), or None."""
+
+    def command(self, app_root: str) -> str:
+        return f"cat {shlex.quote(app_root)}/current/{META} 2>/dev/null || true"
+
+    def process(self, output: list[str]) -> dict | None:
+        try:
+            return json.loads("\n".join(output))
+        except ValueError:
+            return None
+
+
+class Releases(FactBase):
+    """The release tool's listing of the releases, the live one marked."""
+
+    def command(self, app_root: str) -> str:
+        tool = shlex.quote(f"{app_root}/bin/release-tool")
+        return f"if [ -x {tool} ]; then {tool} list; fi"
+
+    def process(self, output: list[str]) -> str:
+        return "\n".join(f"  {line}" for line in output)
+
+
+class VenvReady(FactBase):
+    """Whether a venv was fully built: the app user builds it, root then takes it over
+    and writes the marker last, so a complete venv and its marker are root's."""
+
+    def command(self, path: str) -> str:
+        venv = shlex.quote(path)
+        return (f"[ ! -L {venv} ] && [ \"$(stat -c %u {venv} {venv}/.deploy-complete 2>/dev/null)\" = "
+                f"\"$(printf '0\\n0')\" ] && echo yes || echo no")
+
+    def process(self, output: list[str]) -> bool:
+        return output[-1:] == ["yes"]
+
+
+class LiveConfirmed(FactBase):
+    """Whether the live release's activation ended healthy (the release tool writes
+    `live-confirmed` only then): False after a run was cut off past the switch."""
+
+    def command(self, app_root: str) -> str:
+        root = shlex.quote(app_root)
+        return (f"[ ! -e {root}/current ] || [ \"$(readlink {root}/current)\" = "
+                f"\"releases/$(cat {root}/live-confirmed 2>/dev/null)\" ] && echo yes || echo no")
+
+    def process(self, output: list[str]) -> bool:
+        return output[-1:] == ["yes"]
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A release as built locally: the tarball, what identifies it, and what it holds."""
+
+    id: str
+    content_hash: str
+    venv_hash: str
+    tar: bytes
+    # path -> {"sha256", "mode", "size"} of every regular file in the release (the
+    # loader too), as also written to its metadata: what `--diff` compares.
+    files: dict[str, dict]
+    shared: tuple[str, ...]
+    left_out: tuple[str, ...]  # secrets found in app_source and kept on the laptop
+
+    def contents(self, paths) -> dict[str, bytes]:
+        """The bytes the release holds at each of `paths`, as they are in the tarball."""
+        wanted, found = set(paths), {}
+        with tarfile.open(fileobj=io.BytesIO(self.tar)) as tar:
+            for member in tar:
+                if member.name in wanted and member.isfile():
+                    found[member.name] = tar.extractfile(member).read()
+        return found
+
+
+@dataclass(frozen=True)
+class _Source:
+    rel: str
+    data: bytes
+    mode: int  # as the release holds it
+    mtime: float
+    exec_bits: int  # as on the laptop (what the content hash has always used)
+
+
+def _select(source: Path, shared: set[str], never: frozenset[str],
+            app_source: str) -> tuple[list[_Source], list[str]]:
+    """The files of `source` that go into a release, and the secrets left out
+    (tasks/config/release_exclude.py), in order. No link is followed, no special file opened:
+    either refuses the whole release (the settings check has already said so)."""
+    tree = sort_out(source, shared, never)
+    if tree.refused:
+        raise DeployError(refusal(app_source, tree.refused))
+    chosen, left_out = [], []
+    for rel, path in tree.seen:
+        if path is None:
+            left_out.append(rel)
+            continue
+        data, info = read_regular(path, rel, app_source)
+        if holds_private_key(data):
+            left_out.append(rel)
+            continue
+        chosen.append(_Source(rel, data, 0o750 if info.st_mode & 0o100 else 0o640, info.st_mtime,
+                              info.st_mode & 0o111))
+    chosen.sort(key=lambda f: Path(f.rel))
+    return chosen, left_out
+
+
+def _git_commit(source: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(source), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _loader(s) -> str:
+    return _loader_template().render(s=s)
+
+
+@cache  # compiled once per run, rendered for every host
+def _loader_template():
+    from jinja2 import Template
+
+    return Template((TEMPLATES / "loader.py.j2").read_text(), keep_trailing_newline=True,
+                    trim_blocks=True, lstrip_blocks=True)
+
+
+def new_release_id(*parts: str | None) -> str:
+    """A release id (settings.RELEASE_ID_RE): the deploying machine's UTC time (for
+    people; the host orders releases by its own record, not by name), then `parts`."""
+    return "-".join([time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()), *(part for part in parts if part)])
+
+
+@cache
+def _release_id(commit: str | None) -> str:
+    # One id per pyinfra run, the same on every host of the run: the time, the
+    # commit, and the run's id, so two runs in the same second never share an id.
+    # A rollout names one for all its runs instead (the `release_id` setting).
+    return new_release_id(commit, lock.RUN_ID)
+
+
+def build_bundle(s) -> Bundle:
+    return _bundle(id(host.state), s.source_dir, tuple(sorted(s.shared_paths)), s.app_requirements, _loader(s),
+                   s.app_root, str(s.app_source), configured_secrets(s), s.release_id)
+
+
+@cache  # the hosts of one run (one pyinfra state) that deploy the same app share one build
+def _bundle(run: int, source: Path, shared_paths: tuple[str, ...], app_requirements: str, loader_text: str,
+            app_root: str, app_source: str, never: frozenset[str] = frozenset(),
+            named: str | None = None) -> Bundle:
+    shared = {path.rstrip("/") for path in shared_paths}
+    files_in, left_out = _select(source, shared, never, app_source)
+    report_left_out(app_source, left_out)
+    requirements, _ = read_regular(source / app_requirements, app_requirements, app_source)
+    venv_hash = hashlib.sha256(requirements).hexdigest()[:16]
+    loader = loader_text.encode()
+
+    digest = hashlib.sha256()
+    for f in files_in:
+        digest.update(f"{f.rel}\0{f.exec_bits}\0".encode() + f.data + b"\0")
+    digest.update(loader + b"\0" + venv_hash.encode() + b"\0" + "\0".join(shared_paths).encode())
+    content_hash = digest.hexdigest()
+
+    manifest = {f.rel: _entry(f.data, f.mode) for f in files_in}
+    manifest[LOADER] = _entry(loader, 0o640)
+    commit = _git_commit(source)
+    release_id = named or _release_id(commit)
+    meta = json.dumps({"id": release_id, "content_hash": content_hash, "venv": venv_hash,
+                       "commit": commit, "source": app_source, "shared": sorted(shared),
+                       "files": manifest}, indent=1).encode()
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        now = int(time.time())
+
+        def add(name: str, data: bytes | None = None, link: str | None = None,
+                mode: int = 0o640, mtime: float = now):
+            info = tarfile.TarInfo(name)
+            # Real modification times: nginx derives Last-Modified and ETag from them.
+            info.mtime = int(mtime)
+            if link is not None:
+                info.type, info.linkname = tarfile.SYMTYPE, link
+                tar.addfile(info)
+            elif data is None:
+                info.type, info.mode = tarfile.DIRTYPE, 0o750
+                tar.addfile(info)
+            else:
+                info.size, info.mode = len(data), mode
+                tar.addfile(info, io.BytesIO(data))
+
+        directories = {parent for f in files_in for parent in Path(f.rel).parents} - {Path(".")}
+        for directory in sorted(directories):
+            add(str(directory))
+        for f in files_in:
+            add(f.rel, f.data, mode=f.mode, mtime=f.mtime)
+        add(LOADER, loader)
+        add(META, meta)
+        add(".venv", link=f"{app_root}/venvs/{venv_hash}")
+        for path in sorted(shared):
+            add(path, link=f"{app_root}/shared/{path}")
+    return Bundle(release_id, content_hash, venv_hash, buffer.getvalue(), files=manifest,
+                  shared=tuple(sorted(shared)), left_out=tuple(left_out))
+
+
+def _entry(data: bytes, mode: int) -> dict:
+    return {"sha256": hashlib.sha256(data).hexdigest(), "mode": f"{mode:o}", "size": len(data)}
+
+
+@dataclass
+class Release:
+    id: str
+    tool: str
+    new: bool
+    settings: object  # the op writing the release tool's settings (health check among them)
+    environment: object = None  # the op uploading the app's environment, if it has one
+    confirmed: bool = True  # False: the live release's activation never ended healthy
+
+
+@cache
+def _tool():
+    """files/release-tool.py as a module (importing it reads nothing), for its
+    settings' definition."""
+    spec = importlib.util.spec_from_file_location("pyinfra_flask_release_tool", REPO_ROOT / "files/release-tool.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def tool_settings(s) -> dict:
+    """The release tool's settings (its `Settings`, files/release-tool.py) for an app."""
+    settings = {
+        "app": s.app_name,
+        "service": s.service,
+        "user": s.app_user,
+        "requirements": s.app_requirements,
+        "sandbox": list(s.sandbox_properties),
+        # Where the release's steps as the app user may write: its shared data only.
+        "writable": [f"{s.app_root}/shared/{path.rstrip('/')}" for path in s.shared_paths],
+        "master_fifo": f"{s.socket_dir}/master.fifo",
+        "stats_socket": f"{s.socket_dir}/stats.sock",
+        "reload_timeout": s.reload_timeout,
+        "keep_releases": s.keep_releases,
+        "nginx_error_log": s.nginx_error_log,
+        "health": healthcheck.spec(s),
+        "health_module": healthcheck.MODULE,
+        "maintenance_dir": s.maintenance_dir,
+        "workers": s.worker_instances,
+        "environment_files": s.environment_files,
+        "uwsgi": f"{s.uwsgi_venv}/bin/uwsgi",
+        "message_queue": bool(s.socketio),
+    }
+    contract = typing.get_type_hints(_tool().Settings)
+    if set(settings) != set(contract) or not all(isinstance(value, contract[key]) for key, value in settings.items()):
+        raise TypeError(f"tool_settings does not match the release tool's Settings: {sorted(settings)}")
+    return settings
+
+
+@deploy("Release")
+def prepare(s) -> Release:
+    """Install the release tool, the shared paths, and (when something changed)
+    a new release with its venv, checked and ready to switch to."""
+    tool = f"{s.app_root}/bin/release-tool"
+    files.put(name="Install the release tool", src=str(REPO_ROOT / "files/release-tool.py"),
+              dest=tool, mode="750")
+    settings = files.template(name="Write the release tool's settings", src=str(TEMPLATES / "release-tool.json.j2"),
+                              dest=f"{s.app_root}/release-tool.json", mode="640", settings=tool_settings(s))
+    for path in ("releases", "venvs", "shared"):
+        files.directory(name=f"Create {s.app_root}/{path}", path=f"{s.app_root}/{path}",
+                        user="root", group=s.app_user, mode="750")
+    environment = None
+    variables = s.environment()
+    if variables:
+        files.directory(name=f"Create {s.app_root}/secrets (private)", path=f"{s.app_root}/secrets",
+                        user="root", group="root", mode="700")
+        environment = put_secret(
+            name=f"Upload the app's environment ({len(variables)} variables, values never shown)",
+            src=env_file(variables), dest=s.env_file_path, user=s.app_user, group=s.app_user, mode="600")
+    else:
+        files.file(name="No app environment file", path=s.env_file_path, present=False)
+    for path in s.shared_paths:
+        target = f"{s.app_root}/shared/{path.rstrip('/')}"
+        if path.endswith("/"):
+            files.directory(name=f"Create shared directory {path} (writable by the app)", path=target,
+                            user=s.app_user, group=s.app_user, mode="750")
+        else:
+            files.file(name=f"Create shared file {path} (writable by the app)", path=target,
+                       user=s.app_user, group=s.app_user, mode="640", touch=False)
+
+    bundle = build_bundle(s)
+    live = host.get_fact(LiveRelease, app_root=s.app_root)
+    if live and live.get("content_hash") == bundle.content_hash:
+        return Release(live["id"], tool, new=False, settings=settings, environment=environment,
+                       confirmed=host.get_fact(LiveConfirmed, app_root=s.app_root))
+
+    if live and live.get("id") == bundle.id:
+        # A named id (release_id) already live with other code: unpacking would replace the live release.
+        raise DeployError(f"release_id = {bundle.id!r} is already live on host {host.name!r} with other code: "
+                          "name a new release; nothing was changed.")
+    release_dir = f"{s.app_root}/releases/{bundle.id}"
+    upload = f"{s.app_root}/releases/.upload-{bundle.id}.tar"
+    # Not files.put: its --diff would print the tarball. This one shows the code change.
+    upload_release(name=f"Upload release {bundle.id}", bundle=bundle, dest=upload, app_root=s.app_root)
+    server.shell(
+        name=f"Unpack release {bundle.id}",
+        commands=[
+            f"rm -rf {release_dir} && mkdir {release_dir} && "
+            f"tar -xf {upload} -C {release_dir} --no-same-owner && rm -f {upload} && "
+            f"chown -R -h root:{s.app_user} {release_dir} && chmod 750 {release_dir}"
+        ],
+    )
+
+    venv = f"{s.app_root}/venvs/{bundle.venv_hash}"
+    if not host.get_fact(VenvReady, path=venv):
+        # pip (and every dependency's build step) runs as the app user in the
+        # service's sandbox; the venv is root's once built (see the release tool).
+        server.shell(name=f"Build venv {bundle.venv_hash} from {s.app_requirements} (as {s.app_user})",
+                     commands=[f"{tool} {lock.TOOL_RUN} build-venv {bundle.id}"])
+    # In this order: the app must import, the before-switch commands (migrations,
+    # a first `flask init-db`) run, and only then is the app asked for its health
+    # path, so an app whose pages need those tables can deploy.
+    server.shell(name=f"Check release {bundle.id} imports (as {s.app_user})",
+                 commands=[f"{tool} {lock.TOOL_RUN} check {bundle.id}"])
+    for command in s.before_switch_commands:
+        server.shell(name=f"Before switch: {command}",
+                     commands=[f"{tool} {lock.TOOL_RUN} run {bundle.id} -- {shlex.quote(command)}"])
+    # Behind balancers on one app server only (tasks/config/topology.py); every host runs
+    # this step before any runs its switch (pyinfra runs each step on all hosts first).
+    for command in (s.migrate_commands if s.runs_migrations else []):
+        server.shell(name=f"Migrate: {command}",
+                     commands=[f"{tool} {lock.TOOL_RUN} run {bundle.id} -- {shlex.quote(command)}"])
+    server.shell(name=f"Check release {bundle.id} answers GET {s.healthcheck_path} (called in-process)",
+                 commands=[f"{tool} {lock.TOOL_RUN} canary {bundle.id}"])
+    return Release(bundle.id, tool, new=True, settings=settings, environment=environment)
+
+
+@deploy("Release activation")
+def activate(s, release: Release, restart_triggers, reload_triggers):
+    """Switch to the release and get uWSGI onto it, health-gated; roll back on failure."""
+    run = f"{release.tool} --host-name {shlex.quote(host.name)} {lock.TOOL_RUN} activate {release.id}"
+    restarted = server.shell(
+        name=f"Restart uWSGI on release {release.id} (its unit or uWSGI itself changed)",
+        commands=[f"{run} --mode restart"],
+        _if=lambda: any(op.did_change() for op in restart_triggers),
+    )
+    reloaded = server.shell(
+        name=f"Reload uWSGI gracefully on release {release.id} (its config changed)",
+        commands=[f"{run} --mode graceful"],
+        _if=lambda: not restarted.did_change() and any(op.did_change() for op in reload_triggers),
+    )
+    ops = [restarted, reloaded]
+    running = host.get_fact(ServiceActive, services=[s.service]).get(s.service, False)
+    if release.new or not running:
+        ops.append(server.shell(
+            name=f"Switch to release {release.id}, reload uWSGI without dropping requests, check health",
+            commands=[f"{run} --mode auto"],
+            _if=lambda: not restarted.did_change() and not reloaded.did_change(),
+        ))
+    elif not release.confirmed:
+        # `current` was switched but the run ended before the health gate said yes.
+        ops.append(server.shell(
+            name=f"Activate release {release.id} again: its activation never ended healthy",
+            commands=[f"{run} --mode auto"],
+            _if=lambda: not restarted.did_change() and not reloaded.did_change(),
+        ))
+    if release.new:
+        server.shell(name=f"Keep the newest {s.keep_releases} releases (by this host's record)",
+                     commands=[f"{release.tool} prune"])
+    return ops
+
+
+class ServiceActive(SystemdStatus):
+    """{unit: active?}, as `systemctl is-active` answers it (active or reloading),
+    read like pyinfra's own unit facts (so a run reads them all in one call)."""
+
+    state_key = "ActiveState"
+    state_values = ("active", "reloading")

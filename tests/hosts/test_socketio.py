@@ -1,0 +1,324 @@
+"""Flask-SocketIO apps (`socketio: true`, docs/socketio.md).
+
+Host-less: the settings refused naming the key, the rendered uWSGI config, unit and
+nginx site (one socket per instance, the route cookie), the balancer's upstream of
+every instance of every app server with the same cookie, the firewall's ports. On
+one fork of the deployed host (marker `features`): tests/apps/socketio with
+python-socketio clients over real WebSockets through nginx, a broadcast across
+instances, an emit from a Celery task, and a code redeploy while they talk.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+import threading
+import time
+import types
+
+import pytest
+import socketio
+
+from tasks.steps.release import _tool
+from tests.conftest import REPO_ROOT, get, run_deploy
+from tests.roles.test_distros import LB_DATA, deploy, host_facts
+
+SOCKETIO = {"app_source": "tests/apps/socketio", "app_static_dir": "", "socketio": True}
+WORKERS = {"celery": {"command": "celery -A worker:celery worker --loglevel=INFO --pool=solo", "processes": 1}}
+
+
+def one(cpus: int = 4, **data):
+    return deploy({"web": host_facts("debian12", Cpus=cpus)}, **data)["web"]
+
+
+def refused(**data) -> str:
+    from pyinfra.api.exceptions import DeployError
+
+    with pytest.raises(DeployError) as info:
+        one(**data)
+    return str(info.value)
+
+
+# Settings --------------------------------------------------------------------
+
+@pytest.mark.parametrize(("data", "line"), [
+    ({**SOCKETIO, "app_source": "tests/apps/websocket"}, "socketio: needs Flask-SocketIO in requirements.txt"),
+    ({"socketio": True}, "socketio: needs gevent in requirements.txt"),
+    ({**SOCKETIO, "websockets": True}, "websockets: socketio serves WebSockets itself"),
+    ({**SOCKETIO, "uwsgi_processes": 4}, "uwsgi_processes: 4 with socketio: its workers are its instances"),
+    ({**SOCKETIO, "uwsgi_threads": 2}, "uwsgi_threads: 2 conflicts with socketio"),
+    ({"socketio_instances": 3}, "socketio_instances: 3 without socketio"),
+    ({**SOCKETIO, "socketio_instances": 1}, "socketio_instances = 1: Input should be greater than or equal to 2"),
+    ({**SOCKETIO, "redis": False}, "redis: off with socketio, but the app's environment"),
+])
+def test_bad_socketio_settings_are_refused_naming_the_key(data, line):
+    message = refused(**data)
+    assert "nothing was changed" in message and line in message
+
+
+def test_local_redis_with_socketio_on_several_app_servers_is_refused():
+    facts = {name: host_facts("debian12") for name in ("web1", "web2", "lb1")}
+    groups = {"app_servers": ["web1", "web2"], "load_balancers": ["lb1"]}
+    from pyinfra.api.exceptions import DeployError
+
+    with pytest.raises(DeployError, match="a Socket.IO broadcast would reach only the clients of one server"):
+        deploy(facts, groups=groups, host_data=LB_DATA, **SOCKETIO)
+
+
+# What a host gets ----------------------------------------------------------------
+
+def test_one_socket_per_instance_behind_nginx_with_a_route_cookie_and_the_hosts_redis():
+    run = one(cpus=4, workers=WORKERS, **SOCKETIO)
+    ini = run.uploads["/srv/greeting/uwsgi.ini"]
+    sockets = [f"/run/greeting/uwsgi-{n}.sock" for n in range(1, 5)]
+    assert re.findall(r"^http-socket = (.+)$", ini, re.M) == sockets
+    assert re.findall(r"^map-socket = (.+)$", ini, re.M) == ["0:1", "1:2", "2:3", "3:4"]
+    for line in ("processes = 4", "gevent = 100", "http-websockets = true", "gevent-early-monkey-patch = true",
+                 "worker-reload-mercy = 5", "chmod-socket = 660"):
+        assert line in ini.splitlines(), line
+    assert "threads =" not in ini
+    site = run.uploads["/etc/nginx/sites-available/greeting.conf"]
+    upstream = re.search(r"upstream route_greeting_instances \{(.*?)\}", site, re.S).group(1)
+    assert upstream.split("\n")[1].strip() == "hash $route_greeting consistent;"
+    assert re.findall(r"server (\S+);", upstream) == [f"unix:{path}" for path in sockets]
+    # A random route for a request without the cookie, the cookie's own otherwise;
+    # the cookie set only then.
+    assert re.search(r'map \$cookie_route_greeting \$route_greeting \{\s*""\s+\$request_id;\s*'
+                     r'default \$cookie_route_greeting;', site)
+    assert re.search(r'map \$cookie_route_greeting \$route_greeting_set \{\s*""\s+'
+                     r'"route_greeting=\$request_id; Path=/; HttpOnly; SameSite=Lax";\s*default "";', site)
+    location = site[site.index("    location / {"):]
+    for line in ("proxy_pass http://route_greeting_instances;", "add_header Set-Cookie $route_greeting_set;",
+                 "proxy_set_header Upgrade $http_upgrade;", "proxy_set_header Host $http_host;",
+                 "add_header X-Content-Type-Options nosniff always;"):
+        assert line in location, line
+    unit = run.uploads["/etc/systemd/system/greeting.service"]
+    assert f"Listens on {', '.join(sockets)}" in unit
+    assert "EnvironmentFile=/srv/greeting/secrets/redis.env" in unit
+    assert "Redis | Install redis-server" in run.changed  # `redis` defaults to on
+    settings = json.loads(run.uploads["/srv/greeting/release-tool.json"])
+    assert settings["uwsgi"] == "/opt/pyinfra-flask/uwsgi-2.0.31/bin/uwsgi"
+    assert settings["health"]["protocol"] == "http"
+    # At least two instances, whatever the host: one serves while the other is replaced.
+    assert "processes = 2" in one(cpus=1, **SOCKETIO).uploads["/srv/greeting/uwsgi.ini"]
+    assert "processes = 3" in one(cpus=8, socketio_instances=3, **SOCKETIO).uploads["/srv/greeting/uwsgi.ini"]
+
+
+def test_a_socketio_release_proves_its_message_queue_before_its_switch(monkeypatch):
+    settings = json.loads(one(**SOCKETIO).uploads["/srv/greeting/release-tool.json"])
+    assert settings["message_queue"] is True
+    assert json.loads(one().uploads["/srv/greeting/release-tool.json"])["message_queue"] is False
+    # The check, as the release's venv runs it: without a Redis client, one line naming
+    # the package; an unreachable queue, one line naming the error (never the URL's
+    # password); another kind of queue, not checked.
+    canary = {}
+    exec(_tool().CANARY.split("\ndef main():")[0], canary)
+    monkeypatch.setitem(sys.modules, "redis", None)
+    with pytest.raises(SystemExit, match="^socketio: the release's venv has no redis package, the client of the "
+                                         "message queue \\(REDIS_URL\\)"):
+        canary["message_queue"]("redis://default:secret@127.0.0.1:1/0")
+    monkeypatch.setitem(sys.modules, "redis", types.SimpleNamespace(Redis=types.SimpleNamespace(
+        from_url=lambda url, **options: (_ for _ in ()).throw(ConnectionError("Error 111 connecting to 127.0.0.1:1.")))))
+    with pytest.raises(SystemExit) as refused:
+        canary["message_queue"]("redis://default:secret@127.0.0.1:1/0")
+    assert str(refused.value) == ("socketio: the message queue (REDIS_URL) does not work: ConnectionError: "
+                                  "Error 111 connecting to 127.0.0.1:1.")
+    canary["message_queue"]("amqp://guest@rabbit//")
+
+
+def test_balancers_keep_each_client_on_one_instance_of_one_app_server(tmp_path):
+    env = tmp_path / "app.env"
+    env.write_text("REDIS_URL=redis://10.0.0.5:6379/0\n")  # one shared broker
+    facts = {"web1": host_facts("debian12", Cpus=2), "web2": host_facts("debian12", Cpus=3),
+             "lb1": host_facts("debian12")}
+    groups = {"app_servers": ["web1", "web2"], "load_balancers": ["lb1"]}
+    runs = deploy(facts, groups=groups, host_data=LB_DATA, redis=False, app_env_file=str(env), **SOCKETIO)
+    site = runs["lb1"].uploads["/etc/nginx/sites-available/greeting.conf"]
+    upstream = re.search(r"upstream greeting_app_servers \{(.*?)\}", site, re.S).group(1)
+    assert upstream.split("\n")[1].strip() == "hash $route_greeting consistent;"
+    assert re.findall(r"server (\S+) ", upstream) == ["10.0.0.11:3031", "10.0.0.11:3032",
+                                                      "10.0.0.12:3031", "10.0.0.12:3032", "10.0.0.12:3033"]
+    assert 'map $cookie_route_greeting $route_greeting {' in site
+    assert "add_header Set-Cookie $route_greeting_set;" in site
+    ini = runs["web2"].uploads["/srv/greeting/uwsgi.ini"]
+    assert re.findall(r"^http-socket = (.+)$", ini, re.M) == ["10.0.0.12:3031", "10.0.0.12:3032", "10.0.0.12:3033"]
+    assert "Redis | Install redis-server" not in runs["web1"].changed
+    # Only the balancer reaches the instances' ports.
+    table = next(text for path, text in runs["web2"].uploads.items() if path.endswith(".nft"))
+    assert re.search(r"3031.*3032.*3033", table.replace("\n", " ")), table
+    # A balancer without `socketio` would spread a client's requests over instances.
+    from pyinfra.api.exceptions import DeployError
+
+    with pytest.raises(DeployError, match="socketio: True on app server '@fake/web1' but not on balancer"):
+        deploy(facts, groups=groups, host_data={**LB_DATA, "lb1": {**LB_DATA["lb1"], "socketio": False}},
+               redis=False, app_env_file=str(env), **SOCKETIO)
+
+
+# On a real host ----------------------------------------------------------------
+
+class Chatter:
+    """A python-socketio client as an app's users run it: it reconnects by itself;
+    `talk` sends numbered echoes one after the other, each sent again (after the
+    client reconnected) until its answer came: an echo is lost when it never does."""
+
+    def __init__(self, url: str):
+        self.client = socketio.Client(reconnection_delay=0.5, reconnection_delay_max=1)
+        self.news: list[dict] = []
+        self.answers: dict[int, dict] = {}
+        self.resent = 0
+        self.connects = 0
+        self.client.on("news", self.news.append)
+        self.client.on("connect", self._connected)
+        self.client.connect(url, wait_timeout=10)
+        self._stop = threading.Event()
+
+    def _connected(self):
+        self.connects += 1
+
+    def echo(self, number: int, deadline: float) -> dict:
+        while True:
+            try:
+                answer = self.client.call("echo", f"message {number}", timeout=3)
+                assert answer["echo"] == f"message {number}", answer
+                self.answers[number] = answer
+                return answer
+            except (socketio.exceptions.TimeoutError, socketio.exceptions.BadNamespaceError):
+                if time.monotonic() > deadline:
+                    raise
+                self.resent += 1
+                time.sleep(0.2)
+
+    def talk(self, seconds: float) -> threading.Thread:
+        def run():
+            deadline, number = time.monotonic() + seconds, max(self.answers, default=-1) + 1
+            while not self._stop.is_set():
+                self.echo(number, deadline)
+                number += 1
+                time.sleep(0.05)
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self, thread: threading.Thread) -> None:
+        self._stop.set()
+        thread.join(timeout=30)
+        self._stop.clear()
+
+    def transport(self) -> str:
+        return self.client.transport()
+
+
+def wait_for(what: str, condition, seconds: float = 10):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {seconds} s")
+        time.sleep(0.1)
+
+
+@pytest.mark.features
+def test_flask_socketio_over_websockets_on_every_instance_through_a_redeploy(fork, tmp_path):
+    source = tmp_path / "socketio"
+    shutil.copytree(REPO_ROOT / "tests/apps/socketio", source)
+    data = {**SOCKETIO, "app_source": str(source), "workers": WORKERS}
+    run_deploy(fork, tmp_path, data=data)
+    url = f"http://127.0.0.1:{fork.http_port}"
+    chatters: list[Chatter] = []
+    try:
+        # New clients land on random instances: as many as it takes to have one on
+        # each (two, on this host).
+        while len({c.echo(0, time.monotonic() + 10)["pid"] for c in chatters}) < 2:
+            assert len(chatters) < 20, "every client on one instance"
+            chatters.append(Chatter(url))
+        for chatter in chatters:
+            wait_for("the upgrade to WebSocket", lambda chatter=chatter: chatter.transport() == "websocket")
+            assert chatter.echo(1, time.monotonic() + 10)["version"] == "v1"
+        pids = {c.answers[0]["pid"] for c in chatters}
+        print(f"\n{len(chatters)} clients on the instances {sorted(pids)}, all on websocket")
+
+        # A broadcast from a client of one instance reaches the clients of all of them.
+        # An instance subscribes to the queue on its first connection, and Redis
+        # pub/sub keeps nothing for a subscriber not there yet: sent again until then.
+        for attempt in range(5):
+            chatters[0].client.emit("shout", f"hello everyone {attempt}")
+            try:
+                wait_for("the broadcast", lambda: all(
+                    {"text": f"hello everyone {attempt}", "pid": chatters[0].answers[0]["pid"]} in c.news
+                    for c in chatters), 2)
+                break
+            except AssertionError:
+                continue
+        else:
+            raise AssertionError(f"the broadcast never reached every client: {[c.news for c in chatters]}")
+        print(f"broadcast: received by every client at attempt {attempt + 1}")
+        # An emit from the Celery worker (another process) reaches every client too.
+        assert get(url + "/notify/from-celery").text == "queued\n"
+        wait_for("the worker's emit", lambda: all(any(n.get("from") == "celery" and n["text"] == "from-celery"
+                                                      for n in c.news) for c in chatters), 20)
+
+        # Nothing to do the second time, and the clients never notice.
+        again = run_deploy(fork, tmp_path, data=data)
+        assert again.changed_operations() == [], again.output[-3000:]
+        assert [c.connects for c in chatters] == [1] * len(chatters)
+
+        # A code redeploy while every client keeps talking.
+        chat = source / "chat.py"
+        chat.write_text(chat.read_text().replace('VERSION = "v1"', 'VERSION = "v2"'))
+        threads = [c.talk(120) for c in chatters]
+        run_deploy(fork, tmp_path, data=data)
+        # Code only: the instances were replaced one at a time (a chain reload).
+        assert "mode=chain" in fork.exec("/srv/greeting/bin/release-tool history --last 1")
+        wait_for("every client on the new code", lambda: all(
+            c.answers[max(c.answers)]["version"] == "v2" for c in chatters), 30)
+        for chatter, thread in zip(chatters, threads):
+            chatter.stop(thread)
+        for chatter in chatters:
+            numbers = sorted(chatter.answers)
+            assert numbers == list(range(len(numbers))), "an echo was never answered"
+            assert chatter.client.connected and chatter.transport() == "websocket"
+        print(f"redeploy: {sum(len(c.answers) for c in chatters)} echoes answered, none lost; "
+              f"{sum(c.resent for c in chatters)} sent again after a reconnection; reconnections "
+              f"{[c.connects - 1 for c in chatters]}")
+        assert any(c.connects > 1 for c in chatters), "no instance was replaced"
+    finally:
+        for chatter in chatters:
+            chatter.client.disconnect()
+    _without_a_queue_client_never_goes_live(fork, tmp_path)
+
+
+# Flask-SocketIO without the `redis` package in its venv imports and serves, and only
+# logs "Cannot publish to redis... giving up" at each broadcast.
+NO_QUEUE_CLIENT = """import os
+
+from flask import Flask
+from flask_socketio import SocketIO
+
+app = Flask(__name__)
+socketio = SocketIO(app, async_mode="gevent_uwsgi", message_queue=os.environ["REDIS_URL"])
+
+
+@app.get("/")
+def index():
+    return "no queue client"
+"""
+
+
+def _without_a_queue_client_never_goes_live(fork, tmp_path):
+    """A Socket.IO release whose venv cannot reach its message queue is refused
+    before its switch: the live release keeps serving."""
+    source = tmp_path / "no-queue-client"
+    source.mkdir()
+    (source / "app.py").write_text(NO_QUEUE_CLIENT)
+    requirements = (REPO_ROOT / "tests/apps/socketio/requirements.txt").read_text()
+    (source / "requirements.txt").write_text("\n".join(
+        line for line in requirements.splitlines() if not line.lower().startswith("celery")) + "\n")
+    live = fork.exec("readlink /srv/greeting/current").strip()
+    run = run_deploy(fork, tmp_path, data={**SOCKETIO, "app_source": str(source), "app_entry": "app:app"},
+                     check=False)
+    assert run.returncode != 0
+    assert "socketio: the release's venv has no redis package" in run.output, run.output[-3000:]
+    assert "failed its check before the switch" in run.output
+    assert fork.exec("readlink /srv/greeting/current").strip() == live
+    print(f"without a queue client: refused before the switch in {run.seconds:.1f}s")
