@@ -12,7 +12,8 @@ validated before any operation is added, so bad settings never touch a host.
 from pyinfra import host
 
 from tasks.config import platform, topology
-from tasks.roles import app_server, database_server, load_balancer
+from tasks.roles import app_server, database_server
+from tasks.roles import balancer as load_balancer
 from tasks.run import hooks, lock, prefetch, preflight
 from tasks.steps import uploads
 from tasks.config.inventory import load_apps

@@ -23,8 +23,9 @@ import sys
 import click
 
 from tasks.ops import audit, exec as ops_run, logs as ops_logs, status as ops_status
-from tasks.run import lock
-from tasks.steps import database, maintenance
+from tasks import identity
+from tasks.ops import backups
+from tasks.steps import maintenance
 from tasks.ops.fleet import Fleet, FleetError, echo, parse_data, run, show_output
 from tasks.config.settings import SettingsError
 
@@ -223,7 +224,7 @@ def maintenance_command(ctx: Context, state: str):
     on the balancers. Every switch goes into the host's audit log.
     """
     def switch(host):
-        return [(s.app_name, run(host, maintenance.switch_command(tool, state, lock.BY)))
+        return [(s.app_name, run(host, maintenance.switch_command(tool, state, identity.BY)))
                 for s, tool in maintenance.targets(host, ctx.fleet.apps(host))]
 
     failed = False
@@ -285,7 +286,7 @@ def _report(results: dict, label: str) -> bool:
 def backup(ctx: Context, what: str, download: str | None):
     """Back up each app's database now (`database: postgresql`): pg_dump into the
     host's root-only backup directory, then its retention."""
-    if not _report(database.backup_now(ctx.fleet, download), "backed up"):
+    if not _report(backups.backup_now(ctx.fleet, download), "backed up"):
         raise click.ClickException("a backup failed (above)")
 
 
@@ -293,7 +294,7 @@ def backup(ctx: Context, what: str, download: str | None):
 @click.pass_obj
 def backups(ctx: Context):
     """List each app's database backups on each host, oldest first (name, bytes, time)."""
-    if not _report(database.listing(ctx.fleet), "backups"):
+    if not _report(backups.listing(ctx.fleet), "backups"):
         raise click.ClickException("a host's backups could not be listed (above)")
 
 
@@ -304,7 +305,7 @@ def restore(ctx: Context, name: str):
     """Restore the backup NAME (see `backups`) into its app's own database: its web
     unit, workers and jobs are stopped, the backup restored, the units started again
     and the app health-checked."""
-    if not _report(database.restore(ctx.fleet, name), f"restored {name}"):
+    if not _report(backups.restore(ctx.fleet, name), f"restored {name}"):
         raise click.ClickException(f"restore {name} failed (above)")
 
 

@@ -19,6 +19,7 @@ import shlex
 from pyinfra import host
 from pyinfra.operations import server
 
+from tasks import identity
 from tasks.run import hooks, lock
 from tasks.config.inventory import load_apps
 from tasks.config.settings import SettingsError
@@ -37,6 +38,6 @@ lock.take(host, [s])
 hooks.register(host, [s], "rollback")  # local hooks and the webhook (tasks/run/hooks.py)
 server.shell(
     name=f"Roll {s.app_name} back to {s.rollback_to or 'the release live before this one'}",
-    commands=[f"{s.app_root}/bin/release-tool --host-name {shlex.quote(host.name)} {lock.TOOL_RUN} "
+    commands=[f"{s.app_root}/bin/release-tool --host-name {shlex.quote(host.name)} {identity.TOOL_RUN} "
               f"rollback {s.rollback_to or ''}"],
 )

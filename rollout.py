@@ -8,7 +8,7 @@
    connects to each; an unreachable host or a bad setting stops the rollout here,
    before any host is changed.
 2. The app servers (the `app_servers` group, or every host outside
-   `load_balancers`), batch by batch, each batch with pyinfra's own parallelism
+   `load_balancers` and `db_servers`), batch by batch, each batch with pyinfra's own parallelism
    (`--limit`). Every host switches to its new release with uWSGI's chain reload
    (no request dropped) and health-gates it, rolling itself back on failure. The
    rollout stops after the first batch with a failed host: later hosts are
@@ -37,8 +37,9 @@ lines (which tasks/config/topology.py's barrier and the fact batch rely on); CLI
 (`pyinfra.is_cli`) is set only by pyinfra's CLI, and loading deploy files is
 code of pyinfra's command-line package. A process per stage also keeps each run what a plain `pyinfra`
 run is (its lock, run id, caches, output), so a rollout deploys exactly what
-`pyinfra INVENTORY deploy.py` does. The inventory's groups are read with runpy for
-the same reason (pyinfra's inventory-file loader is in that package too).
+`pyinfra INVENTORY deploy.py` does. The inventory's groups are read by
+tasks/config/inventory.py, the reader ops.py uses too (pyinfra's inventory-file
+loader is in that command-line package).
 """
 
 from __future__ import annotations
@@ -46,7 +47,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import runpy
 import secrets
 import subprocess
 import sys
@@ -56,7 +56,8 @@ from pathlib import Path
 
 from tasks.run import outcomes
 from tasks.steps.release import new_release_id
-from tasks.config.topology import APP_GROUP, LB_GROUP
+from tasks.config import topology
+from tasks.config.inventory import InventoryError, read_inventory
 
 REPO_ROOT = Path(__file__).resolve().parent
 PYINFRA = str(Path(sys.executable).parent / "pyinfra")
@@ -64,32 +65,19 @@ RECORDER = "tasks/run/record_outcomes.py"
 DEPLOY = "deploy.py"
 
 
-def _members(group) -> list[str]:
-    """Host names of one inventory group, in the forms pyinfra's inventory files take:
-    a list of hosts, or (list, group data); a host is a name or (name, host data)."""
-    if isinstance(group, tuple) and len(group) == 2 and isinstance(group[1], dict):
-        group = group[0]
-    if not isinstance(group, (list, tuple)):
-        return []
-    names = []
-    for entry in group:
-        name = entry[0] if isinstance(entry, tuple) and entry and isinstance(entry[0], str) else entry
-        if isinstance(name, str):
-            names.append(name)
-    return names
-
-
 def load_inventory(path: str) -> tuple[list[str], list[str]]:
-    """(app servers, load balancers) by name, in inventory order, read from the
-    inventory file itself (a Python module whose lists are the groups)."""
-    groups = {name: _members(value) for name, value in runpy.run_path(path).items()
-              if not name.startswith("_")}
-    groups = {name: members for name, members in groups.items() if members}
-    balancers = groups.get(LB_GROUP, [])
-    if APP_GROUP in groups:
-        return groups[APP_GROUP], balancers
-    everyone = list(dict.fromkeys(name for members in groups.values() for name in members))
-    return [name for name in everyone if name not in balancers], balancers
+    """(app servers, load balancers) by name, in inventory order, from the inventory
+    file read as ops.py and pyinfra read it (tasks/config/inventory.py) and placed
+    as the deploy places them (tasks/config/topology.py): the `app_servers` group,
+    else every host that is neither a balancer nor the database server."""
+    try:
+        hosts = list(read_inventory(path))
+    except InventoryError as exc:
+        raise SystemExit(str(exc)) from None
+    if not hosts:
+        return [], []
+    return ([h.name for h in topology.app_servers(hosts[0])],
+            [h.name for h in topology.members(hosts[0], topology.LB_GROUP)])
 
 
 def batches(hosts: list[str], size: str) -> list[list[str]]:

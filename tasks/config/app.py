@@ -1,7 +1,7 @@
 """One app as the deploy sees it on one host: its settings (tasks/config/settings.py) with
 the derived defaults filled in, the paths and names the tasks share, and the host's
 role in the inventory (tasks/config/topology.py sets `behind_balancer` and the TCP socket
-it implies). Frozen: built once per app and host, by `validate` here and
+it implies). Frozen: built once per app and host, by tasks/config/checks.py's `validate` and
 tasks/config/inventory.py, before any operation is added.
 
 Every setting reads as an attribute (`app.nginx_port`); the ones with a derived
@@ -20,8 +20,8 @@ from typing import Any, NamedTuple
 from dotenv import parser as dotenv_parser
 
 from tasks import REPO_ROOT
-from tasks.config import checks, static
-from tasks.config.settings import SANDBOX, Settings, SettingsError, parse
+from tasks.config import static
+from tasks.config.settings import SANDBOX, Settings
 
 # The health check's own address and host names (see App.health_url and
 # App.health_host_header).
@@ -336,21 +336,3 @@ class App:
         vhost on the host can answer in its place. `localhost` or the site's own name
         could be claimed by another site, and a broken app would then pass."""
         return f"{self.app_name}.{HEALTH_DOMAIN}"
-
-
-def validate(data: dict[str, Any], where: str = "settings", secrets: bool = True) -> App:
-    """The app of a host's data (before its place in the inventory), or a
-    SettingsError that names every bad key and its value. The checks of
-    tasks/config/checks.py run once every value is valid on its own (without secrets: all
-    but the app's environment, see checks.check)."""
-    settings, problems = parse(data)
-    app = None
-    if settings is not None:
-        app = App.resolve(settings)
-        try:
-            checks.check(app, secrets)
-        except ValueError as exc:
-            problems.append(str(exc))
-    if problems:
-        raise SettingsError.listing(where, problems)
-    return app

@@ -1,6 +1,6 @@
 """What no single setting's type can say, checked before any operation is added:
 each app's settings against the laptop's files and against each other (`check`,
-run by tasks/config/app.py's `validate`), and a host's apps against each other
+run by `validate` here, which builds the App), and a host's apps against each other
 (`apps_apart`, run by tasks/config/inventory.py). Each problem is one line naming the key.
 
 The checks read an App (tasks/config/app.py): the settings with their derived defaults.
@@ -11,20 +11,36 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
+from typing import Any
 
 from tasks.config import release_exclude, reserved
-from tasks.steps import acme
+from tasks.config.app import App
+from tasks.config.settings import SettingsError, parse
 
-if TYPE_CHECKING:
-    from tasks.config.app import App
+
+def validate(data: dict[str, Any], where: str = "settings", secrets: bool = True) -> App:
+    """The app of a host's data (before its place in the inventory), or a
+    SettingsError that names every bad key and its value. The checks of
+    tasks/config/checks.py run once every value is valid on its own (without secrets: all
+    but the app's environment, see check)."""
+    settings, problems = parse(data)
+    app = None
+    if settings is not None:
+        app = App.resolve(settings)
+        try:
+            check(app, secrets)
+        except ValueError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise SettingsError.listing(where, problems)
+    return app
 
 
 def check(app: App, secrets: bool = True) -> None:
     """Raise ValueError with the first problem of one app's settings. Without secrets
     (ops.py: it uploads none) the app's environment is not read: app_env_file need
     not be on this machine, nor app_env_from's variables in its shell."""
-    for concern in (local_app, features, acme.check, *([environment] if secrets else []), background, socket,
+    for concern in (local_app, features, acme, *([environment] if secrets else []), background, socket,
                     paths_apart, log_directories, day_two):
         concern(app)
 
@@ -318,3 +334,38 @@ def day_two(app: App) -> None:
                 or any(c.isspace() for c in app.webhook_url)):
             raise ValueError("webhook_url: must be an http:// or https:// URL (its value is not shown: it may "
                              "hold a token)")
+
+
+HOST_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+$")
+IPV4_RE = re.compile(r"^[0-9.]+$")
+EMAIL_RE = re.compile(r"^[^@\s'\"\\]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
+DIRECTORY_RE = re.compile(r"^https://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?$")
+
+
+def certificate_names(app: App) -> tuple[str, ...]:
+    """The names the site's certificate must cover: its nginx_server_names, as the CA writes them."""
+    return tuple(dict.fromkeys(name.lower().rstrip(".") for name in app.nginx_server_names))
+
+
+def acme(app: App) -> None:
+    """The ACME settings of one app (`tls_acme`, tasks/steps/acme.py), before any host is touched (a ValueError naming the key)."""
+    if not app.tls_acme:
+        return
+    if app.tls_certificate or app.tls_certificate_key:
+        raise ValueError("tls_acme: the certificate comes from the ACME CA, so tls_certificate and "
+                         "tls_certificate_key must not be set (use one or the other)")
+    if not app.acme_email:
+        raise ValueError("acme_email: required with tls_acme (the CA's contact for expiry notices)")
+    if not EMAIL_RE.match(app.acme_email):
+        raise ValueError(f"acme_email: {app.acme_email!r} is not an email address")
+    for name in certificate_names(app):
+        if not HOST_NAME_RE.match(name) or IPV4_RE.match(name):
+            raise ValueError(f"nginx_server_names: {name!r} cannot get an ACME certificate: tls_acme needs the "
+                             "site's real host names (no '_', wildcards or IP addresses)")
+    if app.nginx_port != 80:
+        raise ValueError(f"nginx_port: {app.nginx_port}, but the ACME CA checks the HTTP-01 challenge on port 80 "
+                         "(tls_acme needs nginx_port 80)")
+    if not DIRECTORY_RE.match(app.acme_directory):
+        raise ValueError(f"acme_directory: {app.acme_directory!r} must be an https:// URL (no quotes or spaces)")
+    if app.acme_ca_bundle and not app.local_path(app.acme_ca_bundle).is_file():
+        raise ValueError(f"acme_ca_bundle: {app.acme_ca_bundle!r} is not a file ({app.local_path(app.acme_ca_bundle)})")

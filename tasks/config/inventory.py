@@ -1,4 +1,5 @@
-"""The apps of each host of the inventory: its data validated app by app
+"""The inventory: its file read (`read_inventory`, the one reader), and the apps of
+each host: its data validated app by app
 (tasks/config/app.py), placed by the host's groups (tasks/config/topology.py) and checked
 against each other (tasks/config/checks.py); and what a host must know of the others.
 
@@ -8,10 +9,21 @@ dicts, one per app, each over the top-level keys (shared defaults).
 
 from __future__ import annotations
 
+import runpy
+import types
+from collections import defaultdict
+from pathlib import Path
+
+from pyinfra.api import Inventory
+
 from tasks.config import checks, topology
-from tasks.config.app import App, validate
+from tasks.config.app import App
+from tasks.config.checks import validate
 from tasks.config.settings import SettingsError
-from tasks.steps.uwsgi import sockets
+
+
+class InventoryError(Exception):
+    """An inventory file that cannot be read, said in one line."""
 
 
 def load_apps(host, secrets: bool = True) -> list[App]:
@@ -22,7 +34,7 @@ def load_apps(host, secrets: bool = True) -> list[App]:
     apps = data.pop("apps", None)
     where = f"settings for host {host.name!r}"
     if apps is None:
-        found = [topology.place(host, validate(data, where=where, secrets=secrets))]
+        found = [topology.place(host, validate(data, where=where, secrets=secrets), _database_address)]
     elif not isinstance(apps, list) or not apps or not all(isinstance(app, dict) for app in apps):
         raise SettingsError.listing(where, [f"apps = {apps!r}: must be a non-empty list of dicts, one per app"])
     else:
@@ -31,7 +43,7 @@ def load_apps(host, secrets: bool = True) -> list[App]:
             try:
                 found.append(topology.place(host, validate(
                     {**data, **app}, where=f"{where}, apps[{index}] ({app.get('app_name', '?')})",
-                    secrets=secrets)))
+                    secrets=secrets), _database_address))
             except SettingsError as exc:
                 problems.append(str(exc))
         if problems:
@@ -42,32 +54,10 @@ def load_apps(host, secrets: bool = True) -> list[App]:
     return found
 
 
-def upstreams(host, app_name: str) -> list[tuple[str, str]]:
-    """(app server name, uWSGI address) of the app `app_name` on every app server a
-    balancer spreads over."""
-    servers = topology.members(host, topology.APP_GROUP)
-    if not servers:
-        raise topology.TopologyError(f"Balancer {host.name!r} has no hosts in the {topology.APP_GROUP} group; "
-                                     "nothing was changed.")
-    found = []
-    for app_server in servers:
-        match = [app for app in load_apps(app_server) if app.app_name == app_name]
-        if not match:
-            raise topology.TopologyError(f"Balancer {host.name!r} balances {app_name!r}, which app server "
-                                         f"{app_server.name!r} does not run; nothing was changed.")
-        app = match[0]
-        if app.socketio != load_apps(host)[0].socketio:
-            raise topology.TopologyError(f"socketio: {app.socketio} on app server {app_server.name!r} but not on "
-                                         f"balancer {host.name!r}: set it for both (the balancer keeps Socket.IO "
-                                         "clients on their instance); nothing was changed.")
-        if app.socketio:
-            # Every Socket.IO instance of every server: the balancer keeps each
-            # client on one of them (templates/nginx-balancer.conf.j2).
-            found += [(f"{app_server.name} instance {n}", address)
-                      for n, address in enumerate(sockets(app, server=app_server), 1)]
-        else:
-            found.append((app_server.name, app.uwsgi_tcp))
-    return found
+def _database_address(db) -> str:
+    """The database server's private address: only that is read of its settings,
+    its secrets are its own deploy's business."""
+    return load_apps(db, secrets=False)[0].private_address
 
 
 def balancers(host) -> list[tuple[str, str]]:
@@ -77,3 +67,60 @@ def balancers(host) -> list[tuple[str, str]]:
     `--limit` leaves the balancers out."""
     return [(balancer.name, load_apps(balancer)[0].private_address)
             for balancer in topology.members(host, topology.LB_GROUP)]
+
+
+def _first(value):
+    return value[0] if isinstance(value, tuple) else value
+
+
+def _group_data(folders: list[Path]) -> dict[str, dict]:
+    found: dict[str, dict] = defaultdict(dict)
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for file in sorted(folder.glob("*.py")):
+            values = runpy.run_path(str(file))
+            found[file.stem].update({key: value for key, value in values.items()
+                                     if not key.startswith("_") and not callable(value)
+                                     and not isinstance(value, types.ModuleType)})
+    return found
+
+
+def read_inventory(path: str, override_data: dict | None = None) -> Inventory:
+    """A pyinfra Inventory from an inventory file, read the way `pyinfra INVENTORY ...`
+    reads it: a Python file whose top-level lists (or `(hosts, data)` tuples) are the
+    groups, each host a name or `(name, data)`; `group_data/<group>.py` beside it or
+    in the working directory; `override_data` (`--data`) over everything. The one
+    reader of inventory files: ops.py (tasks/ops/fleet.py) and rollout.py use it."""
+    file = Path(path)
+    if not file.is_file():
+        raise InventoryError(f"inventory {path!r}: no such file")
+    try:
+        values = runpy.run_path(str(file))
+    except SystemExit as exc:  # an inventory saying why it cannot be used (inventories/local.py)
+        raise InventoryError(f"inventory {path!r}: {exc}") from None
+    groups = {name: value for name, value in values.items()
+              if not name.startswith("_") and isinstance(value, (list, tuple))}
+    if "all" in groups:
+        everyone, all_data = groups.pop("all") if isinstance(groups["all"], tuple) else (groups.pop("all"), {})
+        everyone = list(everyone)
+    else:
+        everyone, all_data = [], {}
+        for members in groups.values():
+            for entry in (members[0] if isinstance(members, tuple) else members):
+                name = _first(entry)
+                if name not in [_first(e) for e in everyone]:
+                    everyone.append(entry)
+    groups.setdefault(file.stem, [_first(entry) for entry in everyone])
+    folders = [Path.cwd() / "group_data"]
+    if file.resolve().parent != Path.cwd().resolve():
+        folders.append(file.resolve().parent / "group_data")
+    extra = _group_data(folders)
+    all_data = {**all_data, **extra.pop("all", {})}
+    shaped = {}
+    for name, members in groups.items():
+        hosts, data = members if isinstance(members, tuple) else (members, {})
+        shaped[name] = (list(hosts), {**data, **extra.pop(name, {})})
+    for name, data in extra.items():
+        shaped[name] = ([], data)
+    return Inventory((everyone, all_data), override_data=override_data or {}, **shaped)

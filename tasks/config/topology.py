@@ -17,7 +17,7 @@ know of the other hosts' apps is in tasks/config/inventory.py.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
 from pyinfra.api.exceptions import DeployError
 from pyinfra.operations import server
@@ -67,9 +67,10 @@ def behind_balancer(host) -> bool:
     return not is_balancer(host) and bool(members(host, LB_GROUP))
 
 
-def place(host, app: App) -> App:
+def place(host, app: App, database_address: Callable[[Any], str]) -> App:
     """The app with the host's role and the defaults it implies, or a TopologyError
-    saying what the inventory is missing."""
+    saying what the inventory is missing. `database_address(db)` is the private
+    address of the database server `db` (read from its settings by tasks/config/inventory.py)."""
     if is_balancer(host) and APP_GROUP in host.groups:
         raise TopologyError(f"Host {host.name!r} is in both {APP_GROUP} and {LB_GROUP}: "
                             "a host is either an app server or a balancer; nothing was changed.")
@@ -85,9 +86,7 @@ def place(host, app: App) -> App:
         return app
     if db is not None and app.database == "postgresql":
         # The database is the db server's: reached over TLS on its private address.
-        from tasks.config.inventory import load_apps
-        # Only its address is read: its secrets are its own deploy's business.
-        app = replace(app, database_host=load_apps(db, secrets=False)[0].private_address)
+        app = replace(app, database_host=database_address(db))
     if is_balancer(host) and not app.private_address:
         raise TopologyError(
             f"Balancer {host.name!r} has no private_address: set it to the address the app servers "

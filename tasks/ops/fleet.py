@@ -1,14 +1,12 @@
 """The hosts of an inventory, connected, for the day-two commands (ops.py).
 
-The inventory is read the way `pyinfra INVENTORY ...` reads it: a Python file
-whose top-level lists (or `(hosts, data)` tuples) are the groups, each host a name
-or `(name, data)`; `group_data/<group>.py` beside it or in the working directory;
-`--data KEY=VALUE` over everything (values parsed like pyinfra's: true/false,
+The inventory is read by tasks/config/inventory.py's `read_inventory`, as `pyinfra
+INVENTORY ...` reads it; `--data KEY=VALUE` over everything (values parsed like pyinfra's: true/false,
 integers, JSON, else text); `--limit` by host or group name (glob patterns, as
 pyinfra's). Then pyinfra's public API (pyinfra.api: Inventory, State, Config,
 connect_all) connects to them in parallel, so every connector and SSH setting
 that works for a deploy works here, and each host's apps are the deploy's own
-(tasks/inventory.load_apps): the same settings, validated the same way.
+(tasks/config/inventory.py): the same settings, validated the same way.
 
 Commands run through `Host.run_shell_command`, on every host at once (pyinfra's
 greenlets), each output line printed as it arrives with the host's prefix when
@@ -19,22 +17,18 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import runpy
-import types
-from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, NamedTuple, TypeVar
 
 import click
 import gevent
-from pyinfra.api import Config, Inventory, State
+from pyinfra.api import Config, State
 from pyinfra.api.connect import connect_all
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.api.output import set_echo
 
 from tasks.config.app import App
-from tasks.config.inventory import load_apps
+from tasks.config.inventory import InventoryError, load_apps, read_inventory
 
 T = TypeVar("T")
 
@@ -67,59 +61,6 @@ def parse_data(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
     return data
 
 
-def _first(value):
-    return value[0] if isinstance(value, tuple) else value
-
-
-def _group_data(folders: list[Path]) -> dict[str, dict]:
-    found: dict[str, dict] = defaultdict(dict)
-    for folder in folders:
-        if not folder.is_dir():
-            continue
-        for file in sorted(folder.glob("*.py")):
-            values = runpy.run_path(str(file))
-            found[file.stem].update({key: value for key, value in values.items()
-                                     if not key.startswith("_") and not callable(value)
-                                     and not isinstance(value, types.ModuleType)})
-    return found
-
-
-def read_inventory(path: str, override_data: dict | None = None) -> Inventory:
-    """A pyinfra Inventory from an inventory file (see the module docstring)."""
-    file = Path(path)
-    if not file.is_file():
-        raise FleetError(f"inventory {path!r}: no such file")
-    try:
-        values = runpy.run_path(str(file))
-    except SystemExit as exc:  # an inventory saying why it cannot be used (inventories/local.py)
-        raise FleetError(f"inventory {path!r}: {exc}") from None
-    groups = {name: value for name, value in values.items()
-              if not name.startswith("_") and isinstance(value, (list, tuple))}
-    if "all" in groups:
-        everyone, all_data = groups.pop("all") if isinstance(groups["all"], tuple) else (groups.pop("all"), {})
-        everyone = list(everyone)
-    else:
-        everyone, all_data = [], {}
-        for members in groups.values():
-            for entry in (members[0] if isinstance(members, tuple) else members):
-                name = _first(entry)
-                if name not in [_first(e) for e in everyone]:
-                    everyone.append(entry)
-    groups.setdefault(file.stem, [_first(entry) for entry in everyone])
-    folders = [Path.cwd() / "group_data"]
-    if file.resolve().parent != Path.cwd().resolve():
-        folders.append(file.resolve().parent / "group_data")
-    extra = _group_data(folders)
-    all_data = {**all_data, **extra.pop("all", {})}
-    shaped = {}
-    for name, members in groups.items():
-        hosts, data = members if isinstance(members, tuple) else (members, {})
-        shaped[name] = (list(hosts), {**data, **extra.pop(name, {})})
-    for name, data in extra.items():
-        shaped[name] = ([], data)
-    return Inventory((everyone, all_data), override_data=override_data or {}, **shaped)
-
-
 @dataclass
 class Fleet:
     """Connected hosts of an inventory and their apps."""
@@ -132,7 +73,10 @@ class Fleet:
     def connect(cls, inventory_path: str, limit: tuple[str, ...] = (), data: dict | None = None,
                 app_name: str | None = None) -> "Fleet":
         """The chosen hosts, their settings validated before any is connected to."""
-        inventory = read_inventory(inventory_path, data)
+        try:
+            inventory = read_inventory(inventory_path, data)
+        except InventoryError as exc:
+            raise FleetError(str(exc)) from None
         patterns = [part.strip() for item in limit for part in item.split(",") if part.strip()]
         chosen = [host for host in inventory if not patterns or any(
             fnmatch.fnmatch(host.name, pattern) or any(
@@ -205,8 +149,22 @@ def show_output(raw: bool = False) -> None:
     set_echo(_echo)
 
 
+class Ran(NamedTuple):
+    """One command's end on one host."""
+    ok: bool
+    stdout: list[str]
+    stderr: list[str]
+
+
+class AppResult(NamedTuple):
+    """What a day-two command did for one app on one host: the lines to print."""
+    app: str
+    ok: bool
+    lines: list[str]
+
+
 def run(host, command: str, *, as_user: str | None = None, stream: bool = False,
-        timeout: int | None = None, pty: bool = False) -> tuple[bool, list[str], list[str]]:
+        timeout: int | None = None, pty: bool = False) -> Ran:
     """(ok, stdout lines, stderr lines) of one command on a host: as root through
     sudo when the inventory connects with sudo (as root otherwise), or as `as_user`.
     With stream, each line is printed as it arrives, prefixed with the host. With
@@ -219,4 +177,4 @@ def run(host, command: str, *, as_user: str | None = None, stream: bool = False,
     if pty:
         arguments["_get_pty"] = True
     ok, output = host.run_shell_command(command, print_output=stream, **arguments)
-    return ok, output.stdout_lines, output.stderr_lines
+    return Ran(ok, output.stdout_lines, output.stderr_lines)

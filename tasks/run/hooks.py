@@ -42,7 +42,8 @@ from pyinfra import logger
 from pyinfra.api import BaseStateCallback, StringCommand
 from pyinfra.api.exceptions import DeployError
 
-from tasks.run import lock, prefetch
+from tasks import identity
+from tasks.run import prefetch
 from tasks.config.app import local_path
 
 WEBHOOK_TIMEOUT = 5
@@ -151,16 +152,16 @@ class Hooks(BaseStateCallback):
         outcome = next((o for o in ("rolled-back", "failure") if o in outcomes), "success")
         releases = _unique(app["to"] for entry in hosts.values() for app in entry["apps"].values() if app["to"])
         return {
-            "event": self.event, "outcome": outcome, "run": lock.RUN_ID, "user": lock.BY.rpartition("@")[0],
-            "machine": lock.MACHINE, "release": releases[0] if len(releases) == 1 else None, "releases": releases,
+            "event": self.event, "outcome": outcome, "run": identity.RUN_ID, "user": identity.BY.rpartition("@")[0],
+            "machine": identity.MACHINE, "release": releases[0] if len(releases) == 1 else None, "releases": releases,
             "hosts": hosts, "failed_hosts": sorted(set(hosts) & failed),
             "started_at": _iso(self.started_at), "finished_at": _iso(time.time()),
         }
 
     def environment(self, phase: str, failed: set[str] | None = None) -> dict[str, str]:
         env = {
-            "EVENT": self.event, "PHASE": phase, "RUN": lock.RUN_ID, "USER": lock.BY.rpartition("@")[0],
-            "MACHINE": lock.MACHINE, "HOSTS": " ".join(self.hosts),
+            "EVENT": self.event, "PHASE": phase, "RUN": identity.RUN_ID, "USER": identity.BY.rpartition("@")[0],
+            "MACHINE": identity.MACHINE, "HOSTS": " ".join(self.hosts),
             "APPS": " ".join(_unique(s.app_name for run in self.hosts.values() for s in run.apps)),
         }
         if phase == "after":
@@ -206,7 +207,7 @@ def read_audit(host, apps) -> dict[str, dict]:
                 entry = json.loads(line)
             except ValueError:
                 continue
-            if isinstance(entry, dict) and entry.get("run") == lock.RUN_ID and entry.get("event") in (
+            if isinstance(entry, dict) and entry.get("run") == identity.RUN_ID and entry.get("event") in (
                     "deploy", "rollback"):
                 found[s.app_name] = entry
     return found

@@ -27,12 +27,9 @@ The very first deploy to a host has no release tool there yet, so it takes no lo
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
-import secrets
 import shlex
-import socket
 import time
 
 from pyinfra import logger
@@ -40,11 +37,9 @@ from pyinfra.api import FactBase, StringCommand
 from pyinfra.api.exceptions import DeployError
 from pyinfra.api.state import BaseStateCallback
 
+from tasks import identity
 from tasks.run import prefetch
 
-# This run's id (one pyinfra process is one run).
-RUN_ID = secrets.token_hex(3)
-MACHINE = socket.gethostname()
 # host name -> {release tool whose lock this run holds there: release it at disconnect?}
 _HELD: dict[str, dict[str, bool]] = {}
 _POLL = 5.0
@@ -52,19 +47,6 @@ _POLL = 5.0
 
 class LockHeld(DeployError):
     """Another run holds an app's deploy lock on a host (raised before any change)."""
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return str(os.getuid())
-
-
-# Who runs this (the audit log's `by`, files/release-tool.py): the release tool's
-# options naming this run and its user@machine.
-BY = f"{_user()}@{MACHINE}"
-TOOL_RUN = f"--run {RUN_ID} --by {shlex.quote(BY)}"
 
 
 def _alive(pid) -> bool:
@@ -131,8 +113,8 @@ def _tool(s) -> str:
 
 
 def _ask_arguments(s, wait: float = 0, break_run: str | None = None) -> dict:
-    holder = json.dumps({"user": _user(), "machine": MACHINE, "pid": os.getpid()})
-    return dict(tool=_tool(s), run=RUN_ID, holder=holder, wait=int(wait), break_run=break_run or "",
+    holder = json.dumps({"user": identity.user(), "machine": identity.MACHINE, "pid": os.getpid()})
+    return dict(tool=_tool(s), run=identity.RUN_ID, holder=holder, wait=int(wait), break_run=break_run or "",
                 force=s.deploy_lock_break)
 
 
@@ -187,7 +169,7 @@ def _take(host, s) -> bool:
             return first
         first = False
         holder = answer["holder"]
-        if holder.get("machine") == MACHINE and not _alive(holder.get("pid")):
+        if holder.get("machine") == identity.MACHINE and not _alive(holder.get("pid")):
             break_run = holder.get("run")
             continue
         if time.monotonic() >= deadline:
@@ -207,9 +189,9 @@ class _ReleaseOnDisconnect(BaseStateCallback):
         # A lock taken over SSH is free once this connection closes: nothing to send.
         for tool in [tool for tool, release in _HELD.pop(host.name, {}).items() if release]:
             try:
-                host.run_shell_command(StringCommand(f"{shlex.quote(tool)} --run {RUN_ID} lock release"),
+                host.run_shell_command(StringCommand(f"{shlex.quote(tool)} --run {identity.RUN_ID} lock release"),
                                        print_output=False, print_input=False,
                                        **prefetch.default_connector_arguments(host))
             except Exception as exc:  # the connection is gone: the lock stays, recognisably ours
                 logger.warning(f"[{host.name}] could not release the deploy lock ({exc}); "
-                               f"the next run from {MACHINE} takes it over")
+                               f"the next run from {identity.MACHINE} takes it over")

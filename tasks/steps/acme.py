@@ -8,12 +8,12 @@ certificate must be requested is read from the live certificate itself (its
 names and expiry, with openssl), never by asking certbot or the CA, so a run
 with nothing to do contacts no CA and changes nothing. tasks/steps/nginx.py calls
 `prepare` before it writes the sites and `obtain` after it has reloaded nginx
-with the challenge location in place; `check` validates the settings.
+with the challenge location in place; tasks/config/checks.py's `acme` validates the
+settings.
 """
 
 from __future__ import annotations
 
-import re
 import shlex
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -25,6 +25,7 @@ from pyinfra.api.exceptions import DeployError
 from pyinfra.operations import files, pip, server, systemd
 
 from tasks import JINJA, TEMPLATES
+from tasks.config.checks import certificate_names
 
 CERTBOT_VERSION = "4.2.0"
 VENV = f"/opt/pyinfra-flask/certbot-{CERTBOT_VERSION}"
@@ -40,41 +41,6 @@ DEPLOY_HOOK = "/etc/letsencrypt/renewal-hooks/deploy/pyinfra-flask-reload-nginx"
 # The timer spreads renewals over the day itself, so certbot's own random sleep is off.
 RENEW_COMMAND = f"{CERTBOT} renew --non-interactive --no-random-sleep-on-renew"
 STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
-
-HOST_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+$")
-IPV4_RE = re.compile(r"^[0-9.]+$")
-EMAIL_RE = re.compile(r"^[^@\s'\"\\]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
-DIRECTORY_RE = re.compile(r"^https://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?$")
-
-
-def certificate_names(s) -> tuple[str, ...]:
-    """The names the site's certificate must cover: its nginx_server_names, as the CA writes them."""
-    return tuple(dict.fromkeys(name.lower().rstrip(".") for name in s.nginx_server_names))
-
-
-def check(s) -> None:
-    """The ACME settings of one app, before any host is touched (a ValueError naming the key)."""
-    if not s.tls_acme:
-        return
-    if s.tls_certificate or s.tls_certificate_key:
-        raise ValueError("tls_acme: the certificate comes from the ACME CA, so tls_certificate and "
-                         "tls_certificate_key must not be set (use one or the other)")
-    if not s.acme_email:
-        raise ValueError("acme_email: required with tls_acme (the CA's contact for expiry notices)")
-    if not EMAIL_RE.match(s.acme_email):
-        raise ValueError(f"acme_email: {s.acme_email!r} is not an email address")
-    for name in certificate_names(s):
-        if not HOST_NAME_RE.match(name) or IPV4_RE.match(name):
-            raise ValueError(f"nginx_server_names: {name!r} cannot get an ACME certificate: tls_acme needs the "
-                             "site's real host names (no '_', wildcards or IP addresses)")
-    if s.nginx_port != 80:
-        raise ValueError(f"nginx_port: {s.nginx_port}, but the ACME CA checks the HTTP-01 challenge on port 80 "
-                         "(tls_acme needs nginx_port 80)")
-    if not DIRECTORY_RE.match(s.acme_directory):
-        raise ValueError(f"acme_directory: {s.acme_directory!r} must be an https:// URL (no quotes or spaces)")
-    if s.acme_ca_bundle and not s.local_path(s.acme_ca_bundle).is_file():
-        raise ValueError(f"acme_ca_bundle: {s.acme_ca_bundle!r} is not a file ({s.local_path(s.acme_ca_bundle)})")
-
 
 def selinux_labels() -> dict[str, str]:
     """SELinux types on RHEL: certbot a program systemd may start, the webroot content nginx may read."""

@@ -1,5 +1,5 @@
-"""The opt-in local PostgreSQL of an app (`database: postgresql`) and its backups.
-See docs/database.md.
+"""The opt-in local PostgreSQL of an app (`database: postgresql`) and its backups
+(ops.py's backup and restore: tasks/ops/backups.py). See docs/database.md.
 
     /etc/postgresql/<version>/main/conf.d/pyinfra-flask.conf   listen_addresses = '' (unix socket only)
     /etc/postgresql/<version>/main/pg_hba.conf                 postgres by peer, each app's role to its own
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import json
+import secrets as random
 import shlex
 
 from pyinfra import host
@@ -30,10 +31,11 @@ from pyinfra.facts.files import File, Sha1File
 from pyinfra.operations import apt, files, python, server, systemd
 
 from tasks import JINJA, REPO_ROOT, TEMPLATES
+from tasks.config import topology
 from tasks.steps import healthcheck
 from tasks.steps.packages import APT_LOCK_WAIT, DebInstalled
 from tasks.steps.secrets import url_from_password
-from tasks.steps.uploads import download
+from tasks.steps.uploads import SshUser, download, private_path
 
 # The distribution's own PostgreSQL, by tasks/config/platform.py's system name.
 VERSIONS = {"Debian 12 (bookworm)": 15, "Debian 13 (trixie)": 17,
@@ -282,8 +284,6 @@ def hand_over(s) -> list:
     """DATABASE_URL and the db server's certificate, copied from the db server when
     this app server's differ (a hash compared on each side): at execution time, after
     the db server's steps, through the laptop's memory (`_copy`), never printed."""
-    from tasks.config import topology
-
     db = topology.database_server(host)
     certificate = certificate_paths(s.database_host)[0]
     wanted = db.get_fact(HandedOver, password=password_path(s), url=remote_url(s), certificate=certificate)
@@ -300,8 +300,6 @@ def hand_over(s) -> list:
 
 def _upload_directory(h) -> str | None:
     """The SSH user's private upload directory (tasks/steps/uploads.py), or None as root."""
-    from tasks.steps.uploads import SshUser, private_path
-
     login = h.get_fact(SshUser)
     return private_path(login) if login and h.data.get("_sudo") else None
 
@@ -310,8 +308,6 @@ def _copy(source, target, s, certificate: str, directories: tuple) -> None:
     """At execution time: the password and certificate read from the db server into
     memory, DATABASE_URL and the certificate written on this app server (root's, 600
     and 644). Uploads pass through the SSH user's private directory, downloads too."""
-    import secrets as random
-
     def read(path: str) -> bytes:
         found = io.BytesIO()
         if not download(source, path, found, directories[0]):
@@ -359,142 +355,3 @@ def backup_settings(s) -> dict:
 
 def _json(data: dict) -> io.StringIO:
     return io.StringIO(json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-# Day-two commands (ops.py backup now, backups, restore), over tasks/ops/fleet.py's hosts.
-
-def _apps_with_database(fleet, host) -> list:
-    """The apps whose database is on the host: a local one, or the db server's
-    (an app server whose database is on the db server has none)."""
-    return [s for s in fleet.apps(host) if s.database and not s.database_host]
-
-
-def backup_now(fleet, download: str | None = None) -> dict[str, list[tuple[str, bool, list[str]]]]:
-    """A backup of every app's database on every host, now; with `download`, each
-    also copied into that local directory. {host: [(app, ok, lines)]}."""
-    from tasks.ops.fleet import run
-
-    def work(h):
-        results = []
-        for s in _apps_with_database(fleet, h):
-            ok, out, err = run(h, tool_command(s, "backup"), timeout=6 * 3600)
-            lines = out + err
-            made = [line.split()[1] for line in out if line.startswith("BACKUP ")]
-            if ok and made and download:
-                local = f"{download.rstrip('/')}/{h.name}-{made[0]}"
-                ok = fetch(h, f"{BACKUP_ROOT}/{s.app_name}/{made[0]}", local)
-                lines.append(f"downloaded to {local}" if ok else f"download of {made[0]} failed")
-            results.append((s.app_name, ok, lines))
-        return results
-
-    return fleet.each(work)
-
-
-def fetch(h, remote: str, local: str) -> bool:
-    """A root-only file of the host into a new local file (mode 600). With sudo, on
-    its way it is copied into the SSH user's private upload directory (mode 700,
-    tasks/steps/uploads.py) under a random name, never into /tmp."""
-    import os
-
-    from tasks.steps.uploads import DIRECTORY
-
-    os.close(os.open(local, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    if not h.data.get("_sudo"):
-        return download(h, remote, local, None)
-    ok, output = h.run_shell_command(f"install -d -m 700 ~/{DIRECTORY} && cd ~/{DIRECTORY} && pwd")
-    return ok and download(h, remote, local, output.stdout_lines[-1])
-
-
-def listing(fleet) -> dict[str, list[tuple[str, bool, list[str]]]]:
-    """Each app's backups on each host: {host: [(app, ok, lines)]}."""
-    from tasks.ops.fleet import run
-
-    def work(h):
-        return [(s.app_name, *_ok_lines(run(h, tool_command(s, "list")))) for s in _apps_with_database(fleet, h)]
-
-    return fleet.each(work)
-
-
-def restore(fleet, name: str) -> dict[str, list[tuple[str, bool, list[str]]]]:
-    """Restore the backup `name` into its app's database, on each host that runs the
-    app (the backup tool refuses where there is no such backup)."""
-    from tasks.ops.fleet import FleetError, run
-
-    owners = {s.app_name for h in fleet.hosts for s in _apps_with_database(fleet, h)
-              if name.startswith(f"{s.app_name}-")}
-    if not owners:
-        raise FleetError(f"restore {name!r}: names no app with a database (backups are <app>-<UTC time>.dump)")
-    app_name = max(owners, key=len)  # `shop-eu-...` is shop-eu's, not shop's
-    from tasks.config.topology import is_database_server
-
-    servers = [h for h in fleet.hosts if is_database_server(h)
-               and any(s.app_name == app_name for s in _apps_with_database(fleet, h))]
-    if servers:
-        return _restore_on_database_server(fleet, servers[0], app_name, name)
-
-    def work(h):
-        return [(s.app_name, *_ok_lines(run(h, tool_command(s, "restore", name), stream=True, timeout=6 * 3600)))
-                for s in _apps_with_database(fleet, h) if s.app_name == app_name]
-
-    return fleet.each(work)
-
-
-def _restore_on_database_server(fleet, server, app_name: str, name: str) -> dict:
-    """The app's units run on the app servers: stopped there first (all of them: a
-    --limit leaving one out is refused), the backup restored on the db server, the
-    units started again and each app server's health-checked."""
-    from tasks.ops.fleet import FleetError, run
-    from tasks.config.inventory import load_apps
-    from tasks.config.topology import is_balancer, is_database_server
-
-    def runs_app(h):
-        return [s for s in load_apps(h, secrets=False) if s.app_name == app_name and s.database_host]
-
-    everyone = [h for h in fleet.state.inventory if not is_balancer(h) and not is_database_server(h) and runs_app(h)]
-    chosen = {h.name for h in fleet.hosts}
-    left_out = [h.name for h in everyone if h.name not in chosen]
-    if left_out:
-        raise FleetError(f"restore {name!r}: {app_name} also runs on {', '.join(left_out)}, which --limit leaves "
-                         "out; its units must stop everywhere while its database is restored; nothing was changed")
-    app_servers = [h for h in fleet.hosts if h.name in {e.name for e in everyone}]
-
-    def units(s) -> tuple[list[str], list[str]]:
-        """(what stops, what starts again) of the app on one app server."""
-        settings = backup_settings(s)
-        running = [settings["service"], *settings["workers"]]
-        return settings["timers"] + settings["jobs"] + running, running + settings["timers"]
-
-    def stop(h):
-        [s] = runs_app(h)
-        stopping = units(s)[0]
-        return [(app_name, *_ok_lines(run(h, f"systemctl stop {' '.join(map(shlex.quote, stopping))} && "
-                                         f"echo Stopped {shlex.quote(', '.join(stopping))}")))]
-
-    def start(h):
-        [s] = runs_app(h)
-        starting = units(s)[1]
-        check = healthcheck.command(healthcheck.spec(s), "--context", f"after restoring {name}")
-        return [(app_name, *_ok_lines(run(h, f"systemctl start {' '.join(map(shlex.quote, starting))} && "
-                                         f"echo Started {shlex.quote(', '.join(starting))} && {check}")))]
-
-    results: dict = {h.name: [] for h in fleet.hosts}
-    stopped = {h.name: stop(h) for h in app_servers}  # before the restore begins, on every one
-    try:
-        if all(ok for found in stopped.values() for _, ok, _ in found):
-            [db] = [s for s in _apps_with_database(fleet, server) if s.app_name == app_name]
-            results[server.name] = [(app_name, *_ok_lines(run(server, tool_command(db, "restore", name,
-                                                                                   "--units-elsewhere"),
-                                                              stream=True, timeout=6 * 3600)))]
-        else:
-            results[server.name] = [(app_name, False, [f"{name} not restored: the app's units did not stop on "
-                                                       "every app server"])]
-    finally:
-        for h in app_servers:
-            results[h.name] = [(app, ok and started_ok, before + after) for (app, ok, before), (_, started_ok, after)
-                               in zip(stopped[h.name], start(h))]
-    return results
-
-
-def _ok_lines(result) -> tuple[bool, list[str]]:
-    ok, out, err = result
-    return ok, out + err

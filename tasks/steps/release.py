@@ -31,8 +31,7 @@ from pyinfra.api import DeployError, FactBase, deploy
 from pyinfra.facts.systemd import SystemdStatus
 from pyinfra.operations import files, server
 
-from tasks import REPO_ROOT, TEMPLATES
-from tasks.run import lock
+from tasks import REPO_ROOT, TEMPLATES, identity
 from tasks.steps import healthcheck
 from tasks.steps.secrets import env_file, put_secret
 # The bundle's own parts: what never ships, and the upload with its --diff preview.
@@ -182,7 +181,7 @@ def _release_id(commit: str | None) -> str:
     # One id per pyinfra run, the same on every host of the run: the time, the
     # commit, and the run's id, so two runs in the same second never share an id.
     # A rollout names one for all its runs instead (the `release_id` setting).
-    return new_release_id(commit, lock.RUN_ID)
+    return new_release_id(commit, identity.RUN_ID)
 
 
 def build_bundle(s) -> Bundle:
@@ -360,29 +359,29 @@ def prepare(s) -> Release:
         # pip (and every dependency's build step) runs as the app user in the
         # service's sandbox; the venv is root's once built (see the release tool).
         server.shell(name=f"Build venv {bundle.venv_hash} from {s.app_requirements} (as {s.app_user})",
-                     commands=[f"{tool} {lock.TOOL_RUN} build-venv {bundle.id}"])
+                     commands=[f"{tool} {identity.TOOL_RUN} build-venv {bundle.id}"])
     # In this order: the app must import, the before-switch commands (migrations,
     # a first `flask init-db`) run, and only then is the app asked for its health
     # path, so an app whose pages need those tables can deploy.
     server.shell(name=f"Check release {bundle.id} imports (as {s.app_user})",
-                 commands=[f"{tool} {lock.TOOL_RUN} check {bundle.id}"])
+                 commands=[f"{tool} {identity.TOOL_RUN} check {bundle.id}"])
     for command in s.before_switch_commands:
         server.shell(name=f"Before switch: {command}",
-                     commands=[f"{tool} {lock.TOOL_RUN} run {bundle.id} -- {shlex.quote(command)}"])
+                     commands=[f"{tool} {identity.TOOL_RUN} run {bundle.id} -- {shlex.quote(command)}"])
     # Behind balancers on one app server only (tasks/config/topology.py); every host runs
     # this step before any runs its switch (pyinfra runs each step on all hosts first).
     for command in (s.migrate_commands if s.runs_migrations else []):
         server.shell(name=f"Migrate: {command}",
-                     commands=[f"{tool} {lock.TOOL_RUN} run {bundle.id} -- {shlex.quote(command)}"])
+                     commands=[f"{tool} {identity.TOOL_RUN} run {bundle.id} -- {shlex.quote(command)}"])
     server.shell(name=f"Check release {bundle.id} answers GET {s.healthcheck_path} (called in-process)",
-                 commands=[f"{tool} {lock.TOOL_RUN} canary {bundle.id}"])
+                 commands=[f"{tool} {identity.TOOL_RUN} canary {bundle.id}"])
     return Release(bundle.id, tool, new=True, settings=settings, environment=environment)
 
 
 @deploy("Release activation")
 def activate(s, release: Release, restart_triggers, reload_triggers):
     """Switch to the release and get uWSGI onto it, health-gated; roll back on failure."""
-    run = f"{release.tool} --host-name {shlex.quote(host.name)} {lock.TOOL_RUN} activate {release.id}"
+    run = f"{release.tool} --host-name {shlex.quote(host.name)} {identity.TOOL_RUN} activate {release.id}"
     restarted = server.shell(
         name=f"Restart uWSGI on release {release.id} (its unit or uWSGI itself changed)",
         commands=[f"{run} --mode restart"],

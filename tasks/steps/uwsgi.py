@@ -1,14 +1,45 @@
 """uWSGI itself (its own venv, compiled with PCRE) and its configuration."""
 
 import shlex
+from typing import NamedTuple
 
 from pyinfra import host
-from pyinfra.api import deploy
+from pyinfra.api import FactBase, deploy
 from pyinfra.facts.hardware import Cpus
 from pyinfra.operations import files, pip, server
 
 from tasks import JINJA, TEMPLATES
-from tasks.steps.facts import UwsgiBuild, UwsgiBuildInfo
+
+
+class UwsgiBuildInfo(NamedTuple):
+    version: str
+    pcre: bool
+    ssl: bool
+
+
+class UwsgiBuild(FactBase):
+    """The uWSGI in a venv: its version and whether it was compiled with PCRE
+    (internal routing) and OpenSSL (the WebSocket handshake needs it), or None when
+    the venv has no uWSGI (or one that cannot say)."""
+
+    def command(self, venv: str) -> str:
+        uwsgi = shlex.quote(f"{venv}/bin/uwsgi")
+        # `--cflags` lists the build's defines: -DUWSGI_PCRE (or -DUWSGI_PCRE2)
+        # is there only when uWSGI found the PCRE headers at compile time, and
+        # -DUWSGI_VERSION is what `--version` prints (one start of uWSGI, not two).
+        return f"if [ -x {uwsgi} ]; then {uwsgi} --cflags; else echo none; fi"
+
+    def process(self, output: list[str]) -> UwsgiBuildInfo | None:
+        flags = [flag for line in output for flag in line.split()]
+        version = next((flag.removeprefix("-DUWSGI_VERSION=") for flag in flags
+                        if flag.startswith("-DUWSGI_VERSION=")), None)
+        if version is None:
+            return None
+        return UwsgiBuildInfo(
+            version.replace("\\", "").strip('"'),
+            pcre=any(flag.startswith("-DUWSGI_PCRE") for flag in flags),
+            ssl="-DUWSGI_SSL" in flags,
+        )
 
 
 def _install_script(s) -> str:

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from tasks.config import checks, settings
-from tasks.config.app import validate
+from tasks.config.checks import validate
 from tasks.config.settings import SettingsError
 from tests.conftest import REPO_ROOT
 

@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from tasks.config.app import validate
+from tasks.config.checks import validate
 from tests.conftest import REPO_ROOT
 from tests.ops.test_maintenance_audit import blocks, render
 

@@ -25,7 +25,7 @@ from dev import throwaway
 from tasks import JINJA, TEMPLATES
 from tasks.steps import acme
 from tasks.steps.nginx import Site
-from tasks.config.app import validate
+from tasks.config.checks import validate
 from tasks.config.settings import SettingsError
 from tests.conftest import SESSION, SESSION_LABEL, Load, run_deploy
 from tests.hosts.test_deploy import GREETING

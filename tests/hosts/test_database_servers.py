@@ -181,8 +181,8 @@ def test_backups_are_the_db_servers_and_a_restore_stops_the_app_on_every_app_ser
     from types import SimpleNamespace
 
     from tasks.config import inventory
-    from tasks.steps import database
-    from tasks.config.app import validate
+    from tasks.ops import backups
+    from tasks.config.checks import validate
     from tasks.ops.fleet import Fleet, FleetError
 
     db = SimpleNamespace(name="db1", groups=["db_servers"])
@@ -196,12 +196,12 @@ def test_backups_are_the_db_servers_and_a_restore_stops_the_app_on_every_app_ser
         commands.append((h.name, command))
         return True, [f"RESTORED {command.split()[-2]}"] if "restore" in command else ["ok"], []
 
-    monkeypatch.setattr("tasks.ops.fleet.run", run)
+    monkeypatch.setattr("tasks.ops.backups.run", run)
     state = SimpleNamespace(inventory=[db, *webs])
     fleet = Fleet(state, [db, *webs], {"db1": [on_db], "web1": [on_web], "web2": [on_web]})
     monkeypatch.setattr(fleet, "each", lambda work: {h.name: work(h) for h in fleet.hosts})
-    assert [database._apps_with_database(fleet, h) for h in (db, *webs)] == [[on_db], [], []]
-    results = database.restore(fleet, "shop-20261202T030000Z.dump")
+    assert [backups._apps_with_database(fleet, h) for h in (db, *webs)] == [[on_db], [], []]
+    results = backups.restore(fleet, "shop-20261202T030000Z.dump")
     assert all(ok for found in results.values() for _, ok, _ in found)
     order = [(name, command.split()[1] if command.startswith("systemctl") else "restore") for name, command in commands]
     assert order[:3] == [("web1", "stop"), ("web2", "stop"), ("db1", "restore")]
@@ -213,5 +213,5 @@ def test_backups_are_the_db_servers_and_a_restore_stops_the_app_on_every_app_ser
     commands.clear()
     fleet = Fleet(state, [db, webs[0]], {"db1": [on_db], "web1": [on_web]})
     with pytest.raises(FleetError, match="shop also runs on web2, which --limit leaves out.*nothing was changed"):
-        database.restore(fleet, "shop-20261202T030000Z.dump")
+        backups.restore(fleet, "shop-20261202T030000Z.dump")
     assert commands == []

@@ -253,7 +253,7 @@ def test_rollback_and_prune_follow_the_hosts_record_not_release_names(fork, tmp_
 
 
 def test_release_settings_are_checked_before_any_host():
-    from tasks.config.app import validate
+    from tasks.config.checks import validate
     from tasks.config.settings import SettingsError
 
     assert validate({"rollback_to": "20261121T073000Z-3a98e1d-5f0c2a"}).rollback_to.endswith("-5f0c2a")

@@ -24,7 +24,8 @@ from tasks import JINJA, TEMPLATES
 from tasks.ops import audit
 from tasks.run import hooks
 from tasks.steps import acme, maintenance
-from tasks.config.app import MAINTENANCE_ROOT, validate
+from tasks.config.app import MAINTENANCE_ROOT
+from tasks.config.checks import validate
 from tasks.steps.nginx import Site
 from tasks.config.settings import SettingsError
 from tests.conftest import REPO_ROOT
@@ -305,7 +306,7 @@ def local_run(tmp_path, settings: dict, command: str = "true", event: str = "dep
         from pyinfra import host
         from pyinfra.operations import server
         from tasks.run import hooks
-        from tasks.config.app import validate
+        from tasks.config.checks import validate
         hooks.register(host, [validate({settings!r})], {event!r})
         server.shell(name="The first change", commands=["echo operation >> {log}", {command!r}])
     """))
@@ -331,7 +332,7 @@ def test_hooks_run_before_the_first_operation_and_after_the_run_once(tmp_path):
                     "webhook_url": receiver.url + "/T0KEN-path?key=T0KEN"}
         done, seen = local_run(tmp_path, settings)
         assert done.returncode == 0, done.stdout + done.stderr
-        user = hooks.lock.BY.rpartition("@")[0]
+        user = hooks.identity.BY.rpartition("@")[0]
         assert seen == ["b1 before deploy @local  " + user, "b2 before deploy @local  " + user, "operation",
                         "a1 after deploy @local success " + user]
         output = done.stdout + done.stderr

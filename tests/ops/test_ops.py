@@ -77,7 +77,7 @@ def test_the_command_line_says_what_is_wrong_in_one_line(tmp_path):
 from datetime import datetime, timezone  # noqa: E402
 
 from tasks.ops import exec as ops_run, logs as ops_logs, status as ops_status  # noqa: E402
-from tasks.config.app import validate  # noqa: E402
+from tasks.config.checks import validate  # noqa: E402
 
 NOW = datetime(2026, 12, 2, tzinfo=timezone.utc)
 WORKERS = {"mailer": {"command": "python mailer.py", "processes": 2}}

@@ -34,7 +34,8 @@ from pyinfra.facts.server import LinuxDistribution
 
 from tasks import REPO_ROOT
 from tasks.config import platform, topology
-from tasks.steps.facts import AccountInfo, UwsgiBuild, UwsgiBuildInfo
+from tasks.steps.users import AccountInfo
+from tasks.steps.uwsgi import UwsgiBuild, UwsgiBuildInfo
 from tasks.steps.firewall import FirewalldAccess, FirewalldPort
 from tasks.steps.packages import DebInstalled, RpmMissing
 

@@ -28,6 +28,14 @@ def test_inventory_groups_are_read_as_pyinfra_reads_them(tmp_path, text, expecte
     assert rollout.load_inventory(str(path)) == expected
 
 
+
+def test_without_an_app_servers_group_a_db_servers_host_is_no_app_server(tmp_path):
+    # The deploy gives it PostgreSQL only (tasks/config/topology.py): no batch deploys an app to it.
+    path = tmp_path / "inventory.py"
+    path.write_text("hosts = ['web1', 'web2']\ndb_servers = ['db1']\nload_balancers = ['lb1']\n")
+    assert rollout.load_inventory(str(path)) == (["web1", "web2"], ["lb1"])
+    assert rollout.batches(rollout.load_inventory(str(path))[0], "1") == [["web1"], ["web2"]]
+
 def test_batches_by_count_and_percentage():
     hosts = [f"web{i}" for i in range(1, 6)]
     assert rollout.batches(hosts, "2") == [["web1", "web2"], ["web3", "web4"], ["web5"]]
@@ -174,7 +182,7 @@ def test_a_failed_preflight_changes_nothing(monkeypatch, capsys, inventory):
 
 def test_release_id_setting_names_the_bundle():
     from tasks.steps import release
-    from tasks.config.app import validate
+    from tasks.config.checks import validate
     from tasks.config.settings import SettingsError
 
     source = REPO_ROOT / "files/greeting"
@@ -185,7 +193,7 @@ def test_release_id_setting_names_the_bundle():
     # Without it, as before: the time, the source's commit, the run's id.
     commit = release._git_commit(source)
     assert re.match(RELEASE_ID_RE, release._bundle(*args).id)
-    assert release._bundle(*args).id.endswith("-".join(part for part in ("", commit, release.lock.RUN_ID) if part))
+    assert release._bundle(*args).id.endswith("-".join(part for part in ("", commit, release.identity.RUN_ID) if part))
     with pytest.raises(SettingsError, match=r"release_id = 'latest': must be a release id like"):
         validate({"release_id": "latest"})
 

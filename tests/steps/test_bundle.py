@@ -22,7 +22,7 @@ from dev.throwaway import PYINFRA, run_command
 from tasks.steps import release, release_preview
 from tasks.config.release_exclude import configured_secrets, secret_path
 from tasks.steps.release_preview import Changes, compare, render, render_first, to_fetch
-from tasks.config.app import validate
+from tasks.config.checks import validate
 from tasks.config.settings import SettingsError
 from tests.conftest import REPO_ROOT
 

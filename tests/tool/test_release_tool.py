@@ -325,7 +325,7 @@ def test_the_deploy_writes_exactly_the_settings_the_tool_reads(tmp_path):
 
     from tasks import TEMPLATES
     from tasks.steps import release
-    from tasks.config.app import validate
+    from tasks.config.checks import validate
 
     s = validate({"app_source": "files/greeting", "shared_paths": ["instance/"]})
     settings = release.tool_settings(s)

@@ -1,0 +1,29 @@
+"""This run's identity: its id, who runs it from which machine, and the release
+tool's options that name it (`--run ID --by USER@MACHINE`, the audit log's `by`,
+files/release-tool.py). One pyinfra process is one run.
+
+It sits below every wing (tasks/__init__.py): the steps name the run in the release
+tool's command lines, the run's machinery (lock, hooks) in its lock and events.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import secrets
+import shlex
+import socket
+
+RUN_ID = secrets.token_hex(3)
+MACHINE = socket.gethostname()
+
+
+def user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
+
+
+BY = f"{user()}@{MACHINE}"
+TOOL_RUN = f"--run {RUN_ID} --by {shlex.quote(BY)}"
