@@ -60,9 +60,9 @@ def test_bad_worker_and_job_settings_are_refused_naming_the_key(data, line):
 @pytest.mark.parametrize("schedule", ["daily", "hourly", "*:*:0/5", "*:0/15", "Mon..Fri 08:30", "Sat,Sun 03:00:00",
                                       "*-*-* 03:00:00", "*-*-01 04:00 UTC", "2027-01-01", "*-*-* 0..6:00/30"])
 def test_calendar_events_systemd_reads_are_accepted(schedule):
-    from tasks.config.settings import _calendar
+    from tasks.config.settings.values import calendar_event
 
-    assert _calendar(schedule) == schedule
+    assert calendar_event(schedule) == schedule
 
 
 def test_jobs_host_must_be_an_app_server():
