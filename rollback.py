@@ -21,11 +21,12 @@ from pyinfra.operations import server
 
 from tasks import identity
 from tasks.run import hooks, lock
-from tasks.config.inventory import load_apps
+from tasks.config.host import load
 from tasks.config.settings import SettingsError
 
-apps = load_apps(host)
-wanted = apps[0].rollback_app
+this = load(host)
+apps = this.apps
+wanted = this.settings.rollback_app  # host-wide: one per host
 if wanted is None and len(apps) > 1:
     raise SettingsError(f"Host {host.name!r} runs several apps ({', '.join(a.app_name for a in apps)}): "
                         "say which to roll back with --data rollback_app=NAME; nothing was changed.")

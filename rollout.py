@@ -55,7 +55,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tasks.run import outcomes
-from tasks.steps.release import new_release_id
+from tasks.steps.bundle import new_release_id
 from tasks.config import topology
 from tasks.config.inventory import InventoryError, read_inventory
 

@@ -20,7 +20,6 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Callable
 
 from pyinfra.api.exceptions import DeployError
-from pyinfra.operations import server
 
 if TYPE_CHECKING:
     from tasks.config.app import App
@@ -139,20 +138,3 @@ def place(host, app: App, database_address: Callable[[Any], str]) -> App:
             f"address the balancer reaches, not uwsgi_socket={app.uwsgi_socket!r}; nothing was changed."
         )
     return replace(app, behind_balancer=True)
-
-
-def wait_for_database_server() -> None:
-    """The same barrier (see wait_for_app_servers) after the db server's steps: an
-    app server's first migration, and the copy of its DATABASE_URL, need them done."""
-    server.shell(name="Wait until the database server is deployed", commands=[])
-
-
-def wait_for_app_servers() -> None:
-    """A barrier: one operation that every host runs at the same point of deploy.py.
-
-    pyinfra orders operations as a graph of each host's sequence, so a balancer's
-    steps would otherwise run alongside the app servers' steps of the same depth.
-    An operation called from one line on every host is a single node of that graph:
-    everything after it waits for everything before it, on all hosts. It runs no
-    command, so it never reports a change."""
-    server.shell(name="Wait until every app server is deployed", commands=[])

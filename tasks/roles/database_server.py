@@ -8,6 +8,8 @@ time (tasks/steps/database.py's hand_over)."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from pyinfra import host
 from pyinfra.api import deploy
 
@@ -16,20 +18,27 @@ from tasks.steps import database, firewall
 from tasks.config.inventory import load_apps
 
 
-def clients(db) -> list[tuple[str, str, list]]:
-    """(app server name, its private address, its apps with a database here) of
-    every app server of the inventory whose apps use the db server."""
+class Client(NamedTuple):
+    """An app server whose apps use the db server."""
+    name: str
+    address: str  # its private address, the one pg_hba.conf and the firewall let in
+    apps: list  # its apps with a database here
+
+
+def clients(db) -> list[Client]:
+    """Every app server of the inventory whose apps use the db server."""
     found = []
     for app_server in topology.app_servers(db):
         # Their addresses and databases are read; their secrets are their own deploys' business.
-        apps = [s for s in load_apps(app_server, secrets=False) if s.database and s.database_host]
+        apps = [app for app in load_apps(app_server, secrets=False) if app.database and app.database_host]
         if not apps:
             continue
-        if not apps[0].private_address:
+        address = apps[0].private_address  # the host's, in every app's settings
+        if not address:
             raise topology.TopologyError(
                 f"App server {app_server.name!r} has no private_address: the database server lets in only the "
                 "app servers' private addresses; nothing was changed.")
-        found.append((app_server.name, apps[0].private_address, apps))
+        found.append(Client(app_server.name, address, apps))
     return found
 
 
@@ -38,12 +47,12 @@ def converge(system, own):
     """PostgreSQL for the app servers' apps; `own` is the db server's own app (its
     private_address and apt settings)."""
     found = clients(host)
-    wanted = list({s.app_name: s for _, _, apps in found for s in apps}.values())
+    wanted = list({app.app_name: app for client in found for app in client.apps}.values())
     if not wanted:
         return
     # The firewall is loaded before PostgreSQL (re)starts on its private address.
-    database.install(system, wanted, listen=(own.private_address, [(name, address, s.database_name)
-                                                                   for name, address, apps in found for s in apps]),
-                     guard=lambda: firewall.guard_postgresql([(name, address) for name, address, _ in found]))
-    for s in wanted:
-        database.role(s)
+    database.install(system, wanted, listen=(own.private_address, [(client.name, client.address, app.database_name)
+                                                                   for client in found for app in client.apps]),
+                     guard=lambda: firewall.guard_postgresql([(client.name, client.address) for client in found]))
+    for app in wanted:
+        database.role(app)

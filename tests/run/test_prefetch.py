@@ -17,7 +17,7 @@ from pyinfra.api import StringCommand
 from pyinfra.api.hiddenvalue import HiddenValue
 from pyinfra.connectors.util import CommandOutput, OutputLine
 
-from tasks.run import prefetch
+from tasks.run import fact_script, prefetch
 from tests.conftest import run_deploy
 
 # Outputs that could trip the framing: none at all, no final newline, blank lines,
@@ -42,10 +42,10 @@ def lines(stdout: str) -> list[str]:
 
 def test_batch_reads_back_as_each_command_alone():
     token = "@@prefetch-0123456789abcdef"
-    batch = subprocess.run(["sh", "-c", prefetch._batch_script(COMMANDS, token)],
+    batch = subprocess.run(["sh", "-c", fact_script.batch_script(COMMANDS, token)],
                            capture_output=True, text=True, check=True, timeout=30)
     output = CommandOutput([OutputLine("stdout", line) for line in lines(batch.stdout)])
-    results = prefetch._parse(output, COMMANDS, token)
+    results = fact_script.parse(output, COMMANDS, token)
 
     expected = {}
     for command in COMMANDS:
@@ -59,11 +59,11 @@ def test_batch_reads_back_as_each_command_alone():
 def grouped_and_alone(kinds: list[tuple], run) -> tuple[dict, dict]:
     """Each kind's command answered by one grouped batch, and run alone (`run`
     takes a script, returns (exit status, stdout))."""
-    commands = ["echo not grouped", *(prefetch._command_of(kind) for kind in kinds)]
+    commands = ["echo not grouped", *(fact_script.command_of(kind) for kind in kinds)]
     token = "@@prefetch-0123456789abcdef"
-    _, batch = run(prefetch._batch_script(commands, token, dict(zip(commands[1:], kinds))))
+    _, batch = run(fact_script.batch_script(commands, token, dict(zip(commands[1:], kinds))))
     output = CommandOutput([OutputLine("stdout", line) for line in lines(batch)])
-    results = prefetch._parse(output, commands, token)
+    results = fact_script.parse(output, commands, token)
     alone = {}
     for command in commands:
         status, stdout = run(command)
@@ -92,7 +92,7 @@ def test_grouped_file_facts_read_back_as_each_command_alone(tmp_path):
     results, alone = grouped_and_alone(kinds, run_locally)
     assert results == alone
     assert len(results) == 1 + len(kinds)  # every one answered
-    assert results[prefetch._command_of(("stat", paths[3]))] == []  # missing: no output, as alone
+    assert results[fact_script.command_of(("stat", paths[3]))] == []  # missing: no output, as alone
 
 
 def test_a_failing_group_is_read_live_and_the_others_still_answer(tmp_path):
@@ -101,7 +101,7 @@ def test_a_failing_group_is_read_live_and_the_others_still_answer(tmp_path):
     kinds = [("sha1", str(tmp_path / "file")), ("sha1", str(tmp_path)), ("stat", str(tmp_path)),
              ("stat", str(tmp_path / "file"))]
     results, alone = grouped_and_alone(kinds, run_locally)
-    sha1 = [prefetch._command_of(kind) for kind in kinds[:2]]
+    sha1 = [fact_script.command_of(kind) for kind in kinds[:2]]
     assert not any(command in results for command in sha1)  # both left to be read live
     assert {command: out for command, out in results.items() if command not in sha1} == {
         command: out for command, out in alone.items() if command not in sha1}
@@ -109,9 +109,9 @@ def test_a_failing_group_is_read_live_and_the_others_still_answer(tmp_path):
 
 def test_only_commands_still_built_as_noted_are_grouped():
     # Noted by a run whose pyinfra built them differently: each runs as noted, alone.
-    kinds = {prefetch._command_of(("stat", path)).replace("stat -c", "stat -L -c"): ("stat", path)
+    kinds = {fact_script.command_of(("stat", path)).replace("stat -c", "stat -L -c"): ("stat", path)
              for path in ("/etc/hostname", "/etc/passwd")}
-    script = prefetch._batch_script(list(kinds), "@@t", kinds)
+    script = fact_script.batch_script(list(kinds), "@@t", kinds)
     assert all(f"(\n{command}\n)" in script for command in kinds)
 
 
@@ -121,7 +121,7 @@ def test_fact_kinds_are_noted_for_the_facts_we_group():
 
     from tasks.steps.release import ServiceActive
 
-    kind = prefetch._kind_of
+    kind = fact_script.kind_of
     assert kind(File, ("/srv/a",), {"_sudo": False}) == ("stat", "/srv/a")
     assert kind(Directory, (), {"path": "/srv"}) == ("stat", "/srv")
     assert kind(Link, (), {"path": "/srv/current"}) == ("stat", "/srv/current")
@@ -151,7 +151,7 @@ def test_grouped_unit_facts_read_back_as_each_command_alone(deployed):
     results, alone = grouped_and_alone(kinds, run_there)
     assert results == alone
     assert len(results) == 1 + len(kinds)
-    assert results[prefetch._command_of(("systemctl", "SubState", "sshd.service"))] == [
+    assert results[fact_script.command_of(("systemctl", "SubState", "sshd.service"))] == [
         "Id=ssh.service", "SubState=running"]  # an alias: one block, under the unit's own name
 
 
@@ -317,10 +317,10 @@ def test_the_first_commands_run_ahead_of_the_others(tmp_path):
     mark = tmp_path / "mark"
     # The others start only once the first has finished (they see its file).
     commands = [f"sleep 0.3; echo first > {mark}", f"cat {mark}", f"cat {mark} && echo second"]
-    script = prefetch._batch_script(commands, token, ahead=1)
+    script = fact_script.batch_script(commands, token, ahead=1)
     batch = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True, timeout=30)
     output = CommandOutput([OutputLine("stdout", line) for line in lines(batch.stdout)])
-    assert prefetch._parse(output, commands, token) == {
+    assert fact_script.parse(output, commands, token) == {
         commands[0]: [], commands[1]: ["first"], commands[2]: ["first", "second"]}
 
 

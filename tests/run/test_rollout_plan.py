@@ -181,19 +181,19 @@ def test_a_failed_preflight_changes_nothing(monkeypatch, capsys, inventory):
 
 
 def test_release_id_setting_names_the_bundle():
-    from tasks.steps import release
+    from tasks.steps import bundle as release_bundle
     from tasks.config.checks import validate
     from tasks.config.settings import SettingsError
 
     source = REPO_ROOT / "files/greeting"
     args = (object(), source, ("instance/",), "requirements.txt", "loader\n", "/srv/greeting", str(source))
-    named = release._bundle(*args, named="20261121T073000Z-3a98e1d")
+    named = release_bundle._bundle(*args, named="20261121T073000Z-3a98e1d")
     assert named.id == "20261121T073000Z-3a98e1d"
-    assert named.content_hash == release._bundle(*args).content_hash  # the name is not part of the content
+    assert named.content_hash == release_bundle._bundle(*args).content_hash  # the name is not part of the content
     # Without it, as before: the time, the source's commit, the run's id.
-    commit = release._git_commit(source)
-    assert re.match(RELEASE_ID_RE, release._bundle(*args).id)
-    assert release._bundle(*args).id.endswith("-".join(part for part in ("", commit, release.identity.RUN_ID) if part))
+    commit = release_bundle._git_commit(source)
+    assert re.match(RELEASE_ID_RE, release_bundle._bundle(*args).id)
+    assert release_bundle._bundle(*args).id.endswith("-".join(part for part in ("", commit, release_bundle.identity.RUN_ID) if part))
     with pytest.raises(SettingsError, match=r"release_id = 'latest': must be a release id like"):
         validate({"release_id": "latest"})
 

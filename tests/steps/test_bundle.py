@@ -19,7 +19,7 @@ import pytest
 from pyinfra.api import DeployError
 
 from dev.throwaway import PYINFRA, run_command
-from tasks.steps import release, release_preview
+from tasks.steps import bundle as release_bundle, release_preview
 from tasks.config.release_exclude import configured_secrets, secret_path
 from tasks.steps.release_preview import Changes, compare, render, render_first, to_fetch
 from tasks.config.checks import validate
@@ -32,7 +32,7 @@ CERTIFICATE = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIU\n-----END CERTI
 
 
 def _bundle(source: Path, shared=("instance/",), never=frozenset()):
-    return release._bundle(object(), source, tuple(shared), "requirements.txt", "loader\n", "/srv/greeting",
+    return release_bundle._bundle(object(), source, tuple(shared), "requirements.txt", "loader\n", "/srv/greeting",
                            str(source), frozenset(never))
 
 
@@ -315,7 +315,7 @@ def test_upload_goes_by_the_private_directory_and_diff_shows_the_preview(caplog)
     from tests.roles import test_distros
 
     source = REPO_ROOT / "files/greeting"
-    bundle = release._bundle(object(), source, ("instance/",), "requirements.txt", release._loader(validate({})),
+    bundle = release_bundle._bundle(object(), source, ("instance/",), "requirements.txt", release_bundle._loader(validate({})),
                              "/srv/greeting", "files/greeting")
     old = bundle.contents(["greeting.py"])["greeting.py"].replace(b"GREETING = ", b"GREETING = 'before' or ")
     live_files = {**bundle.files, "greeting.py": entry(old), "gone.py": entry(b"x\n")}
@@ -502,8 +502,8 @@ class _FlaskLike:
 def test_the_loader_keeps_the_session_cookie_under_the_apps_prefix(tmp_path, prefix, config, expected):
     s = validate({"app_name": "blog", "app_source": "tests/apps/blog", "app_entry": "blog:app", "url_prefix": prefix})
     (tmp_path / "blog.py").write_text(f"from tests.steps.test_bundle import _FlaskLike\napp = _FlaskLike(**{config!r})\n")
-    loader = tmp_path / release.LOADER
-    loader.write_text(release._loader(s))
+    loader = tmp_path / release_bundle.LOADER
+    loader.write_text(release_bundle._loader(s))
     cwd = os.getcwd()
     try:
         namespace = {"__file__": str(loader), "__name__": "loader"}
