@@ -341,7 +341,7 @@ def test_a_restore_needing_an_extension_only_a_superuser_may_make_stops_before_a
 def test_the_backup_tool_gets_the_apps_role_and_password_on_both_kinds_of_database_host():
     import json
 
-    from tests.hosts.test_database_servers import cluster
+    from tests.roles.test_database_server import cluster
 
     local = json.loads(one(**DB).uploads["/etc/pyinfra-flask/db-backup/greeting.json"])
     remote = json.loads(str(cluster()["db1"].uploads["/etc/pyinfra-flask/db-backup/greeting.json"]))
