@@ -22,7 +22,7 @@ import sys
 
 import click
 
-from tasks.ops import audit, exec as ops_run, logs as ops_logs, status as ops_status
+from tasks.ops import audit, exec as ops_exec, logs as ops_logs, status as ops_status
 from tasks import identity
 from tasks.ops import backups
 from tasks.steps import maintenance
@@ -193,13 +193,13 @@ def run_(ctx: Context, tty: bool, words: tuple[str, ...]):
             raise FleetError(f"--tty needs exactly one host, and {len(targets)} are chosen: "
                              "narrow them with --limit")
         host, app = targets[0]
-        return subprocess.run(ops_run.ssh_argv(host, ops_run.exec_command(app, words, tty=True))).returncode
+        return subprocess.run(ops_exec.ssh_argv(host, ops_exec.exec_command(app, words, tty=True))).returncode
 
     by_name = dict(targets)
     show_output(raw=True)  # the operator's own command: its output as it is
-    results = ctx.fleet.each(lambda host: run(host, ops_run.exec_command(by_name[host], words), stream=True)
+    results = ctx.fleet.each(lambda host: run(host, ops_exec.exec_command(by_name[host], words), stream=True)
                              if host in by_name else (True, [], []))
-    codes = [ops_run.exit_status(ok, err) for ok, _, err in results.values()]
+    codes = [ops_exec.exit_status(ok, err) for ok, _, err in results.values()]
     return next((code for code in codes if code), 0)
 
 

@@ -34,11 +34,11 @@ matches = [app for app in apps if wanted in (None, app.app_name)]
 if not matches:
     raise SettingsError(f"rollback_app = {wanted!r}: host {host.name!r} runs no such app "
                         f"({', '.join(a.app_name for a in apps)}); nothing was changed.")
-s = matches[0]
-lock.take(host, [s])
-hooks.register(host, [s], "rollback")  # local hooks and the webhook (tasks/run/hooks.py)
+app = matches[0]
+lock.take(host, [app])
+hooks.register(host, [app], "rollback")  # local hooks and the webhook (tasks/run/hooks.py)
 server.shell(
-    name=f"Roll {s.app_name} back to {s.rollback_to or 'the release live before this one'}",
-    commands=[f"{s.app_root}/bin/release-tool --host-name {shlex.quote(host.name)} {identity.TOOL_RUN} "
-              f"rollback {s.rollback_to or ''}"],
+    name=f"Roll {app.app_name} back to {app.rollback_to or 'the release live before this one'}",
+    commands=[f"{app.app_root}/bin/release-tool --host-name {shlex.quote(host.name)} {identity.TOOL_RUN} "
+              f"rollback {app.rollback_to or ''}"],
 )

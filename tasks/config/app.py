@@ -1,4 +1,4 @@
-"""One app as the deploy sees it on one host: its settings (tasks/config/settings.py) with
+"""One app as the deploy sees it on one host: its settings (tasks/config/settings/) with
 the derived defaults filled in, the paths and names the tasks share, and the host's
 role in the inventory (tasks/config/topology.py sets `behind_balancer` and the TCP socket
 it implies). Frozen: built once per app and host, by tasks/config/checks.py's `validate` and

@@ -18,7 +18,7 @@ from tasks.steps.uploads import DIRECTORY, download
 def _apps_with_database(fleet, host) -> list:
     """The apps whose database is on the host: a local one, or the db server's
     (an app server whose database is on the db server has none)."""
-    return [s for s in fleet.apps(host) if s.database and not s.database_host]
+    return [app for app in fleet.apps(host) if app.database and not app.database_host]
 
 
 def backup_now(fleet, download: str | None = None) -> dict[str, list[AppResult]]:
@@ -26,15 +26,15 @@ def backup_now(fleet, download: str | None = None) -> dict[str, list[AppResult]]
     also copied into that local directory. {host: [AppResult]}."""
     def work(h):
         results = []
-        for s in _apps_with_database(fleet, h):
-            ok, out, err = run(h, tool_command(s, "backup"), timeout=6 * 3600)
+        for app in _apps_with_database(fleet, h):
+            ok, out, err = run(h, tool_command(app, "backup"), timeout=6 * 3600)
             lines = out + err
             made = [line.split()[1] for line in out if line.startswith("BACKUP ")]
             if ok and made and download:
                 local = f"{download.rstrip('/')}/{h.name}-{made[0]}"
-                ok = fetch(h, f"{BACKUP_ROOT}/{s.app_name}/{made[0]}", local)
+                ok = fetch(h, f"{BACKUP_ROOT}/{app.app_name}/{made[0]}", local)
                 lines.append(f"downloaded to {local}" if ok else f"download of {made[0]} failed")
-            results.append(AppResult(s.app_name, ok, lines))
+            results.append(AppResult(app.app_name, ok, lines))
         return results
 
     return fleet.each(work)
@@ -54,7 +54,7 @@ def fetch(h, remote: str, local: str) -> bool:
 def listing(fleet) -> dict[str, list[AppResult]]:
     """Each app's backups on each host: {host: [AppResult]}."""
     def work(h):
-        return [AppResult(s.app_name, *_ok_lines(run(h, tool_command(s, "list")))) for s in _apps_with_database(fleet, h)]
+        return [AppResult(app.app_name, *_ok_lines(run(h, tool_command(app, "list")))) for app in _apps_with_database(fleet, h)]
 
     return fleet.each(work)
 
@@ -62,19 +62,19 @@ def listing(fleet) -> dict[str, list[AppResult]]:
 def restore(fleet, name: str) -> dict[str, list[AppResult]]:
     """Restore the backup `name` into its app's database, on each host that runs the
     app (the backup tool refuses where there is no such backup)."""
-    owners = {s.app_name for h in fleet.hosts for s in _apps_with_database(fleet, h)
-              if name.startswith(f"{s.app_name}-")}
+    owners = {app.app_name for h in fleet.hosts for app in _apps_with_database(fleet, h)
+              if name.startswith(f"{app.app_name}-")}
     if not owners:
         raise FleetError(f"restore {name!r}: names no app with a database (backups are <app>-<UTC time>.dump)")
     app_name = max(owners, key=len)  # `shop-eu-...` is shop-eu's, not shop's
     servers = [h for h in fleet.hosts if is_database_server(h)
-               and any(s.app_name == app_name for s in _apps_with_database(fleet, h))]
+               and any(app.app_name == app_name for app in _apps_with_database(fleet, h))]
     if servers:
         return _restore_on_database_server(fleet, servers[0], app_name, name)
 
     def work(h):
-        return [AppResult(s.app_name, *_ok_lines(run(h, tool_command(s, "restore", name), stream=True, timeout=6 * 3600)))
-                for s in _apps_with_database(fleet, h) if s.app_name == app_name]
+        return [AppResult(app.app_name, *_ok_lines(run(h, tool_command(app, "restore", name), stream=True, timeout=6 * 3600)))
+                for app in _apps_with_database(fleet, h) if app.app_name == app_name]
 
     return fleet.each(work)
 
@@ -84,7 +84,7 @@ def _restore_on_database_server(fleet, server, app_name: str, name: str) -> dict
     --limit leaving one out is refused), the backup restored on the db server, the
     units started again and each app server's health-checked."""
     def runs_app(h):
-        return [s for s in inventory.load_apps(h, secrets=False) if s.app_name == app_name and s.database_host]
+        return [app for app in inventory.load_apps(h, secrets=False) if app.app_name == app_name and app.database_host]
 
     everyone = [h for h in fleet.state.inventory if not is_balancer(h) and not is_database_server(h) and runs_app(h)]
     chosen = {h.name for h in fleet.hosts}
@@ -94,22 +94,22 @@ def _restore_on_database_server(fleet, server, app_name: str, name: str) -> dict
                          "out; its units must stop everywhere while its database is restored; nothing was changed")
     app_servers = [h for h in fleet.hosts if h.name in {e.name for e in everyone}]
 
-    def units(s) -> tuple[list[str], list[str]]:
+    def units(app) -> tuple[list[str], list[str]]:
         """(what stops, what starts again) of the app on one app server."""
-        settings = backup_settings(s)
+        settings = backup_settings(app)
         running = [settings["service"], *settings["workers"]]
         return settings["timers"] + settings["jobs"] + running, running + settings["timers"]
 
     def stop(h):
-        [s] = runs_app(h)
-        stopping = units(s)[0]
+        [app] = runs_app(h)
+        stopping = units(app)[0]
         return [AppResult(app_name, *_ok_lines(run(h, f"systemctl stop {' '.join(map(shlex.quote, stopping))} && "
                                          f"echo Stopped {shlex.quote(', '.join(stopping))}")))]
 
     def start(h):
-        [s] = runs_app(h)
-        starting = units(s)[1]
-        check = healthcheck.command(healthcheck.spec(s), "--context", f"after restoring {name}")
+        [app] = runs_app(h)
+        starting = units(app)[1]
+        check = healthcheck.command(healthcheck.spec(app), "--context", f"after restoring {name}")
         return [AppResult(app_name, *_ok_lines(run(h, f"systemctl start {' '.join(map(shlex.quote, starting))} && "
                                          f"echo Started {shlex.quote(', '.join(starting))} && {check}")))]
 
@@ -117,7 +117,7 @@ def _restore_on_database_server(fleet, server, app_name: str, name: str) -> dict
     stopped = {h.name: stop(h) for h in app_servers}  # before the restore begins, on every one
     try:
         if all(ok for found in stopped.values() for _, ok, _ in found):
-            [db] = [s for s in _apps_with_database(fleet, server) if s.app_name == app_name]
+            [db] = [app for app in _apps_with_database(fleet, server) if app.app_name == app_name]
             results[server.name] = [AppResult(app_name, *_ok_lines(run(server, tool_command(db, "restore", name,
                                                                                    "--units-elsewhere"),
                                                               stream=True, timeout=6 * 3600)))]
@@ -126,7 +126,7 @@ def _restore_on_database_server(fleet, server, app_name: str, name: str) -> dict
                                                        "every app server"])]
     finally:
         for h in app_servers:
-            results[h.name] = [AppResult(app, ok and started_ok, before + after) for (app, ok, before), (_, started_ok, after)
+            results[h.name] = [AppResult(app_name, ok and started_ok, before + after) for (app_name, ok, before), (_, started_ok, after)
                                in zip(stopped[h.name], start(h))]
     return results
 

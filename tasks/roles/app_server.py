@@ -9,7 +9,7 @@ from pyinfra import host
 from pyinfra.api import deploy
 
 from tasks.config import inventory
-from tasks.steps import background, database, firewall, healthcheck, logrotate as logs, nginx, packages, release, selinux, service, users, uwsgi
+from tasks.steps import background, database, firewall, healthcheck, logrotate, nginx, packages, release, selinux, service, users, uwsgi
 from tasks.steps.release import Release
 
 
@@ -47,7 +47,7 @@ def converge(system, apps):
             unit=service.install(s),
             workers=background.install(s),
         )
-        logs.rotate(s)
+        logrotate.rotate(s)
         selinux.allow(system, s, nginx=local_nginx, relabel_after=[uwsgi_builds[s.uwsgi_version]])
         firewall.open_ports(system, s, nginx=local_nginx)
     firewall.guard_uwsgi(system, apps, inventory.balancers(host))

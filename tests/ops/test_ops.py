@@ -76,7 +76,7 @@ def test_the_command_line_says_what_is_wrong_in_one_line(tmp_path):
 
 from datetime import datetime, timezone  # noqa: E402
 
-from tasks.ops import exec as ops_run, logs as ops_logs, status as ops_status  # noqa: E402
+from tasks.ops import exec as ops_exec, logs as ops_logs, status as ops_status  # noqa: E402
 from tasks.config.checks import validate  # noqa: E402
 
 NOW = datetime(2026, 12, 2, tzinfo=timezone.utc)
@@ -269,27 +269,27 @@ def test_the_safe_tail_refuses_links_and_follows_a_file(tmp_path):
 # run ------------------------------------------------------------------------------------------
 
 def test_run_passes_the_command_to_the_release_tool_and_its_exit_status_back():
-    assert ops_run.exec_command(APP, ["flask", "db", "upgrade"]) == (
+    assert ops_exec.exec_command(APP, ["flask", "db", "upgrade"]) == (
         "/srv/greeting/bin/release-tool exec -- 'flask db upgrade'")
-    assert ops_run.exec_command(APP, ["echo $SECRET"], tty=True) == (
+    assert ops_exec.exec_command(APP, ["echo $SECRET"], tty=True) == (
         "/srv/greeting/bin/release-tool exec --tty -- 'echo $SECRET'")
-    assert ops_run.exit_status(True, []) == 0
-    assert ops_run.exit_status(False, ["output", "exit status 3"]) == 3
-    assert ops_run.exit_status(False, ["ERROR: there is no live release yet"]) == 1
+    assert ops_exec.exit_status(True, []) == 0
+    assert ops_exec.exit_status(False, ["output", "exit status 3"]) == 3
+    assert ops_exec.exit_status(False, ["ERROR: there is no live release yet"]) == 1
 
 
 def test_the_tty_session_is_ssh_as_pyinfra_connects():
     host = FakeHost("web1.example.com", data={"ssh_hostname": "10.0.0.5", "ssh_port": 2222, "ssh_user": "deploy",
                                               "ssh_key": "~/.ssh/deploy", "ssh_known_hosts_file": "/dev/null",
                                               "ssh_strict_host_key_checking": "no", "_sudo": True})
-    remote = ops_run.exec_command(APP, ["flask", "shell"], tty=True)
-    assert ops_run.ssh_argv(host, remote) == [
+    remote = ops_exec.exec_command(APP, ["flask", "shell"], tty=True)
+    assert ops_exec.ssh_argv(host, remote) == [
         "ssh", "-t", "-p", "2222", "-i", "~/.ssh/deploy", "-l", "deploy", "-o", "UserKnownHostsFile=/dev/null",
         "-o", "StrictHostKeyChecking=no", "--", "10.0.0.5",
         "sudo -H -- sh -c '/srv/greeting/bin/release-tool exec --tty -- '\"'\"'flask shell'\"'\"''"]
-    assert ops_run.ssh_argv(FakeHost("@ssh/web2"), "x") == ["ssh", "-t", "--", "web2", "x"]
+    assert ops_exec.ssh_argv(FakeHost("@ssh/web2"), "x") == ["ssh", "-t", "--", "web2", "x"]
     with pytest.raises(FleetError, match="--tty: @docker/x is not reached over SSH"):
-        ops_run.ssh_argv(FakeHost("@docker/x"), "x")
+        ops_exec.ssh_argv(FakeHost("@docker/x"), "x")
 
 
 def test_commands_on_a_host_without_the_deploy_say_so_with_their_exit_status(tmp_path):
