@@ -77,33 +77,33 @@ class App:
     database_host: str | None = None
 
     @classmethod
-    def resolve(cls, s: Settings) -> App:
+    def resolve(cls, app: Settings) -> App:
         """The app of these settings, with the derived defaults filled in."""
-        static_dir, static_url = s.app_static_dir, s.app_static_url
+        static_dir, static_url = app.app_static_dir, app.app_static_url
         if static_dir is None or static_url is None:
-            source = local_path(s.app_source)
-            found = static.find(source, s.app_entry.split(":")[0]) if source.is_dir() else None
+            source = local_path(app.app_source)
+            found = static.find(source, app.app_entry.split(":")[0]) if source.is_dir() else None
             if static_dir is None:
                 static_dir = found.directory if found else ""
             if static_url is None:
-                static_url = found.url if found and s.app_static_dir is None else "/static/"
+                static_url = found.url if found and app.app_static_dir is None else "/static/"
         return cls(
-            settings=s,
-            app_user=s.app_user or s.app_name,
-            app_root=s.app_root or f"/srv/{s.app_name}",
-            uwsgi_threads=s.uwsgi_threads or (1 if s.websockets or s.socketio else 2),
-            url_prefix=s.url_prefix.rstrip("/") or "/",
+            settings=app,
+            app_user=app.app_user or app.app_name,
+            app_root=app.app_root or f"/srv/{app.app_name}",
+            uwsgi_threads=app.uwsgi_threads or (1 if app.websockets or app.socketio else 2),
+            url_prefix=app.url_prefix.rstrip("/") or "/",
             app_static_dir=static_dir,
             app_static_url=static_url,
-            nginx_access_log=s.nginx_access_log or f"/var/log/nginx/{s.app_name}.access.log",
-            nginx_error_log=s.nginx_error_log or f"/var/log/nginx/{s.app_name}.error.log",
-            uwsgi_socket=s.uwsgi_socket or "unix",
+            nginx_access_log=app.nginx_access_log or f"/var/log/nginx/{app.app_name}.access.log",
+            nginx_error_log=app.nginx_error_log or f"/var/log/nginx/{app.app_name}.error.log",
+            uwsgi_socket=app.uwsgi_socket or "unix",
             # Socket.IO's message queue: the local Redis unless switched off (then
             # REDIS_URL must come with the app's environment, tasks/config/checks.py).
-            redis=s.socketio if s.redis is None else s.redis,
+            redis=app.socketio if app.redis is None else app.redis,
             # A port of the app's own, the same on every run: clashes are refused
             # (tasks/config/checks.py apps_apart), and 6379 (Debian's own Redis) is never one.
-            redis_port=s.redis_port or 6380 + zlib.crc32(s.app_name.encode()) % 1000,
+            redis_port=app.redis_port or 6380 + zlib.crc32(app.app_name.encode()) % 1000,
         )
 
     def __getattr__(self, name: str) -> Any:

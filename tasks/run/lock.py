@@ -108,14 +108,14 @@ class DeployLock(FactBase):
         return answer
 
 
-def _tool(s) -> str:
-    return f"{s.app_root}/bin/release-tool"
+def _tool(app) -> str:
+    return f"{app.app_root}/bin/release-tool"
 
 
-def _ask_arguments(s, wait: float = 0, break_run: str | None = None) -> dict:
+def _ask_arguments(app, wait: float = 0, break_run: str | None = None) -> dict:
     holder = json.dumps({"user": identity.user(), "machine": identity.MACHINE, "pid": os.getpid()})
-    return dict(tool=_tool(s), run=identity.RUN_ID, holder=holder, wait=int(wait), break_run=break_run or "",
-                force=s.deploy_lock_break)
+    return dict(tool=_tool(app), run=identity.RUN_ID, holder=holder, wait=int(wait), break_run=break_run or "",
+                force=app.deploy_lock_break)
 
 
 def first_asks(host, apps) -> list[str]:
@@ -125,9 +125,9 @@ def first_asks(host, apps) -> list[str]:
     return [DeployLock().command(**_ask_arguments(s)) for s in apps if _tool(s) not in held]
 
 
-def _ask(host, s, wait: float, break_run: str | None) -> dict:
-    answer = host.get_fact(DeployLock, **_ask_arguments(s, wait, break_run))
-    tool = _tool(s)
+def _ask(host, app, wait: float, break_run: str | None) -> dict:
+    answer = host.get_fact(DeployLock, **_ask_arguments(app, wait, break_run))
+    tool = _tool(app)
     if not answer or "state" not in answer:
         lines = (answer or {}).get("lines", [])
         raise LockHeld(f"could not take the deploy lock with {tool}: {' / '.join(lines)[-500:]}")
@@ -146,21 +146,21 @@ def take(host, apps) -> None:
         prefetch.read_again(host)
 
 
-def _take(host, s) -> bool:
+def _take(host, app) -> bool:
     """Take one app's lock; False if it was not free at the first ask."""
-    tool = _tool(s)
+    tool = _tool(app)
     if tool in _HELD.get(host.name, {}):
         return True
-    timeout = s.deploy_lock_timeout
+    timeout = app.deploy_lock_timeout
     deadline = time.monotonic() + timeout
     break_run, waiting, first = None, False, True
     while True:
         # The first ask does not wait, so a run that finds the lock held always says so.
         wait = max(0.0, min(_POLL, deadline - time.monotonic())) if waiting else 0.0
-        answer = _ask(host, s, wait, break_run)
+        answer = _ask(host, app, wait, break_run)
         if "broke" in answer:
             why = "its process is gone" if break_run else "deploy_lock_break=true"
-            logger.warning(f"[{host.name}] {s.app_name}: broke the deploy lock held by "
+            logger.warning(f"[{host.name}] {app.app_name}: broke the deploy lock held by "
                            f"{describe(answer['broke'])} ({why})")
         if answer["state"] == "taken":
             _HELD.setdefault(host.name, {})[tool] = not answer.get("ssh")
@@ -174,11 +174,11 @@ def _take(host, s) -> bool:
             continue
         if time.monotonic() >= deadline:
             raise LockHeld(
-                f"{s.app_name} on host {host.name}: the deploy lock is held by {describe(holder)}; "
+                f"{app.app_name} on host {host.name}: the deploy lock is held by {describe(holder)}; "
                 f"waited {timeout} s (deploy_lock_timeout), nothing was changed. If that run is gone: "
                 "--data deploy_lock_break=true")
         if not waiting:
-            logger.warning(f"[{host.name}] {s.app_name}: waiting up to {timeout} s for the deploy lock "
+            logger.warning(f"[{host.name}] {app.app_name}: waiting up to {timeout} s for the deploy lock "
                            f"held by {describe(holder)}")
             waiting = True
 

@@ -182,7 +182,7 @@ def _expiry_message(site, have: CertificateInfo) -> str:
             f"and `journalctl -u {RENEW_UNIT}.service`; nothing was changed by this deploy.")
 
 
-def _renewal(s) -> None:
+def _renewal(app) -> None:
     """Twice a day at a random time, certbot renews what is due; its deploy hook
     reloads nginx only when the config passes `nginx -t` (a reload is graceful:
     no request dropped)."""
@@ -195,7 +195,7 @@ def _renewal(s) -> None:
         files.template(jinja_env_kwargs=JINJA, name=f"Write {RENEW_UNIT}.{kind}",
                        src=str(TEMPLATES / f"certbot-renew.{kind}.j2"), dest=f"/etc/systemd/system/{RENEW_UNIT}.{kind}",
                        user="root", group="root", mode="644", command=RENEW_COMMAND,
-                       ca_bundle=CA_BUNDLE if s.acme_ca_bundle else None)
+                       ca_bundle=CA_BUNDLE if app.acme_ca_bundle else None)
         for kind in ("service", "timer")
     ]
     systemd.daemon_reload(name="Reload systemd (the renewal units changed)",
@@ -204,16 +204,16 @@ def _renewal(s) -> None:
                     service=f"{RENEW_UNIT}.timer", running=True, enabled=True)
 
 
-def _certbot_script(s, request: Request) -> str:
-    env = f"REQUESTS_CA_BUNDLE={shlex.quote(CA_BUNDLE)} " if s.acme_ca_bundle else ""
+def _certbot_script(app, request: Request) -> str:
+    env = f"REQUESTS_CA_BUNDLE={shlex.quote(CA_BUNDLE)} " if app.acme_ca_bundle else ""
     domains = " ".join(f"-d {shlex.quote(name)}" for name in request.names)
     command = (f"{env}{CERTBOT} certonly --non-interactive --agree-tos --no-eff-email "
-               f"-m {shlex.quote(s.acme_email)} --server {shlex.quote(s.acme_directory)} "
+               f"-m {shlex.quote(app.acme_email)} --server {shlex.quote(app.acme_directory)} "
                f"--webroot -w {WEBROOT} --cert-name {shlex.quote(request.site.name)} "
                f"--renew-with-new-domains {domains}")
     was = ("the site serves plain HTTP, as before" if request.first
            else "nginx keeps serving the previous certificate")
-    message = (f"ERROR: the ACME CA at {s.acme_directory} issued no certificate for {', '.join(request.names)} "
+    message = (f"ERROR: the ACME CA at {app.acme_directory} issued no certificate for {', '.join(request.names)} "
                f"on $(hostname) (certbot's words above): {was}; the next deploy asks again.")
     return f"""
 if ! output=$({command} 2>&1); then

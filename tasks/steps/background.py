@@ -78,15 +78,15 @@ class BackgroundUnits(FactBase):
         return {"units": units, "enabled": sorted(set(enabled))}
 
 
-def wanted_units(s) -> dict[str, tuple[str, str, object]]:
+def wanted_units(app) -> dict[str, tuple[str, str, object]]:
     """unit file -> (template, name, its worker or job) for the app on this host."""
     wanted = {}
-    for name, worker in s.workers.items():
-        wanted[f"{s.unit_prefix(name)}@.service"] = ("worker.service.j2", name, worker)
-    for name, job in s.jobs.items():
-        wanted[f"{s.unit_prefix(name)}.service"] = ("job.service.j2", name, job)
-        if s.runs_jobs:
-            wanted[f"{s.unit_prefix(name)}.timer"] = ("job.timer.j2", name, job)
+    for name, worker in app.workers.items():
+        wanted[f"{app.unit_prefix(name)}@.service"] = ("worker.service.j2", name, worker)
+    for name, job in app.jobs.items():
+        wanted[f"{app.unit_prefix(name)}.service"] = ("job.service.j2", name, job)
+        if app.runs_jobs:
+            wanted[f"{app.unit_prefix(name)}.timer"] = ("job.timer.j2", name, job)
     return wanted
 
 
@@ -167,24 +167,24 @@ def remove_stale(apps) -> None:
 
 
 @deploy("Workers onto the live release")
-def restart(s, units: dict[str, object], activation_ops, environment_ops) -> None:
+def restart(app, units: dict[str, object], activation_ops, environment_ops) -> None:
     """After the release's activation: start the workers not running, and restart the
     ones whose unit or environment changed when no activation (which restarts them
     all, after the health gate) ran."""
-    active = host.get_fact(ServiceActive, services=s.worker_instances) if s.worker_instances else {}
+    active = host.get_fact(ServiceActive, services=app.worker_instances) if app.worker_instances else {}
     for name, unit_op in units.items():
-        instances = [u for u in s.worker_instances if u.startswith(f"{s.unit_prefix(name)}@")]
+        instances = [u for u in app.worker_instances if u.startswith(f"{app.unit_prefix(name)}@")]
         quoted = " ".join(shlex.quote(u) for u in instances)
         triggers = [unit_op, *environment_ops]
         server.shell(
-            name=f"Restart {s.app_name}'s worker {name} (its unit or environment changed)",
+            name=f"Restart {app.app_name}'s worker {name} (its unit or environment changed)",
             commands=[f"systemctl restart {quoted}"],
             _if=lambda triggers=triggers: any(op.did_change() for op in triggers)
             and not any(op.did_change() for op in activation_ops),
         )
         stopped = [u for u in instances if not active.get(u)]
         if stopped:
-            server.shell(name=f"Start {s.app_name}'s worker {name}",
+            server.shell(name=f"Start {app.app_name}'s worker {name}",
                          commands=[f"systemctl start {' '.join(shlex.quote(u) for u in stopped)}"])
 
 
@@ -256,20 +256,20 @@ def install_redis(apps) -> dict:
     return {s.app_name: _instance(s, drop_in, seed=shared == [s.app_name]) for s in wanted}
 
 
-def _instance(s, drop_in, seed: bool):
+def _instance(app, drop_in, seed: bool):
     """One app's Redis: its password, user, configuration and data, running."""
-    paths = redis_paths(s.app_name)
+    paths = redis_paths(app.app_name)
     made = None
     if not host.get_fact(File, path=paths["password"]):
         # Made on the host and never printed: pyinfra's output shows only the commands.
-        made = server.shell(name=f"Generate {s.app_name}'s Redis password (on the host, root-only)", commands=[
+        made = server.shell(name=f"Generate {app.app_name}'s Redis password (on the host, root-only)", commands=[
             f"(umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n' > {paths['password']})"])
     changes = [drop_in]
     if made or not host.get_fact(File, path=paths["user"]):
         new = f"{paths['user']}.new"
         # Channel rules (`&*`) came with Redis 6.2; 6.0 lets every user use every channel.
         channels = "$(redis-server --version | grep -q ' v=6\\.0\\.' || echo '&* ')"
-        changes.append(server.shell(name=f"Write {paths['user']} ({s.app_name}'s Redis user, its password)", commands=[
+        changes.append(server.shell(name=f"Write {paths['user']} ({app.app_name}'s Redis user, its password)", commands=[
             f"(umask 027; printf 'user default on >%s ~* %s{REDIS_RULES}\\n' \"$(cat {paths['password']})\" "
             f"\"{channels}\" > {new}) && chown root:redis {new} && mv {new} {paths['user']}"]))
     if not host.get_fact(Directory, path=paths["data"]):
@@ -280,33 +280,33 @@ def _instance(s, drop_in, seed: bool):
             commands += [f"REDISCLI_AUTH=\"$(cat {REDIS_PASSWORD})\" redis-cli -h 127.0.0.1 -p 6379 save || true",
                          f"if [ -f /var/lib/redis/dump.rdb ]; then install -m 640 -o redis -g redis "
                          f"/var/lib/redis/dump.rdb {paths['data']}/dump.rdb; fi"]
-        server.shell(name=f"Create {paths['data']} ({s.app_name}'s Redis data)"
+        server.shell(name=f"Create {paths['data']} ({app.app_name}'s Redis data)"
                      + (", with the shared Redis's data" if seed else ""), commands=commands)
     changes.append(files.template(
-        jinja_env_kwargs=JINJA, name=f"Write {paths['conf']} ({s.app_name}'s Redis, 127.0.0.1:{s.redis_port})",
+        jinja_env_kwargs=JINJA, name=f"Write {paths['conf']} ({app.app_name}'s Redis, 127.0.0.1:{app.redis_port})",
         src=str(TEMPLATES / "redis.conf.j2"), dest=paths["conf"], user="root", group="redis", mode="640",
-        s=s, paths=paths, marker=REDIS_MARKER, rules=REDIS_RULES))
-    systemd.service(name=f"Restart {s.redis_service} (its configuration changed)", service=s.redis_service,
+        s=app, paths=paths, marker=REDIS_MARKER, rules=REDIS_RULES))
+    systemd.service(name=f"Restart {app.redis_service} (its configuration changed)", service=app.redis_service,
                     running=True, enabled=True, restarted=True, _if=lambda: any(op.did_change() for op in changes))
-    systemd.service(name=f"Run {s.redis_service} (and at boot)", service=s.redis_service, running=True,
+    systemd.service(name=f"Run {app.redis_service} (and at boot)", service=app.redis_service, running=True,
                     enabled=True)
     return made
 
 
 @deploy("Redis URL")
-def redis_url(s, made: dict) -> list:
+def redis_url(app, made: dict) -> list:
     """The app's REDIS_URL (root's, mode 600, read by systemd), or none without
     `redis`. Returns the ops that changed it (the app's units restart on them)."""
-    if not s.redis:
-        files.file(name=f"No REDIS_URL for {s.app_name}", path=s.redis_env_path, present=False)
+    if not app.redis:
+        files.file(name=f"No REDIS_URL for {app.app_name}", path=app.redis_env_path, present=False)
         return []
-    files.directory(name=f"Create {s.app_root}/secrets (private)", path=f"{s.app_root}/secrets",
+    files.directory(name=f"Create {app.app_root}/secrets (private)", path=f"{app.app_root}/secrets",
                     user="root", group="root", mode="700")
     # Written again when it points elsewhere: a new redis_port, or the shared Redis
     # of the deploys before each app had its own.
-    current = host.get_fact(RedisUrlIs, path=s.redis_env_path, url=s.redis_url)
-    return url_from_password(s, "REDIS_URL", s.redis_url, redis_paths(s.app_name)["password"], s.redis_env_path,
-                             made.get(s.app_name) or not current)
+    current = host.get_fact(RedisUrlIs, path=app.redis_env_path, url=app.redis_url)
+    return url_from_password(app, "REDIS_URL", app.redis_url, redis_paths(app.app_name)["password"], app.redis_env_path,
+                             made.get(app.app_name) or not current)
 
 
 class RedisUrlIs(FactBase):

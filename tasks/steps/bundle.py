@@ -91,8 +91,8 @@ def _git_commit(source: Path) -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def _loader(s) -> str:
-    return _loader_template().render(s=s)
+def _loader(app) -> str:
+    return _loader_template().render(s=app)
 
 
 @cache  # compiled once per run, rendered for every host
@@ -117,9 +117,9 @@ def _release_id(commit: str | None) -> str:
     return new_release_id(commit, identity.RUN_ID)
 
 
-def build_bundle(s) -> Bundle:
-    return _bundle(id(host.state), s.source_dir, tuple(sorted(s.shared_paths)), s.app_requirements, _loader(s),
-                   s.app_root, str(s.app_source), configured_secrets(s), s.release_id)
+def build_bundle(app) -> Bundle:
+    return _bundle(id(host.state), app.source_dir, tuple(sorted(app.shared_paths)), app.app_requirements, _loader(app),
+                   app.app_root, str(app.app_source), configured_secrets(app), app.release_id)
 
 
 @cache  # the hosts of one run (one pyinfra state) that deploy the same app share one build

@@ -50,21 +50,21 @@ SERVICE = "pyinfra-flask-db-backup@.service"
 PSQL = "runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1"
 
 
-def password_path(s) -> str:
-    return f"{PASSWORD_DIR}/{s.app_name}.password"
+def password_path(app) -> str:
+    return f"{PASSWORD_DIR}/{app.app_name}.password"
 
 
-def backup_config_path(s) -> str:
-    return f"{BACKUP_CONFIG_DIR}/{s.app_name}.json"
+def backup_config_path(app) -> str:
+    return f"{BACKUP_CONFIG_DIR}/{app.app_name}.json"
 
 
-def backup_timer(s) -> str:
-    return f"pyinfra-flask-db-backup-{s.app_name}.timer"
+def backup_timer(app) -> str:
+    return f"pyinfra-flask-db-backup-{app.app_name}.timer"
 
 
-def tool_command(s, *arguments: str) -> str:
+def tool_command(app, *arguments: str) -> str:
     """The backup tool's command line for the app (as root)."""
-    return " ".join(["python3 -I -S", TOOL, "--config", backup_config_path(s), *map(shlex.quote, arguments)])
+    return " ".join(["python3 -I -S", TOOL, "--config", backup_config_path(app), *map(shlex.quote, arguments)])
 
 
 def database_url(name: str) -> str:
@@ -210,33 +210,33 @@ def install(system, wanted, listen: tuple[str, list[tuple[str, str, str]]] | Non
 
 
 @deploy("Database")
-def provision(s) -> list:
+def provision(app) -> list:
     """The app's role (its password made on the host), its database, DATABASE_URL
     (root's, mode 600), the backup tool's settings; with a db server, DATABASE_URL
     and the server's certificate from there (`hand_over`). Before the release is
     prepared: its before_switch and migrate commands get DATABASE_URL on the first
     deploy too. Returns the ops that changed DATABASE_URL (the app's units restart on them)."""
-    if not s.database:
-        files.file(name=f"No DATABASE_URL for {s.app_name} (its database, if any, stays)",
-                   path=s.database_env_path, present=False)
+    if not app.database:
+        files.file(name=f"No DATABASE_URL for {app.app_name} (its database, if any, stays)",
+                   path=app.database_env_path, present=False)
         return []
-    files.directory(name=f"Create {s.app_root}/secrets (private)", path=f"{s.app_root}/secrets",
+    files.directory(name=f"Create {app.app_root}/secrets (private)", path=f"{app.app_root}/secrets",
                     user="root", group="root", mode="700")
-    if s.database_host:
-        return hand_over(s)
-    return url_from_password(s, "DATABASE_URL", database_url(s.database_name), password_path(s),
-                             s.database_env_path, made=role(s))
+    if app.database_host:
+        return hand_over(app)
+    return url_from_password(app, "DATABASE_URL", database_url(app.database_name), password_path(app),
+                             app.database_env_path, made=role(app))
 
 
-def role(s):
+def role(app):
     """The app's role, its password (made on this host, root-only), its database and
     the backup tool's settings. Returns the op that made a new password, or None."""
-    name, password = s.database_name, password_path(s)
+    name, password = app.database_name, password_path(app)
     found = host.get_fact(PostgresqlObjects)
     made = None
     if not host.get_fact(File, path=password):
         # Made on the host and never printed: pyinfra's output shows only the commands.
-        made = server.shell(name=f"Generate {s.app_name}'s database password (on the host, root-only)", commands=[
+        made = server.shell(name=f"Generate {app.app_name}'s database password (on the host, root-only)", commands=[
             f"(umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n' > {password})"])
     if name not in found["roles"]:
         server.shell(name=f"Create the database role {name}", commands=[
@@ -248,8 +248,8 @@ def role(s):
         server.shell(name=f"Create the database {name} (owned by {name}, closed to other roles)", commands=[
             f"(cd / && runuser -u postgres -- createdb -O {name} {name})",
             f"(cd / && {PSQL} -c 'REVOKE ALL ON DATABASE {name} FROM PUBLIC')"])
-    files.put(name=f"Write the backup settings of {s.app_name}", src=_json(backup_settings(s)),
-              dest=backup_config_path(s), mode="600")
+    files.put(name=f"Write the backup settings of {app.app_name}", src=_json(backup_settings(app)),
+              dest=backup_config_path(app), mode="600")
     return made
 
 
@@ -258,10 +258,10 @@ def role(s):
 CA_PATH = "/etc/pyinfra-flask/database-server.crt"
 
 
-def remote_url(s) -> str:
+def remote_url(app) -> str:
     """The URL handed to the app, `%s` where the password goes: TLS, the server
     verified by its certificate and address."""
-    return (f"postgresql://{s.database_name}:%s@{s.database_host}:5432/{s.database_name}"
+    return (f"postgresql://{app.database_name}:%s@{app.database_host}:5432/{app.database_name}"
             f"?sslmode=verify-full&sslrootcert={CA_PATH}")
 
 
@@ -280,21 +280,21 @@ class HandedOver(FactBase):
         return (found[0], found[1]) if len(found) == 2 else None
 
 
-def hand_over(s) -> list:
+def hand_over(app) -> list:
     """DATABASE_URL and the db server's certificate, copied from the db server when
     this app server's differ (a hash compared on each side): at execution time, after
     the db server's steps, through the laptop's memory (`_copy`), never printed."""
     db = topology.database_server(host)
-    certificate = certificate_paths(s.database_host)[0]
-    wanted = db.get_fact(HandedOver, password=password_path(s), url=remote_url(s), certificate=certificate)
-    have = (host.get_fact(Sha1File, path=s.database_env_path), host.get_fact(Sha1File, path=CA_PATH))
+    certificate = certificate_paths(app.database_host)[0]
+    wanted = db.get_fact(HandedOver, password=password_path(app), url=remote_url(app), certificate=certificate)
+    have = (host.get_fact(Sha1File, path=app.database_env_path), host.get_fact(Sha1File, path=CA_PATH))
     if wanted is not None and tuple(wanted) == have:
         return []
     files.directory(name="Create /etc/pyinfra-flask", path="/etc/pyinfra-flask", user="root", group="root",
                     mode="755")
-    return [python.call(name=f"Hand {s.app_name} its DATABASE_URL and the db server's certificate "
+    return [python.call(name=f"Hand {app.app_name} its DATABASE_URL and the db server's certificate "
                              f"(from {db.name}, contents not shown)",
-                        function=_copy, source=db, target=host, s=s, certificate=certificate,
+                        function=_copy, source=db, target=host, s=app, certificate=certificate,
                         directories=(_upload_directory(db), _upload_directory(host)))]
 
 
@@ -331,24 +331,24 @@ def _copy(source, target, s, certificate: str, directories: tuple) -> None:
     write(f'DATABASE_URL="{remote_url(s) % password}"\n'.encode(), s.database_env_path, "600")
 
 
-def backup_settings(s) -> dict:
+def backup_settings(app) -> dict:
     """What files/db-backup.py knows of the app: its database, where its backups go and
     how many stay, the units a restore stops and starts again, its health check."""
     return {
-        "app": s.app_name,
-        "database": s.database_name,
+        "app": app.app_name,
+        "database": app.database_name,
         # pg_dump and pg_restore connect as the app's own role, never as a superuser.
-        "role": s.database_name,
-        "password_file": password_path(s),
+        "role": app.database_name,
+        "password_file": password_path(app),
         "socket": SOCKET_DIR,
-        "directory": f"{BACKUP_ROOT}/{s.app_name}",
-        "keep": s.database_backup_keep,
-        "max_age_days": s.database_backup_max_age,
-        "service": s.service,
-        "workers": s.worker_instances,
-        "jobs": [f"{s.unit_prefix(name)}.service" for name in sorted(s.jobs)],
-        "timers": [f"{s.unit_prefix(name)}.timer" for name in sorted(s.jobs)] if s.runs_jobs else [],
-        "health": healthcheck.spec(s),
+        "directory": f"{BACKUP_ROOT}/{app.app_name}",
+        "keep": app.database_backup_keep,
+        "max_age_days": app.database_backup_max_age,
+        "service": app.service,
+        "workers": app.worker_instances,
+        "jobs": [f"{app.unit_prefix(name)}.service" for name in sorted(app.jobs)],
+        "timers": [f"{app.unit_prefix(name)}.timer" for name in sorted(app.jobs)] if app.runs_jobs else [],
+        "health": healthcheck.spec(app),
         "health_module": healthcheck.MODULE,
     }
 

@@ -26,23 +26,23 @@ MODULE = f"{INSTALL_DIR}/healthcheck.py"
 PYTHON = "python3 -I -S"
 
 
-def spec(s) -> dict:
+def spec(app) -> dict:
     """The check of one app on this host, as the health check (and the release
     tool's settings) take it."""
     check = {
-        "path": s.healthcheck_path,
-        "request_path": s.health_path,
-        "protocol": "http" if s.gevent else "uwsgi",
-        "host_header": s.health_host_header,
-        "status": s.healthcheck_status,
-        "body": s.healthcheck_body,
-        "timeout": s.healthcheck_timeout,
-        "retries": s.healthcheck_retries,
+        "path": app.healthcheck_path,
+        "request_path": app.health_path,
+        "protocol": "http" if app.gevent else "uwsgi",
+        "host_header": app.health_host_header,
+        "status": app.healthcheck_status,
+        "body": app.healthcheck_body,
+        "timeout": app.healthcheck_timeout,
+        "retries": app.healthcheck_retries,
     }
-    if s.behind_balancer:
-        check["uwsgi"] = s.uwsgi_tcp
+    if app.behind_balancer:
+        check["uwsgi"] = app.uwsgi_tcp
     else:
-        check["url"] = s.health_url
+        check["url"] = app.health_url
     return check
 
 
@@ -92,10 +92,10 @@ def gate(name: str, check: dict, run: str, triggers, present: str = "") -> None:
 
 
 @deploy("Health check")
-def verify(s, release, service_ops):
+def verify(app, release, service_ops):
     """After the release's activation: the app answers through nginx (or from uWSGI,
     behind a balancer), or the run fails with the service's log."""
-    where = "from uWSGI" if s.behind_balancer else "through nginx"
-    gate(f"Check GET {s.healthcheck_path} {where} answers {s.healthcheck_status}", spec(s),
+    where = "from uWSGI" if app.behind_balancer else "through nginx"
+    gate(f"Check GET {app.healthcheck_path} {where} answers {app.healthcheck_status}", spec(app),
          f"{release.tool} --host-name {shlex.quote(host.name)} health",
          triggers=[release.settings, *service_ops], present=release.tool)

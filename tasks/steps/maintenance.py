@@ -35,13 +35,13 @@ DEFAULT_PAGE = REPO_ROOT / "files/maintenance.html"
 BALANCER_ROOT = "/var/lib/pyinfra-flask"
 
 
-def tool(s, balancer: bool) -> str:
+def tool(app, balancer: bool) -> str:
     """The release tool that switches an app's maintenance (and keeps its audit log) on a host."""
-    return f"{BALANCER_ROOT}/{s.app_name}/bin/release-tool" if balancer else f"{s.app_root}/bin/release-tool"
+    return f"{BALANCER_ROOT}/{app.app_name}/bin/release-tool" if balancer else f"{app.app_root}/bin/release-tool"
 
 
-def page_source(s) -> str:
-    return str(s.local_path(s.maintenance_page) if s.maintenance_page else DEFAULT_PAGE)
+def page_source(app) -> str:
+    return str(app.local_path(app.maintenance_page) if app.maintenance_page else DEFAULT_PAGE)
 
 
 @deploy("Maintenance pages")

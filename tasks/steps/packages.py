@@ -51,7 +51,7 @@ def install(platform, s, app: bool = True, nginx: bool = True):
         _apt_install(s, wanted)
 
 
-def _apt_install(s, wanted):
+def _apt_install(app, wanted):
     installed = host.get_fact(DebInstalled, packages=tuple(wanted))
     missing = [name for name in wanted if name not in installed]
     if not missing:
@@ -59,7 +59,7 @@ def _apt_install(s, wanted):
 
     apt.update(
         name="Refresh the package index if older than apt_cache_valid_time",
-        cache_time=s.apt_cache_valid_time,
+        cache_time=app.apt_cache_valid_time,
     )
     apt.packages(
         name=f"Install {', '.join(missing)}",

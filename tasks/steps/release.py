@@ -103,28 +103,28 @@ def _tool():
     return module
 
 
-def tool_settings(s) -> dict:
+def tool_settings(app) -> dict:
     """The release tool's settings (its `Settings`, files/release-tool.py) for an app."""
     settings = {
-        "app": s.app_name,
-        "service": s.service,
-        "user": s.app_user,
-        "requirements": s.app_requirements,
-        "sandbox": list(s.sandbox_properties),
+        "app": app.app_name,
+        "service": app.service,
+        "user": app.app_user,
+        "requirements": app.app_requirements,
+        "sandbox": list(app.sandbox_properties),
         # Where the release's steps as the app user may write: its shared data only.
-        "writable": [f"{s.app_root}/shared/{path.rstrip('/')}" for path in s.shared_paths],
-        "master_fifo": f"{s.socket_dir}/master.fifo",
-        "stats_socket": f"{s.socket_dir}/stats.sock",
-        "reload_timeout": s.reload_timeout,
-        "keep_releases": s.keep_releases,
-        "nginx_error_log": s.nginx_error_log,
-        "health": healthcheck.spec(s),
+        "writable": [f"{app.app_root}/shared/{path.rstrip('/')}" for path in app.shared_paths],
+        "master_fifo": f"{app.socket_dir}/master.fifo",
+        "stats_socket": f"{app.socket_dir}/stats.sock",
+        "reload_timeout": app.reload_timeout,
+        "keep_releases": app.keep_releases,
+        "nginx_error_log": app.nginx_error_log,
+        "health": healthcheck.spec(app),
         "health_module": healthcheck.MODULE,
-        "maintenance_dir": s.maintenance_dir,
-        "workers": s.worker_instances,
-        "environment_files": s.environment_files,
-        "uwsgi": f"{s.uwsgi_venv}/bin/uwsgi",
-        "message_queue": bool(s.socketio),
+        "maintenance_dir": app.maintenance_dir,
+        "workers": app.worker_instances,
+        "environment_files": app.environment_files,
+        "uwsgi": f"{app.uwsgi_venv}/bin/uwsgi",
+        "message_queue": bool(app.socketio),
     }
     contract = typing.get_type_hints(_tool().Settings)
     if set(settings) != set(contract) or not all(isinstance(value, contract[key]) for key, value in settings.items()):
@@ -133,85 +133,85 @@ def tool_settings(s) -> dict:
 
 
 @deploy("Release")
-def prepare(s) -> Release:
+def prepare(app) -> Release:
     """Install the release tool, the shared paths, and (when something changed)
     a new release with its venv, checked and ready to switch to."""
-    tool = f"{s.app_root}/bin/release-tool"
+    tool = f"{app.app_root}/bin/release-tool"
     files.put(name="Install the release tool", src=str(REPO_ROOT / "files/release-tool.py"),
               dest=tool, mode="750")
     settings = files.template(name="Write the release tool's settings", src=str(TEMPLATES / "release-tool.json.j2"),
-                              dest=f"{s.app_root}/release-tool.json", mode="640", settings=tool_settings(s))
+                              dest=f"{app.app_root}/release-tool.json", mode="640", settings=tool_settings(app))
     for path in ("releases", "venvs", "shared"):
-        files.directory(name=f"Create {s.app_root}/{path}", path=f"{s.app_root}/{path}",
-                        user="root", group=s.app_user, mode="750")
+        files.directory(name=f"Create {app.app_root}/{path}", path=f"{app.app_root}/{path}",
+                        user="root", group=app.app_user, mode="750")
     environment = None
-    variables = s.environment()
+    variables = app.environment()
     if variables:
-        files.directory(name=f"Create {s.app_root}/secrets (private)", path=f"{s.app_root}/secrets",
+        files.directory(name=f"Create {app.app_root}/secrets (private)", path=f"{app.app_root}/secrets",
                         user="root", group="root", mode="700")
         environment = put_secret(
             name=f"Upload the app's environment ({len(variables)} variables, values never shown)",
-            src=env_file(variables), dest=s.env_file_path, user=s.app_user, group=s.app_user, mode="600")
+            src=env_file(variables), dest=app.env_file_path, user=app.app_user, group=app.app_user, mode="600")
     else:
-        files.file(name="No app environment file", path=s.env_file_path, present=False)
-    for path in s.shared_paths:
-        target = f"{s.app_root}/shared/{path.rstrip('/')}"
+        files.file(name="No app environment file", path=app.env_file_path, present=False)
+    for path in app.shared_paths:
+        target = f"{app.app_root}/shared/{path.rstrip('/')}"
         if path.endswith("/"):
             files.directory(name=f"Create shared directory {path} (writable by the app)", path=target,
-                            user=s.app_user, group=s.app_user, mode="750")
+                            user=app.app_user, group=app.app_user, mode="750")
         else:
             files.file(name=f"Create shared file {path} (writable by the app)", path=target,
-                       user=s.app_user, group=s.app_user, mode="640", touch=False)
+                       user=app.app_user, group=app.app_user, mode="640", touch=False)
 
-    bundle = build_bundle(s)
-    live = host.get_fact(LiveRelease, app_root=s.app_root)
+    bundle = build_bundle(app)
+    live = host.get_fact(LiveRelease, app_root=app.app_root)
     if live and live.get("content_hash") == bundle.content_hash:
         return Release(live["id"], tool, new=False, settings=settings, environment=environment,
-                       confirmed=host.get_fact(LiveConfirmed, app_root=s.app_root))
+                       confirmed=host.get_fact(LiveConfirmed, app_root=app.app_root))
 
     if live and live.get("id") == bundle.id:
         # A named id (release_id) already live with other code: unpacking would replace the live release.
         raise DeployError(f"release_id = {bundle.id!r} is already live on host {host.name!r} with other code: "
                           "name a new release; nothing was changed.")
-    release_dir = f"{s.app_root}/releases/{bundle.id}"
-    upload = f"{s.app_root}/releases/.upload-{bundle.id}.tar"
+    release_dir = f"{app.app_root}/releases/{bundle.id}"
+    upload = f"{app.app_root}/releases/.upload-{bundle.id}.tar"
     # Not files.put: its --diff would print the tarball. This one shows the code change.
-    upload_release(name=f"Upload release {bundle.id}", bundle=bundle, dest=upload, app_root=s.app_root)
+    upload_release(name=f"Upload release {bundle.id}", bundle=bundle, dest=upload, app_root=app.app_root)
     server.shell(
         name=f"Unpack release {bundle.id}",
         commands=[
             f"rm -rf {release_dir} && mkdir {release_dir} && "
             f"tar -xf {upload} -C {release_dir} --no-same-owner && rm -f {upload} && "
-            f"chown -R -h root:{s.app_user} {release_dir} && chmod 750 {release_dir}"
+            f"chown -R -h root:{app.app_user} {release_dir} && chmod 750 {release_dir}"
         ],
     )
 
-    venv = f"{s.app_root}/venvs/{bundle.venv_hash}"
+    venv = f"{app.app_root}/venvs/{bundle.venv_hash}"
     if not host.get_fact(VenvReady, path=venv):
         # pip (and every dependency's build step) runs as the app user in the
         # service's sandbox; the venv is root's once built (see the release tool).
-        server.shell(name=f"Build venv {bundle.venv_hash} from {s.app_requirements} (as {s.app_user})",
+        server.shell(name=f"Build venv {bundle.venv_hash} from {app.app_requirements} (as {app.app_user})",
                      commands=[f"{tool} {identity.TOOL_RUN} build-venv {bundle.id}"])
     # In this order: the app must import, the before-switch commands (migrations,
     # a first `flask init-db`) run, and only then is the app asked for its health
     # path, so an app whose pages need those tables can deploy.
-    server.shell(name=f"Check release {bundle.id} imports (as {s.app_user})",
+    server.shell(name=f"Check release {bundle.id} imports (as {app.app_user})",
                  commands=[f"{tool} {identity.TOOL_RUN} check {bundle.id}"])
-    for command in s.before_switch_commands:
+    for command in app.before_switch_commands:
         server.shell(name=f"Before switch: {command}",
                      commands=[f"{tool} {identity.TOOL_RUN} run {bundle.id} -- {shlex.quote(command)}"])
     # Behind balancers on one app server only (tasks/config/topology.py); every host runs
     # this step before any runs its switch (pyinfra runs each step on all hosts first).
-    for command in (s.migrate_commands if s.runs_migrations else []):
+    for command in (app.migrate_commands if app.runs_migrations else []):
         server.shell(name=f"Migrate: {command}",
                      commands=[f"{tool} {identity.TOOL_RUN} run {bundle.id} -- {shlex.quote(command)}"])
-    server.shell(name=f"Check release {bundle.id} answers GET {s.healthcheck_path} (called in-process)",
+    server.shell(name=f"Check release {bundle.id} answers GET {app.healthcheck_path} (called in-process)",
                  commands=[f"{tool} {identity.TOOL_RUN} canary {bundle.id}"])
     return Release(bundle.id, tool, new=True, settings=settings, environment=environment)
 
 
 @deploy("Release activation")
-def activate(s, release: Release, restart_triggers, reload_triggers):
+def activate(app, release: Release, restart_triggers, reload_triggers):
     """Switch to the release and get uWSGI onto it, health-gated; roll back on failure."""
     run = f"{release.tool} --host-name {shlex.quote(host.name)} {identity.TOOL_RUN} activate {release.id}"
     restarted = server.shell(
@@ -225,7 +225,7 @@ def activate(s, release: Release, restart_triggers, reload_triggers):
         _if=lambda: not restarted.did_change() and any(op.did_change() for op in reload_triggers),
     )
     ops = [restarted, reloaded]
-    running = host.get_fact(ServiceActive, services=[s.service]).get(s.service, False)
+    running = host.get_fact(ServiceActive, services=[app.service]).get(app.service, False)
     if release.new or not running:
         ops.append(server.shell(
             name=f"Switch to release {release.id}, reload uWSGI without dropping requests, check health",
@@ -240,7 +240,7 @@ def activate(s, release: Release, restart_triggers, reload_triggers):
             _if=lambda: not restarted.did_change() and not reloaded.did_change(),
         ))
     if release.new:
-        server.shell(name=f"Keep the newest {s.keep_releases} releases (by this host's record)",
+        server.shell(name=f"Keep the newest {app.keep_releases} releases (by this host's record)",
                      commands=[f"{release.tool} prune"])
     return ops
 

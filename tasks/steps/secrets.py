@@ -44,13 +44,13 @@ def env_file(variables: dict[str, str]) -> bytes:
     return "".join(f"{key}={quote(value)}\n" for key, value in sorted(variables.items())).encode()
 
 
-def url_from_password(s, variable: str, url: str, password: str, env_path: str, made) -> list:
+def url_from_password(app, variable: str, url: str, password: str, env_path: str, made) -> list:
     """`variable` (a URL with `%s` where the password goes) in the root-only env file
     `env_path`, filled in on the host from the root-only file `password` (printf, a
     builtin, `$(cat ...)`: no argument list or output shows it); written when the
     password was just `made` or the file is missing. Returns the op, if any (the app's
     units restart on it)."""
     if made or not host.get_fact(File, path=env_path):
-        return [server.shell(name=f"Hand {s.app_name} its {variable} ({env_path}, root-only)", commands=[
+        return [server.shell(name=f"Hand {app.app_name} its {variable} ({env_path}, root-only)", commands=[
             f"(umask 077; printf '{variable}=\"{url}\"\\n' \"$(cat {password})\" > {env_path})"])]
     return []

@@ -15,19 +15,19 @@ MARKER = "(pyinfra-flask app)"
 
 
 @deploy("uWSGI service")
-def install(s):
-    unit_path = f"/etc/systemd/system/{s.service}"
+def install(app):
+    unit_path = f"/etc/systemd/system/{app.service}"
     unit = files.template(
         jinja_env_kwargs=JINJA,
         name=f"Write the systemd unit {unit_path}",
         src=str(TEMPLATES / "uwsgi.service.j2"),
         dest=unit_path,
         mode="644",
-        s=s,
-        sockets=uwsgi.sockets(s),
+        s=app,
+        sockets=uwsgi.sockets(app),
     )
     systemd.daemon_reload(name="Reload systemd (the unit changed)", _if=unit.did_change)
-    systemd.service(name=f"Start {s.service} at boot", service=s.service, running=None, enabled=True)
+    systemd.service(name=f"Start {app.service} at boot", service=app.service, running=None, enabled=True)
     return unit
 
 

@@ -42,83 +42,83 @@ class UwsgiBuild(FactBase):
         )
 
 
-def _install_script(s) -> str:
+def _install_script(app) -> str:
     """Install uWSGI and prove it has PCRE. A build without it (e.g. a wheel cached
     before the PCRE headers were installed) is rebuilt from source once; if that
     fails too, uWSGI is removed and the deploy stops rather than ship it."""
-    pip_cmd = shlex.quote(f"{s.uwsgi_venv}/bin/pip")
-    uwsgi = shlex.quote(f"{s.uwsgi_venv}/bin/uwsgi")
-    spec = shlex.quote(f"uwsgi=={s.uwsgi_version}")
+    pip_cmd = shlex.quote(f"{app.uwsgi_venv}/bin/pip")
+    uwsgi = shlex.quote(f"{app.uwsgi_venv}/bin/uwsgi")
+    spec = shlex.quote(f"uwsgi=={app.uwsgi_version}")
     complete = f"{uwsgi} --cflags | grep -q -- -DUWSGI_PCRE && {uwsgi} --cflags | grep -q -- -DUWSGI_SSL"
     return f"""
 set -e
 {pip_cmd} install --no-input --disable-pip-version-check {spec}
 if ! {{ {complete}; }}; then
-    echo "uWSGI {s.uwsgi_version} came without PCRE or SSL (a cached build?): rebuilding it from source" >&2
+    echo "uWSGI {app.uwsgi_version} came without PCRE or SSL (a cached build?): rebuilding it from source" >&2
     {pip_cmd} install --no-input --force-reinstall --no-deps --no-cache-dir {spec}
 fi
 if ! {{ {complete}; }}; then
     # uWSGI's setup.py installs its binary behind pip's back: remove both.
     {pip_cmd} uninstall --yes uwsgi >/dev/null; rm -f {uwsgi}
-    echo "ERROR: uWSGI {s.uwsgi_version} built WITHOUT PCRE or SSL on $(hostname): without PCRE" >&2
+    echo "ERROR: uWSGI {app.uwsgi_version} built WITHOUT PCRE or SSL on $(hostname): without PCRE" >&2
     echo "it logs '!!! no internal routing support, rebuild with pcre support !!!', without" >&2
     echo "SSL it cannot do WebSocket handshakes. Are the PCRE and OpenSSL development" >&2
     echo "packages installed and is pcre-config/pcre2-config working? uWSGI was removed" >&2
-    echo "from {s.uwsgi_venv}; the running app was left as it was." >&2
+    echo "from {app.uwsgi_venv}; the running app was left as it was." >&2
     exit 1
 fi
 """
 
 
 @deploy("uWSGI")
-def install(s):
+def install(app):
     """uWSGI in a venv of its own, so a change of the app's requirements never
     recompiles it. Returns the op that (re)installed it, or None."""
-    pip.venv(name=f"Create uWSGI's virtualenv {s.uwsgi_venv}", path=s.uwsgi_venv, python="python3")
-    wanted = UwsgiBuildInfo(s.uwsgi_version, pcre=True, ssl=True)
-    have = host.get_fact(UwsgiBuild, venv=s.uwsgi_venv)
+    pip.venv(name=f"Create uWSGI's virtualenv {app.uwsgi_venv}", path=app.uwsgi_venv, python="python3")
+    wanted = UwsgiBuildInfo(app.uwsgi_version, pcre=True, ssl=True)
+    have = host.get_fact(UwsgiBuild, venv=app.uwsgi_venv)
     if have == wanted:
         return None
     missing = [name for name, ok in (("PCRE", have and have.pcre), ("SSL", have and have.ssl)) if not ok]
     was = f"{have.version}{' without ' + ' and '.join(missing) if missing else ''}" if have else "none"
     return server.shell(
-        name=f"Install uWSGI {s.uwsgi_version} with PCRE and SSL (was: {was})",
-        commands=[_install_script(s)],
+        name=f"Install uWSGI {app.uwsgi_version} with PCRE and SSL (was: {was})",
+        commands=[_install_script(app)],
     )
 
 
-def processes(s) -> int:
+def processes(app) -> int:
     """The setting, or one worker per CPU (at least 2, at most 16): with 2 threads each
     that kept both cores of the benchmark host busiest (2x2 beat 4x2 and 8x1 by 10-30%
     in requests/s and p99), and two workers keep one serving while the other reloads."""
-    if s.socketio:
-        return instances(s)
-    return s.uwsgi_processes or min(16, max(2, host.get_fact(Cpus) or 1))
+    if app.socketio:
+        return instances(app)
+    return app.uwsgi_processes or min(16, max(2, host.get_fact(Cpus) or 1))
 
 
-def instances(s, server=None) -> int:
+def instances(app, server=None) -> int:
     """A `socketio` app's instances on an app server (this host by default): the
     setting, or one per CPU (at least 2, so one serves while the other is replaced,
     at most 16). Each is one single-process gevent worker on a socket of its own."""
-    return s.socketio_instances or min(16, max(2, (server or host).get_fact(Cpus) or 1))
+    return app.socketio_instances or min(16, max(2, (server or host).get_fact(Cpus) or 1))
 
 
-def sockets(s, server=None) -> list[str]:
+def sockets(app, server=None) -> list[str]:
     """A `socketio` app's sockets, one per instance; none for other apps."""
-    return s.instance_addresses(instances(s, server)) if s.socketio else []
+    return app.instance_addresses(instances(app, server)) if app.socketio else []
 
 
 @deploy("uWSGI configuration")
-def configure(s):
+def configure(app):
     return files.template(
         jinja_env_kwargs=JINJA,
-        name=f"Write {s.uwsgi_ini}",
+        name=f"Write {app.uwsgi_ini}",
         src=str(TEMPLATES / "uwsgi.ini.j2"),
-        dest=s.uwsgi_ini,
+        dest=app.uwsgi_ini,
         user="root",
-        group=s.app_user,
+        group=app.app_user,
         mode="640",
-        s=s,
-        processes=processes(s),
-        sockets=sockets(s),
+        s=app,
+        processes=processes(app),
+        sockets=sockets(app),
     )
