@@ -5,43 +5,43 @@ in the `load_balancers` group, to nginx balancing over the `app_servers`, or, fo
     pyinfra inventories/prod.py deploy.py               # apply
     pyinfra inventories/prod.py deploy.py --dry --diff  # show what would change
 
-Settings come from host/group data (see tasks/settings.py and the README); they are
+Settings come from host/group data (see tasks/config/settings.py and the README); they are
 validated before any operation is added, so bad settings never touch a host.
 """
 
 from pyinfra import host
 
-from tasks import app_server, database_server, hooks, load_balancer, lock, platform, prefetch, preflight, topology, uploads
-from tasks.inventory import load_apps
-from tasks.release_preview import warn_if_diff_is_skipped
+from tasks.config import platform, topology
+from tasks.config.host import load
+from tasks.roles import app_server, balancer, database_server
+from tasks.run import barriers, hooks, lock, prefetch, preflight
+from tasks.steps import uploads
+from tasks.steps.release_preview import warn_if_diff_is_skipped
 
 # `--dry --diff -y` would otherwise end in pyinfra's "Skipping change detection", no diff.
 warn_if_diff_is_skipped()
 
-apps = load_apps(host)
-balancer = topology.is_balancer(host)
-database = topology.is_database_server(host)
-app = not balancer and not database
-# Local hooks before the first operation and after the last, a webhook at the end (tasks/hooks.py).
-hooks.register(host, apps, "deploy")
-# Facts in one batched command per phase (see tasks/prefetch.py); in the first, before
-# anything is read, the deploy lock: one run at a time per app and host (tasks/lock.py).
-prefetch.start(host, enabled=apps[0].fact_batch, first=lock.first_asks(host, apps))
-lock.take(host, apps)
+this = load(host)
+# Local hooks before the first operation and after the last, a webhook at the end (tasks/run/hooks.py).
+hooks.register(host, this.apps, "deploy")
+# Facts in one batched command per phase (see tasks/run/prefetch.py); in the first, before
+# anything is read, the deploy lock: one run at a time per app and host (tasks/run/lock.py).
+prefetch.start(host, enabled=this.settings.fact_batch, first=lock.first_asks(host, this.apps))
+lock.take(host, this.apps)
 system = platform.detect(host)
 # Names the host already has for something else stop the run before any change.
-if app:
-    preflight.check(apps)
+if this.is_app_server:
+    preflight.check(this.apps)
 # Every upload passes through a directory only the SSH user can enter.
 private = {"_temp_dir": uploads.private_directory()}
 # The database server's steps come first: the app servers' first migrations need it.
-if database:
-    database_server.converge(system, apps[0], **private)
+if this.is_database_server:
+    database_server.converge(system, this.settings, **private)
 if topology.database_server(host):
-    topology.wait_for_database_server()
-if app:
-    app_server.converge(system, apps, **private)
+    barriers.wait_for_database_server()
+if this.is_app_server:
+    app_server.converge(system, this.apps, **private)
 # In a run over everything, balancers start only once every app server is ready.
-topology.wait_for_app_servers()
-if balancer:
-    load_balancer.converge(system, apps[0], **private)
+barriers.wait_for_app_servers()
+if this.is_balancer:
+    balancer.converge(system, this.settings, **private)

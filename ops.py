@@ -8,7 +8,7 @@
 
 The inventory, `--limit` and `--data` work as they do for `pyinfra INVENTORY
 deploy.py`: the same hosts, connected the same way, with the same settings
-(tasks/fleet.py). Every command reads or acts on what the deploy put there and
+(tasks/ops/fleet.py). Every command reads or acts on what the deploy put there and
 says which host each line comes from.
 """
 
@@ -22,10 +22,13 @@ import sys
 
 import click
 
-from tasks import audit, database, lock, maintenance, ops_logs, ops_run, ops_status
+from tasks.ops import audit, exec as ops_exec, logs as ops_logs, status as ops_status
+from tasks import identity
 from tasks import tool as host_tool
-from tasks.fleet import Fleet, FleetError, echo, parse_data, run, show_output
-from tasks.settings import SettingsError
+from tasks.ops import backups
+from tasks.steps import maintenance
+from tasks.ops.fleet import Fleet, FleetError, echo, parse_data, run, show_output
+from tasks.config.settings import SettingsError
 
 
 class Context:
@@ -192,13 +195,13 @@ def run_(ctx: Context, tty: bool, words: tuple[str, ...]):
             raise FleetError(f"--tty needs exactly one host, and {len(targets)} are chosen: "
                              "narrow them with --limit")
         host, app = targets[0]
-        return subprocess.run(ops_run.ssh_argv(host, ops_run.exec_command(app, words, tty=True))).returncode
+        return subprocess.run(ops_exec.ssh_argv(host, ops_exec.exec_command(app, words, tty=True))).returncode
 
     by_name = dict(targets)
     show_output(raw=True)  # the operator's own command: its output as it is
-    results = ctx.fleet.each(lambda host: run(host, ops_run.exec_command(by_name[host], words), stream=True)
+    results = ctx.fleet.each(lambda host: run(host, ops_exec.exec_command(by_name[host], words), stream=True)
                              if host in by_name else (True, [], []))
-    codes = [ops_run.exit_status(ok, err) for ok, _, err in results.values()]
+    codes = [ops_exec.exit_status(ok, err) for ok, _, err in results.values()]
     return next((code for code in codes if code), 0)
 
 
@@ -223,7 +226,7 @@ def maintenance_command(ctx: Context, state: str):
     on the balancers. Every switch goes into the host's audit log.
     """
     def switch(host):
-        return [(s.app_name, run(host, maintenance.switch_command(tool, state, lock.BY)))
+        return [(s.app_name, run(host, maintenance.switch_command(tool, state, identity.BY)))
                 for s, tool in maintenance.targets(host, ctx.fleet.apps(host))]
 
     failed = False
@@ -285,7 +288,7 @@ def _report(results: dict, label: str) -> bool:
 def backup(ctx: Context, what: str, download: str | None):
     """Back up each app's database now (`database: postgresql`): pg_dump into the
     host's root-only backup directory, then its retention."""
-    if not _report(database.backup_now(ctx.fleet, download), "backed up"):
+    if not _report(backups.backup_now(ctx.fleet, download), "backed up"):
         raise click.ClickException("a backup failed (above)")
 
 
@@ -293,7 +296,7 @@ def backup(ctx: Context, what: str, download: str | None):
 @click.pass_obj
 def backups(ctx: Context):
     """List each app's database backups on each host, oldest first (name, bytes, time)."""
-    if not _report(database.listing(ctx.fleet), "backups"):
+    if not _report(backups.listing(ctx.fleet), "backups"):
         raise click.ClickException("a host's backups could not be listed (above)")
 
 
@@ -304,7 +307,7 @@ def restore(ctx: Context, name: str):
     """Restore the backup NAME (see `backups`) into its app's own database: its web
     unit, workers and jobs are stopped, the backup restored, the units started again
     and the app health-checked."""
-    if not _report(database.restore(ctx.fleet, name), f"restored {name}"):
+    if not _report(backups.restore(ctx.fleet, name), f"restored {name}"):
         raise click.ClickException(f"restore {name} failed (above)")
 
 

@@ -6,9 +6,9 @@
 import click
 from pyinfra import host
 
-from tasks.inventory import load_apps
-from tasks.release import Releases
+from tasks.config.inventory import load_apps
+from tasks.steps.release import Releases
 
-for s in load_apps(host):
-    listing = host.get_fact(Releases, app_root=s.app_root)
-    click.echo(f"[{host.name}] {s.app_name}: releases in {s.app_root}/releases:\n" + (listing or "  (none)"), err=True)
+for app in load_apps(host):
+    listing = host.get_fact(Releases, app_root=app.app_root)
+    click.echo(f"[{host.name}] {app.app_name}: releases in {app.app_root}/releases:\n" + (listing or "  (none)"), err=True)

@@ -11,20 +11,21 @@ are never targets. The switch is atomic, uWSGI is reloaded without dropping
 requests (with the release's own venv), and the result is health-checked; if the
 check fails, the release that was live stays live. List releases first with
 `pyinfra -y inventories/prod.py releases.py`. Like a deploy, a rollback takes the
-app's deploy lock (tasks/lock.py).
+app's deploy lock (tasks/run/lock.py).
 """
-
 
 from pyinfra import host
 from pyinfra.operations import server
 
-from tasks import hooks, lock
+from tasks import identity
 from tasks import tool as host_tool
-from tasks.inventory import load_apps
-from tasks.settings import SettingsError
+from tasks.run import hooks, lock
+from tasks.config.host import load
+from tasks.config.settings import SettingsError
 
-apps = load_apps(host)
-wanted = apps[0].rollback_app
+this = load(host)
+apps = this.apps
+wanted = this.settings.rollback_app  # host-wide: one per host
 if wanted is None and len(apps) > 1:
     raise SettingsError(f"Host {host.name!r} runs several apps ({', '.join(a.app_name for a in apps)}): "
                         "say which to roll back with --data rollback_app=NAME; nothing was changed.")
@@ -32,10 +33,11 @@ matches = [app for app in apps if wanted in (None, app.app_name)]
 if not matches:
     raise SettingsError(f"rollback_app = {wanted!r}: host {host.name!r} runs no such app "
                         f"({', '.join(a.app_name for a in apps)}); nothing was changed.")
-s = matches[0]
-lock.take(host, [s])
-hooks.register(host, [s], "rollback")  # local hooks and the webhook (tasks/hooks.py)
+app = matches[0]
+lock.take(host, [app])
+hooks.register(host, [app], "rollback")  # local hooks and the webhook (tasks/run/hooks.py)
 server.shell(
-    name=f"Roll {s.app_name} back to {s.rollback_to or 'the release live before this one'}",
-    commands=[host_tool.rollback(host_tool.path(s.app_root), s.rollback_to, host.name, lock.RUN_ID, lock.BY)],
+    name=f"Roll {app.app_name} back to {app.rollback_to or 'the release live before this one'}",
+    commands=[host_tool.rollback(host_tool.path(app.app_root), app.rollback_to, host.name, identity.RUN_ID,
+                                 identity.BY)],
 )

@@ -8,7 +8,7 @@
    connects to each; an unreachable host or a bad setting stops the rollout here,
    before any host is changed.
 2. The app servers (the `app_servers` group, or every host outside
-   `load_balancers`), batch by batch, each batch with pyinfra's own parallelism
+   `load_balancers` and `db_servers`), batch by batch, each batch with pyinfra's own parallelism
    (`--limit`). Every host switches to its new release with uWSGI's chain reload
    (no request dropped) and health-gates it, rolling itself back on failure. The
    rollout stops after the first batch with a failed host: later hosts are
@@ -25,20 +25,21 @@ It ends with a summary of the hosts done, failed and untouched, and exits 0 only
 when every host is done.
 
 How a run's outcome is read. Each stage is one `pyinfra INVENTORY
-tasks/record_outcomes.py deploy.py` process, and each host's outcome is what that
-run itself wrote through pyinfra's public state API (tasks/outcomes.py: a state
+tasks/run/record_outcomes.py deploy.py` process, and each host's outcome is what that
+run itself wrote through pyinfra's public state API (tasks/run/outcomes.py: a state
 callback recording, as pyinfra disconnects, the stage reached and
 `state.failed_hosts`), never a match on pyinfra's printed output. A host with no
 outcome saying done counts as failed. Not in-process (pyinfra.api's State,
 connect_all, run_ops on this side): deploy.py is a CLI deploy file, and pyinfra's
 public API has no loader for one. `add_op`/`add_deploy` put pyinfra in API mode,
 where operations are matched across hosts by their position instead of deploy.py's
-lines (which tasks/topology.py's barrier and the fact batch rely on); CLI mode
+lines (which tasks/config/topology.py's barrier and the fact batch rely on); CLI mode
 (`pyinfra.is_cli`) is set only by pyinfra's CLI, and loading deploy files is
 code of pyinfra's command-line package. A process per stage also keeps each run what a plain `pyinfra`
 run is (its lock, run id, caches, output), so a rollout deploys exactly what
-`pyinfra INVENTORY deploy.py` does. The inventory's groups are read with runpy for
-the same reason (pyinfra's inventory-file loader is in that package too).
+`pyinfra INVENTORY deploy.py` does. The inventory's groups are read by
+tasks/config/inventory.py, the reader ops.py uses too (pyinfra's inventory-file
+loader is in that command-line package).
 """
 
 from __future__ import annotations
@@ -46,7 +47,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import runpy
 import secrets
 import subprocess
 import sys
@@ -54,42 +54,30 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks import outcomes
-from tasks.release import new_release_id
-from tasks.topology import APP_GROUP, LB_GROUP
+from tasks.run import outcomes
+from tasks.steps.bundle import new_release_id
+from tasks.config import topology
+from tasks.config.inventory import InventoryError, read_inventory
 
 REPO_ROOT = Path(__file__).resolve().parent
 PYINFRA = str(Path(sys.executable).parent / "pyinfra")
-RECORDER = "tasks/record_outcomes.py"
+RECORDER = "tasks/run/record_outcomes.py"
 DEPLOY = "deploy.py"
 
 
-def _members(group) -> list[str]:
-    """Host names of one inventory group, in the forms pyinfra's inventory files take:
-    a list of hosts, or (list, group data); a host is a name or (name, host data)."""
-    if isinstance(group, tuple) and len(group) == 2 and isinstance(group[1], dict):
-        group = group[0]
-    if not isinstance(group, (list, tuple)):
-        return []
-    names = []
-    for entry in group:
-        name = entry[0] if isinstance(entry, tuple) and entry and isinstance(entry[0], str) else entry
-        if isinstance(name, str):
-            names.append(name)
-    return names
-
-
 def load_inventory(path: str) -> tuple[list[str], list[str]]:
-    """(app servers, load balancers) by name, in inventory order, read from the
-    inventory file itself (a Python module whose lists are the groups)."""
-    groups = {name: _members(value) for name, value in runpy.run_path(path).items()
-              if not name.startswith("_")}
-    groups = {name: members for name, members in groups.items() if members}
-    balancers = groups.get(LB_GROUP, [])
-    if APP_GROUP in groups:
-        return groups[APP_GROUP], balancers
-    everyone = list(dict.fromkeys(name for members in groups.values() for name in members))
-    return [name for name in everyone if name not in balancers], balancers
+    """(app servers, load balancers) by name, in inventory order, from the inventory
+    file read as ops.py and pyinfra read it (tasks/config/inventory.py) and placed
+    as the deploy places them (tasks/config/topology.py): the `app_servers` group,
+    else every host that is neither a balancer nor the database server."""
+    try:
+        hosts = list(read_inventory(path))
+    except InventoryError as exc:
+        raise SystemExit(str(exc)) from None
+    if not hosts:
+        return [], []
+    return ([h.name for h in topology.app_servers(hosts[0])],
+            [h.name for h in topology.members(hosts[0], topology.LB_GROUP)])
 
 
 def batches(hosts: list[str], size: str) -> list[list[str]]:

@@ -7,7 +7,7 @@ placeholder hosts and addresses with yours.
 
 Settings (see the README's table) can be set per host, per group (the dict after
 each host list), or in group_data/<group>.py; anything not set keeps the default
-from tasks/settings.py. Without the load_balancers group, each app server runs its
+from tasks/config/settings/. Without the load_balancers group, each app server runs its
 own nginx in front of a unix socket.
 """
 

@@ -1,4 +1,25 @@
-"""The deploy's building blocks, one concern per module; `deploy.py` composes them."""
+"""The deploy's building blocks, in wings by kind; `deploy.py` composes them.
+
+    config/   what a host's data means: the settings schema, checks, the resolved
+              App, the Host (role and host-wide values), topology, the inventory
+              reader. Adds no operation.
+    steps/    pyinfra operations, one concern per module, with the facts they read.
+    run/      around a run: the deploy lock, the fact batch, hooks, preflight,
+              barriers, outcomes.
+    roles/    one composer per host role (app server, balancer, database server).
+    ops/      ops.py's library: fleet, status, logs, exec, audit, backups.
+
+Imports run one way, down this order:
+
+    roles, run, ops  ->  steps  ->  config  ->  tasks (this package, identity.py, tool.py)
+
+roles, run and ops import config and steps, never each other; steps import config,
+never run, roles or ops; config imports nothing above it. identity.py (the run's
+id and who runs it) and tool.py (the host tool, files/release_tool/: built as one
+file, loaded, and the only builder of its command lines) sit at the bottom with this
+package's paths, so that steps may name the run and call the tool. The scripts (deploy.py, ops.py,
+rollout.py, rollback.py, releases.py) are above everything.
+"""
 
 from pathlib import Path
 

@@ -2,7 +2,7 @@
 one file it ships as, the one way to load it, and every command line the deploy,
 ops.py, rollout.py and rollback.py run it with.
 
-Its command lines are built here and nowhere else; tests/test_tool.py parses every
+Its command lines are built here and nowhere else; tests/tool/test_tool.py parses every
 one of them with the tool's own argument parser, so a new subcommand or option is
 added in two places side by side: files/release_tool/cli.py and a builder below.
 
@@ -237,6 +237,6 @@ def audit(tool: str, as_json: bool, last: int) -> str:
     return line(tool, "audit", *(["--json"] if as_json else []), *(["-n", int(last)] if last else []))
 
 
-# Every builder above, for the contract test (tests/test_tool.py).
+# Every builder above, for the contract test (tests/tool/test_tool.py).
 BUILDERS = (listing, build_venv, check, run_in_release, canary, activate, rollback, prune, health, lock_take,
             lock_release, status, execute, maintenance, audit)

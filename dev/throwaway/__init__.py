@@ -1,8 +1,8 @@
 """Throwaway Debian hosts in Docker containers, booted with systemd and reached over SSH.
 
 No registry is needed: the base image is built locally with debootstrap and
-`docker import`, cached under a tag that carries a hash of its recipe, and rebuilt
-only when the recipe (or the build machine's CA bundle) changes.
+`docker import` (image.py). Hosts are booted from it here; pyinfra is run at them as
+a user would (runs.py).
 
 Every container and network made here carries the label ``LABEL``, and code here
 only ever removes objects it created.
@@ -10,16 +10,9 @@ only ever removes objects it created.
 
 from __future__ import annotations
 
-import hashlib
-import inspect
 import json
 import os
-import re
-import shutil
 import socket
-import subprocess
-import sys
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -30,19 +23,14 @@ import docker.errors
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-LABEL = "io.pyinfra-flask.throwaway"
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CACHE_DIR = Path(os.environ.get("THROWAWAY_CACHE", Path.home() / ".cache" / "pyinfra-flask-throwaway"))
-CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
-PYINFRA = str(Path(sys.executable).parent / "pyinfra")
+from dev.throwaway.base import CA_BUNDLE, CACHE_DIR, LABEL, PYINFRA, REPO_ROOT, ThrowawayError, docker_client
+from dev.throwaway.image import BASE_PACKAGES, DEPLOY_USER, RELEASES, apt_archives, ensure_image, recipe_hash
+from dev.throwaway.runs import DeployRun, run_command, run_pyinfra, write_group_inventory
 
-# What a bare cloud VPS has: systemd, sshd, CA certificates. Nothing the deploy installs.
-BASE_PACKAGES = ["systemd", "systemd-sysv", "dbus", "openssh-server", "ca-certificates", "procps", "iproute2",
-                 "sudo"]
-# The account the tests connect as, the way the README's inventories do: a normal
-# user with passwordless sudo (root's login is there only for tests that need it).
-DEPLOY_USER = "deploy"
-RELEASES = ("bookworm", "trixie")
+__all__ = ["CA_BUNDLE", "CACHE_DIR", "LABEL", "PYINFRA", "REPO_ROOT", "ThrowawayError", "docker_client",
+           "BASE_PACKAGES", "DEPLOY_USER", "RELEASES", "apt_archives", "ensure_image", "recipe_hash",
+           "DeployRun", "run_command", "run_pyinfra", "write_group_inventory",
+           "EXEC_READS", "SYSTEMD_RUN_KWARGS", "Host", "ssh_key", "start_host"]
 
 # The flags systemd needs to run as PID 1 in a container on these machines.
 SYSTEMD_RUN_KWARGS = dict(
@@ -53,100 +41,6 @@ SYSTEMD_RUN_KWARGS = dict(
     # systemd shuts down cleanly on SIGRTMIN+3, so `docker stop` is a real shutdown.
     stop_signal="SIGRTMIN+3",
 )
-
-
-class ThrowawayError(RuntimeError):
-    pass
-
-
-def docker_client() -> docker.DockerClient:
-    try:
-        client = docker.from_env(timeout=300)
-        client.ping()
-        return client
-    except docker.errors.DockerException as exc:
-        raise ThrowawayError(
-            f"No Docker engine answers ({exc}). Start one: `./run test` (it starts one)."
-        ) from exc
-
-
-def debian_mirror() -> str:
-    """The Debian mirror this machine's own apt uses, so containers use it too."""
-    if os.environ.get("DEBIAN_MIRROR"):
-        return os.environ["DEBIAN_MIRROR"]
-    texts = []
-    for path in [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]:
-        if path.is_file():
-            texts.append(path.read_text(errors="replace"))
-    for text in texts:
-        for match in re.finditer(r"(?m)^(?:URIs:\s*|deb\s+(?:\[[^\]]*\]\s*)?)(\S+/debian)/?\s", text):
-            return match.group(1)
-    raise ThrowawayError("No Debian mirror found in this machine's apt sources; set DEBIAN_MIRROR.")
-
-
-def _customize_rootfs(root: Path) -> None:
-    """Turn a debootstrap tree into a bootable test host."""
-    # pip on the host must trust what this machine trusts (HTTPS to the package index).
-    shutil.copy(CA_BUNDLE, root / "etc/ssl/build-host-ca.crt")
-    (root / "etc/pip.conf").write_text("[global]\ncert = /etc/ssl/build-host-ca.crt\n")
-    (root / "etc/apt/apt.conf.d/90throwaway").write_text(
-        'Acquire::Retries "3";\nBinary::apt::APT::Keep-Downloaded-Packages "true";\n'
-    )
-    # Background apt runs would race the deploy for the dpkg lock; units that
-    # make no sense in a container are masked too.
-    for unit in ("apt-daily.timer", "apt-daily-upgrade.timer", "getty@tty1.service",
-                 "systemd-remount-fs.service", "console-getty.service"):
-        link = root / "etc/systemd/system" / unit
-        link.unlink(missing_ok=True)
-        link.symlink_to("/dev/null")
-    (root / "root/.ssh").mkdir(mode=0o700, exist_ok=True)
-    subprocess.run(["chroot", str(root), "useradd", "--create-home", "--shell", "/bin/bash", DEPLOY_USER],
-                   check=True)
-    sudoers = root / "etc/sudoers.d" / DEPLOY_USER
-    sudoers.write_text(f"{DEPLOY_USER} ALL=(ALL:ALL) NOPASSWD: ALL\n")
-    sudoers.chmod(0o440)
-
-
-def recipe_hash(release: str) -> str:
-    parts = [release, " ".join(BASE_PACKAGES), inspect.getsource(_customize_rootfs),
-             inspect.getsource(ensure_image),
-             hashlib.sha256(CA_BUNDLE.read_bytes()).hexdigest()]
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
-
-
-def ensure_image(release: str = "bookworm", log=print) -> str:
-    """The tag of the base image for a Debian release, built if missing."""
-    if release not in RELEASES:
-        raise ThrowawayError(f"Unknown release {release!r}; known: {', '.join(RELEASES)}")
-    tag = f"pyinfra-flask-host:{release}-{recipe_hash(release)}"
-    client = docker_client()
-    try:
-        client.images.get(tag)
-        return tag
-    except docker.errors.ImageNotFound:
-        pass
-    if shutil.which("debootstrap") is None:
-        raise ThrowawayError("debootstrap is missing: `apt-get install -y debootstrap`.")
-    log(f"Building base image {tag} with debootstrap (about a minute, cached afterwards)...")
-    started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="throwaway-rootfs-") as tmp:
-        root = Path(tmp) / "root"
-        subprocess.run(
-            ["debootstrap", "--variant=minbase", "--include=" + ",".join(BASE_PACKAGES),
-             release, str(root), debian_mirror()],
-            check=True, stdout=subprocess.DEVNULL,
-        )
-        _customize_rootfs(root)
-        tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
-        subprocess.run(
-            ["docker", "import", "-c", 'CMD ["/lib/systemd/systemd"]',
-             "-c", f"LABEL {LABEL}.recipe={recipe_hash(release)}", "-", tag],
-            stdin=tar.stdout, check=True, stdout=subprocess.DEVNULL,
-        )
-        if tar.wait() != 0:
-            raise ThrowawayError("tar of the rootfs failed")
-    log(f"Built {tag} in {time.monotonic() - started:.0f}s")
-    return tag
 
 
 def ssh_key() -> tuple[Path, str]:
@@ -299,36 +193,6 @@ class Host:
             pass
 
 
-def write_group_inventory(path: Path, groups: dict[str, list[tuple[Host, dict]]]) -> Path:
-    """A pyinfra inventory with groups: {group: [(host, extra host data), ...]}."""
-    lines = []
-    for group, members in groups.items():
-        entries = [(host.name, {**host.inventory_data(), **data}) for host, data in members]
-        lines.append(f"{group} = {entries!r}")
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def apt_archives(release: str) -> Path:
-    """Where a release's hosts keep downloaded Debian packages (bind-mounted as their
-    /var/cache/apt/archives), shared by every host of the release. With
-    THROWAWAY_APT_ARCHIVES_TAG set (one per parallel test process), a directory of
-    its own, seeded with hard links to the shared one's packages: apt locks its
-    archives directory, and two cold deploys sharing one would wait on each other."""
-    shared = CACHE_DIR / f"apt-archives-{release}"
-    tag = os.environ.get("THROWAWAY_APT_ARCHIVES_TAG", "")
-    path = shared.with_name(f"{shared.name}-{tag}") if tag else shared
-    if tag and not path.exists() and shared.is_dir():
-        staging = path.with_name(f".{path.name}.{os.getpid()}")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        for package in shared.glob("*.deb"):
-            os.link(package, staging / package.name)
-        staging.rename(path)
-    (path / "partial").mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def start_host(image: str, name: str | None = None, network: str | None = None,
                ports: tuple[int, ...] = (22, 80), labels: dict | None = None,
                cap_add: tuple[str, ...] = ()) -> Host:
@@ -371,57 +235,3 @@ def start_host(image: str, name: str | None = None, network: str | None = None,
     return host
 
 
-@dataclass
-class DeployRun:
-    returncode: int
-    output: str
-    seconds: float
-
-    def results(self) -> dict[str, tuple[str, str, str]]:
-        """The `--> Results:` table: operation name -> (success, error, no change)."""
-        rows = {}
-        in_table = False
-        for line in self.output.splitlines():
-            if line.startswith("--> Results"):
-                in_table = True
-                continue
-            if in_table:
-                match = re.match(r"^\s{4}(.+?)\s{2,}(\d+)\s+(\S+)\s+(\S+)\s+(\S+)\s*$", line)
-                if match:
-                    rows[match.group(1)] = (match.group(3), match.group(4), match.group(5))
-                elif line.startswith("-->"):
-                    break
-        return rows
-
-    def changed_operations(self) -> list[str]:
-        return [name for name, (success, _, _) in self.results().items()
-                if success != "-" and name != "Grand total"]
-
-
-def _encode(value) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
-
-
-def run_pyinfra(target: Host | Path, workdir: Path, *flags: str, data: dict | None = None,
-                inventory_data: dict | None = None, deploy: str = "deploy.py",
-                timeout: int = 900) -> DeployRun:
-    """Run `pyinfra <inventory> <deploy> -y --data ...` as a user would, over SSH, at
-    one host (an inventory is written for it) or at an inventory file."""
-    if isinstance(target, Host):
-        target = target.write_inventory(workdir / f"inventory_{uuid.uuid4().hex[:6]}.py", inventory_data)
-    command = [PYINFRA, str(target), deploy, *flags]
-    if "--dry" not in flags:
-        command.append("-y")
-    for key, value in (data or {}).items():
-        command += ["--data", f"{key}={_encode(value)}"]
-    return run_command(command, timeout)
-
-
-def run_command(command: list[str], timeout: int = 900) -> DeployRun:
-    """Run a command from the repository root; its exit code, output and duration."""
-    started = time.monotonic()
-    proc = subprocess.run(
-        command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        stdin=subprocess.DEVNULL, timeout=timeout, env={**os.environ, "PYINFRA_PROGRESS": "off"},
-    )
-    return DeployRun(proc.returncode, proc.stdout, time.monotonic() - started)

@@ -1,5 +1,5 @@
 """A Flask-SocketIO app written the way its docs say, deployed with `socketio: true`
-(tests/test_socketio.py): an echo, a broadcast, and a Celery task (worker.py) that
+(tests/hosts/test_socketio.py): an echo, a broadcast, and a Celery task (worker.py) that
 emits to the clients through the message queue (the host's Redis, REDIS_URL)."""
 
 import os

@@ -1,5 +1,5 @@
 """A Flask app with a Celery worker on the host's Redis (`redis: true` hands it
-REDIS_URL): tests/test_workers.py deploys it with a worker and a scheduled job."""
+REDIS_URL): tests/hosts/test_workers.py deploys it with a worker and a scheduled job."""
 
 import os
 

@@ -1,4 +1,4 @@
-"""The notes' author (the second migration: tests/test_database.py ships it in
+"""The notes' author (the second migration: tests/hosts/test_database.py ships it in
 migrations/versions/ on the next deploy).
 
 Revision ID: 0002

@@ -1,0 +1,75 @@
+"""An app server: nginx (or none, behind load balancers) -> uWSGI (systemd) -> each
+app of the host, every app prepared before any goes live."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from pyinfra import host
+from pyinfra.api import deploy
+
+from tasks.config import inventory
+from tasks.steps import background, database, firewall, healthcheck, logrotate, nginx, packages, release, selinux, service, users, uwsgi
+from tasks.steps.release import Release
+
+
+class Prepared(NamedTuple):
+    """One app, ready to go live: what its activation is triggered by."""
+
+    nginx_in_group: object  # nginx joining the app's group (nginx reloads), or None
+    release: Release
+    uwsgi_ini: object  # uWSGI's configuration (uWSGI reloads)
+    unit: object  # the systemd unit (uWSGI restarts)
+    workers: dict  # worker name -> its unit's op (the worker restarts)
+    redis_url: list  # the ops that changed the app's REDIS_URL (its units restart)
+    database_url: list  # the ops that changed the app's DATABASE_URL (its units restart)
+
+
+@deploy("App server")
+def converge(system, apps):
+    local_nginx = not apps[0].behind_balancer
+    packages.install(system, apps[0], nginx=local_nginx)
+    # One uWSGI build per version, shared by the apps that use it.
+    uwsgi_builds = {version: uwsgi.install(app) for version, app in {a.uwsgi_version: a for a in apps}.items()}
+    health_module = healthcheck.install()
+    new_redis_passwords = background.install_redis(apps)
+    database.install(system, database.local(apps))
+    prepared = {}
+    for s in host.loop(apps):
+        prepared[s.app_name] = Prepared(
+            nginx_in_group=users.create(system, s),
+            # Before the release: its before-switch and migrate commands need DATABASE_URL,
+            # and a Socket.IO app's check before the switch its REDIS_URL.
+            database_url=database.provision(s),
+            redis_url=background.redis_url(s, new_redis_passwords),
+            release=release.prepare(s),
+            uwsgi_ini=uwsgi.configure(s),
+            unit=service.install(s),
+            workers=background.install(s),
+        )
+        logrotate.rotate(s)
+        selinux.allow(system, s, nginx=local_nginx, relabel_after=[uwsgi_builds[s.uwsgi_version]])
+        firewall.open_ports(system, s, nginx=local_nginx)
+    firewall.guard_uwsgi(system, apps, inventory.balancers(host))
+    service.remove_stale(apps)
+    background.remove_stale(apps)
+    if local_nginx:
+        nginx_ops = nginx.configure(system, nginx.sites_for(apps),
+                                    reload_triggers=[p.nginx_in_group for p in prepared.values() if p.nginx_in_group])
+    else:
+        nginx_ops = nginx.remove(system, [site.name for site in nginx.sites_for(apps)])
+    for s in host.loop(apps):
+        ready = prepared[s.app_name]
+        app_ops = release.activate(
+            s, ready.release,
+            restart_triggers=[op for op in (ready.unit, uwsgi_builds[s.uwsgi_version], ready.release.environment,
+                                            *ready.redis_url, *ready.database_url) if op],
+            reload_triggers=[ready.uwsgi_ini],
+        )
+        healthcheck.verify(s, ready.release, service_ops=[*app_ops, *nginx_ops, health_module])
+        background.restart(s, ready.workers, activation_ops=app_ops,
+                           environment_ops=[op for op in (ready.release.environment, *ready.redis_url,
+                                                          *ready.database_url) if op])
+    firewall.remove_stale(apps)
+    # Last: no app's units use the Redis it removes any more.
+    background.retire_redis(apps)

@@ -1,0 +1,353 @@
+"""Background workers and scheduled jobs of an app (`workers`, `jobs`), and the
+opt-in local Redis (`redis`). See docs/workers.md.
+
+    /etc/systemd/system/<app>-<worker>@.service   one instance per process (@1, @2, ...)
+    /etc/systemd/system/<app>-<job>.service       oneshot, run by:
+    /etc/systemd/system/<app>-<job>.timer         only where the app's jobs run (App.runs_jobs)
+
+Every unit carries MARKER and its app's name, so units of workers and jobs gone from
+the settings (or of apps gone from the data) are found and removed. The workers are
+(re)started onto a release by the release tool after the release passed its health
+gate (files/release_tool/); the deploy restarts them itself only when their unit or
+environment changed without a new activation.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import shlex
+
+from pyinfra import host, logger
+from pyinfra.api import FactBase, deploy
+from pyinfra.facts.files import Directory, File
+from pyinfra.operations import apt, files, server, systemd
+
+from tasks import JINJA, TEMPLATES
+from tasks.steps.release import ServiceActive
+from tasks.steps.secrets import url_from_password
+
+MARKER = "pyinfra-flask background unit of app "
+UNIT_DIR = "/etc/systemd/system"
+# Each app's Redis (install_redis): an instance of Debian's template unit.
+REDIS_TEMPLATE_UNIT = "/usr/lib/systemd/system/redis-server@.service"
+REDIS_DROP_IN = "/etc/systemd/system/redis-server@.service.d/pyinfra-flask-container.conf"
+REDIS_PASSWORDS = "/etc/pyinfra-flask/redis"
+REDIS_MARKER = "pyinfra-flask Redis of app "
+# What an app may do in its Redis: everything but administration (CONFIG, ACL, DEBUG,
+# MODULE, SAVE, SHUTDOWN, REPLICAOF, MONITOR, CLIENT KILL...): it cannot reconfigure,
+# stop or re-point it, nor write files with it.
+REDIS_RULES = "+@all -@admin"
+# The one Redis shared by every app of the host, before each had its own
+# (retire_redis removes it).
+REDIS_PASSWORD = "/etc/pyinfra-flask/redis.password"
+REDIS_CONF = "/etc/redis/pyinfra-flask.conf"
+SHARED_URL = "redis://:%s@127.0.0.1:6379/0"
+LEGACY_DROP_IN = "/etc/systemd/system/redis-server.service.d/pyinfra-flask-container.conf"
+
+
+def systemd_command(command: str) -> str:
+    """A shell command as one ExecStart= argument for /bin/sh -c: double-quoted,
+    with systemd's own `$` and `%` expansion escaped. The stop signal reaches every
+    process of the unit (KillMode=control-group), the command's as well as the shell."""
+    text = command.replace("\\", "\\\\").replace('"', '\\"').replace("$", "$$").replace("%", "%%")
+    return f'"{text}"'
+
+
+class BackgroundUnits(FactBase):
+    """{"units": {unit file: app}, "enabled": [enabled instances and timers]} of the
+    units this deploy wrote for workers and jobs."""
+
+    @staticmethod
+    def default() -> dict:
+        return {"units": {}, "enabled": []}
+
+    def command(self) -> str:
+        return (f"cd {UNIT_DIR} 2>/dev/null && {{ grep -H -F {shlex.quote(MARKER)} -- *.service *.timer "
+                "2>/dev/null; for f in *.wants/*@*.service *.wants/*.timer; do [ -L \"$f\" ] && "
+                "echo \"enabled:${f#*/}\"; done; }; true")
+
+    def process(self, output: list[str]) -> dict:
+        units, enabled = {}, []
+        for line in output:
+            if line.startswith("enabled:"):
+                enabled.append(line[len("enabled:"):])
+            elif ":" in line and MARKER in line:
+                path, text = line.split(":", 1)
+                units[path] = text.split(MARKER, 1)[1].rstrip(").").split()[0].rstrip(").")
+        return {"units": units, "enabled": sorted(set(enabled))}
+
+
+def wanted_units(app) -> dict[str, tuple[str, str, object]]:
+    """unit file -> (template, name, its worker or job) for the app on this host."""
+    wanted = {}
+    for name, worker in app.workers.items():
+        wanted[f"{app.unit_prefix(name)}@.service"] = ("worker.service.j2", name, worker)
+    for name, job in app.jobs.items():
+        wanted[f"{app.unit_prefix(name)}.service"] = ("job.service.j2", name, job)
+        if app.runs_jobs:
+            wanted[f"{app.unit_prefix(name)}.timer"] = ("job.timer.j2", name, job)
+    return wanted
+
+
+@deploy("Workers and jobs")
+def install(s) -> dict[str, object]:
+    """Write the app's worker and job units, enable them, start the timers; remove
+    what is no longer wanted. Returns {worker name: its unit's op}, for `restart`."""
+    found = host.get_fact(BackgroundUnits)
+    enabled = set(found["enabled"])
+    written = {}
+    for unit, (template, name, spec) in wanted_units(s).items():
+        kind = "worker" if template.startswith("worker") else "job"
+        written[unit] = files.template(
+            jinja_env_kwargs=JINJA, name=f"Write the unit of {s.app_name}'s {kind} {name} ({unit})",
+            src=str(TEMPLATES / template), dest=f"{UNIT_DIR}/{unit}", mode="644",
+            s=s, item=name, worker=spec, job=spec, command=systemd_command(spec.command))
+    removed = {unit: remove(unit, enabled) for unit, app in sorted(found["units"].items())
+               if app == s.app_name and unit not in written}
+    # Worker processes beyond `processes` (it was lowered): stopped and disabled.
+    instances = set(s.worker_instances)
+    templates = {unit.replace("@.service", "@") for unit in written if unit.endswith("@.service")}
+    for unit in sorted(enabled):
+        if unit.split("@")[0] + "@" in templates and unit not in instances:
+            server.shell(name=f"Stop and disable {unit} (beyond the worker's processes)",
+                         commands=[f"systemctl disable --now {shlex.quote(unit)}"])
+    changes = [*written.values(), *removed.values()]
+    systemd.daemon_reload(name=f"Reload systemd ({s.app_name}'s worker or job units changed)",
+                          _if=lambda: any(op.did_change() for op in changes))
+    forget(removed)
+    for unit in s.worker_instances:
+        if unit not in enabled:
+            server.shell(name=f"Start {unit} at boot", commands=[f"systemctl enable {shlex.quote(unit)}"])
+    for unit, op in written.items():
+        if unit.endswith(".timer"):
+            if unit not in enabled:
+                server.shell(name=f"Start the timer {unit} (and at boot)",
+                             commands=[f"systemctl enable --now {shlex.quote(unit)}"])
+            else:
+                server.shell(name=f"Restart the timer {unit} (its schedule changed)",
+                             commands=[f"systemctl restart {shlex.quote(unit)}"], _if=op.did_change)
+    return {name: written[f"{s.unit_prefix(name)}@.service"] for name in s.workers}
+
+
+def forget(removed: dict) -> None:
+    """A job stopped mid-run by its removal ends `failed`, and so may its timer: gone
+    from the settings, they must not stay in `systemctl --failed` (nor in the status
+    of the host) as if a run had failed."""
+    if not removed:
+        return
+    patterns = " ".join(shlex.quote(unit.replace("@.service", "@*.service")) for unit in removed)
+    server.shell(name="Forget the failed state of the removed units (systemctl reset-failed)",
+                 commands=[f"systemctl reset-failed {patterns} 2>/dev/null || true"],
+                 _if=lambda: any(op.did_change() for op in removed.values()))
+
+
+def remove(unit: str, enabled: set[str]):
+    """Stop and disable a worker's instances, a job's timer or service, then remove its unit file."""
+    if unit.endswith("@.service"):
+        running = sorted(u for u in enabled if u.startswith(unit[: -len(".service")]))
+        stop = [f"systemctl disable --now {' '.join(shlex.quote(u) for u in running)}"] if running else []
+        stop.append(f"systemctl stop {shlex.quote(unit[: -len('.service')] + '*.service')}")
+    else:
+        stop = [f"systemctl disable --now {shlex.quote(unit)}"]
+    server.shell(name=f"Stop and disable {unit} (no longer in the settings)", commands=stop)
+    return files.file(name=f"Remove the unit {unit}", path=f"{UNIT_DIR}/{unit}", present=False)
+
+
+@deploy("Workers and jobs of apps no longer deployed")
+def remove_stale(apps) -> None:
+    wanted = {app.app_name for app in apps}
+    found = host.get_fact(BackgroundUnits)
+    enabled = set(found["enabled"])
+    removed = {unit: remove(unit, enabled) for unit, app in sorted(found["units"].items()) if app not in wanted}
+    if removed:
+        systemd.daemon_reload(name="Reload systemd (units of apps no longer deployed are gone)",
+                              _if=lambda: any(op.did_change() for op in removed.values()))
+        forget(removed)
+
+
+@deploy("Workers onto the live release")
+def restart(app, units: dict[str, object], activation_ops, environment_ops) -> None:
+    """After the release's activation: start the workers not running, and restart the
+    ones whose unit or environment changed when no activation (which restarts them
+    all, after the health gate) ran."""
+    active = host.get_fact(ServiceActive, services=app.worker_instances) if app.worker_instances else {}
+    for name, unit_op in units.items():
+        instances = [u for u in app.worker_instances if u.startswith(f"{app.unit_prefix(name)}@")]
+        quoted = " ".join(shlex.quote(u) for u in instances)
+        triggers = [unit_op, *environment_ops]
+        server.shell(
+            name=f"Restart {app.app_name}'s worker {name} (its unit or environment changed)",
+            commands=[f"systemctl restart {quoted}"],
+            _if=lambda triggers=triggers: any(op.did_change() for op in triggers)
+            and not any(op.did_change() for op in activation_ops),
+        )
+        stopped = [u for u in instances if not active.get(u)]
+        if stopped:
+            server.shell(name=f"Start {app.app_name}'s worker {name}",
+                         commands=[f"systemctl start {' '.join(shlex.quote(u) for u in stopped)}"])
+
+
+class Container(FactBase):
+    """Whether systemd reports the host is a container (`systemd-detect-virt --container`)."""
+
+    def command(self) -> str:
+        return "systemd-detect-virt --container 2>/dev/null || true"
+
+    def process(self, output: list[str]) -> bool:
+        return bool(output) and output[-1].strip() not in ("", "none")
+
+
+class RedisInstances(FactBase):
+    """The apps whose Redis instance this deploy set up: {app name: its config file}."""
+
+    @staticmethod
+    def default() -> dict:
+        return {}
+
+    def command(self) -> str:
+        return f"grep -l -F {shlex.quote(REDIS_MARKER)} /etc/redis/redis-*.conf 2>/dev/null || true"
+
+    def process(self, output: list[str]) -> dict:
+        return {line[len("/etc/redis/redis-"):-len(".conf")]: line for line in output
+                if line.startswith("/etc/redis/redis-") and line.endswith(".conf")}
+
+
+def redis_paths(name: str) -> dict[str, str]:
+    """Where the Redis of the app `name` keeps its configuration, password and data."""
+    return {"conf": f"/etc/redis/redis-{name}.conf",  # the path Debian's template unit reads
+            "user": f"/etc/redis/redis-{name}.user.conf",  # its one user, the password in it
+            "password": f"{REDIS_PASSWORDS}/{name}.password",
+            "data": f"/var/lib/redis/{name}"}
+
+
+@deploy("Redis")
+def install_redis(apps) -> dict:
+    """A Redis of its own for each app with `redis` (Debian's redis-server@<app>
+    instance, on 127.0.0.1:<redis_port>, with a password made on the host). Returns
+    {app name: the op that made its new password}: its REDIS_URL is written again."""
+    wanted = [s for s in apps if s.redis]
+    if not wanted:
+        return {}
+    if host.get_fact(Container):
+        # Only in containers that cannot set up a user namespace (the stock unit's
+        # PrivateUsers=true fails there with 217/USER); never on a real server.
+        # Before the package, whose installation starts the service.
+        drop_in = files.put(name="Let redis-server@ start in this container (PrivateUsers=no)",
+                            src=io.StringIO("[Service]\nPrivateUsers=no\n"), dest=REDIS_DROP_IN, mode="644",
+                            create_remote_dir=True)
+    else:
+        drop_in = files.file(name="No container drop-in for redis-server@", path=REDIS_DROP_IN, present=False)
+    systemd.daemon_reload(name="Reload systemd (redis-server@'s drop-in changed)", _if=drop_in.did_change)
+    if not host.get_fact(File, path=REDIS_TEMPLATE_UNIT):
+        # Debian's own instance (6379, no password: every local user's) must never
+        # start, not even for the moment between the package's start and a stop.
+        server.shell(name="Keep Debian's shared redis-server.service from starting (masked)",
+                     commands=["systemctl mask redis-server.service"])
+    apt.packages(name="Install redis-server", packages=["redis-server"])
+    for path, mode in (("/etc/pyinfra-flask", "755"), (REDIS_PASSWORDS, "700")):
+        files.directory(name=f"Create {path}", path=path, user="root", group="root", mode=mode)
+    # The apps on the one Redis shared by every app of the host, before each had its own.
+    shared = [s.app_name for s in wanted if host.get_fact(File, path=REDIS_CONF)
+              and host.get_fact(RedisUrlIs, path=s.redis_env_path, url=SHARED_URL)]
+    if len(shared) > 1:
+        logger.warning(f"{host.print_prefix}The shared Redis's data stays in /var/lib/redis/dump.rdb, in no app's "
+                       f"Redis: {', '.join(shared)} used it, and their keys cannot be told apart (docs/workers.md)")
+    return {s.app_name: _instance(s, drop_in, seed=shared == [s.app_name]) for s in wanted}
+
+
+def _instance(app, drop_in, seed: bool):
+    """One app's Redis: its password, user, configuration and data, running."""
+    paths = redis_paths(app.app_name)
+    made = None
+    if not host.get_fact(File, path=paths["password"]):
+        # Made on the host and never printed: pyinfra's output shows only the commands.
+        made = server.shell(name=f"Generate {app.app_name}'s Redis password (on the host, root-only)", commands=[
+            f"(umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n' > {paths['password']})"])
+    changes = [drop_in]
+    if made or not host.get_fact(File, path=paths["user"]):
+        new = f"{paths['user']}.new"
+        # Channel rules (`&*`) came with Redis 6.2; 6.0 lets every user use every channel.
+        channels = "$(redis-server --version | grep -q ' v=6\\.0\\.' || echo '&* ')"
+        changes.append(server.shell(name=f"Write {paths['user']} ({app.app_name}'s Redis user, its password)", commands=[
+            f"(umask 027; printf 'user default on >%s ~* %s{REDIS_RULES}\\n' \"$(cat {paths['password']})\" "
+            f"\"{channels}\" > {new}) && chown root:redis {new} && mv {new} {paths['user']}"]))
+    if not host.get_fact(Directory, path=paths["data"]):
+        commands = [f"install -d -m 750 -o redis -g redis {paths['data']}"]
+        if seed:
+            # The only app on the shared Redis: its data (queued jobs included) goes
+            # with it, and holds nothing it could not read there already.
+            commands += [f"REDISCLI_AUTH=\"$(cat {REDIS_PASSWORD})\" redis-cli -h 127.0.0.1 -p 6379 save || true",
+                         f"if [ -f /var/lib/redis/dump.rdb ]; then install -m 640 -o redis -g redis "
+                         f"/var/lib/redis/dump.rdb {paths['data']}/dump.rdb; fi"]
+        server.shell(name=f"Create {paths['data']} ({app.app_name}'s Redis data)"
+                     + (", with the shared Redis's data" if seed else ""), commands=commands)
+    changes.append(files.template(
+        jinja_env_kwargs=JINJA, name=f"Write {paths['conf']} ({app.app_name}'s Redis, 127.0.0.1:{app.redis_port})",
+        src=str(TEMPLATES / "redis.conf.j2"), dest=paths["conf"], user="root", group="redis", mode="640",
+        s=app, paths=paths, marker=REDIS_MARKER, rules=REDIS_RULES))
+    systemd.service(name=f"Restart {app.redis_service} (its configuration changed)", service=app.redis_service,
+                    running=True, enabled=True, restarted=True, _if=lambda: any(op.did_change() for op in changes))
+    systemd.service(name=f"Run {app.redis_service} (and at boot)", service=app.redis_service, running=True,
+                    enabled=True)
+    return made
+
+
+@deploy("Redis URL")
+def redis_url(app, made: dict) -> list:
+    """The app's REDIS_URL (root's, mode 600, read by systemd), or none without
+    `redis`. Returns the ops that changed it (the app's units restart on them)."""
+    if not app.redis:
+        files.file(name=f"No REDIS_URL for {app.app_name}", path=app.redis_env_path, present=False)
+        return []
+    files.directory(name=f"Create {app.app_root}/secrets (private)", path=f"{app.app_root}/secrets",
+                    user="root", group="root", mode="700")
+    # Written again when it points elsewhere: a new redis_port, or the shared Redis
+    # of the deploys before each app had its own.
+    current = host.get_fact(RedisUrlIs, path=app.redis_env_path, url=app.redis_url)
+    return url_from_password(app, "REDIS_URL", app.redis_url, redis_paths(app.app_name)["password"], app.redis_env_path,
+                             made.get(app.app_name) or not current)
+
+
+class RedisUrlIs(FactBase):
+    """Whether the REDIS_URL file `path` holds `url` (`%s` standing for any password
+    the deploy makes): only yes or no comes back, never the file's password."""
+
+    def command(self, path: str, url: str) -> str:
+        pattern = shlex.quote('REDIS_URL="' + re.escape(url).replace("%s", "[0-9a-f]*") + '"$')
+        return f"grep -q -e {pattern} {shlex.quote(path)} 2>/dev/null && echo yes || true"
+
+    def process(self, output: list[str]) -> bool:
+        return output == ["yes"]
+
+
+@deploy("Redis of apps no longer deployed")
+def retire_redis(apps) -> None:
+    """Last (every app's units are on their new REDIS_URL): the Redis instances of
+    apps gone from the data or without `redis` stopped, their configuration and
+    password removed (their data stays in /var/lib/redis/<app>); and the shared
+    Redis of the deploys before each app had its own, stopped and masked, its
+    configuration and password removed (its data stays in /var/lib/redis/dump.rdb)."""
+    wanted = {s.app_name for s in apps if s.redis}
+    stale = sorted(name for name in host.get_fact(RedisInstances) if name not in wanted)
+    for name in stale:
+        paths = redis_paths(name)
+        server.shell(name=f"Stop redis-server@{name} (its app is gone or has no redis)",
+                     commands=[f"systemctl disable --now {shlex.quote(f'redis-server@{name}.service')}"])
+        for key in ("conf", "user", "password"):
+            files.file(name=f"Remove {paths[key]}", path=paths[key], present=False)
+    if not host.get_fact(File, path=REDIS_CONF):
+        return
+    # An app without `redis` may still name it in its own environment.
+    users = [s.app_name for s in apps if not s.redis
+             and re.search(r"@(127\.0\.0\.1|localhost|\[::1\])(:6379)?/", s.environment().get("REDIS_URL", ""))]
+    if users:
+        logger.warning(f"{host.print_prefix}The shared Redis stays: the REDIS_URL of {', '.join(users)} "
+                       "(app_env_file, app_env_from) names it")
+    else:
+        server.shell(name="Stop the shared redis-server.service (each app has a Redis of its own)",
+                     commands=["systemctl disable --now redis-server.service", "systemctl mask redis-server.service"])
+        files.line(name="Remove its include from /etc/redis/redis.conf", path="/etc/redis/redis.conf",
+                   line=f"include {REDIS_CONF}", present=False)
+        for path in (REDIS_CONF, REDIS_PASSWORD, LEGACY_DROP_IN):
+            files.file(name=f"Remove {path}", path=path, present=False)

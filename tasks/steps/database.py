@@ -1,0 +1,357 @@
+"""The opt-in local PostgreSQL of an app (`database: postgresql`) and its backups
+(ops.py's backup and restore: tasks/ops/backups.py). See docs/database.md.
+
+    /etc/postgresql/<version>/main/conf.d/pyinfra-flask.conf   listen_addresses = '' (unix socket only)
+    /etc/postgresql/<version>/main/pg_hba.conf                 postgres by peer, each app's role to its own
+                                                               database by scram, nothing else
+    /etc/pyinfra-flask/postgresql/<app>.password                made on the host, root, 600
+    <app_root>/secrets/database.env                             DATABASE_URL, root, 600 (systemd reads it)
+    /usr/local/lib/pyinfra-flask/db-backup.py                   files/db-backup.py: backup, list, restore
+    /etc/pyinfra-flask/db-backup/<app>.json                     its settings for the app
+    pyinfra-flask-db-backup@<app>.service, pyinfra-flask-db-backup-<app>.timer
+
+The password never leaves the host: the commands that set it and write the app's
+DATABASE_URL read it there (`$(cat ...)` in the shell, printf a builtin: no argument
+list shows it), so it is in no pyinfra output and no `--diff`. Upgrades of the app
+never touch the data; an app whose `database` is turned off, or that is removed,
+keeps its database and backups (dropping one is a decision made by hand).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import secrets as random
+import shlex
+
+from pyinfra import host
+from pyinfra.api import FactBase, deploy
+from pyinfra.api.exceptions import DeployError
+from pyinfra.facts.files import File, Sha1File
+from pyinfra.operations import apt, files, python, server, systemd
+
+from tasks import JINJA, REPO_ROOT, TEMPLATES
+from tasks.config import topology
+from tasks.steps import healthcheck
+from tasks.steps.packages import APT_LOCK_WAIT, DebInstalled
+from tasks.steps.secrets import url_from_password
+from tasks.steps.uploads import SshUser, download, private_path
+
+# The distribution's own PostgreSQL, by tasks/config/platform.py's system name.
+VERSIONS = {"Debian 12 (bookworm)": 15, "Debian 13 (trixie)": 17,
+            "Ubuntu 22.04 LTS (jammy)": 14, "Ubuntu 24.04 LTS (noble)": 16}
+SOCKET_DIR = "/var/run/postgresql"
+PASSWORD_DIR = "/etc/pyinfra-flask/postgresql"
+BACKUP_ROOT = "/var/backups/pyinfra-flask"
+BACKUP_CONFIG_DIR = "/etc/pyinfra-flask/db-backup"
+TOOL = "/usr/local/lib/pyinfra-flask/db-backup.py"
+UNIT_DIR = "/etc/systemd/system"
+SERVICE = "pyinfra-flask-db-backup@.service"
+PSQL = "runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1"
+
+
+def password_path(app) -> str:
+    return f"{PASSWORD_DIR}/{app.app_name}.password"
+
+
+def backup_config_path(app) -> str:
+    return f"{BACKUP_CONFIG_DIR}/{app.app_name}.json"
+
+
+def backup_timer(app) -> str:
+    return f"pyinfra-flask-db-backup-{app.app_name}.timer"
+
+
+def tool_command(app, *arguments: str) -> str:
+    """The backup tool's command line for the app (as root)."""
+    return " ".join(["python3 -I -S", TOOL, "--config", backup_config_path(app), *map(shlex.quote, arguments)])
+
+
+def database_url(name: str) -> str:
+    """The URL handed to the app, with `%s` where the password goes (filled in on the host)."""
+    return f"postgresql://{name}:%s@/{name}?host={SOCKET_DIR}"
+
+
+class PostgresqlObjects(FactBase):
+    """{"roles": [...], "databases": [...]} of the host's PostgreSQL, or none while it
+    is not installed or not running."""
+
+    @staticmethod
+    def default() -> dict:
+        return {"roles": [], "databases": []}
+
+    def command(self) -> str:
+        query = ("select 'role ' || rolname from pg_roles union all "
+                 "select 'database ' || datname from pg_database")
+        return (f"[ -S {SOCKET_DIR}/.s.PGSQL.5432 ] && (cd / && runuser -u postgres -- psql -X -A -t "
+                f"-c {shlex.quote(query)}) 2>/dev/null; true")
+
+    def process(self, output: list[str]) -> dict:
+        found = {"roles": [], "databases": []}
+        for line in output:
+            kind, _, name = line.strip().partition(" ")
+            if kind in ("role", "database") and name:
+                found[kind + "s"].append(name)
+        return found
+
+
+class BackupTimers(FactBase):
+    """The backup timers this deploy wrote (file names in /etc/systemd/system)."""
+
+    @staticmethod
+    def default() -> list[str]:
+        return []
+
+    def command(self) -> str:
+        return f"cd {UNIT_DIR} 2>/dev/null && ls -1 pyinfra-flask-db-backup-*.timer 2>/dev/null; true"
+
+    def process(self, output: list[str]) -> list[str]:
+        return sorted(line.strip() for line in output if line.strip().endswith(".timer"))
+
+
+def version(system) -> int:
+    found = VERSIONS.get(system.name)
+    if found is None:
+        raise DeployError(f"database = 'postgresql': supported on Debian and Ubuntu (the distribution's "
+                          f"postgresql package), not on {system.name}; nothing was changed.")
+    return found
+
+
+def local(apps) -> list:
+    """The apps of an app server whose PostgreSQL is on the host itself."""
+    return [s for s in apps if s.database and not s.database_host]
+
+
+def certificate_paths(address: str) -> tuple[str, str]:
+    """The db server's self-signed certificate and key, named after the address they
+    are for (a new address: a new certificate)."""
+    base = f"/etc/postgresql/pyinfra-flask-{address}"
+    return f"{base}.crt", f"{base}.key"
+
+
+@deploy("PostgreSQL")
+def install(system, wanted, listen: tuple[str, list[tuple[str, str, str]]] | None = None, guard=None) -> None:
+    """The distribution's PostgreSQL, each app's role allowed to its own database and
+    nothing else; the backup tool and its service. `wanted`: the apps with a database
+    here. Alone it listens on the unix socket only; on a db server, `listen` is (its
+    private address, [(app server, its private address, database)]): it listens on
+    that address, with TLS, and each app server's role reaches only its database;
+    `guard` adds the firewall's operations, before PostgreSQL listens there."""
+    if wanted:
+        major = version(system)
+        config_dir = f"/etc/postgresql/{major}/main"
+        packages = ["postgresql", "nftables"] if listen else ["postgresql"]
+        if set(packages) - set(host.get_fact(DebInstalled, packages=tuple(packages))):
+            # The base packages may all be there, and the index too old for a new one.
+            apt.update(name="Refresh the package index if older than apt_cache_valid_time",
+                       cache_time=wanted[0].apt_cache_valid_time)
+        # Without recommends (sysstat and the like): the server and its client only.
+        apt.packages(name=f"Install PostgreSQL ({', '.join(packages)})", packages=packages, no_recommends=True,
+                     extra_install_args=APT_LOCK_WAIT)
+        if guard:
+            guard()
+        address, clients = listen or (None, [])
+        tls = certificate_paths(address) if listen else None
+        if tls and not host.get_fact(File, path=tls[0]):
+            # Public: the app servers get a copy and verify the server by it (sslmode=verify-full).
+            server.shell(name=f"Make the server's self-signed TLS certificate (for {address}, on the host)", commands=[
+                f"(umask 077; openssl req -x509 -newkey rsa:3072 -nodes -days 36500 -subj /CN={address} "
+                f"-addext subjectAltName=IP:{address} -keyout {tls[1]} -out {tls[0]} 2>/dev/null)",
+                f"chown postgres:postgres {tls[0]} {tls[1]}", f"chmod 644 {tls[0]}"])
+        conf = files.template(jinja_env_kwargs=JINJA, name=f"Listen on {address} with TLS only" if listen else
+                              "Listen on the unix socket only (no TCP)", src=str(TEMPLATES / "postgresql.conf.j2"),
+                              dest=f"{config_dir}/conf.d/pyinfra-flask.conf", mode="644", address=address, tls=tls)
+        hba = files.template(jinja_env_kwargs=JINJA, name="Allow each app's role to its own database only "
+                             "(pg_hba.conf)", src=str(TEMPLATES / "pg_hba.conf.j2"), dest=f"{config_dir}/pg_hba.conf",
+                             user="postgres", group="postgres", mode="640",
+                             names=sorted({s.database_name for s in wanted}), clients=clients)
+        # By command, not systemd.service: on the first deploy its facts (read before the
+        # package was installed) would say "not running" and only start what the package
+        # already started with Debian's listen_addresses = 'localhost'.
+        restarted = server.shell(name="Restart PostgreSQL (where it listens changed)",
+                                 commands=["systemctl restart postgresql"], _if=conf.did_change)
+        server.shell(name="Reload PostgreSQL (who may connect changed)", commands=["systemctl reload postgresql"],
+                     _if=lambda: hba.did_change() and not restarted.did_change())
+        systemd.service(name="Run PostgreSQL at boot", service="postgresql", running=True, enabled=True)
+        files.directory(name=f"Create {PASSWORD_DIR} (root-only)", path=PASSWORD_DIR, user="root",
+                        group="root", mode="700")
+        files.directory(name=f"Create {BACKUP_CONFIG_DIR} (root-only)", path=BACKUP_CONFIG_DIR, user="root",
+                        group="root", mode="700")
+        files.directory(name=f"Create {BACKUP_ROOT} (root-only)", path=BACKUP_ROOT, user="root",
+                        group="root", mode="700")
+        files.put(name="Install the database backup tool", src=str(REPO_ROOT / "files/db-backup.py"),
+                  dest=TOOL, mode="755", create_remote_dir=True)
+        service = files.template(jinja_env_kwargs=JINJA, name=f"Write the backup service ({SERVICE})",
+                                 src=str(TEMPLATES / "db-backup.service.j2"), dest=f"{UNIT_DIR}/{SERVICE}",
+                                 mode="644", tool=TOOL, config_dir=BACKUP_CONFIG_DIR)
+    else:
+        service = files.file(name=f"No database backup service ({SERVICE})", path=f"{UNIT_DIR}/{SERVICE}",
+                             present=False)
+    timers = {}
+    for s in wanted:
+        if s.database_backup_schedule:
+            timers[backup_timer(s)] = files.template(
+                jinja_env_kwargs=JINJA, name=f"Write the backup timer of {s.app_name} ({backup_timer(s)})",
+                src=str(TEMPLATES / "db-backup.timer.j2"), dest=f"{UNIT_DIR}/{backup_timer(s)}", mode="644", s=s)
+    removed = []
+    for timer in host.get_fact(BackupTimers):
+        if timer not in timers:
+            # The app is gone or wants no timer: its database and backups stay.
+            server.shell(name=f"Stop {timer} (no longer in the settings; the database and backups stay)",
+                         commands=[f"systemctl disable --now {shlex.quote(timer)}"])
+            removed.append(files.file(name=f"Remove {timer}", path=f"{UNIT_DIR}/{timer}", present=False))
+    changes = [service, *timers.values(), *removed]
+    systemd.daemon_reload(name="Reload systemd (the database backup units changed)",
+                          _if=lambda: any(op.did_change() for op in changes))
+    for timer, op in timers.items():
+        server.shell(name=f"Start {timer} (and at boot)", commands=[f"systemctl enable {shlex.quote(timer)}",
+                                                                    f"systemctl restart {shlex.quote(timer)}"],
+                     _if=op.did_change)
+
+
+@deploy("Database")
+def provision(app) -> list:
+    """The app's role (its password made on the host), its database, DATABASE_URL
+    (root's, mode 600), the backup tool's settings; with a db server, DATABASE_URL
+    and the server's certificate from there (`hand_over`). Before the release is
+    prepared: its before_switch and migrate commands get DATABASE_URL on the first
+    deploy too. Returns the ops that changed DATABASE_URL (the app's units restart on them)."""
+    if not app.database:
+        files.file(name=f"No DATABASE_URL for {app.app_name} (its database, if any, stays)",
+                   path=app.database_env_path, present=False)
+        return []
+    files.directory(name=f"Create {app.app_root}/secrets (private)", path=f"{app.app_root}/secrets",
+                    user="root", group="root", mode="700")
+    if app.database_host:
+        return hand_over(app)
+    return url_from_password(app, "DATABASE_URL", database_url(app.database_name), password_path(app),
+                             app.database_env_path, made=role(app))
+
+
+def role(app):
+    """The app's role, its password (made on this host, root-only), its database and
+    the backup tool's settings. Returns the op that made a new password, or None."""
+    name, password = app.database_name, password_path(app)
+    found = host.get_fact(PostgresqlObjects)
+    made = None
+    if not host.get_fact(File, path=password):
+        # Made on the host and never printed: pyinfra's output shows only the commands.
+        made = server.shell(name=f"Generate {app.app_name}'s database password (on the host, root-only)", commands=[
+            f"(umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n' > {password})"])
+    if name not in found["roles"]:
+        server.shell(name=f"Create the database role {name}", commands=[
+            f"printf \"CREATE ROLE {name} LOGIN PASSWORD '%s';\\n\" \"$(cat {password})\" | (cd / && {PSQL})"])
+    elif made:
+        server.shell(name=f"Set the database role {name}'s new password", commands=[
+            f"printf \"ALTER ROLE {name} PASSWORD '%s';\\n\" \"$(cat {password})\" | (cd / && {PSQL})"])
+    if name not in found["databases"]:
+        server.shell(name=f"Create the database {name} (owned by {name}, closed to other roles)", commands=[
+            f"(cd / && runuser -u postgres -- createdb -O {name} {name})",
+            f"(cd / && {PSQL} -c 'REVOKE ALL ON DATABASE {name} FROM PUBLIC')"])
+    files.put(name=f"Write the backup settings of {app.app_name}", src=_json(backup_settings(app)),
+              dest=backup_config_path(app), mode="600")
+    return made
+
+
+# An app server whose database is on the db_servers host.
+
+CA_PATH = "/etc/pyinfra-flask/database-server.crt"
+
+
+def remote_url(app) -> str:
+    """The URL handed to the app, `%s` where the password goes: TLS, the server
+    verified by its certificate and address."""
+    return (f"postgresql://{app.database_name}:%s@{app.database_host}:5432/{app.database_name}"
+            f"?sslmode=verify-full&sslrootcert={CA_PATH}")
+
+
+class HandedOver(FactBase):
+    """On the db server: the SHA-1 of the app server's database.env as it must be
+    (made from the password there, printed only as its hash) and of the server's
+    certificate; None while either is missing."""
+
+    def command(self, password: str, url: str, certificate: str) -> str:
+        line = shlex.quote(f'DATABASE_URL="{url}"\\n')
+        return (f"[ -f {password} ] && [ -f {certificate} ] && printf {line} \"$(cat {password})\" | sha1sum "
+                f"&& sha1sum < {certificate}; true")
+
+    def process(self, output: list[str]) -> tuple[str, str] | None:
+        found = [line.split()[0] for line in output if line.strip()]
+        return (found[0], found[1]) if len(found) == 2 else None
+
+
+def hand_over(app) -> list:
+    """DATABASE_URL and the db server's certificate, copied from the db server when
+    this app server's differ (a hash compared on each side): at execution time, after
+    the db server's steps, through the laptop's memory (`_copy`), never printed."""
+    db = topology.database_server(host)
+    certificate = certificate_paths(app.database_host)[0]
+    wanted = db.get_fact(HandedOver, password=password_path(app), url=remote_url(app), certificate=certificate)
+    have = (host.get_fact(Sha1File, path=app.database_env_path), host.get_fact(Sha1File, path=CA_PATH))
+    if wanted is not None and tuple(wanted) == have:
+        return []
+    files.directory(name="Create /etc/pyinfra-flask", path="/etc/pyinfra-flask", user="root", group="root",
+                    mode="755")
+    return [python.call(name=f"Hand {app.app_name} its DATABASE_URL and the db server's certificate "
+                             f"(from {db.name}, contents not shown)",
+                        function=_copy, source=db, target=host, s=app, certificate=certificate,
+                        directories=(_upload_directory(db), _upload_directory(host)))]
+
+
+def _upload_directory(h) -> str | None:
+    """The SSH user's private upload directory (tasks/steps/uploads.py), or None as root."""
+    login = h.get_fact(SshUser)
+    return private_path(login) if login and h.data.get("_sudo") else None
+
+
+def _copy(source, target, s, certificate: str, directories: tuple) -> None:
+    """At execution time: the password and certificate read from the db server into
+    memory, DATABASE_URL and the certificate written on this app server (root's, 600
+    and 644). Uploads pass through the SSH user's private directory, downloads too."""
+    def read(path: str) -> bytes:
+        found = io.BytesIO()
+        if not download(source, path, found, directories[0]):
+            raise DeployError(f"Could not read {path} on {source.name}")
+        return found.getvalue()
+
+    def write(data: bytes, dest: str, mode: str) -> None:
+        if directories[1] is None:
+            ok = target.put_file(io.BytesIO(data), dest)
+            commands = f"chown root:root {dest} && chmod {mode} {dest}"
+        else:
+            temporary = f"{directories[1]}/{random.token_hex(16)}"
+            ok = target.put_file(io.BytesIO(data), temporary)
+            commands = f"install -o root -g root -m {mode} {temporary} {dest}; status=$?; rm -f {temporary}; " \
+                       "exit $status"
+        if not ok or not target.run_shell_command(commands, _sudo=directories[1] is not None)[0]:
+            raise DeployError(f"Could not write {dest} on {target.name}")
+
+    password = read(password_path(s)).decode().strip()
+    write(read(certificate), CA_PATH, "644")
+    write(f'DATABASE_URL="{remote_url(s) % password}"\n'.encode(), s.database_env_path, "600")
+
+
+def backup_settings(app) -> dict:
+    """What files/db-backup.py knows of the app: its database, where its backups go and
+    how many stay, the units a restore stops and starts again, its health check."""
+    return {
+        "app": app.app_name,
+        "database": app.database_name,
+        # pg_dump and pg_restore connect as the app's own role, never as a superuser.
+        "role": app.database_name,
+        "password_file": password_path(app),
+        "socket": SOCKET_DIR,
+        "directory": f"{BACKUP_ROOT}/{app.app_name}",
+        "keep": app.database_backup_keep,
+        "max_age_days": app.database_backup_max_age,
+        "service": app.service,
+        "workers": app.worker_instances,
+        "jobs": [f"{app.unit_prefix(name)}.service" for name in sorted(app.jobs)],
+        "timers": [f"{app.unit_prefix(name)}.timer" for name in sorted(app.jobs)] if app.runs_jobs else [],
+        "health": healthcheck.spec(app),
+        "health_module": healthcheck.MODULE,
+    }
+
+
+def _json(data: dict) -> io.StringIO:
+    return io.StringIO(json.dumps(data, indent=2, sort_keys=True) + "\n")

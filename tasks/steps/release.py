@@ -1,0 +1,250 @@
+"""Releases: each code change becomes releases/<id>, switched to atomically.
+
+    <app_root>/releases/<id>/       code, its .venv link, shared-path links, loader
+    <app_root>/venvs/<hash>/        one venv per requirements file (shared by releases)
+    <app_root>/shared/<path>        data that outlives releases (instance/, uploads/, ...)
+    <app_root>/current -> releases/<id>
+
+A release is made only when what would go into it (code, requirements, entry point,
+shared paths) differs from the live one, so a no-op run stays "No changes". The
+switch, the reload and the health gate with automatic rollback are done on the host
+by bin/release-tool (files/release_tool/), which rollback.py uses too.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import typing
+from dataclasses import dataclass
+from functools import cache
+
+from pyinfra import host
+from pyinfra.api import DeployError, FactBase, deploy
+from pyinfra.facts.systemd import SystemdStatus
+from pyinfra.operations import files, server
+
+from tasks import TEMPLATES, identity
+from tasks import tool as host_tool
+from tasks.steps import healthcheck
+from tasks.steps.secrets import env_file, put_secret
+# The bundle built on the laptop, and its upload with its --diff preview.
+from tasks.steps.bundle import META, build_bundle
+from tasks.steps.release_preview import upload_release
+
+
+class LiveRelease(FactBase):
+    """The live release's metadata (`current/.deploy-release.json`), or None."""
+
+    def command(self, app_root: str) -> str:
+        return f"cat {shlex.quote(app_root)}/current/{META} 2>/dev/null || true"
+
+    def process(self, output: list[str]) -> dict | None:
+        try:
+            return json.loads("\n".join(output))
+        except ValueError:
+            return None
+
+
+class Releases(FactBase):
+    """The release tool's listing of the releases, the live one marked."""
+
+    def command(self, app_root: str) -> str:
+        tool = host_tool.path(app_root)
+        return host_tool.if_installed(tool, host_tool.listing(tool))
+
+    def process(self, output: list[str]) -> str:
+        return "\n".join(f"  {line}" for line in output)
+
+
+class VenvReady(FactBase):
+    """Whether a venv was fully built: the app user builds it, root then takes it over
+    and writes the marker last, so a complete venv and its marker are root's."""
+
+    def command(self, path: str) -> str:
+        venv = shlex.quote(path)
+        return (f"[ ! -L {venv} ] && [ \"$(stat -c %u {venv} {venv}/.deploy-complete 2>/dev/null)\" = "
+                f"\"$(printf '0\\n0')\" ] && echo yes || echo no")
+
+    def process(self, output: list[str]) -> bool:
+        return output[-1:] == ["yes"]
+
+
+class LiveConfirmed(FactBase):
+    """Whether the live release's activation ended healthy (the release tool writes
+    `live-confirmed` only then): False after a run was cut off past the switch."""
+
+    def command(self, app_root: str) -> str:
+        root = shlex.quote(app_root)
+        return (f"[ ! -e {root}/current ] || [ \"$(readlink {root}/current)\" = "
+                f"\"releases/$(cat {root}/live-confirmed 2>/dev/null)\" ] && echo yes || echo no")
+
+    def process(self, output: list[str]) -> bool:
+        return output[-1:] == ["yes"]
+
+
+@dataclass
+class Release:
+    id: str
+    tool: str
+    new: bool
+    settings: object  # the op writing the release tool's settings (health check among them)
+    environment: object = None  # the op uploading the app's environment, if it has one
+    confirmed: bool = True  # False: the live release's activation never ended healthy
+
+
+@cache
+def _tool():
+    """The release tool (files/release_tool/), loaded for its settings' definition."""
+    return host_tool.load()
+
+
+def tool_settings(app) -> dict:
+    """The release tool's settings (its `Settings`, files/release_tool/base.py) for an app."""
+    settings = {
+        "app": app.app_name,
+        "service": app.service,
+        "user": app.app_user,
+        "requirements": app.app_requirements,
+        "sandbox": list(app.sandbox_properties),
+        # Where the release's steps as the app user may write: its shared data only.
+        "writable": [f"{app.app_root}/shared/{path.rstrip('/')}" for path in app.shared_paths],
+        "master_fifo": f"{app.socket_dir}/master.fifo",
+        "stats_socket": f"{app.socket_dir}/stats.sock",
+        "reload_timeout": app.reload_timeout,
+        "keep_releases": app.keep_releases,
+        "nginx_error_log": app.nginx_error_log,
+        "health": healthcheck.spec(app),
+        "health_module": healthcheck.MODULE,
+        "maintenance_dir": app.maintenance_dir,
+        "workers": app.worker_instances,
+        "environment_files": app.environment_files,
+        "uwsgi": f"{app.uwsgi_venv}/bin/uwsgi",
+        "message_queue": bool(app.socketio),
+    }
+    contract = typing.get_type_hints(_tool().Settings)
+    if set(settings) != set(contract) or not all(isinstance(value, contract[key]) for key, value in settings.items()):
+        raise TypeError(f"tool_settings does not match the release tool's Settings: {sorted(settings)}")
+    return settings
+
+
+@deploy("Release")
+def prepare(app) -> Release:
+    """Install the release tool, the shared paths, and (when something changed)
+    a new release with its venv, checked and ready to switch to."""
+    tool = host_tool.path(app.app_root)
+    files.put(name="Install the release tool", src=host_tool.upload(), dest=tool, mode="750")
+    settings = files.template(name="Write the release tool's settings", src=str(TEMPLATES / "release-tool.json.j2"),
+                              dest=f"{app.app_root}/release-tool.json", mode="640", settings=tool_settings(app))
+    for path in ("releases", "venvs", "shared"):
+        files.directory(name=f"Create {app.app_root}/{path}", path=f"{app.app_root}/{path}",
+                        user="root", group=app.app_user, mode="750")
+    environment = None
+    variables = app.environment()
+    if variables:
+        files.directory(name=f"Create {app.app_root}/secrets (private)", path=f"{app.app_root}/secrets",
+                        user="root", group="root", mode="700")
+        environment = put_secret(
+            name=f"Upload the app's environment ({len(variables)} variables, values never shown)",
+            src=env_file(variables), dest=app.env_file_path, user=app.app_user, group=app.app_user, mode="600")
+    else:
+        files.file(name="No app environment file", path=app.env_file_path, present=False)
+    for path in app.shared_paths:
+        target = f"{app.app_root}/shared/{path.rstrip('/')}"
+        if path.endswith("/"):
+            files.directory(name=f"Create shared directory {path} (writable by the app)", path=target,
+                            user=app.app_user, group=app.app_user, mode="750")
+        else:
+            files.file(name=f"Create shared file {path} (writable by the app)", path=target,
+                       user=app.app_user, group=app.app_user, mode="640", touch=False)
+
+    bundle = build_bundle(app)
+    live = host.get_fact(LiveRelease, app_root=app.app_root)
+    if live and live.get("content_hash") == bundle.content_hash:
+        return Release(live["id"], tool, new=False, settings=settings, environment=environment,
+                       confirmed=host.get_fact(LiveConfirmed, app_root=app.app_root))
+
+    if live and live.get("id") == bundle.id:
+        # A named id (release_id) already live with other code: unpacking would replace the live release.
+        raise DeployError(f"release_id = {bundle.id!r} is already live on host {host.name!r} with other code: "
+                          "name a new release; nothing was changed.")
+    release_dir = f"{app.app_root}/releases/{bundle.id}"
+    upload = f"{app.app_root}/releases/.upload-{bundle.id}.tar"
+    # Not files.put: its --diff would print the tarball. This one shows the code change.
+    upload_release(name=f"Upload release {bundle.id}", bundle=bundle, dest=upload, app_root=app.app_root)
+    server.shell(
+        name=f"Unpack release {bundle.id}",
+        commands=[
+            f"rm -rf {release_dir} && mkdir {release_dir} && "
+            f"tar -xf {upload} -C {release_dir} --no-same-owner && rm -f {upload} && "
+            f"chown -R -h root:{app.app_user} {release_dir} && chmod 750 {release_dir}"
+        ],
+    )
+
+    venv = f"{app.app_root}/venvs/{bundle.venv_hash}"
+    if not host.get_fact(VenvReady, path=venv):
+        # pip (and every dependency's build step) runs as the app user in the
+        # service's sandbox; the venv is root's once built (see the release tool).
+        server.shell(name=f"Build venv {bundle.venv_hash} from {app.app_requirements} (as {app.app_user})",
+                     commands=[host_tool.build_venv(tool, bundle.id, identity.RUN_ID, identity.BY)])
+    # In this order: the app must import, the before-switch commands (migrations,
+    # a first `flask init-db`) run, and only then is the app asked for its health
+    # path, so an app whose pages need those tables can deploy.
+    server.shell(name=f"Check release {bundle.id} imports (as {app.app_user})",
+                 commands=[host_tool.check(tool, bundle.id, identity.RUN_ID, identity.BY)])
+    for command in app.before_switch_commands:
+        server.shell(name=f"Before switch: {command}",
+                     commands=[host_tool.run_in_release(tool, bundle.id, command, identity.RUN_ID, identity.BY)])
+    # Behind balancers on one app server only (tasks/config/topology.py); every host runs
+    # this step before any runs its switch (pyinfra runs each step on all hosts first).
+    for command in (app.migrate_commands if app.runs_migrations else []):
+        server.shell(name=f"Migrate: {command}",
+                     commands=[host_tool.run_in_release(tool, bundle.id, command, identity.RUN_ID, identity.BY)])
+    server.shell(name=f"Check release {bundle.id} answers GET {app.healthcheck_path} (called in-process)",
+                 commands=[host_tool.canary(tool, bundle.id, identity.RUN_ID, identity.BY)])
+    return Release(bundle.id, tool, new=True, settings=settings, environment=environment)
+
+
+@deploy("Release activation")
+def activate(app, release: Release, restart_triggers, reload_triggers):
+    """Switch to the release and get uWSGI onto it, health-gated; roll back on failure."""
+    def run(mode: str) -> str:
+        return host_tool.activate(release.tool, release.id, mode, host.name, identity.RUN_ID, identity.BY)
+
+    restarted = server.shell(
+        name=f"Restart uWSGI on release {release.id} (its unit or uWSGI itself changed)",
+        commands=[run("restart")],
+        _if=lambda: any(op.did_change() for op in restart_triggers),
+    )
+    reloaded = server.shell(
+        name=f"Reload uWSGI gracefully on release {release.id} (its config changed)",
+        commands=[run("graceful")],
+        _if=lambda: not restarted.did_change() and any(op.did_change() for op in reload_triggers),
+    )
+    ops = [restarted, reloaded]
+    running = host.get_fact(ServiceActive, services=[app.service]).get(app.service, False)
+    if release.new or not running:
+        ops.append(server.shell(
+            name=f"Switch to release {release.id}, reload uWSGI without dropping requests, check health",
+            commands=[run("auto")],
+            _if=lambda: not restarted.did_change() and not reloaded.did_change(),
+        ))
+    elif not release.confirmed:
+        # `current` was switched but the run ended before the health gate said yes.
+        ops.append(server.shell(
+            name=f"Activate release {release.id} again: its activation never ended healthy",
+            commands=[run("auto")],
+            _if=lambda: not restarted.did_change() and not reloaded.did_change(),
+        ))
+    if release.new:
+        server.shell(name=f"Keep the newest {app.keep_releases} releases (by this host's record)",
+                     commands=[host_tool.prune(release.tool)])
+    return ops
+
+
+class ServiceActive(SystemdStatus):
+    """{unit: active?}, as `systemctl is-active` answers it (active or reloading),
+    read like pyinfra's own unit facts (so a run reads them all in one call)."""
+
+    state_key = "ActiveState"
+    state_values = ("active", "reloading")

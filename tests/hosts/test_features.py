@@ -1,0 +1,283 @@
+"""What the tutorials wanted: several apps per host, URL prefixes, WebSockets, TLS,
+TCP sockets, nginx extras and Debian 13, each proven on a real throwaway host."""
+
+from __future__ import annotations
+
+import datetime
+import re
+import socket
+import ssl
+import threading
+import urllib.request
+
+import pytest
+import requests
+import websocket
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from tests.conftest import get, run_deploy
+from tests.hosts.test_deploy import GREETING, uwsgi_requests
+
+pytestmark = pytest.mark.features
+
+APPS = [
+    {"app_name": "greeting"},
+    {"app_name": "blog", "app_source": "tests/apps/blog", "app_entry": "blog:app", "url_prefix": "/blog",
+     "shared_paths": ["instance/", "static/uploads/"]},
+    {"app_name": "chat", "app_source": "tests/apps/websocket", "app_entry": "wsgi:app", "app_static_dir": "",
+     "websockets": True, "uwsgi_processes": 2, "nginx_server_names": ["chat.test"]},
+]
+
+
+@pytest.fixture(scope="module")
+def multi(hosts, deployed_image, tmp_path_factory):
+    """The deployed host, now with three apps: greeting at /, blog under /blog, and a
+    WebSocket app on its own host name."""
+    host = hosts.start(deployed_image)
+    run_deploy(host, tmp_path_factory.mktemp("multi"), data={"apps": APPS})
+    return host
+
+
+def test_each_app_has_its_own_user_service_socket_and_logs(multi):
+    for name in ("greeting", "blog", "chat"):
+        assert multi.exec(f"id -un {name}").strip() == name
+        assert multi.exec(f"systemctl is-active {name}.service").strip() == "active"
+        assert multi.exec(f"systemctl is-enabled {name}.service").strip() == "enabled"
+        assert multi.exec(f"stat -c '%U %G %a' /run/{name}/uwsgi.sock").split() == [name, name, "660"]
+        assert multi.exec("ps -o user= -C uwsgi | sort -u").split().count(name) == 1
+    get(multi.url + "/blog/")
+    assert "GET /blog/" in multi.exec("cat /var/log/nginx/blog.access.log")
+    assert "GET /blog/" not in multi.exec("cat /var/log/nginx/greeting.access.log")
+
+
+def test_app_under_a_prefix_sees_its_script_name(multi):
+    assert get(multi.url + "/").text.strip() == GREETING
+    for path in ("/blog", "/blog/"):
+        response = get(multi.url + path)
+        assert response.status_code == 200, path
+        assert response.json() == {
+            "app": "blog", "script_name": "/blog", "home": "/blog/",
+            "post": "/blog/posts/hello", "static": "/blog/static/blog.css",
+        }
+    redirect = requests.get(multi.url + "/blog/latest", allow_redirects=False, timeout=10)
+    assert redirect.status_code == 302 and redirect.headers["Location"].endswith("/blog/posts/hello")
+    assert get(multi.url + "/blog/posts/hello").text == "post hello\n"
+    served = uwsgi_requests(multi, "blog")
+    static = get(multi.url + "/blog/static/blog.css")
+    assert static.status_code == 200 and "blog app" in static.text
+    assert uwsgi_requests(multi, "blog") == served, "served by nginx, not uWSGI"
+    # The greeting app keeps its own static files and pages.
+    assert get(multi.url + "/static/style.css").status_code == 200
+    assert get(multi.url + "/blogger").status_code == 404  # not swallowed by the /blog prefix
+    # blog's session cookie stays under /blog (greeting, on the same host name, never
+    # gets it): Flask's own cookie path, read from the app uWSGI loads.
+    cookie_path = multi.exec(
+        "cd /srv/blog/current && runuser -u blog -- .venv/bin/python -c 'import runpy; "
+        "app = runpy.run_path(\".deploy-loader.py\")[\"application\"]; "
+        "print(app.session_interface.get_cookie_path(app))'")
+    assert cookie_path.strip() == "/blog"
+
+
+def test_nginx_serves_no_link_an_app_planted_in_its_shared_static_path(multi):
+    """blog, hostile, can write its shared static/uploads/ (served by nginx, whose user
+    is in every app's group): links it plants there, to greeting's data or to
+    /etc/passwd, are refused; its own uploads are served."""
+    multi.exec("install -o greeting -g greeting -m 640 /dev/null /srv/greeting/shared/instance/secret.txt"
+               " && echo greeting-secret > /srv/greeting/shared/instance/secret.txt")
+    uploads = "/srv/blog/shared/static/uploads"
+    multi.exec(f"runuser -u blog -- sh -c 'cd {uploads} && echo uploaded > ok.txt"
+               " && ln -s /srv/greeting/shared/instance/secret.txt leak.txt && ln -s /etc/passwd passwd.txt"
+               " && ln -s /srv/greeting/shared/instance linked && mkdir sub && ln -s /etc sub/etc'")
+    ok = get(multi.url + "/blog/static/uploads/ok.txt")
+    assert ok.status_code == 200 and ok.text == "uploaded\n"
+    assert get(multi.url + "/blog/static/blog.css").status_code == 200, "the release's own, through current"
+    for path in ("leak.txt", "passwd.txt", "linked/secret.txt", "sub/etc/passwd"):
+        response = requests.get(multi.url + "/blog/static/uploads/" + path, timeout=10)
+        assert response.status_code in (403, 404), (path, response.status_code, response.text[:80])
+        assert "greeting-secret" not in response.text and "root:" not in response.text
+    # Hard links: greeting's files are out of blog's reach (its app root is 750), and
+    # nginx's logs (www-data's) are the kernel's to refuse (fs.protected_hardlinks).
+    for target in ("/srv/greeting/shared/instance/secret.txt", "/var/log/nginx/greeting.access.log"):
+        refused = multi.exec(f"runuser -u blog -- ln {target} {uploads}/hard.txt 2>&1 || echo refused", check=False)
+        assert refused.strip().endswith("refused"), (target, refused)
+    # Maintenance still reaches these locations (nginx tests its flag under the same rule).
+    multi.exec("touch /etc/pyinfra-flask/maintenance/blog/on")
+    try:
+        for path in ("/blog/static/blog.css", "/blog/static/uploads/ok.txt"):
+            assert get(multi.url + path).status_code == 503, path
+    finally:
+        multi.exec("rm /etc/pyinfra-flask/maintenance/blog/on")
+
+
+def test_websocket_echo_through_nginx_while_workers_serve_http(multi):
+    port = multi.http_port
+    sockets = [websocket.create_connection(f"ws://127.0.0.1:{port}/ws", host="chat.test", timeout=10)
+               for _ in range(3)]
+    try:
+        pids = set()
+        for number, ws in enumerate(sockets):
+            ws.send(f"hello {number}")
+            answer = ws.recv()
+            assert re.fullmatch(rf"echo from \d+: hello {number}", answer), answer
+            pids.add(int(answer.split()[2].rstrip(":")))
+        # With the WebSockets open, ordinary requests are still served at once.
+        results = []
+
+        def fetch():
+            results.append(requests.get(f"http://127.0.0.1:{port}/pid", headers={"Host": "chat.test"}, timeout=10))
+
+        threads = [threading.Thread(target=fetch) for _ in range(20)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert [r.status_code for r in results] == [200] * 20
+        pids |= {int(r.text) for r in results}
+        workers = multi.exec("ps -o pid=,ppid= -u chat").split("\n")
+        print(f"\nWebSocket app: pids seen {sorted(pids)}; uwsgi processes of chat: {len(workers)}")
+        assert len([line for line in workers if line.strip()]) >= 3, "a master and two workers"
+        for ws in sockets:
+            ws.send("again")
+            assert ws.recv().endswith(": again")
+    finally:
+        for ws in sockets:
+            ws.close()
+    site = multi.exec("cat /etc/nginx/sites-available/chat.conf")
+    assert "proxy_pass http://unix:/run/chat/uwsgi.sock:;" in site
+    assert not re.search(r"^\s*uwsgi_pass\s", site, re.M)
+    assert "http-socket = /run/chat/uwsgi.sock" in multi.exec("cat /srv/chat/uwsgi.ini")
+
+
+def test_removing_an_app_stops_it_and_removes_its_site(multi, tmp_path):
+    run_deploy(multi, tmp_path, data={"apps": [APPS[0], APPS[2]]})
+    assert multi.exec("systemctl is-active blog.service", check=False).strip() != "active"
+    assert multi.exec("systemctl is-enabled blog.service 2>&1", check=False).strip() != "enabled"
+    assert multi.exec("test -e /etc/systemd/system/blog.service || echo gone").strip() == "gone"
+    assert "/blog" not in multi.exec("cat /etc/nginx/sites-available/greeting.conf")
+    assert get(multi.url + "/blog/").status_code == 404
+    assert multi.exec("test -d /srv/blog/shared && echo kept").strip() == "kept", "data is never deleted"
+    assert get(multi.url + "/").text.strip() == GREETING
+    second = run_deploy(multi, tmp_path, data={"apps": [APPS[0], APPS[2]]})
+    assert second.changed_operations() == []
+
+
+def _self_signed(tmp_path, name="tls.test"):
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_tls_with_redirect_and_hsts(hosts, deployed_image, tmp_path):
+    host = hosts.start(deployed_image, ports=(22, 80, 443))
+    try:
+        cert, key = _self_signed(tmp_path)
+        data = {"nginx_server_names": ["tls.test"], "tls_certificate": str(cert),
+                "tls_certificate_key": str(key), "tls_hsts_max_age": 3600}
+        run_deploy(host, tmp_path, data=data)
+        https_port = host.extra_ports[443]
+
+        context = ssl.create_default_context(cafile=str(cert))
+        context.check_hostname = False  # we connect to 127.0.0.1; the chain is still verified
+        request = urllib.request.Request(f"https://127.0.0.1:{https_port}/", headers={"Host": "tls.test"})
+        with urllib.request.urlopen(request, context=context, timeout=10) as response:
+            assert response.status == 200
+            assert response.read().decode().strip() == GREETING
+            assert response.headers["Strict-Transport-Security"] == "max-age=3600"
+        with socket.create_connection(("127.0.0.1", https_port)) as raw:
+            with context.wrap_socket(raw, server_hostname="tls.test") as tls:
+                assert tls.version() in ("TLSv1.2", "TLSv1.3")
+        old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        old.check_hostname, old.verify_mode = False, ssl.CERT_NONE
+        old.minimum_version = old.maximum_version = ssl.TLSVersion.TLSv1_1
+        old.set_ciphers("ALL:@SECLEVEL=0")
+        with pytest.raises(ssl.SSLError):
+            with socket.create_connection(("127.0.0.1", https_port)) as raw:
+                old.wrap_socket(raw, server_hostname="tls.test")
+
+        redirect = requests.get(f"{host.url}/info?x=1", headers={"Host": "tls.test"}, allow_redirects=False, timeout=10)
+        assert redirect.status_code == 301 and redirect.headers["Location"] == "https://tls.test/info?x=1"
+        assert host.exec("stat -c '%a %U' /etc/nginx/tls/greeting.key").split() == ["600", "root"]
+        assert host.exec("stat -c '%a' /etc/nginx/tls").strip() == "700"
+
+        # A new key: --dry --diff says it would change, and never shows it.
+        new_cert, new_key = _self_signed(tmp_path / "..", "tls.test")
+        dry = run_deploy(host, tmp_path, "--dry", "--diff", data={**data, "tls_certificate": str(new_cert),
+                                                                   "tls_certificate_key": str(new_key)})
+        assert "a secret: contents not shown" in dry.output
+        secret_lines = new_key.read_text().splitlines()[1:-1] + key.read_text().splitlines()[1:-1]
+        assert not any(line in dry.output for line in secret_lines)
+        assert "PRIVATE KEY" not in dry.output
+    finally:
+        hosts.remove(host)
+
+
+def test_tcp_socket_with_matching_nginx(fork, tmp_path):
+    run_deploy(fork, tmp_path, data={"uwsgi_socket": "127.0.0.1:8001"})
+    assert get(fork.url + "/").text.strip() == GREETING
+    assert "socket = 127.0.0.1:8001" in fork.exec("cat /srv/greeting/uwsgi.ini")
+    assert "uwsgi_pass 127.0.0.1:8001;" in fork.exec("cat /etc/nginx/sites-available/greeting.conf")
+    assert "127.0.0.1:8001" in fork.exec("ss -ltn")
+    assert fork.exec("test -e /run/greeting/uwsgi.sock || echo none").strip() == "none"
+
+
+def test_nginx_serving_extras(deployed):
+    url = deployed.host.url
+    page = get(url + "/")
+    assert page.headers["Server"] == "nginx", "no version in Server"
+    for header, value in (("X-Content-Type-Options", "nosniff"), ("X-Frame-Options", "SAMEORIGIN"),
+                          ("Referrer-Policy", "strict-origin-when-cross-origin")):
+        assert page.headers[header] == value
+    static = requests.get(url + "/static/style.css", headers={"Accept-Encoding": "gzip"}, timeout=10)
+    assert static.headers["Content-Encoding"] == "gzip"
+    assert static.headers["Cache-Control"] == "max-age=2592000"
+    assert "nosniff" in static.headers["X-Content-Type-Options"]
+
+
+def test_log_files_get_rotated(fork, tmp_path):
+    # uWSGI's log in the app user's own directory, nginx's in one of root's (never the
+    # same one: the app user could put a link where nginx, as root, writes).
+    run_deploy(fork, tmp_path, data={"uwsgi_log": "/var/log/greeting/uwsgi.log",
+                                     "nginx_access_log": "/var/log/greeting-nginx/access.log"})
+    get(fork.url + "/")
+    assert "Starting uWSGI" in fork.exec("cat /var/log/greeting/uwsgi.log")
+    assert "GET /" in fork.exec("cat /var/log/greeting-nginx/access.log")
+    assert fork.exec("stat -c '%U' /var/log/greeting /var/log/greeting-nginx").split() == ["greeting", "root"]
+    config = fork.exec("cat /etc/logrotate.d/pyinfra-flask-greeting")
+    assert "/var/log/greeting/uwsgi.log {" in config and "/var/log/greeting-nginx/access.log {" in config
+    fork.exec("logrotate -f /etc/logrotate.d/pyinfra-flask-greeting")
+    assert fork.exec("ls /var/log/greeting").split().count("uwsgi.log.1") == 1
+    assert fork.exec("ls /var/log/greeting-nginx").split().count("access.log.1") == 1
+    get(fork.url + "/")
+    assert "GET /" in fork.exec("cat /var/log/greeting-nginx/access.log"), "nginx reopened its log"
+
+
+def test_debian_13_end_to_end(hosts, tmp_path):
+    from dev import throwaway
+
+    host = hosts.start(throwaway.ensure_image("trixie"))
+    try:
+        first = run_deploy(host, tmp_path)
+        print(f"\nDebian 13 cold deploy: {first.seconds:.1f}s")
+        assert get(host.url + "/").text.strip() == GREETING
+        assert host.exec(". /etc/os-release; echo $VERSION_ID").strip() == "13"
+        assert "libpcre2-dev" in host.exec("dpkg-query -W -f '${Package}\\n' 'libpcre2-dev'")
+        assert "-DUWSGI_PCRE" in host.exec("/opt/pyinfra-flask/uwsgi-2.0.31/bin/uwsgi --cflags")
+        assert "no internal routing support" not in host.exec("journalctl -u greeting --no-pager")
+        assert host.exec("stat -c '%U %G %a' /run/greeting/uwsgi.sock").split() == ["greeting", "greeting", "660"]
+        assert get(host.url + "/static/style.css").status_code == 200
+        assert run_deploy(host, tmp_path).changed_operations() == []
+    finally:
+        hosts.remove(host)
