@@ -20,7 +20,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from bench.performance import start_host
+from bench.deploy_speed import start_host
 from bench.relay import Relay
 from dev import throwaway
 
@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
 
-    # Its apt keeps packages in a directory of its own (see bench.performance.start_host).
+    # Its apt keeps packages in a directory of its own (see bench.deploy_speed.start_host).
     host = start_host(throwaway.ensure_image("bookworm"))
     try:
         with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp, \

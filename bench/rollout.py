@@ -6,7 +6,7 @@
 One host is deployed cold and snapshotted; every size then boots that many copies
 and times, on all of them at once: a no-op `pyinfra ... deploy.py` run (pyinfra's own
 parallelism), first as the very first run from this machine to those hosts (no list
-of their facts yet, see tasks/prefetch.py), then ROUNDS more (median reported: a
+of their facts yet, see tasks/run/prefetch.py), then ROUNDS more (median reported: a
 re-run as users run it; the rounds alternate between sizes); and a code-only
 `rollout.py --batch 100%` (its preflight included). Goal: 8 hosts no-op at most 1.5x
 1 host. Not a test: nothing is asserted.
