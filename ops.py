@@ -22,13 +22,12 @@ import sys
 
 import click
 
-from tasks.ops import audit, exec as ops_exec, logs as ops_logs, status as ops_status
 from tasks import identity
 from tasks import tool as host_tool
-from tasks.ops import backups
-from tasks.steps import maintenance
-from tasks.ops.fleet import Fleet, FleetError, echo, parse_data, run, show_output
 from tasks.config.settings import SettingsError
+from tasks.ops import audit, backups as ops_backups, exec as ops_exec, logs as ops_logs, status as ops_status
+from tasks.ops.fleet import Fleet, FleetError, echo, parse_data, run, show_output
+from tasks.steps import maintenance
 
 
 class Context:
@@ -288,7 +287,7 @@ def _report(results: dict, label: str) -> bool:
 def backup(ctx: Context, what: str, download: str | None):
     """Back up each app's database now (`database: postgresql`): pg_dump into the
     host's root-only backup directory, then its retention."""
-    if not _report(backups.backup_now(ctx.fleet, download), "backed up"):
+    if not _report(ops_backups.backup_now(ctx.fleet, download), "backed up"):
         raise click.ClickException("a backup failed (above)")
 
 
@@ -296,7 +295,7 @@ def backup(ctx: Context, what: str, download: str | None):
 @click.pass_obj
 def backups(ctx: Context):
     """List each app's database backups on each host, oldest first (name, bytes, time)."""
-    if not _report(backups.listing(ctx.fleet), "backups"):
+    if not _report(ops_backups.listing(ctx.fleet), "backups"):
         raise click.ClickException("a host's backups could not be listed (above)")
 
 
@@ -307,7 +306,7 @@ def restore(ctx: Context, name: str):
     """Restore the backup NAME (see `backups`) into its app's own database: its web
     unit, workers and jobs are stopped, the backup restored, the units started again
     and the app health-checked."""
-    if not _report(backups.restore(ctx.fleet, name), f"restored {name}"):
+    if not _report(ops_backups.restore(ctx.fleet, name), f"restored {name}"):
         raise click.ClickException(f"restore {name} failed (above)")
 
 
