@@ -40,7 +40,7 @@ if this.is_database_server:
 if topology.database_server(host):
     barriers.wait_for_database_server()
 if this.is_app_server:
-    app_server.converge(system, this.apps, **private)
+    app_server.converge(system, this, **private)
 # In a run over everything, balancers start only once every app server is ready.
 barriers.wait_for_app_servers()
 if this.is_balancer:

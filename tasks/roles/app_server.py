@@ -26,30 +26,32 @@ class Prepared(NamedTuple):
 
 
 @deploy("App server")
-def converge(system, apps):
-    local_nginx = not apps[0].behind_balancer
-    packages.install(system, apps[0], nginx=local_nginx)
+def converge(system, this):
+    """`this`: the host (tasks/config/host.py), its apps and its host-wide settings."""
+    apps = this.apps
+    local_nginx = not this.settings.behind_balancer
+    packages.install(system, this.settings, nginx=local_nginx)
     # One uWSGI build per version, shared by the apps that use it.
-    uwsgi_builds = {version: uwsgi.install(app) for version, app in {a.uwsgi_version: a for a in apps}.items()}
+    uwsgi_builds = {version: uwsgi.install(first) for version, first in {app.uwsgi_version: app for app in apps}.items()}
     health_module = healthcheck.install()
     new_redis_passwords = background.install_redis(apps)
     database.install(system, database.local(apps))
     prepared = {}
-    for s in host.loop(apps):
-        prepared[s.app_name] = Prepared(
-            nginx_in_group=users.create(system, s),
+    for app in host.loop(apps):
+        prepared[app.app_name] = Prepared(
+            nginx_in_group=users.create(system, app),
             # Before the release: its before-switch and migrate commands need DATABASE_URL,
             # and a Socket.IO app's check before the switch its REDIS_URL.
-            database_url=database.provision(s),
-            redis_url=background.redis_url(s, new_redis_passwords),
-            release=release.prepare(s),
-            uwsgi_ini=uwsgi.configure(s),
-            unit=service.install(s),
-            workers=background.install(s),
+            database_url=database.provision(app),
+            redis_url=background.redis_url(app, new_redis_passwords),
+            release=release.prepare(app),
+            uwsgi_ini=uwsgi.configure(app),
+            unit=service.install(app),
+            workers=background.install(app),
         )
-        logrotate.rotate(s)
-        selinux.allow(system, s, nginx=local_nginx, relabel_after=[uwsgi_builds[s.uwsgi_version]])
-        firewall.open_ports(system, s, nginx=local_nginx)
+        logrotate.rotate(app)
+        selinux.allow(system, app, nginx=local_nginx, relabel_after=[uwsgi_builds[app.uwsgi_version]])
+        firewall.open_ports(system, app, nginx=local_nginx)
     firewall.guard_uwsgi(system, apps, inventory.balancers(host))
     service.remove_stale(apps)
     background.remove_stale(apps)
@@ -58,16 +60,16 @@ def converge(system, apps):
                                     reload_triggers=[p.nginx_in_group for p in prepared.values() if p.nginx_in_group])
     else:
         nginx_ops = nginx.remove(system, [site.name for site in nginx.sites_for(apps)])
-    for s in host.loop(apps):
-        ready = prepared[s.app_name]
+    for app in host.loop(apps):
+        ready = prepared[app.app_name]
         app_ops = release.activate(
-            s, ready.release,
-            restart_triggers=[op for op in (ready.unit, uwsgi_builds[s.uwsgi_version], ready.release.environment,
+            app, ready.release,
+            restart_triggers=[op for op in (ready.unit, uwsgi_builds[app.uwsgi_version], ready.release.environment,
                                             *ready.redis_url, *ready.database_url) if op],
             reload_triggers=[ready.uwsgi_ini],
         )
-        healthcheck.verify(s, ready.release, service_ops=[*app_ops, *nginx_ops, health_module])
-        background.restart(s, ready.workers, activation_ops=app_ops,
+        healthcheck.verify(app, ready.release, service_ops=[*app_ops, *nginx_ops, health_module])
+        background.restart(app, ready.workers, activation_ops=app_ops,
                            environment_ops=[op for op in (ready.release.environment, *ready.redis_url,
                                                           *ready.database_url) if op])
     firewall.remove_stale(apps)
