@@ -167,7 +167,14 @@ def test_a_hostile_app_cannot_forge_log_lines_uwsgi_stats_or_read_through_a_hard
         assert f"release {live} was not activated" in reload and "refusing uWSGI's stats socket" in reload, reload
         assert host.exec("readlink /srv/greeting/current").strip().endswith(live)
     finally:
-        host.exec("kill $(cat /tmp/forger.pid); systemctl restart greeting.service")
+        host.exec("date '+%Y-%m-%d %H:%M:%S' > /tmp/restarted; kill $(cat /tmp/forger.pid); "
+                  "systemctl restart greeting.service")
+    # Every new worker has loaded the app (lazy-apps) before the chain reload: uWSGI
+    # ends a chain asked for while its workers still load without replacing them.
+    host.exec("for i in $(seq 150); do log=$(journalctl -u greeting.service -o cat --since \"$(cat /tmp/restarted)\"); "
+              "spawned=$(echo \"$log\" | grep -c 'spawned uWSGI worker'); "
+              "[ \"$spawned\" -gt 0 ] && [ $(echo \"$log\" | grep -c 'WSGI app 0 .* ready') -ge \"$spawned\" ] "
+              "&& exit 0; sleep 0.1; done; exit 1")
     # uWSGI's own socket again, from its master: trusted, and a chain reload ends by the kernel's pids.
     assert "is live and healthy" in host.exec("/srv/greeting/bin/release-tool activate --mode chain 2>&1")
     healthy = ops(inventory, "status", "--json")
