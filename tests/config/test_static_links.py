@@ -31,8 +31,9 @@ def static_blocks(config: str) -> dict[str, tuple[str, str]]:
 def test_a_shared_path_under_static_is_served_from_its_own_directory_without_links():
     blog = validate({**BLOG, "shared_paths": ["instance/", "static/uploads/", "static/feeds/data.json"]})
     assert static_blocks(render("nginx-site.conf.j2", [blog])) == {
-        # The release's own files, reached through `current` (root's link), no link below.
-        "/blog/static/": ("/srv/blog/current/static/", "/srv/blog/current/static"),
+        # The releases' own files: root's merge of the kept releases' (the live one's
+        # first), reached through root's `live` link, no link below.
+        "/blog/static/": ("/srv/blog/assets/live/", "/srv/blog/assets/live"),
         # The app user's: straight from the shared directory, never through a link in it.
         "/blog/static/uploads/": ("/srv/blog/shared/static/uploads/", "/srv/blog/shared/static/uploads"),
         # A shared file: from its directory (root's), so the file itself is checked too.

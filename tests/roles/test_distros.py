@@ -100,6 +100,7 @@ CONVERGED_RHEL = {
     "FileContextMapping": lambda target: {"user": "system_u", "role": "object_r", "level": "s0",
                                           "type": {"/opt/pyinfra-flask/uwsgi-2.0.31/bin(/.*)?": "bin_t",
                                                    "/srv/greeting/releases(/.*)?": "httpd_sys_content_t",
+                                                   "/srv/greeting/assets(/.*)?": "httpd_sys_content_t",
                                                    "/run/greeting(/.*)?": "httpd_var_run_t"}[target]},
     "Mislabelled": lambda paths: [],
     "SelinuxModules": {"base", "apache", "pyinfra_flask_nginx_uwsgi"},
@@ -270,10 +271,12 @@ SELINUX_ENFORCING = {
         "semanage fcontext -a -t bin_t '/opt/pyinfra-flask/uwsgi-2.0.31/bin(/.*)?'"],
     "SELinux | Label /srv/greeting/releases httpd_sys_content_t (SELinux file context rule)": [
         "semanage fcontext -a -t httpd_sys_content_t '/srv/greeting/releases(/.*)?'"],
+    "SELinux | Label /srv/greeting/assets httpd_sys_content_t (SELinux file context rule)": [
+        "semanage fcontext -a -t httpd_sys_content_t '/srv/greeting/assets(/.*)?'"],
     "SELinux | Label /run/greeting httpd_var_run_t (SELinux file context rule)": [
         "semanage fcontext -a -t httpd_var_run_t '/run/greeting(/.*)?'"],
-    "SELinux | Relabel /opt/pyinfra-flask/uwsgi-2.0.31/bin, /srv/greeting/releases, /run/greeting by those rules (restorecon)": [
-        "restorecon -R -v -i /opt/pyinfra-flask/uwsgi-2.0.31/bin /srv/greeting/releases /run/greeting"],
+    "SELinux | Relabel /opt/pyinfra-flask/uwsgi-2.0.31/bin, /srv/greeting/releases, /srv/greeting/assets, /run/greeting by those rules (restorecon)": [
+        "restorecon -R -v -i /opt/pyinfra-flask/uwsgi-2.0.31/bin /srv/greeting/releases /srv/greeting/assets /run/greeting"],
     "SELinux | Let nginx connect to uWSGI's unix socket (policy module pyinfra_flask_nginx_uwsgi)": [(
         'dir=$(mktemp -d) && printf "%s\\n" '
         "'(allow httpd_t unconfined_service_t (unix_stream_socket (connectto getattr)))' "
@@ -335,12 +338,15 @@ def test_rhel_relabels_when_labels_drifted_or_uwsgi_was_reinstalled():
     drifted = deploy_one("rocky9", CONVERGED_RHEL, Mislabelled=lambda paths: [
         "Would relabel /run/greeting from system_u:object_r:var_run_t:s0 to system_u:object_r:httpd_var_run_t:s0"])
     assert drifted.named("SELinux") == {
-        "SELinux | Relabel /opt/pyinfra-flask/uwsgi-2.0.31/bin, /srv/greeting/releases, /run/greeting by those rules (restorecon)": [
-            "restorecon -R -v -i /opt/pyinfra-flask/uwsgi-2.0.31/bin /srv/greeting/releases /run/greeting"]}
+        "SELinux | Relabel /opt/pyinfra-flask/uwsgi-2.0.31/bin, /srv/greeting/releases, /srv/greeting/assets, "
+        "/run/greeting by those rules (restorecon)": [
+            "restorecon -R -v -i /opt/pyinfra-flask/uwsgi-2.0.31/bin /srv/greeting/releases /srv/greeting/assets "
+            "/run/greeting"]}
     # uWSGI (re)installed, so its venv may be new: relabelled although nothing else changed.
     reinstalled = deploy_one("rocky9", CONVERGED_RHEL, UwsgiBuild=None)
     assert list(reinstalled.named("SELinux")) == [
-        "SELinux | Relabel /opt/pyinfra-flask/uwsgi-2.0.31/bin, /srv/greeting/releases, /run/greeting by those rules (restorecon)"]
+        "SELinux | Relabel /opt/pyinfra-flask/uwsgi-2.0.31/bin, /srv/greeting/releases, /srv/greeting/assets, "
+        "/run/greeting by those rules (restorecon)"]
 
 
 def test_rhel_curl_minimal_counts_as_curl():
