@@ -8,17 +8,15 @@ kept releases' static directories, rebuilt at every activation (rollback include
 prune: a name the live release has is its file; a name only older releases have is the
 newest one's; a name no kept release has is a 404. The merge is made of hard links to
 the releases' own files (root's, never the app user's), in directories of root's, with
-no symbolic link at all (links in a release, such as a shared path inside the static
-directory, are left out: nginx serves those from their own directory). It is built
-beside the one being served and exchanged with it in one step (`live` is a real
-directory, so its path never changes: nginx needs no reload, and uWSGI, which serves
-the static files behind load balancers and resolves its static directory once per
-worker, finds every new build there too).
+no symbolic link below `live` (links in a release, such as a shared path inside the
+static directory, are left out: nginx serves those from their own directory). It is
+built beside the one nginx serves and switched in by renaming a link, so nginx never
+sees half of one and needs no reload; the one before stays until the next rebuild, for
+a request that was already on its way through it.
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import shutil
@@ -27,9 +25,6 @@ import time
 from pathlib import Path
 
 from . import base, history, releases
-
-AT_FDCWD = -100
-RENAME_EXCHANGE = 2  # linux/fs.h
 
 
 def assets_dir() -> Path:
@@ -109,16 +104,6 @@ def rebuild(first: str | None) -> None:
         raise base.Failure(f"could not build the static files nginx serves in {top}: {exc}") from None
 
 
-def _exchange(new: Path, live: Path) -> None:
-    """Swap two directories in one step (renameat2 RENAME_EXCHANGE): a path through
-    `live` finds the one build or the other, never none and never a half of one."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.renameat2(AT_FDCWD, bytes(new), AT_FDCWD, bytes(live), RENAME_EXCHANGE) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, f"renameat2(RENAME_EXCHANGE) of {new} and {live}: {os.strerror(code)} "
-                            "(the file system of the app root must support it)")
-
-
 def _rebuild(top: Path, names: list[str]) -> None:
     if not top.exists():
         os.mkdir(top, 0o750)
@@ -130,27 +115,25 @@ def _rebuild(top: Path, names: list[str]) -> None:
     os.mkdir(build, 0o700)
     sources = [(name, _static_of(name)) for name in names]
     sources = [(name, path) for name, path in sources if path is not None]
-    mode = os.lstat(sources[0][1]) if sources else info
-    os.chown(build, os.geteuid(), mode.st_gid)
-    os.chmod(build, stat.S_IMODE(mode.st_mode) & 0o755 if sources else 0o750)
+    if sources:
+        first = os.lstat(sources[0][1])
+        os.chown(build, os.geteuid(), first.st_gid)
+        os.chmod(build, stat.S_IMODE(first.st_mode) & 0o755)
+    else:
+        os.chown(build, os.geteuid(), os.lstat(top).st_gid)
+        os.chmod(build, 0o750)
     files = {name: _merge(path, build) for name, path in sources}
     live = top / "live"
     try:
-        kind = os.lstat(live).st_mode
-    except FileNotFoundError:
-        kind = None
-    if kind is not None and stat.S_ISDIR(kind):
-        # The build before stays (under the new one's name) until the next rebuild,
-        # for a request that was already on its way through it.
-        _exchange(build, live)
-        keep = build.name
-    else:
-        if kind is not None:
-            live.unlink()  # not a directory: root's own leftover, never followed
-        os.rename(build, live)
-        keep = None
+        before = os.readlink(live)
+    except OSError:
+        before = None
+    tmp = top / f".live.{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    os.symlink(build.name, tmp)
+    os.replace(tmp, live)
     for path in top.iterdir():
-        if path.name not in ("live", keep):
+        if path.name not in ("live", build.name, before):
             shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
     summary = ", ".join(f"{count} from {name}" for name, count in files.items() if count)
     base.log(f"static files served: {summary or 'none'}")

@@ -228,9 +228,8 @@ class App:
 
     @property
     def assets_dir(self) -> str:
-        """Root's merge of the kept releases' static files, the live one's first: a
-        real directory (files/release_tool/assets.py), served by nginx, or by uWSGI
-        behind load balancers."""
+        """Root's merge of the kept releases' static files, the live one's first
+        (files/release_tool/assets.py), served by nginx."""
         return f"{self.app_root}/assets/live"
 
     @property
@@ -240,7 +239,8 @@ class App:
 
         The releases' own files are served from root's merge of the kept releases'
         static directories (the live one's first, so a page rendered by an older
-        release still finds its assets), which holds no link at all. A shared path below the static directory is the
+        release still finds its assets), reached through root's `live` link and
+        holding no link below it. A shared path below the static directory is the
         app user's, and a link in the release leads to it: nginx's user is in every
         app's group, so a link the app plants there would serve any file nginx can
         read, another app's included. Each such shared path gets a location of its

@@ -22,7 +22,7 @@ from functools import cache
 
 from pyinfra import host
 from pyinfra.api import DeployError, FactBase, deploy
-from pyinfra.facts.files import Directory
+from pyinfra.facts.files import Link
 from pyinfra.facts.systemd import SystemdStatus
 from pyinfra.operations import files, server
 
@@ -220,7 +220,7 @@ def _serve_assets(app, tool: str, settings) -> None:
     files.directory(name=f"Create {top} (root's: the static files nginx serves)", path=top,
                     user="root", group=app.app_user, mode="750")
     build = host_tool.assets(tool)
-    if host.get_fact(Directory, path=app.assets_dir):
+    if host.get_fact(Link, path=app.assets_dir):
         server.shell(name="Rebuild the static files nginx serves (the tool's settings changed)", commands=[build],
                      _if=settings.did_change)
     else:

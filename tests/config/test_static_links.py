@@ -7,12 +7,9 @@ from __future__ import annotations
 
 import re
 import shutil
-from dataclasses import replace
 
 import pytest
-from jinja2 import Environment, FileSystemLoader
 
-from tasks import JINJA, TEMPLATES
 from tasks.config.checks import validate
 from tests.conftest import REPO_ROOT
 from tests.ops.test_maintenance_audit import blocks, render
@@ -35,7 +32,7 @@ def test_a_shared_path_under_static_is_served_from_its_own_directory_without_lin
     blog = validate({**BLOG, "shared_paths": ["instance/", "static/uploads/", "static/feeds/data.json"]})
     assert static_blocks(render("nginx-site.conf.j2", [blog])) == {
         # The releases' own files: root's merge of the kept releases' (the live one's
-        # first), a directory of root's with no link in it.
+        # first), reached through root's `live` link, no link below.
         "/blog/static/": ("/srv/blog/assets/live/", "/srv/blog/assets/live"),
         # The app user's: straight from the shared directory, never through a link in it.
         "/blog/static/uploads/": ("/srv/blog/shared/static/uploads/", "/srv/blog/shared/static/uploads"),
@@ -74,16 +71,3 @@ def test_every_location_serving_app_files_refuses_links_and_others_are_roots():
     roots = re.findall(r"^\s*root (\S+);", config, re.M)
     assert roots and all(root.startswith(("/etc/pyinfra-flask/", "/var/lib/")) for root in roots), roots
 
-
-@pytest.mark.parametrize(("shared", "expected"), [
-    # The merge of the kept releases' static files: a real directory of root's, whose path
-    # uWSGI resolves once per worker (its static-map), so every new build is found there.
-    (["instance/"], "static-map = /static=/srv/greeting/assets/live"),
-    # All of the static directory is the app's own data: served from there as before.
-    (["static/"], "static-map = /static=/srv/greeting/current/static"),
-])
-def test_behind_balancers_uwsgi_serves_the_same_merge(shared, expected):
-    app = replace(validate({"app_name": "greeting", "shared_paths": shared}), behind_balancer=True)
-    env = Environment(**{**JINJA, "loader": FileSystemLoader(str(TEMPLATES))})
-    config = env.get_template("uwsgi.ini.j2").render(s=app, processes=2, sockets=[])
-    assert re.findall(r"^static-map = .*$", config, re.M) == [expected]

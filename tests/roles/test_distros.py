@@ -236,6 +236,20 @@ def test_debian_family_host_with_the_packages_installs_none():
     assert deploy_one("ubuntu2404", DebInstalled=lambda packages: set(packages)).named("System packages") == {}
 
 
+def test_the_static_merge_is_built_before_nginx_is_pointed_at_it():
+    """A host deployed before the merge existed: it is built (from the releases already
+    there) before the site naming it is written; once there, only a change of the
+    release tool's settings rebuilds it (tests/tool/test_static_assets.py)."""
+    names = list(deploy_one("debian12").changed)
+    build = "Release | Build the static files nginx serves (the live release's, then the kept ones')"
+    assert names.index(build) < names.index("nginx sites | Write the site /etc/nginx/sites-available/greeting.conf")
+    built = deploy_one("debian12", Link=lambda path: {"link_target": "build-1"} if path.endswith("/assets/live") else None)
+    assert build not in built.changed
+    # Only when the tool's settings change (here they do: nothing is on this mocked host).
+    rebuild = "Release | Rebuild the static files nginx serves (the tool's settings changed)"
+    assert rebuild in built.changed and rebuild not in names
+
+
 def test_uwsgi_build_read_from_its_cflags():
     # `uwsgi --cflags` of a build with PCRE and SSL, and of one without (abridged)
     with_both = [('-O2 -I. -Wall -D_LARGEFILE_SOURCE -DUWSGI_HAS_IFADDRS -DUWSGI_PCRE -DUWSGI_ROUTING '
