@@ -26,6 +26,11 @@ from pathlib import Path
 
 from . import base, history, releases
 
+# Behind load balancers uWSGI serves the merge (its static-map2 resolves the directory it
+# names once per worker, the files below it on every request): `url/<static URL>` is
+# root's link to `live`, made by the deploy (tasks/steps/release.py).
+URLS = "url"
+
 
 def assets_dir() -> Path:
     return base.ROOT / "assets"
@@ -133,7 +138,7 @@ def _rebuild(top: Path, names: list[str]) -> None:
     os.symlink(build.name, tmp)
     os.replace(tmp, live)
     for path in top.iterdir():
-        if path.name not in ("live", build.name, before):
+        if path.name not in ("live", URLS, build.name, before):
             shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
     summary = ", ".join(f"{count} from {name}" for name, count in files.items() if count)
     base.log(f"static files served: {summary or 'none'}")

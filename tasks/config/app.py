@@ -229,8 +229,19 @@ class App:
     @property
     def assets_dir(self) -> str:
         """Root's merge of the kept releases' static files, the live one's first
-        (files/release_tool/assets.py), served by nginx."""
+        (files/release_tool/assets.py), served by nginx (or uWSGI behind balancers)."""
         return f"{self.app_root}/assets/live"
+
+    @property
+    def assets_urls(self) -> str:
+        """Behind load balancers, uWSGI's way to `assets_dir` (its static-map2 appends
+        the whole path to this directory, templates/uwsgi.ini.j2)."""
+        return f"{self.app_root}/assets/url"
+
+    @property
+    def assets_url_link(self) -> str:
+        """Root's link to `assets_dir` at the static URL below `assets_urls`."""
+        return f"{self.assets_urls}{self.app_static_url.rstrip('/')}"
 
     @property
     def static_locations(self) -> list[StaticLocation]:

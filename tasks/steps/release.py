@@ -219,6 +219,13 @@ def _serve_assets(app, tool: str, settings) -> None:
         return
     files.directory(name=f"Create {top} (root's: the static files nginx serves)", path=top,
                     user="root", group=app.app_user, mode="750")
+    if app.behind_balancer:
+        # uWSGI serves them (templates/uwsgi.ini.j2): through a path it resolves anew per request.
+        link = app.assets_url_link
+        files.directory(name=f"Create {link.rsplit('/', 1)[0]} (root's: uWSGI's way to the static files)",
+                        path=link.rsplit("/", 1)[0], user="root", group=app.app_user, mode="750")
+        files.link(name=f"Link {link} to the static files served", path=link, target=app.assets_dir,
+                   user="root", group=app.app_user)
     build = host_tool.assets(tool)
     if host.get_fact(Link, path=app.assets_dir):
         server.shell(name="Rebuild the static files nginx serves (the tool's settings changed)", commands=[build],

@@ -134,6 +134,24 @@ def test_assets_of_kept_releases_stay_served_through_a_redeploy_and_a_rollback(f
     assert "Permission denied" in attack, attack
     assert get(fork.url + "/static/shadow.css").status_code == 404
 
+    # Behind load balancers uWSGI serves them (templates/uwsgi.ini.j2): the same lines,
+    # run by hand beside the site, one worker that keeps serving through two rebuilds.
+    fork.exec(f"mkdir -p {ROOT}/assets/url && ln -sfn {ROOT}/assets/live {ROOT}/assets/url/static")
+    fork.exec("runuser -u greeting -- /opt/pyinfra-flask/uwsgi-*/bin/uwsgi --master --processes 1 "
+              f"--http-socket 127.0.0.1:9191 --static-map2 /static={ROOT}/assets/url --static-safe {ROOT}/assets/ "
+              "--pidfile /tmp/static-probe.pid --daemonize /tmp/static-probe.log && sleep 1")
+    try:
+        def status(name: str) -> str:
+            return fork.exec(f"curl -s -o /dev/null -w '%{{http_code}}' http://127.0.0.1:9191/static/{name}").strip()
+
+        assert status(one_assets["app.js"]) == status(two_assets["style.css"]) == "200"
+        for _ in range(2):  # the build this worker first saw is gone after two
+            fork.exec(f"{ROOT}/bin/release-tool assets")
+        assert status(one_assets["app.js"]) == status(two_assets["style.css"]) == "200"
+        assert status("style.css") != "200"  # pruned: falls through (to the app; here none)
+    finally:
+        fork.exec("kill $(cat /tmp/static-probe.pid)", check=False)
+
     # A second run of the same settings changes nothing.
     again = run_deploy(fork, tmp_path, data={**settings, "app_source": str(one)})
     assert again.changed_operations() == [], again.changed_operations()

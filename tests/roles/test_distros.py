@@ -250,6 +250,16 @@ def test_the_static_merge_is_built_before_nginx_is_pointed_at_it():
     assert rebuild in built.changed and rebuild not in names
 
 
+def test_behind_balancers_uwsgi_gets_its_link_to_the_static_merge():
+    facts = {name: host_facts("debian12") for name in ("web1", "lb1")}
+    runs = deploy(facts, groups={"app_servers": ["web1"], "load_balancers": ["lb1"]},
+                  host_data={"web1": {"private_address": "10.0.0.11"}, "lb1": {"private_address": "10.0.0.2"}})
+    [link] = [commands for name, commands in runs["web1"].changed.items() if name ==
+              "Release | Link /srv/greeting/assets/url/static to the static files served"]
+    assert "ln -s /srv/greeting/assets/live /srv/greeting/assets/url/static" in link
+    assert not [name for name in runs["lb1"].changed if "assets" in name]
+
+
 def test_uwsgi_build_read_from_its_cflags():
     # `uwsgi --cflags` of a build with PCRE and SSL, and of one without (abridged)
     with_both = [('-O2 -I. -Wall -D_LARGEFILE_SOURCE -DUWSGI_HAS_IFADDRS -DUWSGI_PCRE -DUWSGI_ROUTING '
