@@ -243,7 +243,8 @@ def test_the_static_merge_is_built_before_nginx_is_pointed_at_it():
     names = list(deploy_one("debian12").changed)
     build = "Release | Build the static files nginx serves (the live release's, then the kept ones')"
     assert names.index(build) < names.index("nginx sites | Write the site /etc/nginx/sites-available/greeting.conf")
-    built = deploy_one("debian12", Link=lambda path: {"link_target": "build-1"} if path.endswith("/assets/live") else None)
+    built = deploy_one("debian12",
+                       Link=lambda path: {"link_target": "build-1"} if path.endswith("/assets/live") else None)
     assert build not in built.changed
     # Only when the tool's settings change (here they do: nothing is on this mocked host).
     rebuild = "Release | Rebuild the static files nginx serves (the tool's settings changed)"
