@@ -69,7 +69,7 @@ def upload() -> io.BytesIO:
 
 # Loading it on the laptop (the deploy and every test) -----------------------------
 
-MODULES = ("base", "history", "releases", "lock", "audit", "uwsgi", "health", "sandbox", "steps",
+MODULES = ("base", "history", "releases", "assets", "lock", "audit", "uwsgi", "health", "sandbox", "steps",
            "activation", "maintenance", "status", "execute", "cli")
 
 
@@ -200,6 +200,10 @@ def prune(tool: str) -> str:
     return line(tool, "prune")
 
 
+def assets(tool: str) -> str:
+    return line(tool, "assets")
+
+
 def health(tool: str, host_name: str) -> str:
     return line(tool, "health", host_name=host_name)
 
@@ -238,5 +242,5 @@ def audit(tool: str, as_json: bool, last: int) -> str:
 
 
 # Every builder above, for the contract test (tests/tool/test_tool.py).
-BUILDERS = (listing, build_venv, check, run_in_release, canary, activate, rollback, prune, health, lock_take,
+BUILDERS = (listing, build_venv, check, run_in_release, canary, activate, rollback, prune, assets, health, lock_take,
             lock_release, status, execute, maintenance, audit)

@@ -6,7 +6,7 @@ import os
 import shutil
 import subprocess
 
-from . import audit, base, health, history, releases, uwsgi
+from . import assets, audit, base, health, history, releases, uwsgi
 
 
 # Activation -------------------------------------------------------------------
@@ -50,6 +50,8 @@ def _activate(target: str, mode: str, host_name: str, kind: str = "deploy", run:
             raise base.Failure(f"release {target} was not activated on host {host_name}: {failure}; "
                           f"the live release {previous} was left alone") from None
     try:
+        # Its static files first (with the older releases' behind them), then the code.
+        assets.rebuild(target)
         if previous != target:
             releases.switch(target)
         history.record("switched", target, **{"from": previous, "run": run, "kind": kind})
@@ -61,6 +63,7 @@ def _activate(target: str, mode: str, host_name: str, kind: str = "deploy", run:
             if fallback is None:
                 raise base.Failure(f"release {target} FAILED on host {host_name}: {failure}") from None
             base.log(f"release {target} failed ({failure}); switching back to {fallback}")
+            assets.rebuild(fallback)
             releases.switch(fallback)
             try:
                 same_venv = releases.venv_of(fallback) == releases.venv_of(target)
@@ -125,11 +128,20 @@ def cmd_rollback(args) -> None:
     activate(target, "auto", args.host_name, kind=kind, run=args.run)
 
 
+def cmd_assets(args) -> None:
+    """Rebuild the static files nginx serves (the deploy runs it when their settings change)."""
+    assets.rebuild(releases.live())
+
+
 def cmd_prune(args) -> None:
     current = releases.live()
     names = releases.releases()
-    for name in history.prune_choice(names, history.read_history(), current, base.CONFIG["keep_releases"]):
+    pruned = history.prune_choice(names, history.read_history(), current, base.CONFIG["keep_releases"])
+    for name in pruned:
         releases.discard(name)
+    if pruned:
+        # Their static files are served no more.
+        assets.rebuild(current)
     kept = set(releases.releases())
     # Leftovers of interrupted deploys: half-unpacked releases and uploads.
     for path in base.RELEASES.iterdir():

@@ -32,6 +32,7 @@ class Settings(TypedDict):
     stats_socket: str  # uWSGI's stats socket, likewise
     reload_timeout: int  # seconds for the workers of a reload to come up
     keep_releases: int
+    static_dir: str  # the static directory in each release that nginx serves (assets.py), or ""
     nginx_error_log: str
     health: dict  # the health check (files/healthcheck.py)
     health_module: str  # where files/healthcheck.py is installed

@@ -11,6 +11,8 @@
                                        through nginx, and switch back if it fails
     release-tool rollback [ID]         activate the previous (or the named) release
     release-tool prune                 keep the newest N releases and their venvs
+    release-tool assets                rebuild the static files nginx serves: the live
+                                       release's, then the other kept releases'
     release-tool health                check the app through nginx
     release-tool history               what went live when (host clock), and how it went
     release-tool lock show|take|release|break   the per-app deploy lock
@@ -101,6 +103,7 @@ def argument_parser(root: Path | None = None) -> argparse.ArgumentParser:
     activate_parser.add_argument("--mode", choices=["auto", "chain", "graceful", "restart"], default="auto")
     sub.add_parser("rollback").add_argument("release", nargs="?")
     sub.add_parser("prune")
+    sub.add_parser("assets")
     health_parser = sub.add_parser("health")
     health_parser.add_argument("--attempts", type=int, help="default: the configured retries")
     health_parser.add_argument("--quiet", action="store_true", help="no logs on failure")
@@ -137,6 +140,7 @@ def main(argv: list[str] | None = None, root: Path | None = None) -> int:
         "list": status.cmd_list, "history": status.cmd_history, "build-venv": steps.cmd_build_venv,
         "check": steps.cmd_check, "canary": steps.cmd_canary, "run": steps.cmd_run,
         "activate": activation.cmd_activate, "rollback": activation.cmd_rollback, "prune": activation.cmd_prune,
+        "assets": activation.cmd_assets,
         "health": health.cmd_health, "lock": cmd_lock, "status": status.cmd_status, "exec": execute.cmd_exec,
         "maintenance": maintenance.cmd_maintenance, "audit": audit.cmd_audit,
     }

@@ -215,28 +215,58 @@ class App:
         return f"{self.app_name}.service"
 
     @property
+    def release_static_dir(self) -> str:
+        """The static directory inside each release that nginx serves (through the
+        merge of the kept releases', files/release_tool/assets.py), or "" when there
+        is none or it lives in (or is) a shared path."""
+        static_dir = self.app_static_dir.strip("/")
+        for path in self.shared_paths:
+            name = path.rstrip("/")
+            if path.endswith("/") and (static_dir == name or static_dir.startswith(name + "/")):
+                return ""
+        return static_dir
+
+    @property
+    def assets_dir(self) -> str:
+        """Root's merge of the kept releases' static files, the live one's first
+        (files/release_tool/assets.py), served by nginx (or uWSGI behind balancers)."""
+        return f"{self.app_root}/assets/live"
+
+    @property
+    def assets_urls(self) -> str:
+        """Behind load balancers, uWSGI's way to `assets_dir` (its static-map2 appends
+        the whole path to this directory, templates/uwsgi.ini.j2)."""
+        return f"{self.app_root}/assets/url"
+
+    @property
+    def assets_url_link(self) -> str:
+        """Root's link to `assets_dir` at the static URL below `assets_urls`."""
+        return f"{self.assets_urls}{self.app_static_url.rstrip('/')}"
+
+    @property
     def static_locations(self) -> list[StaticLocation]:
         """Where nginx serves the app's static files from disk, each with the path up
         to which it may follow links (nginx's `disable_symlinks ... from=`).
 
-        The release is root's, reached through the `current` link; a shared path
-        below the static directory is the app user's, and a link in the release
-        leads to it. nginx's user is in every app's group, so a link the app plants
-        there would serve any file nginx can read, another app's included: each
-        shared path inside the static directory gets a location of its own, served
-        from its real directory with no link followed past it, and the release's
-        own files none past the static directory (the shared links included)."""
+        The releases' own files are served from root's merge of the kept releases'
+        static directories (the live one's first, so a page rendered by an older
+        release still finds its assets), reached through root's `live` link and
+        holding no link below it. A shared path below the static directory is the
+        app user's, and a link in the release leads to it: nginx's user is in every
+        app's group, so a link the app plants there would serve any file nginx can
+        read, another app's included. Each such shared path gets a location of its
+        own, served from its real directory with no link followed past it."""
         static_dir = self.app_static_dir.strip("/")
         if not static_dir:
             return []
         shared = f"{self.app_root}/shared"
         names = [(path.rstrip("/"), path.endswith("/")) for path in self.shared_paths]
-        for name, is_dir in names:
-            if is_dir and (static_dir == name or static_dir.startswith(name + "/")):
-                # The whole static directory lives in (or is) an app-writable one.
-                return [StaticLocation(self.app_static_url, f"{shared}/{static_dir}/", f"{shared}/{name}")]
-        found = [StaticLocation(self.app_static_url, f"{self.code_dir}/{static_dir}/",
-                                f"{self.code_dir}/{static_dir}")]
+        if not self.release_static_dir:
+            # The whole static directory lives in (or is) an app-writable one.
+            name = next(name for name, is_dir in names
+                        if is_dir and (static_dir == name or static_dir.startswith(name + "/")))
+            return [StaticLocation(self.app_static_url, f"{shared}/{static_dir}/", f"{shared}/{name}")]
+        found = [StaticLocation(self.app_static_url, f"{self.assets_dir}/", self.assets_dir)]
         for name, is_dir in names:
             if not name.startswith(static_dir + "/"):
                 continue

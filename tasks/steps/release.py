@@ -4,6 +4,7 @@
     <app_root>/venvs/<hash>/        one venv per requirements file (shared by releases)
     <app_root>/shared/<path>        data that outlives releases (instance/, uploads/, ...)
     <app_root>/current -> releases/<id>
+    <app_root>/assets/live/         root's merge of the kept releases' static files, served by nginx
 
 A release is made only when what would go into it (code, requirements, entry point,
 shared paths) differs from the live one, so a no-op run stays "No changes". The
@@ -21,6 +22,7 @@ from functools import cache
 
 from pyinfra import host
 from pyinfra.api import DeployError, FactBase, deploy
+from pyinfra.facts.files import Link
 from pyinfra.facts.systemd import SystemdStatus
 from pyinfra.operations import files, server
 
@@ -113,6 +115,7 @@ def tool_settings(app) -> dict:
         "stats_socket": f"{app.socket_dir}/stats.sock",
         "reload_timeout": app.reload_timeout,
         "keep_releases": app.keep_releases,
+        "static_dir": app.release_static_dir,
         "nginx_error_log": app.nginx_error_log,
         "health": healthcheck.spec(app),
         "health_module": healthcheck.MODULE,
@@ -139,6 +142,7 @@ def prepare(app) -> Release:
     for path in ("releases", "venvs", "shared"):
         files.directory(name=f"Create {app.app_root}/{path}", path=f"{app.app_root}/{path}",
                         user="root", group=app.app_user, mode="750")
+    _serve_assets(app, tool, settings)
     environment = None
     variables = app.environment()
     if variables:
@@ -203,6 +207,32 @@ def prepare(app) -> Release:
     server.shell(name=f"Check release {bundle.id} answers GET {app.healthcheck_path} (called in-process)",
                  commands=[host_tool.canary(tool, bundle.id, identity.RUN_ID, identity.BY)])
     return Release(bundle.id, tool, new=True, settings=settings, environment=environment)
+
+
+def _serve_assets(app, tool: str, settings) -> None:
+    """Root's merge of the kept releases' static files that nginx serves (the release
+    tool's assets.py), built before nginx is pointed at it; activation and prune keep
+    it up to date, and a change of the tool's settings (its static directory) rebuilds it."""
+    top = f"{app.app_root}/assets"
+    if not app.release_static_dir:
+        files.directory(name=f"No {top}: nginx serves no static files from the releases", path=top, present=False)
+        return
+    files.directory(name=f"Create {top} (root's: the static files nginx serves)", path=top,
+                    user="root", group=app.app_user, mode="750")
+    if app.behind_balancer:
+        # uWSGI serves them (templates/uwsgi.ini.j2): through a path it resolves anew per request.
+        link = app.assets_url_link
+        files.directory(name=f"Create {link.rsplit('/', 1)[0]} (root's: uWSGI's way to the static files)",
+                        path=link.rsplit("/", 1)[0], user="root", group=app.app_user, mode="750")
+        files.link(name=f"Link {link} to the static files served", path=link, target=app.assets_dir,
+                   user="root", group=app.app_user)
+    build = host_tool.assets(tool)
+    if host.get_fact(Link, path=app.assets_dir):
+        server.shell(name="Rebuild the static files nginx serves (the tool's settings changed)", commands=[build],
+                     _if=settings.did_change)
+    else:
+        server.shell(name="Build the static files nginx serves (the live release's, then the kept ones')",
+                     commands=[build])
 
 
 @deploy("Release activation")

@@ -81,9 +81,11 @@ def allow(platform, s, app: bool = True, nginx: bool = True, relabel_after=()):
         # /srv (var_t), which would fail with 203/EXEC.
         labels[f"{s.uwsgi_venv}/bin"] = "bin_t"
     if app and nginx and s.app_static_dir:
-        # nginx serves the static files straight from the releases; new releases
-        # are made inside this directory and take its label.
+        # nginx serves the static files straight from the releases (through root's
+        # merge of them, assets/); new ones are made inside and take its label.
         labels[f"{s.app_root}/releases"] = "httpd_sys_content_t"
+        if s.release_static_dir:
+            labels[f"{s.app_root}/assets"] = "httpd_sys_content_t"
     unix_socket = app and nginx and not s.uwsgi_tcp
     if unix_socket:
         # The socket's directory: systemd makes it (RuntimeDirectory) with the

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import re
 import shutil
+from dataclasses import replace
 
 import pytest
+from jinja2 import Environment, FileSystemLoader
 
+from tasks import JINJA, TEMPLATES
 from tasks.config.checks import validate
 from tests.conftest import REPO_ROOT
 from tests.ops.test_maintenance_audit import blocks, render
@@ -31,8 +34,9 @@ def static_blocks(config: str) -> dict[str, tuple[str, str]]:
 def test_a_shared_path_under_static_is_served_from_its_own_directory_without_links():
     blog = validate({**BLOG, "shared_paths": ["instance/", "static/uploads/", "static/feeds/data.json"]})
     assert static_blocks(render("nginx-site.conf.j2", [blog])) == {
-        # The release's own files, reached through `current` (root's link), no link below.
-        "/blog/static/": ("/srv/blog/current/static/", "/srv/blog/current/static"),
+        # The releases' own files: root's merge of the kept releases' (the live one's
+        # first), reached through root's `live` link, no link below.
+        "/blog/static/": ("/srv/blog/assets/live/", "/srv/blog/assets/live"),
         # The app user's: straight from the shared directory, never through a link in it.
         "/blog/static/uploads/": ("/srv/blog/shared/static/uploads/", "/srv/blog/shared/static/uploads"),
         # A shared file: from its directory (root's), so the file itself is checked too.
@@ -69,3 +73,19 @@ def test_every_location_serving_app_files_refuses_links_and_others_are_roots():
     # and the ACME challenges (no directory of them is an app's).
     roots = re.findall(r"^\s*root (\S+);", config, re.M)
     assert roots and all(root.startswith(("/etc/pyinfra-flask/", "/var/lib/")) for root in roots), roots
+
+
+
+@pytest.mark.parametrize(("shared", "expected"), [
+    # The merge, through root's link at the static URL (resolved per request), its real
+    # files below static-safe: earlier releases' assets are served behind balancers too.
+    (["instance/"], ["static-map2 = /static=/srv/greeting/assets/url", "static-safe = /srv/greeting/assets/"]),
+    # All of the static directory is the app's own data: served from there as before.
+    (["static/"], ["static-map = /static=/srv/greeting/current/static"]),
+])
+def test_behind_balancers_uwsgi_serves_the_same_merge(shared, expected):
+    app = replace(validate({"app_name": "greeting", "shared_paths": shared}), behind_balancer=True)
+    env = Environment(**{**JINJA, "loader": FileSystemLoader(str(TEMPLATES))})
+    config = env.get_template("uwsgi.ini.j2").render(s=app, processes=2, sockets=[])
+    assert re.findall(r"^static-\S+ = .*$", config, re.M) == expected
+    assert app.assets_url_link == "/srv/greeting/assets/url/static"

@@ -93,7 +93,7 @@ def test_nginx_serves_no_link_an_app_planted_in_its_shared_static_path(multi):
                " && ln -s /srv/greeting/shared/instance linked && mkdir sub && ln -s /etc sub/etc'")
     ok = get(multi.url + "/blog/static/uploads/ok.txt")
     assert ok.status_code == 200 and ok.text == "uploaded\n"
-    assert get(multi.url + "/blog/static/blog.css").status_code == 200, "the release's own, through current"
+    assert get(multi.url + "/blog/static/blog.css").status_code == 200, "the release's own, from the merge"
     for path in ("leak.txt", "passwd.txt", "linked/secret.txt", "sub/etc/passwd"):
         response = requests.get(multi.url + "/blog/static/uploads/" + path, timeout=10)
         assert response.status_code in (403, 404), (path, response.status_code, response.text[:80])

@@ -100,6 +100,7 @@ CONVERGED_RHEL = {
     "FileContextMapping": lambda target: {"user": "system_u", "role": "object_r", "level": "s0",
                                           "type": {"/opt/pyinfra-flask/uwsgi-2.0.31/bin(/.*)?": "bin_t",
                                                    "/srv/greeting/releases(/.*)?": "httpd_sys_content_t",
+                                                   "/srv/greeting/assets(/.*)?": "httpd_sys_content_t",
                                                    "/run/greeting(/.*)?": "httpd_var_run_t"}[target]},
     "Mislabelled": lambda paths: [],
     "SelinuxModules": {"base", "apache", "pyinfra_flask_nginx_uwsgi"},
@@ -235,6 +236,31 @@ def test_debian_family_host_with_the_packages_installs_none():
     assert deploy_one("ubuntu2404", DebInstalled=lambda packages: set(packages)).named("System packages") == {}
 
 
+def test_the_static_merge_is_built_before_nginx_is_pointed_at_it():
+    """A host deployed before the merge existed: it is built (from the releases already
+    there) before the site naming it is written; once there, only a change of the
+    release tool's settings rebuilds it (tests/tool/test_static_assets.py)."""
+    names = list(deploy_one("debian12").changed)
+    build = "Release | Build the static files nginx serves (the live release's, then the kept ones')"
+    assert names.index(build) < names.index("nginx sites | Write the site /etc/nginx/sites-available/greeting.conf")
+    built = deploy_one("debian12",
+                       Link=lambda path: {"link_target": "build-1"} if path.endswith("/assets/live") else None)
+    assert build not in built.changed
+    # Only when the tool's settings change (here they do: nothing is on this mocked host).
+    rebuild = "Release | Rebuild the static files nginx serves (the tool's settings changed)"
+    assert rebuild in built.changed and rebuild not in names
+
+
+def test_behind_balancers_uwsgi_gets_its_link_to_the_static_merge():
+    facts = {name: host_facts("debian12") for name in ("web1", "lb1")}
+    runs = deploy(facts, groups={"app_servers": ["web1"], "load_balancers": ["lb1"]},
+                  host_data={"web1": {"private_address": "10.0.0.11"}, "lb1": {"private_address": "10.0.0.2"}})
+    [link] = [commands for name, commands in runs["web1"].changed.items() if name ==
+              "Release | Link /srv/greeting/assets/url/static to the static files served"]
+    assert "ln -s /srv/greeting/assets/live /srv/greeting/assets/url/static" in link
+    assert not [name for name in runs["lb1"].changed if "assets" in name]
+
+
 def test_uwsgi_build_read_from_its_cflags():
     # `uwsgi --cflags` of a build with PCRE and SSL, and of one without (abridged)
     with_both = [('-O2 -I. -Wall -D_LARGEFILE_SOURCE -DUWSGI_HAS_IFADDRS -DUWSGI_PCRE -DUWSGI_ROUTING '
@@ -270,10 +296,12 @@ SELINUX_ENFORCING = {
         "semanage fcontext -a -t bin_t '/opt/pyinfra-flask/uwsgi-2.0.31/bin(/.*)?'"],
     "SELinux | Label /srv/greeting/releases httpd_sys_content_t (SELinux file context rule)": [
         "semanage fcontext -a -t httpd_sys_content_t '/srv/greeting/releases(/.*)?'"],
+    "SELinux | Label /srv/greeting/assets httpd_sys_content_t (SELinux file context rule)": [
+        "semanage fcontext -a -t httpd_sys_content_t '/srv/greeting/assets(/.*)?'"],
     "SELinux | Label /run/greeting httpd_var_run_t (SELinux file context rule)": [
         "semanage fcontext -a -t httpd_var_run_t '/run/greeting(/.*)?'"],
-    "SELinux | Relabel /opt/pyinfra-flask/uwsgi-2.0.31/bin, /srv/greeting/releases, /run/greeting by those rules (restorecon)": [
-        "restorecon -R -v -i /opt/pyinfra-flask/uwsgi-2.0.31/bin /srv/greeting/releases /run/greeting"],
+    "SELinux | Relabel /opt/pyinfra-flask/uwsgi-2.0.31/bin, /srv/greeting/releases, /srv/greeting/assets, /run/greeting by those rules (restorecon)": [
+        "restorecon -R -v -i /opt/pyinfra-flask/uwsgi-2.0.31/bin /srv/greeting/releases /srv/greeting/assets /run/greeting"],
     "SELinux | Let nginx connect to uWSGI's unix socket (policy module pyinfra_flask_nginx_uwsgi)": [(
         'dir=$(mktemp -d) && printf "%s\\n" '
         "'(allow httpd_t unconfined_service_t (unix_stream_socket (connectto getattr)))' "
@@ -335,12 +363,15 @@ def test_rhel_relabels_when_labels_drifted_or_uwsgi_was_reinstalled():
     drifted = deploy_one("rocky9", CONVERGED_RHEL, Mislabelled=lambda paths: [
         "Would relabel /run/greeting from system_u:object_r:var_run_t:s0 to system_u:object_r:httpd_var_run_t:s0"])
     assert drifted.named("SELinux") == {
-        "SELinux | Relabel /opt/pyinfra-flask/uwsgi-2.0.31/bin, /srv/greeting/releases, /run/greeting by those rules (restorecon)": [
-            "restorecon -R -v -i /opt/pyinfra-flask/uwsgi-2.0.31/bin /srv/greeting/releases /run/greeting"]}
+        "SELinux | Relabel /opt/pyinfra-flask/uwsgi-2.0.31/bin, /srv/greeting/releases, /srv/greeting/assets, "
+        "/run/greeting by those rules (restorecon)": [
+            "restorecon -R -v -i /opt/pyinfra-flask/uwsgi-2.0.31/bin /srv/greeting/releases /srv/greeting/assets "
+            "/run/greeting"]}
     # uWSGI (re)installed, so its venv may be new: relabelled although nothing else changed.
     reinstalled = deploy_one("rocky9", CONVERGED_RHEL, UwsgiBuild=None)
     assert list(reinstalled.named("SELinux")) == [
-        "SELinux | Relabel /opt/pyinfra-flask/uwsgi-2.0.31/bin, /srv/greeting/releases, /run/greeting by those rules (restorecon)"]
+        "SELinux | Relabel /opt/pyinfra-flask/uwsgi-2.0.31/bin, /srv/greeting/releases, /srv/greeting/assets, "
+        "/run/greeting by those rules (restorecon)"]
 
 
 def test_rhel_curl_minimal_counts_as_curl():

@@ -32,6 +32,7 @@ CALLS = {
     host_tool.activate: (TOOL, "r1", "graceful", "web 1", RUN, BY),
     host_tool.rollback: (TOOL, None, "web1", RUN, BY),
     host_tool.prune: (TOOL,),
+    host_tool.assets: (TOOL,),
     host_tool.health: (TOOL, "web1"),
     host_tool.lock_take: (TOOL, RUN, json.dumps({"user": "ana", "machine": "laptop", "pid": 7}), 5, "old-run", True),
     host_tool.lock_release: (TOOL, RUN),
