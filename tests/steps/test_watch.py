@@ -109,9 +109,10 @@ def test_the_watch_runs_every_minute_by_default_and_its_targets_go_only_into_a_r
     assert app["certificate_days"] == 14 and app["disk_free"] == 10 and app["backups"] == []
 
 
-def test_the_watch_checks_backups_renewal_and_workers_where_there_are_some():
-    run = one(watch_interval=10, database="postgresql", tls_acme=True, acme_email="ops@example.com",
-              nginx_server_names=["shop.example.com"], workers={"mailer": {"command": "python m.py"}})
+@pytest.mark.parametrize("system", ["debian12", "debian13"])
+def test_the_watch_checks_backups_renewal_and_workers_where_there_are_some(system):
+    run = deploy({"web": host_facts(system)}, watch_interval=10, database="postgresql", tls_acme=True, acme_email="ops@example.com",
+              nginx_server_names=["shop.example.com"], workers={"mailer": {"command": "python m.py"}})["web"]
     assert "OnUnitActiveSec=10s" in run.uploads["/etc/systemd/system/pyinfra-flask-watch.timer"]
     config = json.loads(run.uploads[watch_step.CONFIG])
     [app] = config["apps"]
