@@ -87,8 +87,13 @@ def test_one_alert_per_change_and_one_per_recovery(lab):
 
     again = run_deploy(inventory, work)
     assert again.changed_operations() == [], again.output[-3000:]
-    for run in (first, again):
+    # A new webhook previewed: said to change, its value (old or new) never shown.
+    receiver_url = json.loads(host.exec("cat /etc/pyinfra-flask/watch/targets.json"))["webhook"]
+    dry = run_deploy(inventory, work, "--dry", "--diff", data={"alert_webhook_url": receiver_url + "-NEW"})
+    assert "Will write /etc/pyinfra-flask/watch/targets.json (a secret: contents not shown)" in dry.output
+    for run in (first, again, dry):
         assert TOKEN not in run.output
+    assert json.loads(host.exec("cat /etc/pyinfra-flask/watch/targets.json"))["webhook"] == receiver_url
 
     # The app stopped: one alert within 2 minutes, none more while it stays down.
     host.exec("systemctl stop greeting.service")
