@@ -218,9 +218,9 @@ def lock_release(tool: str, run: str) -> str:
 
 
 def status(tool: str, nginx: bool, workers: list[str], jobs: list[str], timers: list[str],
-           certificates: list[str]) -> str:
-    """`status --json`: what ops.py status judges."""
-    options = ["--nginx"] if nginx else []
+           certificates: list[str], watch: str | None = None) -> str:
+    """`status --json`: what ops.py status (and the watch) judges; `watch`: the watch's state file."""
+    options = (["--nginx"] if nginx else []) + (["--watch", watch] if watch else [])
     for option, values in (("--worker", workers), ("--job", jobs), ("--timer", timers),
                            ("--certificate", certificates)):
         for value in values:

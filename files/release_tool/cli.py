@@ -119,6 +119,7 @@ def argument_parser(root: Path | None = None) -> argparse.ArgumentParser:
     status_parser = sub.add_parser("status", help="what ops.py status judges")
     status_parser.add_argument("--json", action="store_true")
     status_parser.add_argument("--nginx", action="store_true", help="nginx runs the app's site on this host")
+    status_parser.add_argument("--watch", help="the watch's state file (files/watch.py): when it last ran")
     for option in ("worker", "job", "timer", "certificate"):
         status_parser.add_argument(f"--{option}", action="append", default=[],
                                    help=f"a {option} of the app (repeatable)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 from . import audit, base, health, history, lock, releases, uwsgi
@@ -84,8 +85,33 @@ def uwsgi_summary() -> dict:
             "requests": sum(n for n in requests if isinstance(n, int) and not isinstance(n, bool) and n >= 0)}
 
 
+WATCH_UNITS = ("pyinfra-flask-watch.timer", "pyinfra-flask-watch.service")
+
+
+def watch_report(state_path: str) -> dict:
+    """The host's watch (files/watch.py): its units, and from its state file (root's, never
+    through a link) how long ago it last ran, what fails and what was not delivered."""
+    report = {"units": unit_states(list(WATCH_UNITS)), "age": None, "interval": None, "failing": [],
+              "undelivered": {}}
+    try:
+        fd = base.own_file(Path(state_path), os.O_RDONLY)
+    except FileNotFoundError:
+        return report
+    except (OSError, base.Failure) as refused:
+        return {**report, "error": str(refused)}
+    with os.fdopen(fd, encoding="utf-8") as handle:
+        try:
+            state = json.loads(handle.read())
+        except ValueError:
+            return {**report, "error": f"{state_path} is not JSON"}
+    last = state.get("last_run")
+    return {**report, "age": time.time() - last if isinstance(last, (int, float)) else None,
+            "interval": state.get("interval"), "failing": state.get("failing", []),
+            "undelivered": state.get("undelivered", {}), "waiting": len(state.get("outbox", []))}
+
+
 def status_report(workers: list[str], jobs: list[str], timers: list[str], nginx: bool,
-                  certificates: list[str]) -> dict:
+                  certificates: list[str], watch: str | None = None) -> dict:
     """Everything `ops.py status` judges, read in one go; the judging is the laptop's
     (tasks/ops_status.py)."""
     current = releases.live()
@@ -120,11 +146,12 @@ def status_report(workers: list[str], jobs: list[str], timers: list[str], nginx:
         "certificates": {path: certificate_lines(path) for path in certificates},
         "disk": {"path": str(base.ROOT), "free": disk.f_bavail * disk.f_frsize, "total": disk.f_blocks * disk.f_frsize},
         "lock": lock.lock_holder(),
+        **({"watch": watch_report(watch)} if watch else {}),
     }
 
 
 def cmd_status(args) -> None:
-    report = status_report(args.worker, args.job, args.timer, args.nginx, args.certificate)
+    report = status_report(args.worker, args.job, args.timer, args.nginx, args.certificate, args.watch)
     if args.json:
         print(json.dumps(report), flush=True)
         return

@@ -16,6 +16,7 @@ from typing import Any
 from tasks.config import release_exclude, reserved
 from tasks.config.app import App
 from tasks.config.settings import SettingsError, parse
+from tasks.config.settings.values import EMAIL_RE
 
 
 def validate(data: dict[str, Any], where: str = "settings", secrets: bool = True) -> App:
@@ -125,6 +126,11 @@ def environment(app: App) -> None:
     for key, value in app.environment().items():
         if "\n" in value or "\r" in value:
             raise ValueError(f"app_env_file/app_env_from: the value of {key} spans lines (not supported)")
+    name = app.alert_smtp_password_from
+    if name is not None and not os.environ.get(name, "").strip("\r\n"):
+        raise ValueError(f"alert_smtp_password_from: {name} is not set in the shell running pyinfra")
+    if name is not None and any(c in os.environ[name] for c in "\r\n\x00"):
+        raise ValueError(f"alert_smtp_password_from: {name} must be one line (its value is not shown)")
 
 
 def background(app: App) -> None:
@@ -338,7 +344,6 @@ def day_two(app: App) -> None:
 
 HOST_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+$")
 IPV4_RE = re.compile(r"^[0-9.]+$")
-EMAIL_RE = re.compile(r"^[^@\s'\"\\]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
 DIRECTORY_RE = re.compile(r"^https://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?$")
 
 
@@ -356,7 +361,7 @@ def acme(app: App) -> None:
                          "tls_certificate_key must not be set (use one or the other)")
     if not app.acme_email:
         raise ValueError("acme_email: required with tls_acme (the CA's contact for expiry notices)")
-    if not EMAIL_RE.match(app.acme_email):
+    if not re.match(EMAIL_RE, app.acme_email):
         raise ValueError(f"acme_email: {app.acme_email!r} is not an email address")
     for name in certificate_names(app):
         if not HOST_NAME_RE.match(name) or IPV4_RE.match(name):

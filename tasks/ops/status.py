@@ -17,37 +17,16 @@ from datetime import datetime, timezone
 
 from tasks import tool as host_tool
 from tasks.config import topology
-from tasks.steps import acme, healthcheck
+from tasks.steps import acme, healthcheck, watch
 from tasks.config.app import App
-from tasks.steps.nginx import sites_for
 
 
 def tool(app: App) -> str:
     return host_tool.path(app.app_root)
 
 
-def certificates(apps: list[App]) -> dict[str, str]:
-    """The certificate file each app's site serves (by app name), for apps with TLS
-    whose nginx runs on this host. Sites are made per host from all its apps, as the
-    deploy makes them (tasks/steps/nginx.py)."""
-    found = {}
-    for site in sites_for([app for app in apps if not app.behind_balancer]):
-        if site.apps[0].tls:
-            found.update({app.app_name: site.certificate for app in site.apps})
-    return found
-
-
-def job_units(app: App) -> tuple[list[str], list[str]]:
-    """(job services, timers): the timers only where this host runs the jobs."""
-    services = [f"{app.unit_prefix(name)}.service" for name in sorted(app.jobs)]
-    timers = [f"{app.unit_prefix(name)}.timer" for name in sorted(app.jobs)] if app.runs_jobs else []
-    return services, timers
-
-
 def app_command(app: App, certificate: str | None) -> str:
-    jobs, timers = job_units(app)
-    return host_tool.status(tool(app), not app.behind_balancer, app.worker_instances, jobs, timers,
-                            [certificate] if certificate else [])
+    return watch.status_command(app, certificate, watch=True)
 
 
 def balancer_command(app: App, certificate: str | None) -> str:
@@ -69,14 +48,14 @@ def balancer_command(app: App, certificate: str | None) -> str:
 def host_command(host, apps: list[App]) -> str:
     """One command for all the host's apps: the release tool's JSON line for each
     on an app server, marked sections on a balancer."""
-    paths = certificates(apps)
+    paths = watch.certificates(apps)
     make = balancer_command if topology.is_balancer(host) else app_command
     return " ; ".join(make(app, paths.get(app.app_name)) for app in apps)
 
 
 def balancer_reports(apps: list[App], stdout: list[str]) -> dict[str, dict]:
     """The reports of a balancer's apps, from `balancer_command`'s output."""
-    paths = certificates(apps)
+    paths = watch.certificates(apps)
     reports: dict[str, dict] = {}
     report: dict = {}
     section = ""
@@ -151,6 +130,31 @@ def certificate_days(lines: list[str] | None, now: datetime | None = None) -> fl
     return None if info is None else info.days_left(now)
 
 
+def watch_problems(report: dict | None) -> list[str]:
+    """The host's watch (files/watch.py) failing: its timer stopped, its last run failed
+    or too long ago, alerts it could not deliver."""
+    if report is None:
+        return []
+    if report.get("error"):
+        return [f"the watch's state: {report['error']}"]
+    found = []
+    timer, service = (_state(report.get("units", {}), f"{watch.UNIT}.{kind}") for kind in ("timer", "service"))
+    if timer != "active":
+        found.append(f"the watch's timer {watch.UNIT}.timer is {timer}: nothing is checked or alerted")
+    if service == "failed":
+        found.append(f"the watch's last run failed (journalctl -u {watch.UNIT}.service)")
+    age, interval = report.get("age"), report.get("interval") or 60
+    if age is None:
+        found.append(f"the watch has never run (systemctl status {watch.UNIT}.timer)")
+    elif age > 3 * interval + 60:
+        found.append(f"the watch last ran {age / 60:.0f} minutes ago, though due every {interval} s "
+                     f"(journalctl -u {watch.UNIT}.service)")
+    for target, why in sorted((report.get("undelivered") or {}).items()):
+        found.append(f"the watch could not deliver alerts to the {target} target ({why}); "
+                     f"{report.get('waiting', 0)} waiting, tried again every run")
+    return found
+
+
 def problems(app: App, report: dict, now: datetime | None = None) -> list[str]:
     """What is wrong with the app on this host, one line each; [] when healthy."""
     if "error" in report:
@@ -183,6 +187,7 @@ def problems(app: App, report: dict, now: datetime | None = None) -> list[str]:
     failure = (report.get("health") or {}).get("failure")
     if failure:
         found.append(failure.splitlines()[0])
+    found += watch_problems(report.get("watch"))
     for path, lines in (report.get("certificates") or {}).items():
         days = certificate_days(lines, now)
         if lines is None:

@@ -9,7 +9,7 @@ from pyinfra import host
 from pyinfra.api import deploy
 
 from tasks.config import inventory
-from tasks.steps import background, database, firewall, healthcheck, logrotate, nginx, packages, release, selinux, service, users, uwsgi
+from tasks.steps import background, database, firewall, healthcheck, logrotate, nginx, packages, release, selinux, service, users, uwsgi, watch
 from tasks.steps.release import Release
 
 
@@ -75,3 +75,5 @@ def converge(system, this):
     firewall.remove_stale(apps)
     # Last: no app's units use the Redis it removes any more.
     background.retire_redis(apps)
+    # Once every app is live: the watch's first run sees what this run made.
+    watch.install(host.name, apps)

@@ -164,13 +164,13 @@ def test_removing_an_app_stops_it_and_removes_its_site(multi, tmp_path):
     assert second.changed_operations() == []
 
 
-def _self_signed(tmp_path, name="tls.test"):
+def _self_signed(tmp_path, name="tls.test", days: int = 30):
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = datetime.datetime.now(datetime.timezone.utc)
     cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=30))
+            .not_valid_after(now + datetime.timedelta(days=days))
             .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
             .sign(key, hashes.SHA256()))
     cert_path, key_path = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"

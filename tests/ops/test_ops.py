@@ -184,14 +184,15 @@ def test_the_status_command_names_the_apps_units_and_certificate():
     acme = validate({"app_source": "files/greeting", "workers": WORKERS, "jobs": JOBS, "tls_acme": True,
                      "acme_email": "ops@example.com", "nginx_server_names": ["shop.example.com"]})
     command = ops_status.host_command(FakeHost(), [acme])
-    assert command == ("/srv/greeting/bin/release-tool status --json --nginx --worker greeting-mailer@1.service "
+    assert command == ("/srv/greeting/bin/release-tool status --json --nginx --watch "
+                       "/var/lib/pyinfra-flask/watch/state.json --worker greeting-mailer@1.service "
                        "--worker greeting-mailer@2.service --job greeting-report.service "
                        "--timer greeting-report.timer --certificate /etc/letsencrypt/live/greeting/fullchain.pem")
     from dataclasses import replace
     behind = replace(acme, behind_balancer=True, runs_jobs=False)
     assert ops_status.host_command(FakeHost(), [behind]) == (
-        "/srv/greeting/bin/release-tool status --json --worker greeting-mailer@1.service "
-        "--worker greeting-mailer@2.service --job greeting-report.service")
+        "/srv/greeting/bin/release-tool status --json --watch /var/lib/pyinfra-flask/watch/state.json "
+        "--worker greeting-mailer@1.service --worker greeting-mailer@2.service --job greeting-report.service")
 
 
 def test_a_balancer_is_read_without_a_release_tool_nginx_health_and_certificate():

@@ -5,7 +5,7 @@ group), in ``group_data/*.py``, or on the command line with ``--data key=value``
 ``tasks.config.inventory.load_apps`` validates the whole lot before any operation is added,
 so a typo or a bad value stops the run before any host is changed. This package is
 the schema (each value on its own), one module per concern (the app, releases,
-background work, the database, uWSGI, nginx, day two; what values may look like in
+background work, the database, uWSGI, nginx, day two, alerts; what values may look like in
 values.py), composed here into Settings; the checks that look at the laptop's files or
 at several values together are in tasks/config/checks.py, the derived defaults and paths
 in tasks/config/app.py.
@@ -25,6 +25,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pyinfra.api.exceptions import DeployError
 
+from tasks.config.settings.alerts import SECRET_KEYS, AlertSettings
 from tasks.config.settings.application import AppSettings
 from tasks.config.settings.background import BackgroundSettings
 from tasks.config.settings.database import DatabaseSettings
@@ -51,7 +52,7 @@ SANDBOX = (
 
 # The schema's parts, one per concern, in the settings table's order.
 PARTS = (AppSettings, ReleaseSettings, BackgroundSettings, DatabaseSettings, UwsgiSettings, NginxSettings,
-         DayTwoSettings)
+         DayTwoSettings, AlertSettings)
 
 
 # pydantic orders a model's fields from its last base to its first: the parts reversed.
@@ -83,6 +84,9 @@ def _connector_names() -> tuple[str, ...]:
 
     return tuple(get_all_connectors())
 
+
+# Settings whose values are never shown, not even when refused.
+HIDDEN = ("webhook_url", *SECRET_KEYS)
 
 # Settings that map names to blocks of their own fields (errors name the block).
 NAMED_BLOCKS = ("workers", "jobs")
@@ -119,7 +123,10 @@ def parse(data: dict[str, Any]) -> tuple[Settings | None, list[str]]:
             by_key.setdefault(key, (error["input"], []))[1].append(message)
         for key, (value, messages) in by_key.items():
             message = ", or ".join(messages)
-            problems.append(f"{key} = {value!r}: {message}" if key else message)
+            if key in HIDDEN:  # may hold a token or a password: named, never shown
+                problems.append(f"{key}: {message} (its value is not shown)")
+            else:
+                problems.append(f"{key} = {value!r}: {message}" if key else message)
         return None, problems
 
 

@@ -23,6 +23,8 @@ SERVER_NAME_RE = r"^(_|\*\.[A-Za-z0-9.-]+|\.?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.?(
 URL_PATH_RE = r"^/[A-Za-z0-9._~/%=&+-]*(\?[A-Za-z0-9._~/%=&+-]*)?$"
 # A TCP socket: IPv4 address, host name or [IPv6] address, then a port.
 SOCKET_RE = r"^([0-9.]+|[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*|\[[0-9a-fA-F:]+\]):[0-9]{1,5}$"
+# An email address (acme_email, the alert emails' addresses).
+EMAIL_RE = r"^[^@\s'\"\\]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$"
 # nginx sizes: `75M`, `512k`, `1g`, `0` (no limit).
 SIZE_RE = r"^[0-9]+[kKmMgG]?$"
 STATIC_URL_RE = r"^/([A-Za-z0-9._-]+/)*$"
