@@ -61,7 +61,9 @@ def run_streamed(command: list[str], timeout: float = 1800) -> Run:
     """Run a command from the repository root as throwaway.run_command does, reading
     its output line by line as it comes, so each `--> ` line gets a time."""
     started = time.monotonic()
-    env = {**os.environ, "PYINFRA_PROGRESS": "off", "PYTHONUNBUFFERED": "1"}
+    # Every cold deploy compiles uWSGI, as the tables in docs/performance.md were measured
+    # (the wheel cache would make the first cold run differ from the later ones).
+    env = {**os.environ, "PYINFRA_PROGRESS": "off", "PYTHONUNBUFFERED": "1", "PYINFRA_FLASK_CACHE": "off"}
     proc = subprocess.Popen(command, cwd=throwaway.REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, text=True, env=env)
     killer = threading.Timer(timeout, proc.kill)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import shutil
+import tempfile
 import threading
 import time
 import uuid
@@ -21,6 +23,13 @@ from dev.throwaway import DeployRun
 # time each): each keeps its hosts' Debian packages in a directory of its own.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["THROWAWAY_APT_ARCHIVES_TAG"] = os.environ["PYTEST_XDIST_WORKER"]
+
+# The laptop's uWSGI wheel cache (tasks/steps/uwsgi_wheel.py): one per test process,
+# empty at the start, so each process's first deploy compiles uWSGI and keeps the
+# wheel, and later cold deploys of the same kind install it.
+WHEEL_CACHE = Path(tempfile.mkdtemp(prefix="pyinfra-flask-test-cache-"))
+os.environ["PYINFRA_FLASK_CACHE"] = str(WHEEL_CACHE)
+atexit.register(shutil.rmtree, WHEEL_CACHE, True)
 
 REPO_ROOT = throwaway.REPO_ROOT
 SESSION = uuid.uuid4().hex[:8]

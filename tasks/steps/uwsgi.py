@@ -1,4 +1,5 @@
-"""uWSGI itself (its own venv, compiled with PCRE) and its configuration."""
+"""uWSGI itself (its own venv, compiled with PCRE, or from the wheel a first host built)
+and its configuration."""
 
 import shlex
 from typing import NamedTuple
@@ -6,9 +7,10 @@ from typing import NamedTuple
 from pyinfra import host
 from pyinfra.api import FactBase, deploy
 from pyinfra.facts.hardware import Cpus
-from pyinfra.operations import files, pip, server
+from pyinfra.operations import files, pip, python, server
 
 from tasks import JINJA, TEMPLATES
+from tasks.steps import uwsgi_wheel
 
 
 class UwsgiBuildInfo(NamedTuple):
@@ -42,24 +44,37 @@ class UwsgiBuild(FactBase):
         )
 
 
-def _install_script(app) -> str:
-    """Install uWSGI and prove it has PCRE. A build without it (e.g. a wheel cached
-    before the PCRE headers were installed) is rebuilt from source once; if that
-    fails too, uWSGI is removed and the deploy stops rather than ship it."""
+def _complete(app) -> str:
+    uwsgi = shlex.quote(f"{app.uwsgi_venv}/bin/uwsgi")
+    return f"{uwsgi} --cflags | grep -q -- -DUWSGI_PCRE && {uwsgi} --cflags | grep -q -- -DUWSGI_SSL"
+
+
+def _build_script(app) -> str:
+    """Compile uWSGI into a wheel, install it and prove it has PCRE. A build without it
+    (e.g. a wheel cached before the PCRE headers were installed) is rebuilt from source
+    once; if that fails too, uWSGI is removed and the deploy stops rather than ship it.
+    The wheel stays in root's directory for this machine to download and keep."""
     pip_cmd = shlex.quote(f"{app.uwsgi_venv}/bin/pip")
     uwsgi = shlex.quote(f"{app.uwsgi_venv}/bin/uwsgi")
     spec = shlex.quote(f"uwsgi=={app.uwsgi_version}")
-    complete = f"{uwsgi} --cflags | grep -q -- -DUWSGI_PCRE && {uwsgi} --cflags | grep -q -- -DUWSGI_SSL"
+    build = shlex.quote(f"{uwsgi_wheel.HOST_DIR}/{app.uwsgi_version}")
+    quiet = "--no-input --disable-pip-version-check"
     return f"""
 set -e
-{pip_cmd} install --no-input --disable-pip-version-check {spec}
-if ! {{ {complete}; }}; then
+rm -rf {build} && mkdir -p -m 700 {build}
+# uWSGI builds with setup.py: making a wheel of it needs the `wheel` package.
+{pip_cmd} install {quiet} 'wheel<1'
+{pip_cmd} wheel {quiet} --no-deps --wheel-dir {build} {spec}
+{pip_cmd} install {quiet} --no-index --no-deps --force-reinstall {build}/*.whl
+if ! {{ {_complete(app)}; }}; then
     echo "uWSGI {app.uwsgi_version} came without PCRE or SSL (a cached build?): rebuilding it from source" >&2
-    {pip_cmd} install --no-input --force-reinstall --no-deps --no-cache-dir {spec}
+    rm -rf {build} && mkdir -p -m 700 {build}
+    {pip_cmd} wheel {quiet} --no-deps --no-cache-dir --wheel-dir {build} {spec}
+    {pip_cmd} install {quiet} --no-index --no-deps --force-reinstall {build}/*.whl
 fi
-if ! {{ {complete}; }}; then
+if ! {{ {_complete(app)}; }}; then
     # uWSGI's setup.py installs its binary behind pip's back: remove both.
-    {pip_cmd} uninstall --yes uwsgi >/dev/null; rm -f {uwsgi}
+    {pip_cmd} uninstall --yes uwsgi >/dev/null; rm -f {uwsgi}; rm -rf {build}
     echo "ERROR: uWSGI {app.uwsgi_version} built WITHOUT PCRE or SSL on $(hostname): without PCRE" >&2
     echo "it logs '!!! no internal routing support, rebuild with pcre support !!!', without" >&2
     echo "SSL it cannot do WebSocket handshakes. Are the PCRE and OpenSSL development" >&2
@@ -67,13 +82,46 @@ if ! {{ {complete}; }}; then
     echo "from {app.uwsgi_venv}; the running app was left as it was." >&2
     exit 1
 fi
+# One name for this machine to download.
+ln -f {build}/*.whl {build}/built.whl
+"""
+
+
+def _wheel_script(app, wheel: uwsgi_wheel.Wheel, uploaded: str) -> str:
+    """Install the wheel this machine kept, after checking on the host that what arrived
+    is what was kept; if it lacks PCRE or SSL after all, compile as on a first host."""
+    pip_cmd = shlex.quote(f"{app.uwsgi_venv}/bin/pip")
+    path = shlex.quote(uploaded)
+    return f"""
+set -e
+python=$(python3 -c 'import sys; print("cp%d%d" % sys.version_info[:2])')
+if [ "$python" != {wheel.python} ]; then
+    rm -f {path}
+    echo "the cached uWSGI wheel is for {wheel.python}, python3 here is $python: compiling uWSGI" >&2
+{_build_script(app)}
+    exit 0
+fi
+if ! echo {shlex.quote(f"{wheel.sha256}  {uploaded}")} | sha256sum --check --quiet --strict; then
+    rm -f {path}
+    echo "ERROR: the uWSGI wheel uploaded from this machine's cache does not match its SHA-256" >&2
+    echo "({wheel.sha256}) on $(hostname); it was not installed. Remove {wheel.path.parent}" >&2
+    echo "on this machine (or set PYINFRA_FLASK_CACHE=off) and deploy again." >&2
+    exit 1
+fi
+{pip_cmd} install --no-input --disable-pip-version-check --no-index --no-deps --force-reinstall {path}
+rm -f {path}
+if ! {{ {_complete(app)}; }}; then
+    echo "the cached uWSGI wheel has no PCRE or SSL here: compiling uWSGI" >&2
+{_build_script(app)}
+fi
 """
 
 
 @deploy("uWSGI")
 def install(app):
     """uWSGI in a venv of its own, so a change of the app's requirements never
-    recompiles it. Returns the op that (re)installed it, or None."""
+    recompiles it; from this machine's wheel cache when it has one for this host's
+    kind (tasks/steps/uwsgi_wheel.py). Returns the op that (re)installed it, or None."""
     pip.venv(name=f"Create uWSGI's virtualenv {app.uwsgi_venv}", path=app.uwsgi_venv, python="python3")
     wanted = UwsgiBuildInfo(app.uwsgi_version, pcre=True, ssl=True)
     have = host.get_fact(UwsgiBuild, venv=app.uwsgi_venv)
@@ -81,10 +129,27 @@ def install(app):
         return None
     missing = [name for name, ok in (("PCRE", have and have.pcre), ("SSL", have and have.ssl)) if not ok]
     was = f"{have.version}{' without ' + ' and '.join(missing) if missing else ''}" if have else "none"
-    return server.shell(
-        name=f"Install uWSGI {app.uwsgi_version} with PCRE and SSL (was: {was})",
-        commands=[_install_script(app)],
-    )
+    title = f"Install uWSGI {app.uwsgi_version} with PCRE and SSL (was: {was})"
+    key = host.get_fact(uwsgi_wheel.WheelKey) if uwsgi_wheel.cache_root() else None
+    wheel = uwsgi_wheel.cached(app.uwsgi_version, key)
+    if wheel:
+        uploaded = f"{uwsgi_wheel.HOST_DIR}/{wheel.name}"
+        files.directory(name=f"Create {uwsgi_wheel.HOST_DIR}", path=uwsgi_wheel.HOST_DIR,
+                        user="root", group="root", mode="700")
+        files.put(name=f"Upload the uWSGI wheel kept on this machine for {key}", src=str(wheel.path),
+                  dest=uploaded, user="root", group="root", mode="600")
+        return server.shell(name=f"{title} from this machine's wheel cache",
+                            commands=[_wheel_script(app, wheel, uploaded)])
+    built = server.shell(name=f"{title}, compiled", commands=[_build_script(app)])
+    downloaded = uwsgi_wheel.incoming(app.uwsgi_version, key, host.name) if key else None
+    if downloaded:
+        files.get(name=f"Download the uWSGI wheel built for {key} to this machine's cache",
+                  src=f"{uwsgi_wheel.HOST_DIR}/{app.uwsgi_version}/built.whl", dest=str(downloaded),
+                  add_deploy_dir=False, create_local_dir=True, force=True, _if=built.did_change)
+        python.call(name=f"Keep the uWSGI wheel built for {key} for the next hosts",
+                    function=uwsgi_wheel.keep, downloaded=str(downloaded), version=app.uwsgi_version,
+                    key=key, _if=built.did_change)
+    return built
 
 
 def processes(app) -> int:

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import re
+import shlex
 import shutil
+import tarfile
 
 import pytest
 import testinfra
 
-from tests.conftest import REPO_ROOT, get, run_deploy
+from tasks.steps.uwsgi import _wheel_script
+from tasks.steps.uwsgi_wheel import Wheel
+from tests.conftest import REPO_ROOT, WHEEL_CACHE, get, run_deploy
 
 pytestmark = pytest.mark.e2e
 
 GREETING = (REPO_ROOT / "files/greeting/greeting.py").read_text().split('GREETING = "')[1].split('"')[0]
 SOCKET = "/run/greeting/uwsgi.sock"
+UWSGI_VENV = "/opt/pyinfra-flask/uwsgi-2.0.31"
 
 
 def uwsgi_requests(host, app: str) -> int:
@@ -163,8 +170,10 @@ def test_rejected_nginx_config_keeps_the_previous_one_serving(fork, tmp_path):
     assert get(fork.url + "/").status_code == 200
 
 
-def test_uwsgi_built_without_pcre_is_rebuilt(fork, tmp_path):
-    # The tutorials' trap: a uWSGI compiled without the PCRE headers.
+def test_uwsgi_built_without_pcre_is_rebuilt(fork, tmp_path, monkeypatch):
+    # The tutorials' trap: a uWSGI compiled without the PCRE headers. Compiled on the
+    # host, as with no wheel kept on this machine.
+    monkeypatch.setenv("PYINFRA_FLASK_CACHE", "off")
     fork.exec(
         "UWSGI_PROFILE_OVERRIDE=pcre=false /opt/pyinfra-flask/uwsgi-2.0.31/bin/pip install -q "
         "--force-reinstall --no-deps --no-cache-dir uwsgi==2.0.31"
@@ -176,14 +185,56 @@ def test_uwsgi_built_without_pcre_is_rebuilt(fork, tmp_path):
     assert get(fork.url + "/").status_code == 200
 
 
-def test_uwsgi_that_cannot_get_pcre_stops_the_deploy(fork, tmp_path):
+def test_uwsgi_that_cannot_get_pcre_stops_the_deploy(fork, tmp_path, monkeypatch):
+    monkeypatch.setenv("PYINFRA_FLASK_CACHE", "off")
     # pcre-config is how uWSGI's build finds PCRE; a broken one means no PCRE at all.
     fork.exec("printf '#!/bin/sh\\nexit 1\\n' > /usr/local/bin/pcre-config && chmod +x /usr/local/bin/pcre-config")
-    fork.exec("/opt/pyinfra-flask/uwsgi-2.0.31/bin/pip uninstall -y -q uwsgi && rm /opt/pyinfra-flask/uwsgi-2.0.31/bin/uwsgi")
+    _remove_uwsgi(fork)  # installed from a wheel, pip removes its binary too
+    # A host that never built uWSGI: no wheel in pip's cache or root's build directory.
+    fork.exec("rm -rf /root/.cache/pip /var/cache/pyinfra-flask/uwsgi")
     run = run_deploy(fork, tmp_path, check=False)
     assert run.returncode != 0
     assert "built WITHOUT PCRE or SSL" in run.output, run.output[-3000:]
     assert fork.exec("test -e /opt/pyinfra-flask/uwsgi-2.0.31/bin/uwsgi || echo gone").strip() == "gone"
+
+
+def _remove_uwsgi(host):
+    host.exec(f"{UWSGI_VENV}/bin/pip uninstall -y -q uwsgi && rm -f {UWSGI_VENV}/bin/uwsgi")
+
+
+def test_a_host_without_uwsgi_installs_the_wheel_the_first_host_built(deployed, fork, tmp_path):
+    # The session's first bookworm deploy compiled uWSGI and kept its wheel on this machine.
+    [wheel] = (WHEEL_CACHE / "uwsgi" / "2.0.31" / "debian-12-x86_64").glob("*.whl")
+    assert re.fullmatch(r"uWSGI-2\.0\.31-cp311-cp311-linux_x86_64\.whl", wheel.name)
+    _remove_uwsgi(fork)
+    fork.exec("printf '#!/bin/sh\\nexit 1\\n' > /usr/local/bin/gcc && chmod +x /usr/local/bin/gcc")  # no compiling
+    run = run_deploy(fork, tmp_path)
+    assert "Install uWSGI 2.0.31 with PCRE and SSL (was: none) from this machine's wheel cache" in run.output
+    assert "compiled" not in run.output
+    flags = fork.exec(f"{UWSGI_VENV}/bin/uwsgi --cflags")
+    assert "-DUWSGI_PCRE" in flags and "-DUWSGI_SSL" in flags
+    # The uploaded wheel is gone once installed; root's directory stays root's.
+    assert fork.exec("ls /var/cache/pyinfra-flask/uwsgi/*.whl 2>/dev/null; stat -c %a /var/cache/pyinfra-flask/uwsgi",
+                     check=False).split() == ["700"]
+    assert get(fork.url + "/").status_code == 200
+
+
+def test_a_wheel_that_arrives_changed_is_not_installed(fork, tmp_path):
+    """What the host runs when the wheel it received is not the one this machine kept."""
+    [kept] = (WHEEL_CACHE / "uwsgi" / "2.0.31" / "debian-12-x86_64").glob("*.whl")
+    _remove_uwsgi(fork)
+    uploaded = f"/var/cache/pyinfra-flask/uwsgi/{kept.name}"
+    fork.exec("mkdir -p -m 700 /var/cache/pyinfra-flask/uwsgi")
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        tar.add(kept, arcname=kept.name)
+    fork.container.put_archive("/var/cache/pyinfra-flask/uwsgi", archive.getvalue())
+    fork.exec(f"printf tampered >> {uploaded}")
+    app = type("App", (), {"uwsgi_venv": UWSGI_VENV, "uwsgi_version": "2.0.31"})()
+    script = _wheel_script(app, Wheel(kept, hashlib.sha256(kept.read_bytes()).hexdigest()), uploaded)
+    out = fork.exec(f"bash -c {shlex.quote(script)} 2>&1; echo rc=$?", check=False)
+    assert "does not match its SHA-256" in out and out.strip().endswith("rc=1"), out
+    assert fork.exec(f"test -e {UWSGI_VENV}/bin/uwsgi || test -e {uploaded} || echo gone").strip() == "gone"
 
 
 def test_application_factory_entry_point_and_its_static_folder(fork, tmp_path):
