@@ -257,7 +257,10 @@ def test_application_factory_entry_point_and_its_static_folder(fork, tmp_path):
     response = get(fork.url + "/static/app.css")
     assert response.status_code == 200 and response.text == "body { color: teal }\n"
     assert response.headers.get("Cache-Control") == "max-age=2592000", response.headers
-    assert "alias /srv/greeting/current/factoryapp/static/;" in fork.exec("cat /etc/nginx/sites-available/greeting.conf")
+    # nginx serves it from root's merge of the kept releases' static folders.
+    site = fork.exec("cat /etc/nginx/sites-available/greeting.conf")
+    assert "alias /srv/greeting/assets/live/;" in site, site
+    assert fork.exec("cat /srv/greeting/assets/live/app.css") == "body { color: teal }\n"
 
 
 def test_app_that_fails_to_import_fails_the_deploy_with_its_traceback(fork, tmp_path):
