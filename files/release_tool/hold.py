@@ -12,7 +12,9 @@ or raced (a plain migration). docs/releases.md.
 
 Whatever happens (a command or the canary failing, a signal), the marker is removed
 before this ends: the held requests then go to the release `current` points to, the
-old one unless the switch was made."""
+old one unless the switch was made. Should this process end without removing it
+(SIGKILL, the host going down), the loader holds nothing: the marker names this
+process by pid and start time."""
 
 from __future__ import annotations
 
@@ -34,16 +36,7 @@ def marker() -> Path:
 
 def held() -> dict | None:
     """The marker's content while a hold is on, else None."""
-    try:
-        fd = base.own_file(marker(), os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    with os.fdopen(fd, errors="replace") as handle:
-        try:
-            found = json.loads(handle.read())
-        except ValueError:
-            found = {}
-    return found if isinstance(found, dict) else {}
+    return base.read_own_json(marker())
 
 
 def hold_on(bound: int, retry_after: int) -> bool:
@@ -51,8 +44,11 @@ def hold_on(bound: int, retry_after: int) -> bool:
     if not uwsgi.service_active():
         base.log(f"{base.CONFIG['service']} is not running: no requests to hold")
         return False
+    # This process, by pid and start time: the loader holds nothing once it is gone.
+    pid = os.getpid()
     base.write_own(marker(), json.dumps({"since_at": base.iso(time.time()), "bound": bound,
-                                         "retry_after": retry_after, "by": audit.who()}) + "\n")
+                                         "retry_after": retry_after, "pid": pid, "start": base._process(pid)[2],
+                                         "by": audit.who()}) + "\n")
     os.chmod(marker(), 0o644)  # the app's workers read it (root-only app root: nobody else reaches it)
     base.log(f"holding requests to {base.CONFIG['app']} (at most {bound} s each, then 503)")
     try:

@@ -7,28 +7,25 @@ end a hold. Host-less: tests/config/test_exclusive_migration.py, tests/tool/test
 from __future__ import annotations
 
 import json
-import threading
 import time
 
 import pytest
 import requests
 
-from tests.conftest import app_variant, run_deploy
+from tests.conftest import Load, app_variant, run_deploy
 
 pytestmark = pytest.mark.features
 
 TOOL = "/srv/greeting/bin/release-tool"
 
 
-class Timed:
-    """A few clients in a loop through nginx, each request's time and answer noted;
-    bounded in time, stopping by itself."""
+class Timed(Load):
+    """The shared load loop, each request's time and answer noted (a request may wait
+    out a hold: a longer timeout)."""
 
-    def __init__(self, url: str, threads: int = 6, max_seconds: float = 150):
-        self.url, self.threads, self.max_seconds = url, threads, max_seconds
-        self.answers: list[tuple[float, float, str, str | None, str]] = []  # start, seconds, status, Retry-After, body
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
+    def __init__(self, url: str):
+        super().__init__(url, threads=6, max_seconds=150, interval=0.05)
+        self.answers: list[tuple[float, str, str | None, str]] = []  # seconds, status, Retry-After, body
 
     def _run(self):
         session = requests.Session()
@@ -41,30 +38,17 @@ class Timed:
             except requests.RequestException as exc:
                 answer = (type(exc).__name__, None, "")
             with self._lock:
-                self.answers.append((started, time.monotonic() - started, *answer))
-            self._stop.wait(0.05)
-
-    def __enter__(self):
-        self._workers = [threading.Thread(target=self._run, daemon=True) for _ in range(self.threads)]
-        for worker in self._workers:
-            worker.start()
-        time.sleep(0.5)
-        return self
-
-    def __exit__(self, *exc):
-        time.sleep(0.5)
-        self._stop.set()
-        for worker in self._workers:
-            worker.join(timeout=45)
+                self.answers.append((time.monotonic() - started, *answer))
+            self._stop.wait(self.interval)
 
     def with_status(self, *statuses: str) -> list:
-        return [a for a in self.answers if a[2] in statuses]
+        return [a for a in self.answers if a[1] in statuses]
 
     def failed(self) -> list:
-        return [a for a in self.answers if a[2] != "200"]
+        return [a for a in self.answers if a[1] != "200"]
 
     def slowest(self) -> float:
-        return max(a[1] for a in self.answers)
+        return max(a[0] for a in self.answers)
 
 
 def test_an_exclusive_migration_holds_requests_then_the_new_release_serves_them(fork, tmp_path):
@@ -79,13 +63,13 @@ def test_an_exclusive_migration_holds_requests_then_the_new_release_serves_them(
         run_deploy(inventory, tmp_path, data={"app_source": str(app_variant(tmp_path, "Hello after the hold"))})
     deploy_seconds = time.monotonic() - started
     new = json.loads(fork.exec(f"{TOOL} list --json"))["live"]
-    held = [a for a in load.answers if a[1] > 1.5]
+    held = [a for a in load.answers if a[0] > 1.5]
     print(f"\nbound 20 s, migration 5 s (deploy {deploy_seconds:.1f}s): {len(load.answers)} requests, "
           f"{len(load.failed())} failed, {len(held)} held > 1.5 s, slowest {load.slowest():.2f}s")
     assert new != old and not load.failed(), load.failed()[:5]
     assert 5 <= load.slowest() < 15
     # The held requests were answered by the new release.
-    assert held and all(a[4] == "Hello after the hold" for a in held), held[:5]
+    assert held and all(a[3] == "Hello after the hold" for a in held), held[:5]
     assert fork.exec(f"{TOOL} hold status").strip() == "HOLD off"
     audit = [json.loads(line) for line in fork.exec("tail -n 2 /srv/greeting/audit.jsonl").splitlines()]
     assert audit[-1]["event"] == "deploy" and audit[-1]["result"] == "ok" and audit[-1]["to"] == new
@@ -96,9 +80,9 @@ def test_an_exclusive_migration_holds_requests_then_the_new_release_serves_them(
         fork.exec(f"{TOOL} migrate {new} --hold 2 --retry-after 30 --command='sleep 5'")
     refused = load.with_status("503")
     print(f"bound 2 s, migration 5 s: {len(load.answers)} requests, {len(refused)} x 503 after "
-          f"{min(a[1] for a in refused):.2f}-{max(a[1] for a in refused):.2f}s, other failures "
+          f"{min(a[0] for a in refused):.2f}-{max(a[0] for a in refused):.2f}s, other failures "
           f"{len(load.failed()) - len(refused)}, slowest {load.slowest():.2f}s")
-    assert refused and all(a[1] >= 2 and a[3] == "30" for a in refused), refused[:5]
+    assert refused and all(a[0] >= 2 and a[2] == "30" for a in refused), refused[:5]
     assert load.failed() == refused
 
     # 3. A migration that fails (the release kept from before, not live): the hold ends
@@ -108,7 +92,7 @@ def test_an_exclusive_migration_holds_requests_then_the_new_release_serves_them(
     print(f"failing migration: {len(load.answers)} requests, {len(load.failed())} failed, slowest "
           f"{load.slowest():.2f}s")
     assert "before-switch command failed (3)" in out and "requests to greeting are no longer held" in out
-    assert not load.failed() and {a[4] for a in load.answers} == {"Hello after the hold"}
+    assert not load.failed() and {a[3] for a in load.answers} == {"Hello after the hold"}
     assert json.loads(fork.exec(f"{TOOL} list --json"))["live"] == new
     assert fork.exec(f"{TOOL} hold status").strip() == "HOLD off"
 

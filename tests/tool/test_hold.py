@@ -11,6 +11,7 @@ import json
 import os
 import runpy
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -49,8 +50,16 @@ def app_root(tmp_path, monkeypatch):
     sys.modules.pop(module, None)
 
 
-def hold(root, bound: float, retry_after: int = 7) -> None:
-    (root / "hold.json").write_text(json.dumps({"bound": bound, "retry_after": retry_after}))
+def start_time(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as handle:
+        return handle.read().rpartition(")")[2].split()[19]
+
+
+def hold(root, bound: float, retry_after: int = 7, pid: int | None = None) -> None:
+    """The marker as the release tool writes it, naming this process (or `pid`) as its holder."""
+    pid = pid or os.getpid()
+    (root / "hold.json").write_text(json.dumps({"bound": bound, "retry_after": retry_after, "pid": pid,
+                                                "start": start_time(os.getpid())}))
 
 
 def worker(root, name: str = "uwsgi_file_srv_greeting_current_loader"):
@@ -105,6 +114,18 @@ def test_past_the_bound_a_held_request_gets_503_with_retry_after(app_root):
     assert status.startswith("503") and seconds >= 0.45
     # The migration failed: the hold ends, `current` never moved: the old release serves.
     (app_root / "hold.json").unlink()
+    assert call(application)[:3:2] == ("200 OK", b"r1")
+
+
+def test_a_hold_whose_tool_is_gone_holds_nothing(app_root):
+    gone = subprocess.Popen(["sleep", "0"])
+    gone.wait()
+    hold(app_root, bound=20, pid=gone.pid)  # killed, or a pid of before a restart
+    status, _, body, seconds = call(worker(app_root))
+    assert (status, body) == ("200 OK", b"r1") and seconds < 0.5
+    hold(app_root, bound=20)
+    application = worker(app_root)
+    (app_root / "hold.json").write_text("{not json")  # unreadable: nothing held either
     assert call(application)[:3:2] == ("200 OK", b"r1")
 
 
@@ -215,6 +236,7 @@ def test_the_marker_is_roots_readable_and_a_link_is_never_read(tool, tmp_path, c
     info = os.lstat(marker)
     assert info.st_uid == os.geteuid() and info.st_mode & 0o777 == 0o644
     assert tool.held()["bound"] == 20 and tool.held()["by"] == {"user": "ana"}
+    assert tool.held()["pid"] == os.getpid() and tool.held()["start"] == start_time(os.getpid())
     tool.cmd_hold(argparse.Namespace(state="off"))
     assert not os.path.lexists(marker)
     (tmp_path / "elsewhere.json").write_text("{}")
