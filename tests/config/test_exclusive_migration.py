@@ -77,3 +77,18 @@ def test_behind_balancers_the_migrations_host_holds_its_own_requests_only():
     held = [name for name in runs["web1"].changed if "requests held" in name]
     assert held and not [name for name in runs["web2"].changed if "requests held" in name]
     assert "Release | Check release" in " ".join(runs["web2"].changed)  # its canary, then its own switch
+
+
+def test_a_second_run_with_the_release_live_holds_nothing(monkeypatch):
+    from tasks.steps import release
+
+    built = []
+    monkeypatch.setattr(release, "build_bundle", lambda app, build=release.build_bundle: built.append(build(app))
+                        or built[-1])
+    first = deploy({"web": host_facts("debian12", RUNNING)}, **EXCLUSIVE)["web"].changed
+    assert [name for name in first if "requests held" in name]
+    live = {"LiveRelease": {"id": built[-1].id, "content_hash": built[-1].content_hash},
+            "LiveConfirmed": True}
+    names = list(deploy({"web": host_facts("debian12", RUNNING, live)}, **EXCLUSIVE)["web"].changed)
+    assert not [name for name in names if "requests held" in name or name.startswith(("Release | Upload release",
+                                                                                       "Release | Migrate"))]
