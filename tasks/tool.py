@@ -70,7 +70,7 @@ def upload() -> io.BytesIO:
 # Loading it on the laptop (the deploy and every test) -----------------------------
 
 MODULES = ("base", "history", "releases", "assets", "lock", "audit", "uwsgi", "health", "sandbox", "steps",
-           "activation", "maintenance", "status", "execute", "cli")
+           "activation", "maintenance", "status", "execute", "hold", "cli")
 
 
 class Tool:
@@ -237,10 +237,21 @@ def maintenance(tool: str, state: str, by: str) -> str:
     return line(tool, "maintenance", state, by=by)
 
 
+def migrate(tool: str, release: str, commands: list[str], hold: int, retry_after: int, host_name: str, run: str,
+            by: str) -> str:
+    """An exclusive migration: the commands with requests held, then the release's activation."""
+    return line(tool, "migrate", release, "--hold", int(hold), "--retry-after", int(retry_after),
+                *(f"--command={command}" for command in commands), host_name=host_name, run=run, by=by)
+
+
+def hold(tool: str, state: str) -> str:
+    return line(tool, "hold", state)
+
+
 def audit(tool: str, as_json: bool, last: int) -> str:
     return line(tool, "audit", *(["--json"] if as_json else []), *(["-n", int(last)] if last else []))
 
 
 # Every builder above, for the contract test (tests/tool/test_tool.py).
 BUILDERS = (listing, build_venv, check, run_in_release, canary, activate, rollback, prune, assets, health, lock_take,
-            lock_release, status, execute, maintenance, audit)
+            lock_release, status, execute, maintenance, audit, migrate, hold)

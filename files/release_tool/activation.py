@@ -11,12 +11,14 @@ from . import assets, audit, base, health, history, releases, uwsgi
 
 # Activation -------------------------------------------------------------------
 
-def activate(target: str, mode: str, host_name: str, kind: str = "deploy", run: str = "") -> None:
-    """Switch to `target` (see _activate), and say how it went in the audit log."""
+def activate(target: str, mode: str, host_name: str, kind: str = "deploy", run: str = "",
+             after_switch=None) -> None:
+    """Switch to `target` (see _activate), and say how it went in the audit log.
+    `after_switch` is called once `current` points to it, before uWSGI reloads."""
     previous = releases.live()
     event = "rollback" if kind.startswith("rollback") else "deploy"
     try:
-        _activate(target, mode, host_name, kind, run)
+        _activate(target, mode, host_name, kind, run, after_switch)
     except base.RolledBack as failure:
         audit.audit(event, "rolled-back", run=run, kind=kind, to=target, reason=str(failure), **{"from": previous})
         raise
@@ -26,7 +28,8 @@ def activate(target: str, mode: str, host_name: str, kind: str = "deploy", run: 
     audit.audit(event, "ok", run=run, kind=kind, to=target, **{"from": previous})
 
 
-def _activate(target: str, mode: str, host_name: str, kind: str = "deploy", run: str = "") -> None:
+def _activate(target: str, mode: str, host_name: str, kind: str = "deploy", run: str = "",
+              after_switch=None) -> None:
     releases.release_dir(target)
     previous = releases.live()
     present = set(releases.releases())
@@ -55,6 +58,8 @@ def _activate(target: str, mode: str, host_name: str, kind: str = "deploy", run:
         if previous != target:
             releases.switch(target)
         history.record("switched", target, **{"from": previous, "run": run, "kind": kind})
+        if after_switch is not None:
+            after_switch()
         try:
             uwsgi.reload(mode, fifo)
             health.health()

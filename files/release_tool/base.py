@@ -152,6 +152,21 @@ def read_lines(path: Path) -> list[dict]:
     return entries
 
 
+def read_own_json(path: Path) -> dict | None:
+    """A small JSON object in a file of root's (a flag, a marker): None if there is no
+    file, {} if it holds no object."""
+    try:
+        fd = own_file(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    with os.fdopen(fd, errors="replace") as handle:
+        try:
+            found = json.loads(handle.read())
+        except ValueError:
+            found = {}
+    return found if isinstance(found, dict) else {}
+
+
 def write_own(path: Path, text: str) -> None:
     """Replace a small file of root's atomically (a new file renamed over it)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}")

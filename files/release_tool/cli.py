@@ -19,6 +19,9 @@
     release-tool status [--json]       the live release, units, uWSGI, nginx, health, disk
     release-tool exec [--tty] -- CMD   run a command in the live release as the app user
     release-tool maintenance on|off|status      nginx answers 503 with the maintenance page
+    release-tool migrate ID --hold S --command C...   run C with requests held (at most S
+                                       seconds each), then activate ID (hold.py)
+    release-tool hold status|off       the hold of an exclusive migration
     release-tool audit [--json] [-n N]          who deployed, rolled back, switched what, when
 
 Everything that runs app code or its dependencies' build steps (build-venv, check,
@@ -47,7 +50,7 @@ import socket
 import sys
 from pathlib import Path
 
-from . import activation, audit, base, execute, health, lock, maintenance, status, steps
+from . import activation, audit, base, execute, health, hold, lock, maintenance, status, steps
 
 
 def cmd_lock(args) -> None:
@@ -127,6 +130,12 @@ def argument_parser(root: Path | None = None) -> argparse.ArgumentParser:
     exec_parser.add_argument("--tty", action="store_true", help="on a terminal (systemd-run --pty)")
     exec_parser.add_argument("cmd", nargs=argparse.REMAINDER, help="-- then the command")
     sub.add_parser("maintenance").add_argument("state", choices=["on", "off", "status"])
+    migrate = sub.add_parser("migrate", help="an exclusive migration: requests held, then the switch")
+    migrate.add_argument("release")
+    migrate.add_argument("--hold", type=int, required=True, help="seconds a request waits at most")
+    migrate.add_argument("--retry-after", type=int, required=True, help="the 503's Retry-After, in seconds")
+    migrate.add_argument("--command", action="append", required=True, help="a migrate command (repeatable)")
+    sub.add_parser("hold").add_argument("state", choices=["status", "off"])
     audit_parser = sub.add_parser("audit")
     audit_parser.add_argument("--json", action="store_true", help="the log's JSON lines as they are")
     audit_parser.add_argument("-n", type=int, default=0, help="only the last N entries")
@@ -143,7 +152,8 @@ def main(argv: list[str] | None = None, root: Path | None = None) -> int:
         "activate": activation.cmd_activate, "rollback": activation.cmd_rollback, "prune": activation.cmd_prune,
         "assets": activation.cmd_assets,
         "health": health.cmd_health, "lock": cmd_lock, "status": status.cmd_status, "exec": execute.cmd_exec,
-        "maintenance": maintenance.cmd_maintenance, "audit": audit.cmd_audit,
+        "maintenance": maintenance.cmd_maintenance, "audit": audit.cmd_audit, "migrate": hold.cmd_migrate,
+        "hold": hold.cmd_hold,
     }
     try:
         base.configure(args.root)
@@ -156,6 +166,9 @@ def main(argv: list[str] | None = None, root: Path | None = None) -> int:
         if args.action in ("build-venv", "check", "run", "canary"):
             # A new release that never went live: the deploy failed before its switch.
             audit.audit("deploy", "failed", run=args.run, stage=args.action, to=args.release, reason=str(failure))
+        elif args.action == "migrate" and not base.AUDITED:
+            # An exclusive migration that failed before its switch (its activation audits itself).
+            audit.audit("deploy", "failed", run=args.run, stage="migrate", to=args.release, reason=str(failure))
         elif args.action == "rollback" and not base.AUDITED:
             audit.audit("rollback", "failed", run=args.run, to=args.release, reason=str(failure))
         print(f"ERROR: {failure}", file=sys.stderr, flush=True)

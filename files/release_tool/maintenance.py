@@ -27,17 +27,7 @@ def _maintenance_dir() -> Path:
 
 def maintenance_state() -> dict | None:
     """The flag's content ({since_at, by}) while maintenance is on, else None."""
-    flag = _maintenance_dir() / "on"
-    try:
-        fd = base.own_file(flag, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    with os.fdopen(fd, errors="replace") as handle:
-        try:
-            found = json.loads(handle.read())
-        except ValueError:
-            found = {}
-    return found if isinstance(found, dict) else {}
+    return base.read_own_json(_maintenance_dir() / "on")
 
 
 def cmd_maintenance(args) -> None:

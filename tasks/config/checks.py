@@ -42,7 +42,7 @@ def check(app: App, secrets: bool = True) -> None:
     (ops.py: it uploads none) the app's environment is not read: app_env_file need
     not be on this machine, nor app_env_from's variables in its shell."""
     for concern in (local_app, features, acme, *([environment] if secrets else []), background, socket,
-                    paths_apart, log_directories, day_two):
+                    paths_apart, log_directories, day_two, exclusive_migration):
         concern(app)
 
 
@@ -345,6 +345,18 @@ def day_two(app: App) -> None:
 HOST_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+$")
 IPV4_RE = re.compile(r"^[0-9.]+$")
 DIRECTORY_RE = re.compile(r"^https://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?$")
+
+
+def exclusive_migration(app: App) -> None:
+    """The hold of an exclusive migration (docs/releases.md): something to hold requests
+    through, and a bound every timeout on a held request's way outlasts."""
+    if not app.migrate_exclusive:
+        return
+    if not app.migrate_commands:
+        raise ValueError("migrate_exclusive: true, but there are no migrate_commands to run exclusively")
+    if app.uwsgi_harakiri and app.migrate_hold_timeout + 5 > app.uwsgi_harakiri:
+        raise ValueError(f"migrate_hold_timeout: {app.migrate_hold_timeout} s must be at least 5 s below "
+                         f"uwsgi_harakiri ({app.uwsgi_harakiri} s), or uWSGI kills a worker holding a request")
 
 
 def certificate_names(app: App) -> tuple[str, ...]:

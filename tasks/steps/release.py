@@ -93,6 +93,7 @@ class Release:
     settings: object  # the op writing the release tool's settings (health check among them)
     environment: object = None  # the op uploading the app's environment, if it has one
     confirmed: bool = True  # False: the live release's activation never ended healthy
+    activated: object = None  # the op of its exclusive migration, which switched to it already
 
 
 @cache
@@ -199,9 +200,21 @@ def prepare(app) -> Release:
     for command in app.before_switch_commands:
         server.shell(name=f"Before switch: {command}",
                      commands=[host_tool.run_in_release(tool, bundle.id, command, identity.RUN_ID, identity.BY)])
+    migrations = app.migrate_commands if app.runs_migrations else []
+    # A first deploy has no requests to hold (nor its uWSGI unit yet): the plain way.
+    if app.migrate_exclusive and migrations and host.get_fact(ServiceActive, services=[app.service]).get(app.service):
+        # One command on the host holds the requests, migrates, runs the canary and
+        # switches, and always ends the hold (the release tool's hold.py).
+        migrated = server.shell(
+            name=f"Migrate with requests held (at most {app.migrate_hold_timeout} s each), then switch to "
+                 f"release {bundle.id}: {'; '.join(migrations)}",
+            commands=[host_tool.migrate(tool, bundle.id, migrations, app.migrate_hold_timeout,
+                                        app.maintenance_retry_after, host.name, identity.RUN_ID, identity.BY)])
+        return Release(bundle.id, tool, new=True, settings=settings, environment=environment,
+                       activated=migrated)
     # Behind balancers on one app server only (tasks/config/topology.py); every host runs
     # this step before any runs its switch (pyinfra runs each step on all hosts first).
-    for command in (app.migrate_commands if app.runs_migrations else []):
+    for command in migrations:
         server.shell(name=f"Migrate: {command}",
                      commands=[host_tool.run_in_release(tool, bundle.id, command, identity.RUN_ID, identity.BY)])
     server.shell(name=f"Check release {bundle.id} answers GET {app.healthcheck_path} (called in-process)",
@@ -251,9 +264,9 @@ def activate(app, release: Release, restart_triggers, reload_triggers):
         commands=[run("graceful")],
         _if=lambda: not restarted.did_change() and any(op.did_change() for op in reload_triggers),
     )
-    ops = [restarted, reloaded]
+    ops = [restarted, reloaded, *([release.activated] if release.activated else [])]
     running = host.get_fact(ServiceActive, services=[app.service]).get(app.service, False)
-    if release.new or not running:
+    if (release.new and release.activated is None) or not running:
         ops.append(server.shell(
             name=f"Switch to release {release.id}, reload uWSGI without dropping requests, check health",
             commands=[run("auto")],

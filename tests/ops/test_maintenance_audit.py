@@ -197,7 +197,7 @@ def test_maintenance_refuses_a_directory_others_can_write_or_a_link(release_tool
 def test_activations_are_audited_with_their_outcome(release_tool, monkeypatch):
     outcomes = iter([None, release_tool.RolledBack("gate failed; rolled back"), release_tool.Failure("gate failed, no fallback")])
 
-    def fake(target, mode, host_name, kind, run):
+    def fake(target, mode, host_name, kind, run, after_switch=None):
         outcome = next(outcomes)
         if outcome:
             raise outcome

@@ -42,6 +42,8 @@ CALLS = {
     host_tool.execute: (TOOL, "flask shell", True),
     host_tool.maintenance: (TOOL, "on", BY),
     host_tool.audit: (TOOL, True, 5),
+    host_tool.migrate: (TOOL, "r1", ["flask db upgrade", "--odd 'x y'"], 20, 30, "web 1", RUN, BY),
+    host_tool.hold: (TOOL, "off"),
 }
 
 
@@ -76,6 +78,9 @@ def test_the_parsed_lines_say_what_the_builders_were_given():
     assert (activate.release, activate.mode, activate.host_name) == ("r1", "chain", "web 1")
     assert parsed(host_tool.rollback, TOOL, "r0", "web1", RUN, BY).release == "r0"
     assert parsed(host_tool.rollback, TOOL, None, "web1", RUN, BY).release is None
+    migrate = parsed(host_tool.migrate, *CALLS[host_tool.migrate])
+    assert (migrate.release, migrate.command, migrate.hold, migrate.retry_after, migrate.host_name) == (
+        "r1", ["flask db upgrade", "--odd 'x y'"], 20, 30, "web 1")
     status = parsed(host_tool.status, *CALLS[host_tool.status])
     assert (status.json, status.nginx, status.worker, status.timer) == (
         True, True, ["greeting-mailer@1.service"], ["greeting-report.timer"])

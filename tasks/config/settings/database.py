@@ -33,6 +33,18 @@ class DatabaseSettings(BaseModel):
         description="The app server (inventory name) that runs `migrate_commands`. Default: the first host of "
         "`app_servers` behind load balancers, else every host.",
     )
+    migrate_exclusive: bool = Field(
+        False,
+        description="Run `migrate_commands` with the app quiet (a table rewrite, a backfill that must not race "
+        "writes): while they run, requests wait instead of reaching the app (at most `migrate_hold_timeout` s "
+        "each, then 503 with `Retry-After`), and are then served by the new release. Each app server holds its "
+        "own: behind load balancers, `migrations_host` only (docs/releases.md).",
+    )
+    migrate_hold_timeout: int = Field(
+        20, ge=1, le=50,
+        description="With `migrate_exclusive`: seconds a request waits at most, then 503; at least 5 s below "
+        "`uwsgi_harakiri` (and below nginx's 60 s read timeout).",
+    )
     database_backup_schedule: Annotated[str, Field(min_length=1, max_length=200), AfterValidator(calendar_event)] | None = Field(
         "daily",
         description="With `database`: when a systemd timer dumps the app's database (`pg_dump` custom format) "
