@@ -43,8 +43,9 @@ def exporters(this):
     is tasks/config/host.py's Host."""
     found = inventory.monitoring(host)
     if found is None:
+        metrics.remove()
         return
     name, monitor = found
     metrics.install(this.settings, nginx=metrics.runs_nginx(this.is_balancer, this.is_app_server, this.settings),
                     monitor=(name, monitor.private_address), interval=monitor.monitoring_interval,
-                    apps=this.apps if this.is_app_server else None, postgres=runs_postgresql(this.role, this.apps))
+                    apps=this.apps, app_server=this.is_app_server, postgres=runs_postgresql(this.role, this.apps))

@@ -7,12 +7,15 @@ monitoring host alone (tasks/steps/firewall.py's guard_metrics).
                                /var/lib/pyinfra-flask/metrics/*.prom
     prometheus-nginx-exporter  hosts running nginx (app servers with their own,
                                balancers), from nginx's stub_status on 127.0.0.1 only
+    mtail                      hosts running nginx: each app's requests and 5xx answers,
+                               counted from its nginx access log (stub_status has no
+                               status codes)
     prometheus-postgres-exporter  hosts running PostgreSQL (the db server, app servers
                                with a local database), as the role `prometheus`
                                (pg_monitor: statistics, no data) over the unix socket
     prometheus-redis-exporter  one per app with its own Redis (`redis`), each a user
                                of its own (systemd's DynamicUser) holding only that
-                               app's password, handed over by systemd as a credential
+                               app's password, on its standard input opened by systemd
     files/metrics.py           app servers: a root timer writing the apps' uWSGI
                                figures, health, units, certificates and backups for
                                the textfile collector (Debian has no uWSGI exporter)
@@ -40,6 +43,9 @@ NODE = "prometheus-node-exporter"
 NGINX = "prometheus-nginx-exporter"
 REDIS = "prometheus-redis-exporter"
 POSTGRES = "prometheus-postgres-exporter"
+MTAIL = "mtail"
+MTAIL_PORT = 3903
+MTAIL_PROGRAM = "/etc/mtail/pyinfra-flask-nginx.mtail"
 NODE_PORT = 9100
 NGINX_PORT = 9113
 POSTGRES_PORT = 9187
@@ -77,7 +83,7 @@ def exporters(role_nginx: bool, redis_apps: list[str] = (), postgres: bool = Fal
     runs, Redis for each app with its own (`redis_apps`, their names)."""
     found = [Exporter("node", NODE, NODE_PORT)]
     if role_nginx:
-        found.append(Exporter("nginx", NGINX, NGINX_PORT))
+        found += [Exporter("nginx", NGINX, NGINX_PORT), Exporter("mtail", MTAIL, MTAIL_PORT)]
     if postgres:
         found.append(Exporter("postgres", POSTGRES, POSTGRES_PORT))
     found += [Exporter("redis", REDIS, REDIS_PORT + n, name) for n, name in enumerate(sorted(redis_apps))]
@@ -90,12 +96,25 @@ def runs_nginx(is_balancer: bool, is_app_server: bool, settings) -> bool:
 
 def exporter_args(exporter: Exporter, private_address: str) -> str:
     """The exporter's command line: its private address only, and what it reads."""
+    if exporter.package == MTAIL:
+        return ""  # Debian's unit builds it from HOST, PORT and LOGS (exporter_env)
     listen = f"--web.listen-address={address(private_address, exporter.port)}"
     if exporter.package == NODE:
         return f"{listen} --collector.textfile.directory={TEXTFILE_DIR}"
     if exporter.package == POSTGRES:
         return listen
     return f"{listen} --nginx.scrape-uri=http://{STUB_STATUS}/stub_status"
+
+
+def exporter_env(exporter: Exporter, s, apps) -> dict[str, str]:
+    """What an exporter's Debian unit reads from /etc/default beside ARGS."""
+    if exporter.package == POSTGRES:
+        return {"DATA_SOURCE_NAME": POSTGRES_DSN}
+    if exporter.package == MTAIL:
+        # Debian's unit builds mtail's command line from these.
+        return {"HOST": s.private_address, "PORT": str(MTAIL_PORT),
+                "LOGS": ",".join(path for path, _ in access_logs(apps))}
+    return {}
 
 
 class Target(NamedTuple):
@@ -115,12 +134,23 @@ def scrape_targets(hosts: list[tuple[str, str, bool, list[str], bool]]) -> dict[
     return jobs
 
 
+def access_logs(apps) -> list[tuple[str, str]]:
+    """(nginx access log, app) of the apps whose site this host's nginx serves: mtail counts
+    their answers (a log named twice counts for the first app)."""
+    found: dict[str, str] = {}
+    for app in apps:
+        if app.nginx_access_log.startswith("/"):
+            found.setdefault(app.nginx_access_log, app.app_name)
+    return sorted(found.items())
+
+
 @deploy("Exporters")
-def install(s, nginx: bool, monitor: tuple[str, str], interval: int, apps=None, postgres: bool = False):
-    """The exporters of this host (`s`: its host-wide settings), reachable from `monitor`
-    (name, private address) only; with `apps` (an app server's), the apps' figures every
+def install(s, nginx: bool, monitor: tuple[str, str], interval: int, apps, app_server: bool,
+            postgres: bool = False):
+    """The exporters of this host (`s`: its host-wide settings; `apps`: its apps), reachable
+    from `monitor` (name, private address) only; on an app server, the apps' figures every
     `interval` seconds and their Redis exporters; with `postgres`, PostgreSQL's."""
-    redis_apps = [app.app_name for app in apps or [] if app.redis]
+    redis_apps = [app.app_name for app in apps if app.redis] if app_server else []
     wanted = exporters(nginx, redis_apps, postgres)
     packages.install_named(s, ["nftables"])
     firewall.guard_metrics([exporter.port for exporter in wanted], monitor)
@@ -140,24 +170,30 @@ def install(s, nginx: bool, monitor: tuple[str, str], interval: int, apps=None, 
         server.shell(name="Create the database role prometheus (pg_monitor: statistics, no data)",
                      commands=[f"(cd / && {PSQL} -c 'CREATE ROLE prometheus LOGIN IN ROLE pg_monitor')"])
     packages.install_named(s, list(dict.fromkeys(exporter.package for exporter in wanted)))
+    if nginx:
+        program = files.template(jinja_env_kwargs=JINJA, name=f"Count each app's answers from nginx's access log "
+                                 f"({MTAIL_PROGRAM})", src=str(TEMPLATES / "nginx-answers.mtail.j2"),
+                                 dest=MTAIL_PROGRAM, mode="644", logs=access_logs(apps))
     for exporter in wanted:
         if exporter.package == REDIS:
             continue
         config = files.template(
             jinja_env_kwargs=JINJA, name=f"Set {exporter.package}'s command line (/etc/default/{exporter.package})",
             src=str(TEMPLATES / "exporter-default.j2"), dest=f"/etc/default/{exporter.package}", mode="644",
-            package=exporter.package, args=exporter_args(exporter, s.private_address),
-            env={"DATA_SOURCE_NAME": POSTGRES_DSN} if exporter.package == POSTGRES else {})
+            package=exporter.package, args=exporter_args(exporter, s.private_address), env=exporter_env(exporter, s,
+                                                                                                        apps))
+        changed = [config, program] if exporter.package == MTAIL else [config]
         # Debian starts it at install with its own defaults, which may fail until systemd stops
         # trying (the nginx exporter, before it is pointed at stub_status): start afresh.
-        server.shell(name=f"Restart {exporter.package} (its command line changed)",
-                     commands=[f"systemctl reset-failed {exporter.package}", f"systemctl restart {exporter.package}"],
-                     _if=config.did_change)
+        server.shell(name=f"Restart {exporter.package} (its settings changed)",
+                     commands=[f"systemctl reset-failed {exporter.package} 2>/dev/null || true",
+                               f"systemctl restart {exporter.package}"],
+                     _if=lambda changed=changed: any(op.did_change() for op in changed))
         systemd.service(name=f"Keep {exporter.package} running and started at boot", service=exporter.package,
                         running=True, enabled=True)
     if redis_apps:
         redis_exporters(s, [exporter for exporter in wanted if exporter.package == REDIS], apps)
-    if apps:
+    if app_server:
         app_figures(interval)
 
 
@@ -200,3 +236,25 @@ def app_figures(interval: int):
     server.shell(name=f"Read the apps' figures once and restart {UNIT}.timer (its units changed)",
                  commands=[f"systemctl start {UNIT}.service", f"systemctl restart {UNIT}.timer"],
                  _if=lambda: any(op.did_change() for op in [*units, *changed]))
+
+
+@deploy("Exporters")
+def remove():
+    """No monitoring host in the inventory any more: this host's exporters stop and their
+    firewall table goes (the Debian packages stay installed, stopped and disabled)."""
+    if not host.get_fact(File, path=firewall.METRICS_RULES):
+        return
+    units = [f"{UNIT}.timer", NODE, NGINX, MTAIL, POSTGRES]
+    server.shell(
+        name="Stop the exporters and remove their firewall (no monitoring host in the inventory any more)",
+        commands=[*(f"systemctl disable --now {unit} 2>/dev/null || true" for unit in units),
+                  # Each app's Redis exporter, by name (disable takes no pattern).
+                  f"for unit in $(systemctl list-units --all --plain --no-legend '{REDIS_UNIT}*' | cut -d' ' -f1); "
+                  'do systemctl disable --now "$unit"; done',
+                  f"systemctl disable --now {firewall.METRICS_UNIT}",
+                  f"rm -f {UNIT_DIR}/{UNIT}.timer {UNIT_DIR}/{UNIT}.service {UNIT_DIR}/{REDIS_UNIT}.service "
+                  f"{firewall.METRICS_DROP_IN} /etc/systemd/system/{firewall.METRICS_UNIT} {firewall.METRICS_RULES} "
+                  f"{STUB_STATUS_CONF} {TEXTFILE}",
+                  "systemctl daemon-reload",
+                  "if [ -d /etc/nginx ] && systemctl is-active -q nginx; then nginx -t -q && systemctl reload nginx; fi"],
+    )

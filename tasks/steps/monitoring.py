@@ -47,6 +47,7 @@ def render(name: str, **context) -> str:
 def rules_context(s) -> dict:
     """The rules' thresholds, from the monitoring host's settings."""
     return {"alert_after": s.monitoring_alert_after, "slow": s.monitoring_slow_response,
+            "error_ratio": s.monitoring_error_ratio,
             "disk_free": s.alert_disk_free, "interval": s.monitoring_interval}
 
 

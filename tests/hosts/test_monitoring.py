@@ -15,6 +15,7 @@ import json
 import time
 
 import pytest
+import requests
 
 from dev import throwaway
 from tests.conftest import get, run_deploy
@@ -75,7 +76,7 @@ def test_every_target_up_counters_move_alerts_reach_the_webhook_and_only_the_mon
         targets = wait("every target up", 40, lambda: (lambda t: t if t and all(x["health"] == "up" for x in t)
                                                          else None)(api(mon, "targets")["activeTargets"]))
         assert sorted((t["labels"]["job"], t["labels"]["instance"]) for t in targets) == [
-            ("nginx", app.name), ("node", app.name), ("node", mon.name), ("redis", app.name)]
+            ("mtail", app.name), ("nginx", app.name), ("node", app.name), ("node", mon.name), ("redis", app.name)]
         # The app's Redis exporter got in with the app's password, which only it holds: a user
         # of its own, the password in its environment (not its command line), unreadable to the app.
         assert wait("redis_up", 20, lambda: api(mon, "query?query=redis_connected_clients")["result"])
@@ -92,8 +93,8 @@ def test_every_target_up_counters_move_alerts_reach_the_webhook_and_only_the_mon
         # The shipped rules pass promtool on the host.
         assert "SUCCESS" in mon.exec("promtool check rules /etc/prometheus/pyinfra-flask-rules.yml")
         # Exporters answer the monitoring host only, and only on the private address.
-        assert all(connects(mon, app_address, port) for port in (9100, 9113, 9122))
-        for port in (9100, 9113, 9122):
+        assert all(connects(mon, app_address, port) for port in (9100, 9113, 9122, 3903))
+        for port in (9100, 9113, 9122, 3903):
             assert not connects(outsider, app_address, port), port
         assert not connects(app, mon_address, 9100)
         assert not connects(outsider, mon_address, 9090) and not connects(outsider, mon_address, 9093)
@@ -107,6 +108,11 @@ def test_every_target_up_counters_move_alerts_reach_the_webhook_and_only_the_mon
         stopped = time.monotonic()
         wait("an AppDown alert", 60, lambda: any(b"AppDown" in body for _, _, body in receiver.received))
         print(f"AppDown alert {time.monotonic() - stopped:.1f}s after the app stopped")
+        # nginx's 502s while it is down, counted by mtail from the access log.
+        for _ in range(5):
+            assert requests.get(app.url + "/", timeout=10).status_code == 502
+        wait("5xx answers counted", 20, lambda: float((api(mon, "query?query=pyinfra_flask_nginx_5xx_total")["result"]
+                                                       or [{"value": [0, "0"]}])[0]["value"][1]) >= 5)
         payload = json.loads(next(body for _, _, body in receiver.received if b"AppDown" in body))
         assert payload["text"].startswith(f"[{mon.name}] FAILING: AppDown: {app.name}: greeting's health check fails")
         assert receiver.received[0][0] == f"/{TOKEN}"

@@ -45,7 +45,7 @@ def test_every_host_gets_its_exporters_and_the_monitor_scrapes_exactly_them(syst
     targets = [line.strip() for line in config.splitlines() if "targets:" in line and "127.0.0.1" not in line]
     assert targets == ['- targets: ["10.0.0.11:9100"]', '- targets: ["10.0.0.12:9100"]',
                        '- targets: ["10.0.0.13:9100"]', '- targets: ["10.0.0.14:9100"]',
-                       '- targets: ["10.0.0.13:9113"]']
+                       '- targets: ["10.0.0.13:9113"]', '- targets: ["10.0.0.13:3903"]']
     assert "scrape_interval: 15s" in config and "127.0.0.1:9093" in config
     mon = runs["mon1"]
     assert "Monitoring server | Monitoring | System packages | Install prometheus, prometheus-alertmanager" in mon.changed
@@ -62,6 +62,11 @@ def test_every_host_gets_its_exporters_and_the_monitor_scrapes_exactly_them(syst
     assert "--nginx.scrape-uri=http://127.0.0.1:8089/stub_status" in str(
         lb.uploads["/etc/default/prometheus-nginx-exporter"])
     assert "listen 127.0.0.1:8089;" in str(lb.uploads[metrics.STUB_STATUS_CONF])
+    # mtail counts the balanced app's answers from the balancer's access log.
+    assert 'LOGS="/var/log/nginx/greeting.access.log"' in str(lb.uploads["/etc/default/mtail"])
+    program = str(lb.uploads[metrics.MTAIL_PROGRAM])
+    assert 'getfilename() == "/var/log/nginx/greeting.access.log" {' in program
+    assert 'pyinfra_flask_nginx_5xx_total["greeting"]++' in program
     for name, run in runs.items():
         rules = str(run.uploads["/etc/pyinfra-flask/metrics-firewall.nft"])
         assert [line.split()[:3] for line in rules.splitlines() if "saddr" in line] == [["ip", "saddr", "10.0.0.14"]]
@@ -78,17 +83,22 @@ def test_a_host_added_is_scraped_and_one_removed_is_dropped():
     assert 'instance: "@fake/web1"' in one
 
 
-def test_without_a_monitoring_host_nothing_of_it_is_deployed():
+def test_without_a_monitoring_host_nothing_of_it_is_deployed_and_what_was_goes():
     facts = {"web1": host_facts("debian12")}
     run = deploy(facts)["web1"]
     assert not [name for name in run.changed if "Metrics" in name or "prometheus" in name.lower()]
+    was = deploy({"web1": host_facts("debian12", File=lambda path: {"size": 1} if path.endswith(
+        "metrics-firewall.nft") else None)})["web1"]
+    [commands] = [c for name, c in was.changed.items() if name.startswith("Metrics | Exporters | Stop the exporters")]
+    assert commands[0] == "systemctl disable --now pyinfra-flask-metrics.timer 2>/dev/null || true"
+    assert commands[6] == "systemctl disable --now pyinfra-flask-metrics-firewall.service"
 
 
 def test_the_rules_carry_the_settings_and_pass_promtool_where_it_is():
     mon = fleet(monitoring_alert_after=30, monitoring_slow_response=0.5, alert_disk_free=15)["mon1"]
     rules = str(mon.uploads[RULES])
-    assert rules.count("for: 30s") == 4 and "> 0.5" in rules and "< 15" in rules
-    for alert in ("TargetDown", "AppDown", "UnitFailed", "SlowResponses", "AppErrors", "DiskFull",
+    assert rules.count("for: 30s") == 4 and "> 0.5" in rules and "< 15" in rules and "> 0.05" in rules
+    for alert in ("TargetDown", "AppDown", "UnitFailed", "SlowResponses", "ErrorRate", "AppErrors", "DiskFull",
                   "CertificateExpiring", "BackupTooOld"):
         assert f"alert: {alert}" in rules
     if shutil.which("promtool"):
@@ -119,6 +129,7 @@ def test_secrets_only_in_the_relays_root_only_file():
     ("monitoring_retention", "15 days", "monitoring_retention = '15 days'"),
     ("monitoring_alert_after", -1, "monitoring_alert_after = -1"),
     ("monitoring_slow_response", 0, "monitoring_slow_response = 0"),
+    ("monitoring_error_ratio", 2.0, "monitoring_error_ratio = 2.0: Input should be less than or equal to 1"),
 ])
 def test_bad_settings_are_refused_naming_the_key(key, value, said):
     settings, problems = parse({key: value})

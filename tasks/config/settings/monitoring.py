@@ -42,3 +42,8 @@ class MonitoringSettings(BaseModel):
         description="Seconds: Prometheus alerts when an app's uWSGI workers answer slower than this on "
         "average for 10 minutes.",
     )
+    monitoring_error_ratio: float = Field(
+        0.05, gt=0, le=1,
+        description="Prometheus alerts when more than this share of an app's requests got a 5xx answer from "
+        "nginx over 5 minutes (counted from nginx's access log by Debian's mtail).",
+    )
