@@ -1,6 +1,7 @@
 """Converge each host to: nginx -> uWSGI (systemd) -> the Flask app(s), or, for hosts
 in the `load_balancers` group, to nginx balancing over the `app_servers`, or, for the
-`db_servers` host, to PostgreSQL for the app servers' apps.
+`db_servers` host, to PostgreSQL for the app servers' apps, or, for the
+`monitoring_servers` host, to Prometheus and Alertmanager scraping every host's exporters.
 
     pyinfra inventories/prod.py deploy.py               # apply
     pyinfra inventories/prod.py deploy.py --dry --diff  # show what would change
@@ -13,7 +14,7 @@ from pyinfra import host
 
 from tasks.config import platform, topology
 from tasks.config.host import load
-from tasks.roles import app_server, balancer, database_server
+from tasks.roles import app_server, balancer, database_server, monitoring_server
 from tasks.run import barriers, hooks, lock, prefetch, preflight
 from tasks.steps import uploads
 from tasks.steps.release_preview import warn_if_diff_is_skipped
@@ -45,3 +46,7 @@ if this.is_app_server:
 barriers.wait_for_app_servers()
 if this.is_balancer:
     balancer.converge(system, this.settings, **private)
+if this.is_monitoring_server:
+    monitoring_server.converge(system, this.settings, **private)
+# With a monitoring host in the inventory, every host's exporters, last: they read what the role made.
+monitoring_server.exporters(this, **private)

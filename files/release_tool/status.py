@@ -79,10 +79,17 @@ def uwsgi_summary() -> dict:
     if data is None:
         return {"error": f"the stats socket {base.CONFIG['stats_socket']} is not answering"}
     workers = uwsgi.stats_workers(data)
-    requests = [w.get("requests") for w in workers]
+
+    def total(key: str) -> int:
+        values = [w.get(key) for w in workers]
+        return sum(n for n in values if isinstance(n, int) and not isinstance(n, bool) and n >= 0)
+
+    # Microseconds, averaged by uWSGI over each worker's recent requests (Prometheus's metrics).
+    times = [w.get("avg_rt") for w in workers if isinstance(w.get("avg_rt"), int) and w.get("requests")]
     return {"workers": len(workers), "busy": sum(w.get("status") == "busy" for w in workers),
-            "idle": sum(w.get("status") == "idle" for w in workers),
-            "requests": sum(n for n in requests if isinstance(n, int) and not isinstance(n, bool) and n >= 0)}
+            "idle": sum(w.get("status") == "idle" for w in workers), "requests": total("requests"),
+            "exceptions": total("exceptions"), "harakiri": total("harakiri_count"),
+            "avg_rt": max((t for t in times if t >= 0), default=0)}
 
 
 WATCH_UNITS = ("pyinfra-flask-watch.timer", "pyinfra-flask-watch.service")

@@ -17,12 +17,13 @@ from tasks.config.inventory import load_apps
 APP_SERVER = "app_server"
 BALANCER = "balancer"
 DATABASE_SERVER = "database_server"
+MONITORING_SERVER = "monitoring_server"
 
 
 @dataclass(frozen=True)
 class Host:
     name: str
-    role: str  # APP_SERVER, BALANCER or DATABASE_SERVER
+    role: str  # APP_SERVER, BALANCER, DATABASE_SERVER or MONITORING_SERVER
     apps: list[App]
 
     @property
@@ -43,6 +44,10 @@ class Host:
     def is_database_server(self) -> bool:
         return self.role == DATABASE_SERVER
 
+    @property
+    def is_monitoring_server(self) -> bool:
+        return self.role == MONITORING_SERVER
+
 
 def role(host) -> str:
     """The host's role, from its groups (tasks/config/topology.py)."""
@@ -50,6 +55,8 @@ def role(host) -> str:
         return BALANCER
     if topology.is_database_server(host):
         return DATABASE_SERVER
+    if topology.is_monitoring_server(host):
+        return MONITORING_SERVER
     return APP_SERVER
 
 

@@ -69,6 +69,14 @@ def balancers(host) -> list[tuple[str, str]]:
             for balancer in topology.members(host, topology.LB_GROUP)]
 
 
+def monitoring(host) -> tuple[str, App] | None:
+    """(name, settings) of the inventory's monitoring host, or None: the address every
+    host's exporters let in, and the interval they are read at. Its secrets (the alert
+    targets) are its own deploy's business."""
+    monitor = topology.monitoring_server(host)
+    return None if monitor is None else (monitor.name, load_apps(monitor, secrets=False)[0])
+
+
 def _first(value):
     return value[0] if isinstance(value, tuple) else value
 

@@ -41,7 +41,7 @@ SYSTEM_ACCOUNTS = frozenset("""
     sshd ssh syslog uuidd tcpdump tss landscape pollinate polkitd lxd _apt _chrony chrony ntp
     nginx apache httpd postgres mysql redis memcache memcached docker systemd-journal
     systemd-network systemd-resolve systemd-timesync systemd-coredump wheel ftp halt shutdown
-    dbus unbound dnsmasq avahi rtkit geoclue colord saned usbmux uwsgi
+    dbus unbound dnsmasq avahi rtkit geoclue colord saned usbmux uwsgi prometheus
 """.split())
 
 # Units whose name `<app_name>.service` would take over.

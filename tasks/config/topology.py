@@ -5,6 +5,8 @@ the balancers, from the inventory's groups.
     load_balancers  hosts running only nginx, spreading requests over app_servers
     db_servers      one host running only PostgreSQL for the app servers' apps
                     (`database: postgresql`; docs/database.md)
+    monitoring_servers  one host running only Prometheus and Alertmanager, scraping
+                    every other host's exporters (docs/monitoring.md)
 
 When the inventory has load balancers, app servers listen on TCP on their
 `private_address` (uWSGI's uwsgi protocol; the balancer uses `uwsgi_pass` to
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
 APP_GROUP = "app_servers"
 LB_GROUP = "load_balancers"
 DB_GROUP = "db_servers"
+MON_GROUP = "monitoring_servers"
 DEFAULT_UWSGI_PORT = 3031
 
 
@@ -47,19 +50,34 @@ def is_database_server(host) -> bool:
     return DB_GROUP in host.groups
 
 
+def is_monitoring_server(host) -> bool:
+    return MON_GROUP in host.groups
+
+
+def _only(host, group: str, why: str):
+    """The one host of a group that may have only one, or None."""
+    found = members(host, group)
+    if len(found) > 1:
+        raise TopologyError(f"{group} has {len(found)} hosts ({', '.join(h.name for h in found)}): "
+                            f"{why}; nothing was changed.")
+    return found[0] if found else None
+
+
+def monitoring_server(host):
+    """The inventory's one `monitoring_servers` host, or None."""
+    return _only(host, MON_GROUP, "one monitoring host scrapes the others")
+
+
 def database_server(host):
     """The inventory's one `db_servers` host, or None."""
-    found = members(host, DB_GROUP)
-    if len(found) > 1:
-        raise TopologyError(f"{DB_GROUP} has {len(found)} hosts ({', '.join(h.name for h in found)}): "
-                            "one database server serves the app servers; nothing was changed.")
-    return found[0] if found else None
+    return _only(host, DB_GROUP, "one database server serves the app servers")
 
 
 def app_servers(host) -> list:
     """The app servers, in inventory order: the `app_servers` group, else every host
     that is neither a balancer nor the database server."""
-    return [h for h in members(host, APP_GROUP) or host.inventory if not is_balancer(h) and not is_database_server(h)]
+    return [h for h in members(host, APP_GROUP) or host.inventory
+            if not is_balancer(h) and not is_database_server(h) and not is_monitoring_server(h)]
 
 
 def behind_balancer(host) -> bool:
@@ -73,10 +91,20 @@ def place(host, app: App, database_address: Callable[[Any], str]) -> App:
     if is_balancer(host) and APP_GROUP in host.groups:
         raise TopologyError(f"Host {host.name!r} is in both {APP_GROUP} and {LB_GROUP}: "
                             "a host is either an app server or a balancer; nothing was changed.")
-    roles = [group for group in (APP_GROUP, LB_GROUP, DB_GROUP) if group in host.groups]
+    roles = [group for group in (APP_GROUP, LB_GROUP, DB_GROUP, MON_GROUP) if group in host.groups]
     if DB_GROUP in roles and len(roles) > 1:
         raise TopologyError(f"Host {host.name!r} is in both {roles[0]} and {roles[1]}: a database server "
                             "runs only PostgreSQL; nothing was changed.")
+    if MON_GROUP in roles and len(roles) > 1:
+        raise TopologyError(f"Host {host.name!r} is in both {roles[0]} and {roles[1]}: a monitoring host "
+                            "runs only Prometheus and Alertmanager; nothing was changed.")
+    monitor = monitoring_server(host)
+    if monitor is not None and not app.private_address:
+        raise TopologyError(f"Host {host.name!r} has no private_address: with a {MON_GROUP} host every host "
+                            "serves its metrics on its private address, to the monitoring host only; nothing "
+                            "was changed.")
+    if is_monitoring_server(host):
+        return app
     db = database_server(host)
     if is_database_server(host):
         if not app.private_address:

@@ -164,7 +164,8 @@ def install(system, wanted, listen: tuple[str, list[tuple[str, str, str]]] | Non
         hba = files.template(jinja_env_kwargs=JINJA, name="Allow each app's role to its own database only "
                              "(pg_hba.conf)", src=str(TEMPLATES / "pg_hba.conf.j2"), dest=f"{config_dir}/pg_hba.conf",
                              user="postgres", group="postgres", mode="640",
-                             names=sorted({s.database_name for s in wanted}), clients=clients)
+                             names=sorted({s.database_name for s in wanted}), clients=clients,
+                             monitor=topology.monitoring_server(host) is not None)
         # By command, not systemd.service: on the first deploy its facts (read before the
         # package was installed) would say "not running" and only start what the package
         # already started with Debian's listen_addresses = 'localhost'.

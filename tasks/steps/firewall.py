@@ -162,35 +162,58 @@ def guard_postgresql(clients: list[tuple[str, str]]):
 
 
 def _nftables(ports: list[int], balancers: list[tuple[str, str]], what: str = "uWSGI",
-              who: str = "balancers") -> None:
+              who: str = "balancers", table: str = NFT_TABLE, rules_path: str = NFT_RULES, unit: str = NFT_UNIT,
+              drop_in: str = NFT_DROP_IN, template: str = "nftables-uwsgi.nft.j2") -> None:
     rules = files.template(
         jinja_env_kwargs=JINJA,
-        name=f"Write the {what} firewall rules {NFT_RULES} (port {', '.join(map(str, ports))}: {who} only)",
-        src=str(TEMPLATES / "nftables-uwsgi.nft.j2"), dest=NFT_RULES, mode="644",
-        ports=ports, balancers=balancers, table=NFT_TABLE, nft=NFT, what=what,
+        name=f"Write the {what} firewall rules {rules_path} (port {', '.join(map(str, ports))}: {who} only)",
+        src=str(TEMPLATES / template), dest=rules_path, mode="644",
+        ports=ports, balancers=balancers, table=table, nft=NFT, what=what,
     )
+    unit_path = f"/etc/systemd/system/{unit}"
     units = [
         files.template(
-            jinja_env_kwargs=JINJA, name=f"Write the systemd unit {NFT_UNIT_PATH} (loads the rules at boot)",
-            src=str(TEMPLATES / "pyinfra-flask-firewall.service.j2"), dest=NFT_UNIT_PATH, mode="644",
-            nft=NFT, rules=NFT_RULES, table=NFT_TABLE,
+            jinja_env_kwargs=JINJA, name=f"Write the systemd unit {unit_path} (loads the rules at boot)",
+            src=str(TEMPLATES / "pyinfra-flask-firewall.service.j2"), dest=unit_path, mode="644",
+            nft=NFT, rules=rules_path, table=table, what=what,
         ),
         files.template(
-            jinja_env_kwargs=JINJA, name="Load them again whenever nftables.service (re)loads its ruleset",
-            src=str(TEMPLATES / "nftables-service-drop-in.conf.j2"), dest=NFT_DROP_IN, mode="644",
-            nft=NFT, rules=NFT_RULES,
+            jinja_env_kwargs=JINJA, name=f"Load the {what} rules again whenever nftables.service (re)loads its ruleset"
+            if what == METRICS else "Load them again whenever nftables.service (re)loads its ruleset",
+            src=str(TEMPLATES / "nftables-service-drop-in.conf.j2"), dest=drop_in, mode="644",
+            nft=NFT, rules=rules_path,
         ),
     ]
-    systemd.daemon_reload(name="Reload systemd (the firewall's units changed)",
+    systemd.daemon_reload(name=f"Reload systemd (the {what} firewall's units changed)" if what == METRICS
+                          else "Reload systemd (the firewall's units changed)",
                           _if=lambda: any(op.did_change() for op in units))
     # Checked before it is loaded; loading replaces our table in one transaction.
     server.shell(
         name=f"Load the changed {what} firewall rules (nft -c first)",
-        commands=[f"{NFT} -c -f {NFT_RULES}", f"systemctl reload-or-restart {NFT_UNIT}"],
+        commands=[f"{NFT} -c -f {rules_path}", f"systemctl reload-or-restart {unit}"],
         _if=lambda: rules.did_change() or any(op.did_change() for op in units),
     )
-    systemd.service(name=f"Keep {NFT_UNIT} active and started at boot", service=NFT_UNIT,
+    systemd.service(name=f"Keep {unit} active and started at boot", service=unit,
                     running=True, enabled=True)
+
+
+# The exporters' ports (tasks/steps/metrics.py): a table, rules file, unit and drop-in of their own,
+# so the uWSGI or PostgreSQL table beside it on the same host is never rewritten by it.
+METRICS = "metrics"
+METRICS_TABLE = "inet pyinfra_flask_metrics"
+METRICS_RULES = f"{NFT_DIR}/metrics-firewall.nft"
+METRICS_UNIT = "pyinfra-flask-metrics-firewall.service"
+METRICS_DROP_IN = "/etc/systemd/system/nftables.service.d/pyinfra-flask-metrics.conf"
+
+
+@deploy("Firewall")
+def guard_metrics(ports: list[int], monitor: tuple[str, str]):
+    """Only the monitoring host (by its private address) and this host itself reach the
+    exporters' ports. Called before any exporter is installed: Debian starts them on
+    every address at once."""
+    _nftables(ports, [monitor], what=METRICS, who="the monitoring host", table=METRICS_TABLE,
+              rules_path=METRICS_RULES, unit=METRICS_UNIT, drop_in=METRICS_DROP_IN,
+              template="nftables-metrics.nft.j2")
 
 
 def rich_rule(address: str, port: int) -> str:

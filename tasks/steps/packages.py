@@ -85,3 +85,9 @@ def _dnf_install(platform, wanted):
     # at an older one would count as missing and be "installed" on every run.
     if missing:
         dnf.packages(name=f"Install {', '.join(missing)}", packages=missing)
+
+
+@deploy("System packages")
+def install_named(s, wanted: list[str]):
+    """Debian packages a role adds beside the platform's (the Prometheus exporters, ...)."""
+    _apt_install(s, wanted)

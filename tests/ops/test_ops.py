@@ -547,7 +547,9 @@ def test_a_stats_answer_of_the_wrong_shape_or_size_is_no_answer(tool, tmp_path, 
     monkeypatch.setattr(tool, "main_pid", lambda: os.getpid())
     for answer, summary in ((b'["not", "an", "object"]', None), (b" " * (tool.STATS_LIMIT + 1), None),
                             (b'{"workers": [{"status": "busy", "requests": "9"}, 7, {"status": "idle", '
-                             b'"requests": 3}]}', {"workers": 2, "busy": 1, "idle": 1, "requests": 3})):
+                             b'"requests": 3, "exceptions": 1, "avg_rt": "x"}]}',
+                             {"workers": 2, "busy": 1, "idle": 1, "requests": 3, "exceptions": 1, "harakiri": 0,
+                              "avg_rt": 0})):
         (tmp_path / "stats.sock").unlink(missing_ok=True)
         server = serve(tmp_path / "stats.sock", answer)
         try:
