@@ -68,6 +68,11 @@ class Memory(FactBase):
                 "tail -n +2 /proc/swaps | while read -r area _; do echo \"swap $area\"; done; "
                 "awk '/^MemTotal:/ {print \"memory\", int($2 / 1024)}' /proc/meminfo")
 
+    @staticmethod
+    def default() -> dict:
+        # Unread: as if swap were there, so nothing is done to it.
+        return {"container": False, "swap": ["(unread)"], "memory": 0}
+
     def process(self, output: list[str]) -> dict:
         found = {"container": False, "swap": [], "memory": 0}
         for line in output:
