@@ -17,6 +17,7 @@ import io
 import shlex
 import time
 
+from paramiko import AuthenticationException, BadHostKeyException
 from pyinfra import host
 from pyinfra.api import FactBase, OperationError, deploy
 from pyinfra.connectors.ssh import SSHConnector
@@ -151,7 +152,7 @@ def _ssh(s) -> None:
     checked = server.shell(name="Check sshd's new settings (sshd -t, and in effect) before sshd reloads",
                            commands=[_check_or_restore(wants)], _if=lambda: unproven or written.did_change())
     server.shell(name="Reload sshd (its settings changed); sessions already open stay",
-                 commands=["systemctl reload ssh.service"], _if=checked.did_change)
+                 commands=["systemctl reload-or-restart ssh.service"], _if=checked.did_change)
     python.call(name="Log in again over a second, fresh SSH connection before the new sshd settings are kept",
                 function=_prove_or_restore, _if=checked.did_change)
 
@@ -192,7 +193,7 @@ def _prove_or_restore() -> None:
     if issubclass(host.connector_cls, SSHConnector):
         failure = _second_login()
         if failure:
-            restored, _ = host.run_shell_command(f"{_restore()} && systemctl reload ssh.service", **sudo)
+            restored, _ = host.run_shell_command(f"{_restore()} && systemctl reload-or-restart ssh.service", **sudo)
             raise OperationError(
                 f"A second SSH connection to {host.name} failed with the new sshd settings ({failure}); "
                 + ("the last good settings are back and sshd was reloaded: the host accepts what it did before."
@@ -205,16 +206,20 @@ def _prove_or_restore() -> None:
 
 def _second_login(attempts: int = LOGIN_ATTEMPTS) -> str | None:
     """Why a fresh SSH login to this host fails, or None when it succeeds. A reload
-    re-executes sshd, which resets connections for a moment: tried `attempts` times,
-    half a second apart (a refused key costs those seconds, then fails the same)."""
+    re-executes sshd, which resets connections for a moment: a connection that fails
+    before authentication is tried again (`attempts` times, half a second apart); a
+    refused login is not, as fail2ban counts each one against the laptop's address."""
     failure = None
-    for attempt in range(attempts):
+    for _ in range(attempts):
         second = host.connector_cls(host.state, host)
         try:
             second.connect()
             return None
         except Exception as exc:  # noqa: BLE001 (any failure to log in means the config must not stay)
             failure = str(exc)
+            # pyinfra's ConnectError is raised while handling paramiko's own exception.
+            if isinstance(exc.__context__, (AuthenticationException, BadHostKeyException)):
+                return failure
         finally:
             if second.client is not None:
                 second.client.close()

@@ -88,7 +88,7 @@ def test_the_debian_family_is_hardened(system, tmp_path):
         "Hardening | Reload sshd (its settings changed); sessions already open stay",
         "Hardening | Log in again over a second, fresh SSH connection before the new sshd settings are kept")
     assert names.index(check) < names.index(reload) < names.index(prove)
-    assert hardened[reload] == ["systemctl reload ssh.service"]
+    assert hardened[reload] == ["systemctl reload-or-restart ssh.service"]
     sshd = run.uploads[steps.SSHD_CONFIG]
     assert "PasswordAuthentication no\n" in sshd and "PermitRootLogin no\n" in sshd and "cbc" not in sshd
     jail = run.uploads[steps.FAIL2BAN_JAIL]
