@@ -16,7 +16,7 @@ from tasks.config import platform, topology
 from tasks.config.host import load
 from tasks.roles import app_server, balancer, database_server, monitoring_server
 from tasks.run import barriers, hooks, lock, prefetch, preflight
-from tasks.steps import uploads
+from tasks.steps import hardening, uploads
 from tasks.steps.release_preview import warn_if_diff_is_skipped
 
 # `--dry --diff -y` would otherwise end in pyinfra's "Skipping change detection", no diff.
@@ -35,6 +35,9 @@ if this.is_app_server:
     preflight.check(this.apps)
 # Every upload passes through a directory only the SSH user can enter.
 private = {"_temp_dir": uploads.private_directory()}
+# `harden`: the server itself made safe before anything runs on it (tasks/steps/hardening.py).
+if this.settings.harden:
+    hardening.converge(system, this.settings, **private)
 # The database server's steps come first: the app servers' first migrations need it.
 if this.is_database_server:
     database_server.converge(system, this.settings, **private)

@@ -125,12 +125,13 @@ def status(ctx: Context, as_json: bool):
     Per host and app: the live release, the web unit, workers, uWSGI's busy/idle
     workers and requests served, nginx, days left on the certificate, free disk. Exit status 1 when anything is unhealthy: the web unit not active, a worker not
     active, a job or timer failed, nginx not active, the health check failing, the
-    certificate missing or expiring within acme_min_valid_days."""
+    certificate missing or expiring within acme_min_valid_days. A host whose updates
+    need a reboot is said so (it is not unhealthy)."""
     def gather(host):
         apps = ctx.fleet.apps(host)
         if not apps:
             return []
-        ok, out, err = run(host, ops_status.host_command(host, apps), timeout=120)
+        ok, out, err = run(host, ops_status.with_reboot_flag(ops_status.host_command(host, apps)), timeout=120)
         reports = ops_status.parse(host, apps, out, err)
         return [ops_status.summary(host.name, app, reports[app.app_name], ops_status.now()) for app in apps]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pyinfra.api import Inventory
 
-from tasks.config import checks, topology
+from tasks.config import checks, hardening, topology
 from tasks.config.app import App
 from tasks.config.checks import validate
 from tasks.config.settings import SettingsError
@@ -48,7 +48,7 @@ def load_apps(host, secrets: bool = True) -> list[App]:
                 problems.append(str(exc))
         if problems:
             raise SettingsError("\n".join(problems))
-    problems = checks.apps_apart(found, login=data.get("ssh_user"))
+    problems = checks.apps_apart(found, login=data.get("ssh_user")) + hardening.lockouts(found, data)
     if problems:
         raise SettingsError.listing(where, problems)
     return found

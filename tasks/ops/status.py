@@ -21,6 +21,12 @@ from tasks.steps import acme, healthcheck, watch
 from tasks.config.app import App
 
 
+# Written by Debian's packages when an update needs a reboot (harden reboots only at
+# harden_reboot_time, when set).
+REBOOT_FLAG = "/run/reboot-required"
+REBOOT_MARK = "REBOOT-REQUIRED"
+
+
 def tool(app: App) -> str:
     return host_tool.path(app.app_root)
 
@@ -51,6 +57,12 @@ def host_command(host, apps: list[App]) -> str:
     paths = watch.certificates(apps)
     make = balancer_command if topology.is_balancer(host) else app_command
     return " ; ".join(make(app, paths.get(app.app_name)) for app in apps)
+
+
+def with_reboot_flag(command: str) -> str:
+    """`command` after a line saying whether an update needs a reboot (Debian's flag;
+    `parse` reads it), ahead of any app's section."""
+    return f"if [ -e {REBOOT_FLAG} ]; then echo {REBOOT_MARK}; fi ; {command}"
 
 
 def balancer_reports(apps: list[App], stdout: list[str]) -> dict[str, dict]:
@@ -94,9 +106,10 @@ def parse(host, apps: list[App], stdout: list[str], stderr: list[str]) -> dict[s
             reports[report["app"]] = report
     said = next((line.strip() for line in reversed(stderr) if line.strip()), "no output")
     balancer = topology.is_balancer(host)
-    return {app.app_name: reports.get(app.app_name) or {
+    reboot = {"reboot_required": True} if REBOOT_MARK in stdout else {}
+    return {app.app_name: {**(reports.get(app.app_name) or {
         "error": f"{'the balancer' if balancer else f'its release tool ({tool(app)})'} did not answer ({said}): "
-                 "not deployed here yet?"} for app in apps}
+                 "not deployed here yet?"}), **reboot} for app in apps}
 
 
 def who(entry: dict | None, meta: dict | None = None) -> str:
@@ -213,7 +226,8 @@ def _size(count: int) -> str:
 def summary(host: str, app: App, report: dict, now: datetime | None = None) -> dict:
     """One row of the table (and of --json): what is there, and what is wrong."""
     found = problems(app, report, now)
-    row = {"host": host, "app": app.app_name, "healthy": not found, "problems": found}
+    row = {"host": host, "app": app.app_name, "healthy": not found, "problems": found,
+           "reboot_required": bool(report.get("reboot_required"))}
     if "error" in report:
         return row
     meta, entry, units = report.get("meta") or {}, report.get("entry") or {}, report.get("units", {})
@@ -266,6 +280,8 @@ def table(rows: list[dict]) -> list[str]:
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in body]
     for row in rows:
         lines += [f"[{row['host']}] {row['app']}: {problem}" for problem in row["problems"]]
+        if row.get("reboot_required") and row is next(r for r in rows if r["host"] == row["host"]):
+            lines.append(f"[{row['host']}] reboot required: an update needs it ({REBOOT_FLAG})")
         if row.get("deploying"):
             holder = row["deploying"]
             lines.append(f"[{row['host']}] {row['app']}: a deploy is running ({holder.get('user', '?')}@"

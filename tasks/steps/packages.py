@@ -51,6 +51,12 @@ def install(platform, s, app: bool = True, nginx: bool = True):
         _apt_install(s, wanted)
 
 
+def apt_ensure(app, wanted):
+    """Debian packages a step needs beyond its role's (tasks/steps/hardening.py): the same
+    check of what dpkg has, and the same index rule."""
+    _apt_install(app, wanted)
+
+
 def _apt_install(app, wanted):
     installed = host.get_fact(DebInstalled, packages=tuple(wanted))
     missing = [name for name in wanted if name not in installed]
