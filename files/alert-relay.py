@@ -17,7 +17,6 @@ reason is logged, never a URL or a password.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import socket
@@ -29,15 +28,10 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 HERE = os.path.dirname(os.path.abspath(__file__))
 BODY_LIMIT = 1 << 20  # bytes: Alertmanager's notifications of a few hundred alerts fit
 
-
-def load_watch():
-    spec = importlib.util.spec_from_file_location("watch", os.path.join(HERE, "watch.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-watch = load_watch()
+# The watch's own readers and delivery, from watch.py beside this file (root's folder):
+# `python3 -I` leaves the script's folder off sys.path.
+sys.path.insert(0, HERE)
+import watch  # noqa: E402
 
 
 def seconds(stamp) -> float | None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import calendar
-import importlib.util
 import json
 import os
 import sys
@@ -33,15 +32,10 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-
-def load_watch():
-    spec = importlib.util.spec_from_file_location("watch", os.path.join(HERE, "watch.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-watch = load_watch()
+# The watch's own readers and delivery, from watch.py beside this file (root's folder):
+# `python3 -I` leaves the script's folder off sys.path.
+sys.path.insert(0, HERE)
+import watch  # noqa: E402
 
 
 def number(value) -> float | None:
