@@ -66,7 +66,8 @@ def alertmanager_args() -> str:
 def install(s, host_name: str, jobs: dict, targets: dict):
     """Prometheus scraping `jobs` ({job: [Target]}), Alertmanager and the relay to `targets`
     (the watch's targets.json, tasks/steps/watch.py's `targets`)."""
-    packages.install_named(s, [PROMETHEUS, ALERTMANAGER])
+    # The relay is a Python script: a bare server (this host runs no app) may have no python3.
+    packages.install_named(s, [PROMETHEUS, ALERTMANAGER, "python3"])
     for path in (healthcheck.INSTALL_DIR,):
         files.directory(name=f"Create {path}", path=path, user="root", group="root", mode="755")
     files.directory(name=f"Create {CONFIG_DIR} (root-only)", path=CONFIG_DIR, user="root", group="root", mode="700")

@@ -4,10 +4,12 @@ TCP sockets, nginx extras and Debian 13, each proven on a real throwaway host.""
 from __future__ import annotations
 
 import datetime
+import json
 import re
 import socket
 import ssl
 import threading
+import time
 import urllib.request
 
 import pytest
@@ -18,10 +20,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from dev import throwaway
 from tests.conftest import get, run_deploy
 from tests.hosts.test_deploy import GREETING, uwsgi_requests
+from tests.hosts.test_hardening import login
+from tests.hosts.test_monitoring import app_and_monitor, rules_unit_tests_on, targets_up, wait
 
 pytestmark = pytest.mark.features
+
+TOKEN = "T0KEN-trixie-5ecret"
 
 APPS = [
     {"app_name": "greeting"},
@@ -264,13 +271,23 @@ def test_log_files_get_rotated(fork, tmp_path):
     assert "GET /" in fork.exec("cat /var/log/greeting-nginx/access.log"), "nginx reopened its log"
 
 
-def test_debian_13_end_to_end(hosts, tmp_path):
-    from dev import throwaway
+def test_debian_13_end_to_end(hosts, tmp_path, monkeypatch):
+    """A bare Debian 13 host taken to production in one cold deploy, as the sudo user, with what
+    a real server adds: `harden` (docs/hardening.md), the watch alerting a webhook (docs/watch.md)
+    and a monitoring host (docs/monitoring.md), a bare Debian 13 host too, deployed in the same
+    run. Both with NET_ADMIN (fail2ban's bans, the exporters' firewall), on a network of their own;
+    the webhook receiver runs in the test process, behind the network's gateway."""
 
-    host = hosts.start(throwaway.ensure_image("trixie"))
+    started = time.monotonic()
+    network, gateway, receiver, host, mon = app_and_monitor(hosts, throwaway.ensure_image("trixie"), monkeypatch)
+    address, mon_address = host.address(network), mon.address(network)
+    inventory = throwaway.write_group_inventory(tmp_path / "inventory.py", {
+        "app_servers": [(host, {"private_address": address, "harden": True, "fail2ban_ignore": [gateway],
+                                "alert_webhook_url": f"http://{gateway}:{receiver.server_address[1]}/{TOKEN}"})],
+        "monitoring_servers": [(mon, {"private_address": mon_address, "monitoring_interval": 2})]})
     try:
-        first = run_deploy(host, tmp_path)
-        print(f"\nDebian 13 cold deploy: {first.seconds:.1f}s")
+        first = run_deploy(inventory, tmp_path)
+        print(f"\nDebian 13 cold deploy (hardened, watched, with a monitoring host): {first.seconds:.1f}s")
         assert get(host.url + "/").text.strip() == GREETING
         assert host.exec(". /etc/os-release; echo $VERSION_ID").strip() == "13"
         assert "libpcre2-dev" in host.exec("dpkg-query -W -f '${Package}\\n' 'libpcre2-dev'")
@@ -278,6 +295,64 @@ def test_debian_13_end_to_end(hosts, tmp_path):
         assert "no internal routing support" not in host.exec("journalctl -u greeting --no-pager")
         assert host.exec("stat -c '%U %G %a' /run/greeting/uwsgi.sock").split() == ["greeting", "greeting", "660"]
         assert get(host.url + "/static/style.css").status_code == 200
-        assert run_deploy(host, tmp_path).changed_operations() == []
+
+        # Hardened (OpenSSH 10, fail2ban 1.1): keys only, no root, modern ciphers; the sshd jail
+        # reading the journal; security updates passing their own dry run; the journal capped.
+        effective = host.exec("sshd -T").splitlines()
+        for line in ("permitrootlogin no", "passwordauthentication no", "kbdinteractiveauthentication no"):
+            assert line in effective
+        offered = [line for line in effective if line.startswith(("ciphers ", "macs ", "kexalgorithms "))]
+        assert len(offered) == 3 and not [line for line in offered if re.search(r"cbc|sha1|ecdh-sha2-nistp", line)]
+        assert login(host, "deploy", password="deploy") == (
+            "BadAuthenticationType: Bad authentication type; allowed types: ['publickey']")
+        assert login(host, "root", key_filename=str(host.key_path)).startswith("AuthenticationException")
+        assert login(host, "deploy", key_filename=str(host.key_path)) == "ok"
+        assert host.exec("systemctl is-active fail2ban").strip() == "active"
+        jail = host.exec("fail2ban-client status sshd")
+        assert "Currently banned:" in jail and "Journal matches:" in jail, jail
+        host.exec("unattended-upgrade --dry-run")
+        assert "SystemMaxUse=500M" in host.exec("systemd-analyze cat-config systemd/journald.conf")
+
+        # The watch: its timer running, its first run (the deploy's own) succeeded.
+        assert host.exec("systemctl show -p ActiveState --value pyinfra-flask-watch.timer").strip() == "active"
+        assert host.exec("systemctl show -p Result -p ExecMainStatus --value pyinfra-flask-watch.service").split() == [
+            "success", "0"]
+        assert host.exec("stat -c '%U %a' /etc/pyinfra-flask/watch/targets.json").strip() == "root 600"
+
+        # Debian 13's exporters, on the private address only, behind their firewall; scraped by
+        # Debian 13's Prometheus, whose promtool (a package of its own there) runs the rules' tests.
+        for unit in ("prometheus-node-exporter", "prometheus-nginx-exporter", "mtail", "pyinfra-flask-metrics.timer"):
+            assert host.exec(f"systemctl is-active {unit}").strip() == "active", unit
+        listening = host.exec("ss -Hltn '( sport = 9100 or sport = 9113 or sport = 3903 )'")
+        assert sorted(line.split()[3] for line in listening.splitlines()) == [
+            f"{address}:3903", f"{address}:9100", f"{address}:9113"], listening
+        table = host.exec("nft list table inet pyinfra_flask_metrics")
+        assert sorted(re.search(r"tcp dport \{ ([^}]*) \}", table).group(1).split(", ")) == ["3903", "9100", "9113"]
+        assert f"ip saddr {mon_address} accept" in table, table
+        assert targets_up(mon) == [("mtail", host.name), ("nginx", host.name), ("node", host.name),
+                                   ("node", mon.name)]
+        assert "SUCCESS" in rules_unit_tests_on(mon, tmp_path)
+
+        again = run_deploy(inventory, tmp_path)
+        assert again.changed_operations() == [], again.output[-3000:]
+        assert TOKEN not in first.output + again.output
+
+        # The watch alerts the webhook when the app stops, and again when it is back (its runs
+        # started by hand here, not waited for: the period is the default minute).
+        for action, state in (("stop", "failing"), ("start", "recovered")):
+            host.exec(f"systemctl {action} greeting && systemctl start pyinfra-flask-watch.service")
+            said = wait(f"the watch's {state} alert", 30, lambda state=state: [
+                alert for alert in (json.loads(body)["alert"] for _, _, body in receiver.received)
+                if alert["state"] == state])
+            assert "greeting:health" in [item["check"] for item in said[0][state]], said
+        assert [path for path, _, _ in receiver.received] == [f"/{TOKEN}"] * 2
+    except BaseException:
+        print(mon.exec("journalctl --no-pager -n 30 -u prometheus -u pyinfra-flask-alert-relay", check=False))
+        print(host.exec("journalctl --no-pager -n 30 -u prometheus-node-exporter -u prometheus-nginx-exporter "
+                        "-u mtail; nft list ruleset", check=False))
+        raise
     finally:
-        hosts.remove(host)
+        receiver.shutdown()
+        for each in (host, mon):
+            hosts.remove(each)
+    print(f"test_debian_13_end_to_end: {time.monotonic() - started:.1f}s")

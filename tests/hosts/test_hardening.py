@@ -122,15 +122,16 @@ def test_a_bare_server_is_made_safe_without_locking_the_deploy_out(hosts, deploy
     assert gateway not in banned(host) and login(host, "deploy", key_filename=str(key_path)) == "ok"
 
     lap("ignored")
-    # Ten failed logins from another container: banned, its next connection fails. fail2ban reads
-    # the journal on its own time: the next one is tried until it fails (20 tries, a second apart).
-    # A ban rejects the address's packets, and ICMP answers are rate-limited, so a try may time out
-    # instead; a login under way when the ban lands would wait on TCP retries: each one bounded.
+    # Ten failed logins from another container (all ten made, whether the ban lands during them or
+    # not): banned, its next connection fails. fail2ban reads the journal on its own time: the next
+    # one is tried until it fails (20 tries, a second apart). A ban rejects the address's packets,
+    # and ICMP answers are rate-limited, so a try may time out instead; a login under way when the
+    # ban lands would wait on TCP retries: each one bounded.
     target = host.address(network)
     ssh = ("timeout 8 ssh -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
            "-o ConnectTimeout=5 -o LogLevel=ERROR")
     refused = 'case "$said" in *"port 22: Connection"*|"") break;; esac'
-    attack = (f'for i in $(seq 10); do said=$({ssh} nosuch$i@{target} true 2>&1); echo "$said"; {refused}; done; '
+    attack = (f'for i in $(seq 10); do said=$({ssh} nosuch$i@{target} true 2>&1); echo "try $i: $said"; done; '
               f'for i in $(seq 20); do said=$({ssh} nosuch@{target} true 2>&1); echo "next: $said"; {refused}; '
               'sleep 1; done; hostname -i')
     said = throwaway.docker_client().containers.run(
@@ -138,6 +139,7 @@ def test_a_bare_server_is_made_safe_without_locking_the_deploy_out(hosts, deploy
         labels={throwaway.LABEL: "attacker", SESSION_LABEL: SESSION}).decode().replace("\r\n", "\n")
     lines = said.splitlines()
     attacker, final = lines[-1].strip(), lines[-2]
+    assert [line.split(":")[0] for line in lines if line.startswith("try ")] == [f"try {i}" for i in range(1, 11)]
     assert sum("Permission denied" in line for line in lines) >= 5, said
     assert final == "next: " or re.fullmatch(
         rf"next: ssh: connect to host {target} port 22: Connection (refused|timed out)", final), said

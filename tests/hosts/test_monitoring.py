@@ -11,8 +11,11 @@ through the network's gateway. Short intervals come from the settings
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -20,6 +23,7 @@ import requests
 from dev import throwaway
 from tests.conftest import get, run_deploy
 from tests.hosts.test_database_servers import connects
+from tests.roles.test_monitoring_server import rules_unit_tests
 from tests.steps.test_watch import Receiver
 
 pytestmark = pytest.mark.features
@@ -34,12 +38,42 @@ def throwaway_tag() -> str:
 
 
 def api(mon: throwaway.Host, path: str) -> dict:
-    return json.loads(mon.exec(f"curl -fsS 'http://127.0.0.1:9090/api/v1/{path}'"))["data"]
+    """Prometheus's API on the monitoring host, read there with its python3 (the relay's; a
+    bare monitoring host has no curl)."""
+    url = f"http://127.0.0.1:9090/api/v1/{path}"
+    return json.loads(mon.exec(f"python3 -c 'import sys, urllib.request; "
+                               f"sys.stdout.write(urllib.request.urlopen(sys.argv[1]).read().decode())' '{url}'"))["data"]
+
+
+def targets_up(mon: throwaway.Host, seconds: float = 40) -> list[tuple[str, str]]:
+    """(job, instance) of every target, once Prometheus has them all up; what it says of each
+    when that does not come within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while True:
+        targets = api(mon, "targets")["activeTargets"]
+        if targets and all(target["health"] == "up" for target in targets):
+            return sorted((target["labels"]["job"], target["labels"]["instance"]) for target in targets)
+        assert time.monotonic() < deadline, [(target["scrapeUrl"], target["health"], target["lastError"])
+                                             for target in targets]
+        time.sleep(1)
 
 
 def requests_served(mon: throwaway.Host) -> float | None:
     found = api(mon, "query?query=pyinfra_flask_uwsgi_requests_total%7Bapp%3D%22greeting%22%7D")["result"]
     return float(found[0]["value"][1]) if found else None
+
+
+def rules_unit_tests_on(mon: throwaway.Host, tmp_path: Path) -> str:
+    """Prometheus's unit tests of every shipped rule (tests/roles/prometheus-rules-test.yml: each
+    fires after its `for:` and resolves), run by the monitoring host's own promtool; its output."""
+    tests = rules_unit_tests(tmp_path)
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        for path in (tests, tests.with_name("pyinfra-flask-rules.yml")):
+            tar.add(path, arcname=f"rules-tests/{path.name}")
+    # Into root's home: Debian 13 mounts a tmpfs on /tmp, over what Docker would write there.
+    mon.container.put_archive("/root", archive.getvalue())
+    return mon.exec(f"cd /root/rules-tests && promtool test rules {tests.name} && rm -r /root/rules-tests")
 
 
 def wait(what: str, seconds: float, probe):
@@ -52,16 +86,23 @@ def wait(what: str, seconds: float, probe):
         time.sleep(1)
 
 
-def test_every_target_up_counters_move_alerts_reach_the_webhook_and_only_the_monitor_scrapes(
-        hosts, deployed_image, bookworm_image, tmp_path, monkeypatch):
-    started = time.monotonic()
+def app_and_monitor(hosts, image: str, monkeypatch) -> tuple[str, str, Receiver, throwaway.Host, throwaway.Host]:
+    """(network, its gateway, a webhook receiver behind it, an app server, a monitoring host): a
+    Docker network of the test's own, the receiver in the test process, two hosts of `image` on
+    the network with NET_ADMIN (the deploy loads their exporters' firewall)."""
     network = hosts.network()
     gateway = throwaway.docker_client().networks.get(network).attrs["IPAM"]["Config"][0]["Gateway"]
     receiver = Receiver(("0.0.0.0", 0))
-    app = hosts.start(deployed_image, network=network, cap_add=("NET_ADMIN",))
+    app = hosts.start(image, network=network, cap_add=("NET_ADMIN",))
     # Each host its own apt archives: both install packages at once, and apt locks the directory.
     monkeypatch.setenv("THROWAWAY_APT_ARCHIVES_TAG", f"{throwaway_tag()}-monitoring")
-    mon = hosts.start(deployed_image, network=network, cap_add=("NET_ADMIN",))
+    return network, gateway, receiver, app, hosts.start(image, network=network, cap_add=("NET_ADMIN",))
+
+
+def test_every_target_up_counters_move_alerts_reach_the_webhook_and_only_the_monitor_scrapes(
+        hosts, deployed_image, bookworm_image, tmp_path, monkeypatch):
+    started = time.monotonic()
+    network, gateway, receiver, app, mon = app_and_monitor(hosts, deployed_image, monkeypatch)
     outsider = hosts.start(bookworm_image, network=network)
     app_address, mon_address = app.address(network), mon.address(network)
     inventory = throwaway.write_group_inventory(tmp_path / "inventory.py", {
@@ -73,9 +114,7 @@ def test_every_target_up_counters_move_alerts_reach_the_webhook_and_only_the_mon
         first = run_deploy(inventory, tmp_path)
         print(f"\nfirst deploy (app server and monitoring host): {first.seconds:.1f}s")
         # Every target the inventory implies, each up.
-        targets = wait("every target up", 40, lambda: (lambda t: t if t and all(x["health"] == "up" for x in t)
-                                                         else None)(api(mon, "targets")["activeTargets"]))
-        assert sorted((t["labels"]["job"], t["labels"]["instance"]) for t in targets) == [
+        assert targets_up(mon) == [
             ("mtail", app.name), ("nginx", app.name), ("node", app.name), ("node", mon.name), ("redis", app.name)]
         # The app's Redis exporter got in with the app's password, which only it holds: a user
         # of its own, the password in its environment (not its command line), unreadable to the app.
@@ -90,8 +129,10 @@ def test_every_target_up_counters_move_alerts_reach_the_webhook_and_only_the_mon
         for _ in range(30):
             get(app.url + "/").raise_for_status()
         wait("30 more requests counted", 20, lambda: (requests_served(mon) or 0) >= before + 30)
-        # The shipped rules pass promtool on the host.
+        # The shipped rules pass promtool on the host, and Prometheus's own unit tests there: every
+        # rule fires after its `for:` and resolves.
         assert "SUCCESS" in mon.exec("promtool check rules /etc/prometheus/pyinfra-flask-rules.yml")
+        assert "SUCCESS" in rules_unit_tests_on(mon, tmp_path)
         # Exporters answer the monitoring host only, and only on the private address.
         assert all(connects(mon, app_address, port) for port in (9100, 9113, 9122, 3903))
         for port in (9100, 9113, 9122, 3903):
@@ -116,6 +157,14 @@ def test_every_target_up_counters_move_alerts_reach_the_webhook_and_only_the_mon
         payload = json.loads(next(body for _, _, body in receiver.received if b"AppDown" in body))
         assert payload["text"].startswith(f"[{mon.name}] FAILING: AppDown: {app.name}: greeting's health check fails")
         assert receiver.received[0][0] == f"/{TOKEN}"
+        # Started again: Alertmanager sends the resolved alert (send_resolved), the relay a RECOVERED.
+        app.exec("systemctl start greeting")
+        started_again = time.monotonic()
+        recovered = wait("the AppDown recovery", 60, lambda: [
+            text for text in (json.loads(body)["text"] for _, _, body in receiver.received)
+            if text.startswith(f"[{mon.name}] RECOVERED: AppDown: {app.name}")])
+        print(f"AppDown recovery {time.monotonic() - started_again:.1f}s after the app started: {recovered[0]!r}")
+        assert len([body for _, _, body in receiver.received if b"AppDown" in body]) == 2
     except BaseException:
         print(mon.exec("journalctl --no-pager -n 40 -u prometheus -u prometheus-alertmanager "
                        "-u pyinfra-flask-alert-relay", check=False))

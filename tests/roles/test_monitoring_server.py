@@ -7,13 +7,16 @@ and the metrics reader's own logic. On real hosts: tests/hosts/test_monitoring.p
 from __future__ import annotations
 
 import importlib.util
+import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 from pyinfra.api.exceptions import DeployError
 
 from tasks import REPO_ROOT
+from tasks.config.checks import validate
 from tasks.config.settings import parse
 from tasks.steps import metrics, monitoring
 from tests.roles.test_distros import deploy, host_facts
@@ -21,6 +24,8 @@ from tests.roles.test_distros import deploy, host_facts
 WEBHOOK = "https://hooks.example.com/services/T0KEN-5ecret"
 PASSWORD = "smtp-Pa55word"
 RULES = monitoring.RULES
+# Prometheus's own unit tests of every shipped rule, for the rules as the defaults render them.
+RULES_TESTS = Path(__file__).with_name("prometheus-rules-test.yml")
 
 
 def fleet(system: str = "debian12", web: tuple[str, ...] = ("web1", "web2"), **mon_data):
@@ -48,7 +53,10 @@ def test_every_host_gets_its_exporters_and_the_monitor_scrapes_exactly_them(syst
                        '- targets: ["10.0.0.13:9113"]', '- targets: ["10.0.0.13:3903"]']
     assert "scrape_interval: 15s" in config and "127.0.0.1:9093" in config
     mon = runs["mon1"]
-    assert "Monitoring server | Monitoring | System packages | Install prometheus, prometheus-alertmanager" in mon.changed
+    assert ("Monitoring server | Monitoring | System packages | Install prometheus, prometheus-alertmanager, python3"
+            in mon.changed)
+    manager = str(mon.uploads[monitoring.ALERTMANAGER_CONFIG])
+    assert "group_wait: 30s\n" in manager and "group_interval: 60s\n" in manager and "send_resolved: true" in manager
     assert '--storage.tsdb.retention.time=15d --web.listen-address=127.0.0.1:9090' in str(
         mon.uploads["/etc/default/prometheus"])
     assert "--cluster.listen-address=" in str(mon.uploads["/etc/default/prometheus-alertmanager"])
@@ -109,6 +117,30 @@ def test_the_rules_carry_the_settings_and_pass_promtool_where_it_is():
                                                 text=True).stdout
         finally:
             path.unlink()
+
+
+def rules_unit_tests(directory: Path) -> Path:
+    """The rules a monitoring host with the default settings gets, beside Prometheus's unit
+    tests of them (prometheus-rules-test.yml): run `promtool test rules` on the path returned
+    (here where promtool is installed; on the monitoring host by tests/hosts/test_monitoring.py)."""
+    defaults = validate({"app_source": "files/greeting"})
+    rules = monitoring.render("prometheus-rules.yml.j2", **monitoring.rules_context(defaults))
+    (directory / "pyinfra-flask-rules.yml").write_text(rules)
+    tests = directory / RULES_TESTS.name
+    tests.write_text(RULES_TESTS.read_text())
+    return tests
+
+
+def test_every_shipped_rule_has_unit_tests_that_fire_and_resolve_it(tmp_path):
+    tests = rules_unit_tests(tmp_path)
+    shipped = re.findall(r"^\s+- alert: (\w+)$", (tmp_path / "pyinfra-flask-rules.yml").read_text(), re.M)
+    text = tests.read_text()
+    fired = set(re.findall(r"^\s+alertname: (\w+)\n\s+exp_alerts:\n\s+- exp_labels:", text, re.M))
+    resolved = set(re.findall(r"alertname: (\w+), exp_alerts: \[\]", text))
+    assert len(shipped) == 10 and fired == resolved == set(shipped), (shipped, fired, resolved)
+    if shutil.which("promtool"):
+        said = subprocess.run(["promtool", "test", "rules", str(tests)], capture_output=True, text=True)
+        assert said.returncode == 0 and "SUCCESS" in said.stdout, said.stdout + said.stderr
 
 
 def test_secrets_only_in_the_relays_root_only_file():

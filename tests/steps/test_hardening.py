@@ -117,6 +117,46 @@ def test_a_host_with_swap_a_time_daemon_or_in_a_container_keeps_its_own():
         "container": True, "swap": ["/swapfile"], "memory": 1987}
 
 
+STUB = """#!/bin/sh
+echo "$(basename "$0") $* (umask $(umask))" >> "$SWAP_LOG"
+"""
+
+
+@pytest.mark.parametrize("fallocate", ["works", "unsupported"])
+def test_a_host_without_swap_gets_a_root_only_swap_file_as_large_as_its_memory(fallocate, tmp_path):
+    """The commands a real server without swap gets (a container never does: its swap is
+    its kernel's, and this machine's is not ours to turn on), run here against stubs of
+    fallocate, dd, mkswap and swapon: the file made root-only from its first byte, sized
+    to memory, made swap, turned on, and in fstab; a second run neither makes nor formats
+    it again. (The file system's own fallocate may be refused, as on some: then dd.)"""
+    facts = host_facts("debian12", Memory=lambda: {"container": False, "swap": [], "memory": 1900})
+    hardened = deploy({"debian12": facts}, harden=True)["debian12"].named("Hardening | ")
+    create = hardened["Hardening | Create and enable a 1900 MiB swap file /swapfile (the host has no swap)"]
+    [fstab] = hardened["Hardening | Enable /swapfile at boot"]
+    stubs, log, swapfile, table = tmp_path / "bin", tmp_path / "log", tmp_path / "swapfile", tmp_path / "fstab"
+    stubs.mkdir()
+    for name in ("fallocate", "dd", "mkswap", "swapon"):
+        (stubs / name).write_text(STUB + {"fallocate": 'touch "$3"; exit 0' if fallocate == "works" else "exit 1",
+                                          "dd": 'touch "${2#of=}"'}.get(name, ""))
+        (stubs / name).chmod(0o755)
+    table.write_text("UUID=0c6b / ext4 errors=remount-ro 0 1\n")
+    script = "\n".join([*create, fstab]).replace("/swapfile", str(swapfile)).replace("/etc/fstab", str(table))
+    env = {"PATH": f"{stubs}:/usr/bin:/bin", "SWAP_LOG": str(log)}
+    for _ in range(2):
+        subprocess.run(["sh", "-ec", script], env=env, check=True)
+    made = ([f"fallocate -l 1900M {swapfile} (umask 0077)"] if fallocate == "works" else
+            [f"fallocate -l 1900M {swapfile} (umask 0077)",
+             f"dd if=/dev/zero of={swapfile} bs=1M count=1900 status=none (umask 0077)"])
+    assert log.read_text().splitlines() == [*made, f"mkswap {swapfile} (umask 0022)", f"swapon {swapfile} (umask 0022)",
+                                            f"swapon {swapfile} (umask 0022)"]
+    assert oct(swapfile.stat().st_mode & 0o777) == "0o600"
+    assert table.read_text().splitlines()[-1] == f"{swapfile} none swap sw 0 0"
+    # The next run's facts: /swapfile is the host's swap; only its fstab line is kept.
+    facts = host_facts("debian12", Memory=lambda: {"container": False, "swap": ["/swapfile"], "memory": 1900})
+    hardened = deploy({"debian12": facts}, harden=True)["debian12"].named("Hardening | ")
+    assert [name for name in hardened if "swap" in name.lower()] == ["Hardening | Enable /swapfile at boot"]
+
+
 def test_root_login_stays_by_key_when_the_deploy_logs_in_as_root():
     run = deploy({"debian12": host_facts("debian12")}, host_data={"debian12": {"ssh_user": "root"}},
                  harden=True)["debian12"]
