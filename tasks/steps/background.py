@@ -1,5 +1,6 @@
 """Background workers and scheduled jobs of an app (`workers`, `jobs`), and the
-opt-in local Redis (`redis`). See docs/workers.md.
+opt-in Redis of each app (`redis`): on the app server, or on the db_servers host
+for every app server (`serve_redis`). See docs/workers.md.
 
     /etc/systemd/system/<app>-<worker>@.service   one instance per process (@1, @2, ...)
     /etc/systemd/system/<app>-<job>.service       oneshot, run by:
@@ -24,8 +25,11 @@ from pyinfra.facts.files import Directory, File
 from pyinfra.operations import apt, files, server, systemd
 
 from tasks import JINJA, TEMPLATES
+from tasks.config.app import REDIS_CA_PATH
+from tasks.steps.database import self_signed
+from tasks.steps.packages import APT_LOCK_WAIT, DebInstalled
 from tasks.steps.release import ServiceActive
-from tasks.steps.secrets import url_from_password
+from tasks.steps.secrets import url_from_password, url_from_server
 
 MARKER = "pyinfra-flask background unit of app "
 UNIT_DIR = "/etc/systemd/system"
@@ -221,14 +225,16 @@ def redis_paths(name: str) -> dict[str, str]:
             "data": f"/var/lib/redis/{name}"}
 
 
-@deploy("Redis")
-def install_redis(apps) -> dict:
-    """A Redis of its own for each app with `redis` (Debian's redis-server@<app>
-    instance, on 127.0.0.1:<redis_port>, with a password made on the host). Returns
-    {app name: the op that made its new password}: its REDIS_URL is written again."""
-    wanted = [s for s in apps if s.redis]
-    if not wanted:
-        return {}
+def redis_certificate_paths(address: str) -> tuple[str, str]:
+    """The db server's self-signed certificate and key for Redis, named after the
+    address they are for (a new address: a new certificate)."""
+    base = f"/etc/redis/pyinfra-flask-{address}"
+    return f"{base}.crt", f"{base}.key"
+
+
+def _redis_package(extra: list[str]):
+    """Debian's redis-server (and `extra` packages), its shared instance never
+    started, the directory of the passwords. Returns the container drop-in's op."""
     if host.get_fact(Container):
         # Only in containers that cannot set up a user namespace (the stock unit's
         # PrivateUsers=true fails there with 217/USER); never on a real server.
@@ -244,9 +250,26 @@ def install_redis(apps) -> dict:
         # start, not even for the moment between the package's start and a stop.
         server.shell(name="Keep Debian's shared redis-server.service from starting (masked)",
                      commands=["systemctl mask redis-server.service"])
-    apt.packages(name="Install redis-server", packages=["redis-server"])
+    if extra:
+        apt.packages(name=f"Install redis-server ({', '.join(extra)})", packages=["redis-server", *extra],
+                     no_recommends=True, extra_install_args=APT_LOCK_WAIT)
+    else:
+        apt.packages(name="Install redis-server", packages=["redis-server"])
     for path, mode in (("/etc/pyinfra-flask", "755"), (REDIS_PASSWORDS, "700")):
         files.directory(name=f"Create {path}", path=path, user="root", group="root", mode=mode)
+    return drop_in
+
+
+@deploy("Redis")
+def install_redis(apps) -> dict:
+    """A Redis of its own for each app with `redis` on this host (Debian's
+    redis-server@<app> instance, on 127.0.0.1:<redis_port>, with a password made on
+    the host). Returns {app name: the op that made its new password}: its REDIS_URL
+    is written again."""
+    wanted = [s for s in apps if s.redis and not s.redis_host]
+    if not wanted:
+        return {}
+    drop_in = _redis_package([])
     # The apps on the one Redis shared by every app of the host, before each had its own.
     shared = [s.app_name for s in wanted if host.get_fact(File, path=REDIS_CONF)
               and host.get_fact(RedisUrlIs, path=s.redis_env_path, url=SHARED_URL)]
@@ -256,8 +279,30 @@ def install_redis(apps) -> dict:
     return {s.app_name: _instance(s, drop_in, seed=shared == [s.app_name]) for s in wanted}
 
 
-def _instance(app, drop_in, seed: bool):
-    """One app's Redis: its password, user, configuration and data, running."""
+@deploy("Redis for the app servers")
+def serve_redis(apps, address: str, guard=None) -> None:
+    """On the db server: a Redis of its own for each app of the app servers with
+    `redis` (`apps`), on `address`:<redis_port> with TLS only (a self-signed
+    certificate made here, which the app servers verify) and a password made here;
+    `guard` adds the firewall's operations, before any instance listens there.
+    Instances of apps no longer there are stopped (their data stays)."""
+    if not apps:
+        _retire_instances(set())
+        return
+    drop_in = _redis_package(["nftables"] if guard else [])
+    if guard:
+        guard()
+    tls = redis_certificate_paths(address)
+    # Public: the app servers get a copy and verify the server by it (ssl_cert_reqs=required).
+    self_signed(address, *tls, owner="redis:redis", what="Redis's")
+    for app in apps:
+        _instance(app, drop_in, seed=False, address=address, tls=tls)
+    _retire_instances({app.app_name for app in apps})
+
+
+def _instance(app, drop_in, seed: bool, address: str | None = None, tls: tuple[str, str] | None = None):
+    """One app's Redis: its password, user, configuration and data, running; on
+    `address` with TLS (`tls`: certificate and key) on a db server, else on 127.0.0.1."""
     paths = redis_paths(app.app_name)
     made = None
     if not host.get_fact(File, path=paths["password"]):
@@ -283,9 +328,10 @@ def _instance(app, drop_in, seed: bool):
         server.shell(name=f"Create {paths['data']} ({app.app_name}'s Redis data)"
                      + (", with the shared Redis's data" if seed else ""), commands=commands)
     changes.append(files.template(
-        jinja_env_kwargs=JINJA, name=f"Write {paths['conf']} ({app.app_name}'s Redis, 127.0.0.1:{app.redis_port})",
+        jinja_env_kwargs=JINJA, name=f"Write {paths['conf']} ({app.app_name}'s Redis, "
+        f"{address + ' with TLS' if address else '127.0.0.1'}:{app.redis_port})",
         src=str(TEMPLATES / "redis.conf.j2"), dest=paths["conf"], user="root", group="redis", mode="640",
-        s=app, paths=paths, marker=REDIS_MARKER, rules=REDIS_RULES))
+        s=app, paths=paths, marker=REDIS_MARKER, rules=REDIS_RULES, address=address, tls=tls))
     systemd.service(name=f"Restart {app.redis_service} (its configuration changed)", service=app.redis_service,
                     running=True, enabled=True, restarted=True, _if=lambda: any(op.did_change() for op in changes))
     systemd.service(name=f"Run {app.redis_service} (and at boot)", service=app.redis_service, running=True,
@@ -302,6 +348,10 @@ def redis_url(app, made: dict) -> list:
         return []
     files.directory(name=f"Create {app.app_root}/secrets (private)", path=f"{app.app_root}/secrets",
                     user="root", group="root", mode="700")
+    if app.redis_host:
+        return url_from_server(app, "REDIS_URL", app.redis_url, redis_paths(app.app_name)["password"],
+                               app.redis_env_path, certificate=redis_certificate_paths(app.redis_host)[0],
+                               ca=REDIS_CA_PATH)
     # Written again when it points elsewhere: a new redis_port, or the shared Redis
     # of the deploys before each app had its own.
     current = host.get_fact(RedisUrlIs, path=app.redis_env_path, url=app.redis_url)
@@ -321,14 +371,9 @@ class RedisUrlIs(FactBase):
         return output == ["yes"]
 
 
-@deploy("Redis of apps no longer deployed")
-def retire_redis(apps) -> None:
-    """Last (every app's units are on their new REDIS_URL): the Redis instances of
-    apps gone from the data or without `redis` stopped, their configuration and
-    password removed (their data stays in /var/lib/redis/<app>); and the shared
-    Redis of the deploys before each app had its own, stopped and masked, its
-    configuration and password removed (its data stays in /var/lib/redis/dump.rdb)."""
-    wanted = {s.app_name for s in apps if s.redis}
+def _retire_instances(wanted: set[str]) -> None:
+    """The Redis instances of apps not `wanted` here stopped, their configuration and
+    password removed (their data stays in /var/lib/redis/<app>)."""
     stale = sorted(name for name in host.get_fact(RedisInstances) if name not in wanted)
     for name in stale:
         paths = redis_paths(name)
@@ -336,6 +381,17 @@ def retire_redis(apps) -> None:
                      commands=[f"systemctl disable --now {shlex.quote(f'redis-server@{name}.service')}"])
         for key in ("conf", "user", "password"):
             files.file(name=f"Remove {paths[key]}", path=paths[key], present=False)
+
+
+@deploy("Redis of apps no longer deployed")
+def retire_redis(apps) -> None:
+    """Last (every app's units are on their new REDIS_URL): the Redis instances of
+    apps gone from the data, without `redis` or whose Redis is now the db server's
+    stopped, their configuration and password removed (their data stays in
+    /var/lib/redis/<app>); and the shared Redis of the deploys before each app had
+    its own, stopped and masked, its configuration and password removed (its data
+    stays in /var/lib/redis/dump.rdb)."""
+    _retire_instances({s.app_name for s in apps if s.redis and not s.redis_host})
     if not host.get_fact(File, path=REDIS_CONF):
         return
     # An app without `redis` may still name it in its own environment.
