@@ -9,6 +9,7 @@ import secrets as random
 import shlex
 from pathlib import Path
 
+from gevent.lock import BoundedSemaphore
 from pyinfra import host, logger
 from pyinfra.api import FactBase, operation
 from pyinfra.api.exceptions import DeployError
@@ -103,6 +104,9 @@ def _upload_directory(h) -> str | None:
     return private_path(login) if login and h.data.get("_sudo") else None
 
 
+_SOURCE_LOCK = BoundedSemaphore()
+
+
 def _copy(source, target, line: str, password: str, env_path: str, certificate: str, ca: str,
           directories: tuple) -> None:
     """At execution time: the password and certificate read from the db server into
@@ -110,8 +114,11 @@ def _copy(source, target, line: str, password: str, env_path: str, certificate: 
     600 and 644). Uploads pass through the SSH user's private directory, downloads too."""
     def read(path: str) -> bytes:
         found = io.BytesIO()
-        if not download(source, path, found, directories[0]):
-            raise DeployError(f"Could not read {path} on {source.name}")
+        # One at a time: the app servers' copies run side by side, and two of them
+        # on the db server's one SSH connection at once never finish.
+        with _SOURCE_LOCK:
+            if not download(source, path, found, directories[0]):
+                raise DeployError(f"Could not read {path} on {source.name}")
         return found.getvalue()
 
     def write(data: bytes, dest: str, mode: str) -> None:
