@@ -58,6 +58,7 @@ def test_socketio_with_workers_on_two_app_servers_is_accepted_with_the_db_server
             "not shown)"]
         for unit in ("/etc/systemd/system/greeting.service", "/etc/systemd/system/greeting-celery@.service"):
             assert "EnvironmentFile=/srv/greeting/secrets/redis.env" in str(run.uploads[unit])
+            assert "redis-server@" not in str(run.uploads[unit])  # not on this host
     # The password is read on the db server only inside commands that never print it.
     for run in runs.values():
         for command in (c for cs in run.changed.values() for c in cs if "/etc/pyinfra-flask/redis/" in c
