@@ -130,10 +130,11 @@ def self_signed(address: str, certificate: str, key: str, owner: str, what: str)
     """A self-signed certificate for `address`, made on the host unless it is there;
     its key never leaves it (mode 600, `owner`'s)."""
     if not host.get_fact(File, path=certificate):
+        # Tested again on the host: one the app servers already trust is never replaced.
         server.shell(name=f"Make {what} self-signed TLS certificate (for {address}, on the host)", commands=[
-            f"(umask 077; openssl req -x509 -newkey rsa:3072 -nodes -days 36500 -subj /CN={address} "
-            f"-addext subjectAltName=IP:{address} -keyout {key} -out {certificate} 2>/dev/null)",
-            f"chown {owner} {certificate} {key}", f"chmod 644 {certificate}"])
+            f"[ -f {certificate} ] || {{ (umask 077; openssl req -x509 -newkey rsa:3072 -nodes -days 36500 "
+            f"-subj /CN={address} -addext subjectAltName=IP:{address} -keyout {key} -out {certificate} 2>/dev/null) "
+            f"&& chown {owner} {certificate} {key} && chmod 644 {certificate}; }}"])
 
 
 @deploy("PostgreSQL")
