@@ -27,7 +27,7 @@ from pyinfra.operations import apt, files, server, systemd
 from tasks import JINJA, TEMPLATES
 from tasks.config.app import REDIS_CA_PATH
 from tasks.steps.database import self_signed
-from tasks.steps.packages import APT_LOCK_WAIT, DebInstalled
+from tasks.steps.packages import APT_LOCK_WAIT
 from tasks.steps.release import ServiceActive
 from tasks.steps.secrets import url_from_password, url_from_server
 
@@ -371,12 +371,97 @@ class RedisUrlIs(FactBase):
         return output == ["yes"]
 
 
-def _retire_instances(wanted: set[str]) -> None:
+# Merges a key restored under KEYS[2] into KEYS[1] on the db server's Redis: moved
+# when KEYS[1] is not there; else a list's elements appended (queued tasks after those
+# queued there since), a set's members, a hash's missing fields and a sorted set's
+# missing members added; a string or stream already there is the newer one and stays.
+MERGE = """
+local key, moved = KEYS[1], KEYS[2]
+if redis.call("EXISTS", key) == 0 then redis.call("RENAME", moved, key) return "moved" end
+local kind = redis.call("TYPE", moved).ok
+if kind ~= redis.call("TYPE", key).ok then redis.call("DEL", moved) return "kept" end
+if kind == "list" then
+  while redis.call("LMOVE", moved, key, "LEFT", "RIGHT") do end
+elseif kind == "set" then
+  for _, member in ipairs(redis.call("SMEMBERS", moved)) do redis.call("SADD", key, member) end
+elseif kind == "hash" then
+  local fields = redis.call("HGETALL", moved)
+  for i = 1, #fields, 2 do redis.call("HSETNX", key, fields[i], fields[i + 1]) end
+elseif kind == "zset" then
+  local members = redis.call("ZRANGE", moved, 0, -1, "WITHSCORES")
+  for i = 1, #members, 2 do redis.call("ZADD", key, "NX", members[i + 1], members[i]) end
+else
+  redis.call("DEL", moved) return "kept"
+end
+redis.call("DEL", moved)
+return "merged"
+"""
+MOVING_KEY = "pyinfra-flask:moving"
+
+
+def move_keys(app, paths: dict) -> str:
+    """Shell that copies every key (with its time to live) of the app's Redis on this
+    app server into the db server's, with Redis's own DUMP and RESTORE (binary-safe
+    through redis-cli -x) and MERGE, each deleted here once merged; run once its units
+    use the db server's (nothing writes here any more), before this one stops, which
+    then holds nothing (a later move back finds no task to run twice). Fails, leaving
+    it running with what was not moved, on any refusal (e.g. a newer Redis here than
+    there: its DUMP format). The passwords go only into redis-cli's environment, never
+    onto a command line."""
+    there = (f"redis-cli --tls --cacert {REDIS_CA_PATH} -h {shlex.quote(app.redis_host)} -p {app.redis_port}")
+    return "\n".join([
+        "set -eu",
+        f"systemctl start {shlex.quote(f'redis-server@{app.app_name}.service')}",  # stopped: its data loaded
+        f"here_port=$(sed -n 's/^port //p' {paths['conf']})",
+        f"here_password=$(cat {paths['password']})",
+        "there_password=$(sed -n 's|^REDIS_URL=\"rediss://default:\\([^@]*\\)@.*|\\1|p' "
+        f"{app.redis_env_path})",
+        '[ -n "$there_password" ] || { echo "no REDIS_URL of the db server in its env file" >&2; exit 1; }',
+        'here() ( export REDISCLI_AUTH="$here_password"; exec redis-cli -h 127.0.0.1 -p "$here_port" "$@" )',
+        f'there() ( export REDISCLI_AUTH="$there_password"; exec {there} "$@" )',
+        f"merge={shlex.quote(MERGE)}",
+        'work=$(mktemp -d); trap \'rm -rf "$work"\' EXIT',
+        'moving="pyinfra-flask:moving:$(cat /proc/sys/kernel/random/uuid)"  # this app server\'s own',
+        "moved=0",
+        # Each key deleted here once merged there: what is left was not moved. Passes
+        # until none is left (a late writer), at most three, else a failure.
+        "for pass in 1 2 3; do",
+        '  databases=$(here INFO keyspace </dev/null | sed -n "s/^db\\([0-9]*\\):.*/\\1/p")',
+        '  [ -n "$databases" ] || break',
+        '  for db in $databases; do',
+        '    here -n "$db" --scan </dev/null > "$work/keys"',
+        "    while IFS= read -r key; do",
+        '      ttl=$(here -n "$db" PTTL "$key" </dev/null)',
+        '      [ "$ttl" = -2 ] && continue  # expired meanwhile',
+        '      [ "$ttl" -gt 0 ] || ttl=0',
+        '      here -n "$db" --raw DUMP "$key" </dev/null | head -c -1 > "$work/payload"',
+        '      [ -s "$work/payload" ] || continue  # expired meanwhile',
+        '      answer=$(there -n "$db" -x RESTORE "$moving" "$ttl" < "$work/payload")',
+        '      [ "$answer" = OK ] || { echo "RESTORE of $key refused by the db server\'s Redis: $answer" >&2; exit 1; }',
+        '      answer=$(there -n "$db" EVAL "$merge" 2 "$key" "$moving" </dev/null)',
+        '      case "$answer" in moved|merged|kept) ;; *) echo "$key not merged: $answer" >&2; exit 1;; esac',
+        '      here -n "$db" DEL "$key" </dev/null >/dev/null',
+        "      moved=$((moved + 1))",
+        '    done < "$work/keys"',
+        "  done",
+        "done",
+        '[ -z "$databases" ] || { echo "keys are still being written to this Redis" >&2; exit 1; }',
+        'echo "$moved keys moved"',
+    ])
+
+
+def _retire_instances(wanted: set[str], moved: dict | None = None) -> None:
     """The Redis instances of apps not `wanted` here stopped, their configuration and
-    password removed (their data stays in /var/lib/redis/<app>)."""
+    password removed (their data stays in /var/lib/redis/<app>). `moved`: {app name:
+    app} whose Redis is now the db server's: their keys are copied there first."""
     stale = sorted(name for name in host.get_fact(RedisInstances) if name not in wanted)
     for name in stale:
         paths = redis_paths(name)
+        if name in (moved or {}):
+            app = moved[name]
+            server.shell(name=f"Move the keys of {name}'s Redis here to the db server's "
+                              f"({app.redis_host}:{app.redis_port}; queued tasks kept, passwords not shown)",
+                         commands=[move_keys(app, paths)])
         server.shell(name=f"Stop redis-server@{name} (its app is gone or has no redis)",
                      commands=[f"systemctl disable --now {shlex.quote(f'redis-server@{name}.service')}"])
         for key in ("conf", "user", "password"):
@@ -391,7 +476,8 @@ def retire_redis(apps) -> None:
     /var/lib/redis/<app>); and the shared Redis of the deploys before each app had
     its own, stopped and masked, its configuration and password removed (its data
     stays in /var/lib/redis/dump.rdb)."""
-    _retire_instances({s.app_name for s in apps if s.redis and not s.redis_host})
+    _retire_instances({s.app_name for s in apps if s.redis and not s.redis_host},
+                      moved={s.app_name: s for s in apps if s.redis and s.redis_host})
     if not host.get_fact(File, path=REDIS_CONF):
         return
     # An app without `redis` may still name it in its own environment.

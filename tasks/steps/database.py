@@ -30,6 +30,7 @@ from pyinfra.facts.files import File
 from pyinfra.operations import apt, files, server, systemd
 
 from tasks import JINJA, REPO_ROOT, TEMPLATES
+from tasks.config import topology
 from tasks.steps import healthcheck
 from tasks.steps.packages import APT_LOCK_WAIT, DebInstalled
 from tasks.steps.secrets import url_from_password, url_from_server

@@ -111,3 +111,25 @@ def test_the_db_server_with_postgresql_and_redis_guards_both_ports_and_retires_w
     runs = deploy(facts, groups=GROUPS, host_data=DATA, **{**SOCKETIO, "workers": WORKERS})
     stopped = runs["db1"].named("Redis for the app servers | Stop redis-server@gone")
     assert list(stopped.values()) == [["systemctl disable --now redis-server@gone.service"]]
+
+
+def test_an_app_servers_own_redis_is_moved_to_the_db_servers_before_it_stops():
+    # The app's Redis was this app server's until now: its keys (queued tasks) are
+    # merged into the db server's once the units use it, and only then does it stop.
+    # (The script itself, against real Redis: tests/hosts/test_fleet_redis.py.)
+    facts = {name: host_facts("debian12") for name in ("db1", "web1", "web2", "lb1")}
+    facts["web1"]["RedisInstances"] = {"greeting": CONF}
+    runs = deploy(facts, groups=GROUPS, host_data=DATA, **{**SOCKETIO, "workers": WORKERS})
+    names = list(runs["web1"].changed)
+    move = next(i for i, name in enumerate(names) if "Move the keys of greeting's Redis here" in name)
+    stop = next(i for i, name in enumerate(names) if "Stop redis-server@greeting" in name)
+    handed = next(i for i, name in enumerate(names) if "Hand greeting its REDIS_URL" in name)
+    assert handed < move < stop
+    assert "(10.0.0.5:" in names[move]
+    script = runs["web1"].changed[names[move]][0]
+    for piece in ("DUMP", "RESTORE", "EVAL", '--tls --cacert /etc/pyinfra-flask/redis-server.crt -h 10.0.0.5',
+                  "export REDISCLI_AUTH=", 'here -n "$db" DEL "$key"'):
+        assert piece in script, piece
+    # No password on a command line: only in redis-cli's environment.
+    assert not re.search(r"redis-cli[^\n]* (-a|--pass|--user|-u) ", script)
+    assert not [name for name in runs["web2"].changed if "Move the keys" in name]  # no Redis of its own there
