@@ -9,6 +9,7 @@ import secrets as random
 import shlex
 from pathlib import Path
 
+import gevent
 from gevent.lock import BoundedSemaphore
 from pyinfra import host, logger
 from pyinfra.api import FactBase, operation
@@ -104,7 +105,13 @@ def _upload_directory(h) -> str | None:
     return private_path(login) if login and h.data.get("_sudo") else None
 
 
+# The app servers' copies run side by side (pyinfra executes each host in a greenlet)
+# and read from the one db server over its one SSH connection, whose SFTP session
+# answers one request at a time: two downloads at once never finished. One at a
+# time, then, behind a greenlet lock; and bounded, so that a stuck one fails the run
+# naming the file instead of holding every app server forever.
 _SOURCE_LOCK = BoundedSemaphore()
+READ_TIMEOUT = 120
 
 
 def _copy(source, target, line: str, password: str, env_path: str, certificate: str, ca: str,
@@ -114,9 +121,8 @@ def _copy(source, target, line: str, password: str, env_path: str, certificate: 
     600 and 644). Uploads pass through the SSH user's private directory, downloads too."""
     def read(path: str) -> bytes:
         found = io.BytesIO()
-        # One at a time: the app servers' copies run side by side, and two of them
-        # on the db server's one SSH connection at once never finish.
-        with _SOURCE_LOCK:
+        with _SOURCE_LOCK, gevent.Timeout(READ_TIMEOUT, DeployError(
+                f"Reading {path} on {source.name} took over {READ_TIMEOUT} s")):
             if not download(source, path, found, directories[0]):
                 raise DeployError(f"Could not read {path} on {source.name}")
         return found.getvalue()

@@ -133,3 +133,43 @@ def test_an_app_servers_own_redis_is_moved_to_the_db_servers_before_it_stops():
     # No password on a command line: only in redis-cli's environment.
     assert not re.search(r"redis-cli[^\n]* (-a|--pass|--user|-u) ", script)
     assert not [name for name in runs["web2"].changed if "Move the keys" in name]  # no Redis of its own there
+
+
+def test_app_servers_read_from_the_db_server_one_at_a_time_and_never_forever(monkeypatch):
+    # pyinfra runs each app server's copy in its own greenlet, all reading over the db
+    # server's one SSH connection (its SFTP session answers one request at a time).
+    import gevent
+
+    from tasks.steps import secrets
+
+    reading, most = [], []
+
+    def download(source, path, found, directory):
+        reading.append(path)
+        most.append(len(reading))
+        gevent.sleep(0.2 if path == "/stuck" else 0.01)
+        reading.remove(path)
+        found.write(b"x")
+        return True
+
+    class Target:
+        name = "web"
+
+        def put_file(self, *args, **kwargs):
+            return True
+
+        def run_shell_command(self, *args, **kwargs):
+            return True, None
+
+    class Source:
+        name = "db1"
+
+    monkeypatch.setattr(secrets, "download", download)
+    copies = [gevent.spawn(secrets._copy, Source(), Target(), 'REDIS_URL="%s"\n', f"/password{n}", "/env", "/crt",
+                           "/ca", (None, None)) for n in range(4)]
+    gevent.joinall(copies, raise_error=True)
+    assert max(most) == 1 and len(most) == 8  # a password and a certificate each, one at a time
+    monkeypatch.setattr(secrets, "READ_TIMEOUT", 0.05)
+    with pytest.raises(DeployError, match="Reading /stuck on db1 took over 0.05 s"):
+        secrets._copy(Source(), Target(), "X=%s", "/stuck", "/env", "/crt", "/ca", (None, None))
+    assert not secrets._SOURCE_LOCK.locked()
