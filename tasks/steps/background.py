@@ -227,9 +227,10 @@ def redis_paths(name: str) -> dict[str, str]:
 
 def redis_certificate_paths(address: str) -> tuple[str, str]:
     """The db server's self-signed certificate and key for Redis, named after the
-    address they are for (a new address: a new certificate)."""
-    base = f"/etc/redis/pyinfra-flask-{address}"
-    return f"{base}.crt", f"{base}.key"
+    address they are for (a new address: a new certificate). The certificate is
+    public, where any user reads it (its Redis exporters verify the server by it);
+    the key is Redis's alone."""
+    return f"/etc/pyinfra-flask/redis-{address}.crt", f"/etc/redis/pyinfra-flask-{address}.key"
 
 
 def _redis_package(extra: list[str]):

@@ -37,7 +37,7 @@ def test_socketio_with_workers_on_two_app_servers_is_accepted_with_the_db_server
     conf = [line for line in str(db.uploads[CONF]).splitlines() if line and not line.startswith("#")]
     port = next(int(line.split()[1]) for line in conf if line.startswith("tls-port "))
     assert conf[:7] == ["bind 10.0.0.5", "port 0", f"tls-port {port}",
-                        "tls-cert-file /etc/redis/pyinfra-flask-10.0.0.5.crt",
+                        "tls-cert-file /etc/pyinfra-flask/redis-10.0.0.5.crt",
                         "tls-key-file /etc/redis/pyinfra-flask-10.0.0.5.key", "tls-auth-clients no",
                         'tls-protocols "TLSv1.2 TLSv1.3"']
     commands = "\n".join(c for cs in db.changed.values() for c in cs)
