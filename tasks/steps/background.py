@@ -426,8 +426,9 @@ def move_keys(app, paths: dict) -> str:
         "moved=0",
         # Each key deleted here once merged there: what is left was not moved. Passes
         # until none is left (a late writer), at most three, else a failure.
+        'databases() { here INFO keyspace </dev/null | sed -n "s/^db\\([0-9]*\\):.*/\\1/p"; }',
         "for pass in 1 2 3; do",
-        '  databases=$(here INFO keyspace </dev/null | sed -n "s/^db\\([0-9]*\\):.*/\\1/p")',
+        "  databases=$(databases)",
         '  [ -n "$databases" ] || break',
         '  for db in $databases; do',
         '    here -n "$db" --scan </dev/null > "$work/keys"',
@@ -446,7 +447,7 @@ def move_keys(app, paths: dict) -> str:
         '    done < "$work/keys"',
         "  done",
         "done",
-        '[ -z "$databases" ] || { echo "keys are still being written to this Redis" >&2; exit 1; }',
+        '[ -z "$(databases)" ] || { echo "keys are still being written to this Redis" >&2; exit 1; }',
         'echo "$moved keys moved"',
     ])
 

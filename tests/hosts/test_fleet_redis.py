@@ -122,6 +122,7 @@ def test_workers_and_socketio_on_two_app_servers_share_the_db_servers_redis(host
         server.exec("DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nftables")
     # Chat's Redis was the first app server's own until now, a queued entry in it.
     servers[0].exec(LOCAL_REDIS)
+    local_secret = secret_of(servers[0], "chat")
     chat = {"app_name": "chat", "app_source": str(chat_app(tmp_path)), "app_static_dir": "", "socketio": True,
             "healthcheck_body": "chat", "workers": WORKERS,
             "jobs": {"tick": {"command": TICK, "schedule": "*:*:0/2", "timeout": 20}}}
@@ -161,6 +162,7 @@ def test_workers_and_socketio_on_two_app_servers_share_the_db_servers_redis(host
         assert all(len(secret) == 64 for secret in secrets.values())
         for run in (first, second, dry):
             assert not [app for app, secret in secrets.items() if secret in run.output]
+        assert local_secret not in first.output
         # The first app server's own Redis: its entry moved to the db server's, then stopped.
         assert servers[0].exec("systemctl is-active redis-server@chat", check=False).strip() == "inactive"
         assert "queued-before-the-move" in get(balancer.url + "/ticks").text.split()
