@@ -27,6 +27,8 @@ from tasks.config.settings import SANDBOX, Settings
 # App.health_host_header).
 HEALTH_ADDRESS = "127.0.0.2"
 HEALTH_DOMAIN = "pyinfra-flask.invalid"
+# The certificate of the db_servers host's Redis, on the app servers (App.redis_url).
+REDIS_CA_PATH = "/etc/pyinfra-flask/redis-server.crt"
 # Root's directories of the apps' maintenance mode (App.maintenance_dir).
 MAINTENANCE_ROOT = "/etc/pyinfra-flask/maintenance"
 
@@ -75,6 +77,9 @@ class App:
     # The private address of the inventory's db_servers host when the app's
     # PostgreSQL is there (tasks/config/topology.py), else None: a local one.
     database_host: str | None = None
+    # The private address of the db_servers host when the app's Redis is there
+    # (tasks/config/topology.py), else None: its own on 127.0.0.1.
+    redis_host: str | None = None
 
     @classmethod
     def resolve(cls, app: Settings) -> App:
@@ -159,7 +164,12 @@ class App:
 
     @property
     def redis_url(self) -> str:
-        """REDIS_URL, with `%s` where the password goes (filled in on the host)."""
+        """REDIS_URL, with `%s` where the password goes (filled in on the host). On the
+        db server: TLS, the server verified by its certificate and address."""
+        if self.redis_host:
+            address = f"[{self.redis_host}]" if ":" in self.redis_host else self.redis_host
+            return (f"rediss://default:%s@{address}:{self.redis_port}/0"
+                    f"?ssl_cert_reqs=required&ssl_ca_certs={REDIS_CA_PATH}")
         return f"redis://default:%s@127.0.0.1:{self.redis_port}/0"
 
     @property

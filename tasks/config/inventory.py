@@ -60,6 +60,17 @@ def _database_address(db) -> str:
     return load_apps(db, secrets=False)[0].private_address
 
 
+def redis_served(db) -> list[App]:
+    """The apps of the app servers whose Redis is on the db_servers host `db` (one
+    each, by name, in the inventory's order). Their secrets are their own deploys'."""
+    found: dict[str, App] = {}
+    for app_server in topology.app_servers(db):
+        for app in load_apps(app_server, secrets=False):
+            if app.redis and app.redis_host:
+                found.setdefault(app.app_name, app)
+    return list(found.values())
+
+
 def balancers(host) -> list[tuple[str, str]]:
     """(balancer name, private address) of every load balancer of the inventory: the
     only hosts an app server's firewall lets reach uWSGI. Each balancer's settings are

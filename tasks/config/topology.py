@@ -3,8 +3,8 @@ the balancers, from the inventory's groups.
 
     app_servers     hosts running the app (any host in no group is one too)
     load_balancers  hosts running only nginx, spreading requests over app_servers
-    db_servers      one host running only PostgreSQL for the app servers' apps
-                    (`database: postgresql`; docs/database.md)
+    db_servers      one host running only PostgreSQL and Redis for the app servers'
+                    apps (`database: postgresql`, docs/database.md; `redis`, docs/workers.md)
     monitoring_servers  one host running only Prometheus and Alertmanager, scraping
                     every other host's exporters (docs/monitoring.md)
 
@@ -114,6 +114,9 @@ def place(host, app: App, database_address: Callable[[Any], str]) -> App:
     if db is not None and app.database == "postgresql":
         # The database is the db server's: reached over TLS on its private address.
         app = replace(app, database_host=database_address(db))
+    if db is not None and app.redis:
+        # So is its Redis: one for every app server, over TLS on the same address.
+        app = replace(app, redis_host=database_address(db))
     if is_balancer(host) and not app.private_address:
         raise TopologyError(
             f"Balancer {host.name!r} has no private_address: set it to the address the app servers "
@@ -144,13 +147,14 @@ def place(host, app: App, database_address: Callable[[Any], str]) -> App:
                             f"{len(servers)} app servers behind the balancers serve one site and would each "
                             "keep their own data; use one shared database (a db_servers host, or its DATABASE_URL "
                             "in app_env_file) or one app server; nothing was changed.")
-    if app.redis and (app.workers or app.socketio) and len(servers) > 1:
+    if app.redis and not app.redis_host and (app.workers or app.socketio) and len(servers) > 1:
         what = "with workers on every one" if app.workers else "and a Socket.IO broadcast would reach only the " \
             "clients of one server"
         raise TopologyError(f"redis = True: Redis is local to each app server (127.0.0.1), but the "
                             f"{len(servers)} app servers behind the balancers would each enqueue to and read from "
-                            f"their own, {what}; use one shared broker (redis off, its URL in "
-                            "app_env_file) or one app server; nothing was changed.")
+                            f"their own, {what}; add a {DB_GROUP} host (every app server's Redis is there), use "
+                            "one shared broker (redis off, its URL in app_env_file) or one app server; "
+                            "nothing was changed.")
     if app.settings.uwsgi_socket is None:
         if not app.private_address:
             raise TopologyError(

@@ -16,6 +16,14 @@ def runs_postgresql(role: str, apps) -> bool:
     return role == hosts.DATABASE_SERVER or (role == hosts.APP_SERVER and bool(database.local(apps)))
 
 
+def redis_here(inventory_host, role: str, apps) -> list:
+    """The apps whose Redis runs on this host: an app server's own (`redis` without a
+    db server), or on the db server those of every app server."""
+    if role == hosts.APP_SERVER:
+        return [app for app in apps if app.redis and not app.redis_host]
+    return inventory.redis_served(inventory_host) if role == hosts.DATABASE_SERVER else []
+
+
 def scraped(inventory_host) -> list[tuple[str, str, bool, list[str], bool]]:
     """(name, private address, runs nginx, apps with their own Redis, runs PostgreSQL) of
     every host of the inventory, in its order. Their addresses, roles and apps are read; their secrets are
@@ -26,7 +34,7 @@ def scraped(inventory_host) -> list[tuple[str, str, bool, list[str], bool]]:
         role = hosts.role(other)
         found.append((other.name, apps[0].private_address,
                       metrics.runs_nginx(role == hosts.BALANCER, role == hosts.APP_SERVER, apps[0]),
-                      [app.app_name for app in apps if app.redis] if role == hosts.APP_SERVER else [],
+                      [app.app_name for app in redis_here(other, role, apps)],
                       runs_postgresql(role, apps)))
     return found
 
@@ -48,4 +56,5 @@ def exporters(this):
     name, monitor = found
     metrics.install(this.settings, nginx=metrics.runs_nginx(this.is_balancer, this.is_app_server, this.settings),
                     monitor=(name, monitor.private_address), interval=monitor.monitoring_interval,
-                    apps=this.apps, app_server=this.is_app_server, postgres=runs_postgresql(this.role, this.apps))
+                    apps=this.apps, app_server=this.is_app_server, postgres=runs_postgresql(this.role, this.apps),
+                    redis=redis_here(host, this.role, this.apps))

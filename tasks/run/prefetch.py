@@ -55,6 +55,7 @@ import weakref
 from importlib.metadata import version
 from pathlib import Path
 
+import gevent
 from pyinfra import logger
 from pyinfra.api import StringCommand
 from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS, pop_global_arguments
@@ -67,7 +68,7 @@ from tasks.run.fact_script import Kind, batch_script, kind_of, parse
 # pyinfra releases this was tested with (`version()` prefixes); any other runs plain.
 TESTED_PYINFRA = ("3.10.",)
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pyinfra-flask" / "facts"
-FORMAT = 4
+FORMAT = 5  # 5: lists noted before facts were per greenlet may hold operation commands
 _BATCHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # pyinfra Host -> its _Batch
 
 
@@ -109,8 +110,12 @@ class _Batch:
         self.results: dict[str, list[str]] = {}
         self.asked: list[str] = []
         self.kinds: dict[str, Kind] = {}  # asked commands that can be grouped
-        self.in_fact: bool | Kind | str = False  # in a fact: True, the kind of fact it is, or ONCE
-        self.in_prepare_only = False
+        # Per greenlet: pyinfra prepares every host side by side, and a host's facts are
+        # also read from other hosts' greenlets (an app server reading the db server's),
+        # so "in a fact" is the reading greenlet's own, never the host's: shared, a fact
+        # read by one greenlet made another's operation commands look like facts (noted,
+        # and run again in the next run's batch).
+        self.reading: dict = {}  # greenlet -> (in a fact: True, its kind or ONCE; prepare_only)
         self.executing = False  # pyinfra has started executing on this host
         self.expected: list[str] = []  # the facts this run will ask (as far as we know)
         # Facts (`prepare_only = True`) only the deploy's code reads, while pyinfra
@@ -152,28 +157,33 @@ class _Batch:
         return call
 
     def fact(self, fact, *args, **kwargs):
-        outer, outer_prepare_only = self.in_fact, self.in_prepare_only
-        self.in_fact = ONCE if getattr(fact, "noted", True) is False else (kind_of(fact, args, kwargs) or True)
-        self.in_prepare_only = getattr(fact, "prepare_only", False) is True
+        me = gevent.getcurrent()
+        outer = self.reading.get(me)
+        self.reading[me] = (ONCE if getattr(fact, "noted", True) is False else (kind_of(fact, args, kwargs) or True),
+                            getattr(fact, "prepare_only", False) is True)
         try:
             return self.get_fact(fact, *args, **kwargs)
         finally:
-            self.in_fact, self.in_prepare_only = outer, outer_prepare_only
+            if outer is None:
+                del self.reading[me]
+            else:
+                self.reading[me] = outer
 
     def command(self, command, *args, **kwargs):
-        if not self.in_fact:
+        in_fact, in_prepare_only = self.reading.get(gevent.getcurrent(), (False, False))
+        if not in_fact:
             return self.changing_command(command, *args, **kwargs)
         raw = _raw(command) if _run_arguments(kwargs) == self.arguments else None
         if raw is None:
             return self.run_shell_command(command, *args, **kwargs)
-        if self.in_fact is ONCE:  # never noted, answered from a batch at most once
+        if in_fact is ONCE:  # never noted, answered from a batch at most once
             lines = self.results.pop(raw, None)
         else:
             if raw not in self.asked:
                 self.asked.append(raw)
-                if self.in_fact is not True:
-                    self.kinds[raw] = self.in_fact
-                if self.in_prepare_only:
+                if in_fact is not True:
+                    self.kinds[raw] = in_fact
+                if in_prepare_only:
                     self.prepare_only.add(raw)
             if self.executing and self.changed and raw in self.expected:
                 self.fetch(self.expected, self.kinds)

@@ -1,5 +1,6 @@
 """Background workers and scheduled jobs of an app (`workers`, `jobs`), and the
-opt-in local Redis (`redis`). See docs/workers.md.
+opt-in Redis of each app (`redis`): on the app server, or on the db_servers host
+for every app server (`serve_redis`). See docs/workers.md.
 
     /etc/systemd/system/<app>-<worker>@.service   one instance per process (@1, @2, ...)
     /etc/systemd/system/<app>-<job>.service       oneshot, run by:
@@ -24,8 +25,11 @@ from pyinfra.facts.files import Directory, File
 from pyinfra.operations import apt, files, server, systemd
 
 from tasks import JINJA, TEMPLATES
+from tasks.config.app import REDIS_CA_PATH
+from tasks.steps.database import self_signed
+from tasks.steps.packages import APT_LOCK_WAIT
 from tasks.steps.release import ServiceActive
-from tasks.steps.secrets import url_from_password
+from tasks.steps.secrets import url_from_password, url_from_server
 
 MARKER = "pyinfra-flask background unit of app "
 UNIT_DIR = "/etc/systemd/system"
@@ -221,14 +225,17 @@ def redis_paths(name: str) -> dict[str, str]:
             "data": f"/var/lib/redis/{name}"}
 
 
-@deploy("Redis")
-def install_redis(apps) -> dict:
-    """A Redis of its own for each app with `redis` (Debian's redis-server@<app>
-    instance, on 127.0.0.1:<redis_port>, with a password made on the host). Returns
-    {app name: the op that made its new password}: its REDIS_URL is written again."""
-    wanted = [s for s in apps if s.redis]
-    if not wanted:
-        return {}
+def redis_certificate_paths(address: str) -> tuple[str, str]:
+    """The db server's self-signed certificate and key for Redis, named after the
+    address they are for (a new address: a new certificate). The certificate is
+    public, where any user reads it (its Redis exporters verify the server by it);
+    the key is Redis's alone."""
+    return f"/etc/pyinfra-flask/redis-{address}.crt", f"/etc/redis/pyinfra-flask-{address}.key"
+
+
+def _redis_package(extra: list[str]):
+    """Debian's redis-server (and `extra` packages), its shared instance never
+    started, the directory of the passwords. Returns the container drop-in's op."""
     if host.get_fact(Container):
         # Only in containers that cannot set up a user namespace (the stock unit's
         # PrivateUsers=true fails there with 217/USER); never on a real server.
@@ -244,9 +251,26 @@ def install_redis(apps) -> dict:
         # start, not even for the moment between the package's start and a stop.
         server.shell(name="Keep Debian's shared redis-server.service from starting (masked)",
                      commands=["systemctl mask redis-server.service"])
-    apt.packages(name="Install redis-server", packages=["redis-server"])
+    if extra:
+        apt.packages(name=f"Install redis-server ({', '.join(extra)})", packages=["redis-server", *extra],
+                     no_recommends=True, extra_install_args=APT_LOCK_WAIT)
+    else:
+        apt.packages(name="Install redis-server", packages=["redis-server"])
     for path, mode in (("/etc/pyinfra-flask", "755"), (REDIS_PASSWORDS, "700")):
         files.directory(name=f"Create {path}", path=path, user="root", group="root", mode=mode)
+    return drop_in
+
+
+@deploy("Redis")
+def install_redis(apps) -> dict:
+    """A Redis of its own for each app with `redis` on this host (Debian's
+    redis-server@<app> instance, on 127.0.0.1:<redis_port>, with a password made on
+    the host). Returns {app name: the op that made its new password}: its REDIS_URL
+    is written again."""
+    wanted = [s for s in apps if s.redis and not s.redis_host]
+    if not wanted:
+        return {}
+    drop_in = _redis_package([])
     # The apps on the one Redis shared by every app of the host, before each had its own.
     shared = [s.app_name for s in wanted if host.get_fact(File, path=REDIS_CONF)
               and host.get_fact(RedisUrlIs, path=s.redis_env_path, url=SHARED_URL)]
@@ -256,8 +280,30 @@ def install_redis(apps) -> dict:
     return {s.app_name: _instance(s, drop_in, seed=shared == [s.app_name]) for s in wanted}
 
 
-def _instance(app, drop_in, seed: bool):
-    """One app's Redis: its password, user, configuration and data, running."""
+@deploy("Redis for the app servers")
+def serve_redis(apps, address: str, guard=None) -> None:
+    """On the db server: a Redis of its own for each app of the app servers with
+    `redis` (`apps`), on `address`:<redis_port> with TLS only (a self-signed
+    certificate made here, which the app servers verify) and a password made here;
+    `guard` adds the firewall's operations, before any instance listens there.
+    Instances of apps no longer there are stopped (their data stays)."""
+    if not apps:
+        _retire_instances(set())
+        return
+    drop_in = _redis_package(["nftables"] if guard else [])
+    if guard:
+        guard()
+    tls = redis_certificate_paths(address)
+    # Public: the app servers get a copy and verify the server by it (ssl_cert_reqs=required).
+    self_signed(address, *tls, owner="redis:redis", what="Redis's")
+    for app in apps:
+        _instance(app, drop_in, seed=False, address=address, tls=tls)
+    _retire_instances({app.app_name for app in apps})
+
+
+def _instance(app, drop_in, seed: bool, address: str | None = None, tls: tuple[str, str] | None = None):
+    """One app's Redis: its password, user, configuration and data, running; on
+    `address` with TLS (`tls`: certificate and key) on a db server, else on 127.0.0.1."""
     paths = redis_paths(app.app_name)
     made = None
     if not host.get_fact(File, path=paths["password"]):
@@ -283,9 +329,10 @@ def _instance(app, drop_in, seed: bool):
         server.shell(name=f"Create {paths['data']} ({app.app_name}'s Redis data)"
                      + (", with the shared Redis's data" if seed else ""), commands=commands)
     changes.append(files.template(
-        jinja_env_kwargs=JINJA, name=f"Write {paths['conf']} ({app.app_name}'s Redis, 127.0.0.1:{app.redis_port})",
+        jinja_env_kwargs=JINJA, name=f"Write {paths['conf']} ({app.app_name}'s Redis, "
+        f"{address + ' with TLS' if address else '127.0.0.1'}:{app.redis_port})",
         src=str(TEMPLATES / "redis.conf.j2"), dest=paths["conf"], user="root", group="redis", mode="640",
-        s=app, paths=paths, marker=REDIS_MARKER, rules=REDIS_RULES))
+        s=app, paths=paths, marker=REDIS_MARKER, rules=REDIS_RULES, address=address, tls=tls))
     systemd.service(name=f"Restart {app.redis_service} (its configuration changed)", service=app.redis_service,
                     running=True, enabled=True, restarted=True, _if=lambda: any(op.did_change() for op in changes))
     systemd.service(name=f"Run {app.redis_service} (and at boot)", service=app.redis_service, running=True,
@@ -302,6 +349,10 @@ def redis_url(app, made: dict) -> list:
         return []
     files.directory(name=f"Create {app.app_root}/secrets (private)", path=f"{app.app_root}/secrets",
                     user="root", group="root", mode="700")
+    if app.redis_host:
+        return url_from_server(app, "REDIS_URL", app.redis_url, redis_paths(app.app_name)["password"],
+                               app.redis_env_path, certificate=redis_certificate_paths(app.redis_host)[0],
+                               ca=REDIS_CA_PATH)
     # Written again when it points elsewhere: a new redis_port, or the shared Redis
     # of the deploys before each app had its own.
     current = host.get_fact(RedisUrlIs, path=app.redis_env_path, url=app.redis_url)
@@ -321,21 +372,114 @@ class RedisUrlIs(FactBase):
         return output == ["yes"]
 
 
-@deploy("Redis of apps no longer deployed")
-def retire_redis(apps) -> None:
-    """Last (every app's units are on their new REDIS_URL): the Redis instances of
-    apps gone from the data or without `redis` stopped, their configuration and
-    password removed (their data stays in /var/lib/redis/<app>); and the shared
-    Redis of the deploys before each app had its own, stopped and masked, its
-    configuration and password removed (its data stays in /var/lib/redis/dump.rdb)."""
-    wanted = {s.app_name for s in apps if s.redis}
+# Merges a key restored under KEYS[2] into KEYS[1] on the db server's Redis: moved
+# when KEYS[1] is not there; else a list's elements appended (queued tasks after those
+# queued there since), a set's members, a hash's missing fields and a sorted set's
+# missing members added; a string or stream already there is the newer one and stays.
+MERGE = """
+local key, moved = KEYS[1], KEYS[2]
+if redis.call("EXISTS", key) == 0 then redis.call("RENAME", moved, key) return "moved" end
+local kind = redis.call("TYPE", moved).ok
+if kind ~= redis.call("TYPE", key).ok then redis.call("DEL", moved) return "kept" end
+if kind == "list" then
+  while redis.call("LMOVE", moved, key, "LEFT", "RIGHT") do end
+elseif kind == "set" then
+  for _, member in ipairs(redis.call("SMEMBERS", moved)) do redis.call("SADD", key, member) end
+elseif kind == "hash" then
+  local fields = redis.call("HGETALL", moved)
+  for i = 1, #fields, 2 do redis.call("HSETNX", key, fields[i], fields[i + 1]) end
+elseif kind == "zset" then
+  local members = redis.call("ZRANGE", moved, 0, -1, "WITHSCORES")
+  for i = 1, #members, 2 do redis.call("ZADD", key, "NX", members[i + 1], members[i]) end
+else
+  redis.call("DEL", moved) return "kept"
+end
+redis.call("DEL", moved)
+return "merged"
+"""
+MOVING_KEY = "pyinfra-flask:moving"
+
+
+def move_keys(app, paths: dict) -> str:
+    """Shell that copies every key (with its time to live) of the app's Redis on this
+    app server into the db server's, with Redis's own DUMP and RESTORE (binary-safe
+    through redis-cli -x) and MERGE, each deleted here once merged; run once its units
+    use the db server's (nothing writes here any more), before this one stops, which
+    then holds nothing (a later move back finds no task to run twice). Fails, leaving
+    it running with what was not moved, on any refusal (e.g. a newer Redis here than
+    there: its DUMP format). The passwords go only into redis-cli's environment, never
+    onto a command line."""
+    there = (f"redis-cli --tls --cacert {REDIS_CA_PATH} -h {shlex.quote(app.redis_host)} -p {app.redis_port}")
+    return "\n".join([
+        "set -eu",
+        f"systemctl start {shlex.quote(f'redis-server@{app.app_name}.service')}",  # stopped: its data loaded
+        f"here_port=$(sed -n 's/^port //p' {paths['conf']})",
+        f"here_password=$(cat {paths['password']})",
+        "there_password=$(sed -n 's|^REDIS_URL=\"rediss://default:\\([^@]*\\)@.*|\\1|p' "
+        f"{app.redis_env_path})",
+        '[ -n "$there_password" ] || { echo "no REDIS_URL of the db server in its env file" >&2; exit 1; }',
+        'here() ( export REDISCLI_AUTH="$here_password"; exec redis-cli -h 127.0.0.1 -p "$here_port" "$@" )',
+        f'there() ( export REDISCLI_AUTH="$there_password"; exec {there} "$@" )',
+        f"merge={shlex.quote(MERGE)}",
+        'work=$(mktemp -d); trap \'rm -rf "$work"\' EXIT',
+        'moving="pyinfra-flask:moving:$(cat /proc/sys/kernel/random/uuid)"  # this app server\'s own',
+        "moved=0",
+        # Each key deleted here once merged there: what is left was not moved. Passes
+        # until none is left (a late writer), at most three, else a failure.
+        'databases() { here INFO keyspace </dev/null | sed -n "s/^db\\([0-9]*\\):.*/\\1/p"; }',
+        "for pass in 1 2 3; do",
+        "  databases=$(databases)",
+        '  [ -n "$databases" ] || break',
+        '  for db in $databases; do',
+        '    here -n "$db" --scan </dev/null > "$work/keys"',
+        "    while IFS= read -r key; do",
+        '      ttl=$(here -n "$db" PTTL "$key" </dev/null)',
+        '      [ "$ttl" = -2 ] && continue  # expired meanwhile',
+        '      [ "$ttl" -gt 0 ] || ttl=0',
+        '      here -n "$db" --raw DUMP "$key" </dev/null | head -c -1 > "$work/payload"',
+        '      [ -s "$work/payload" ] || continue  # expired meanwhile',
+        '      answer=$(there -n "$db" -x RESTORE "$moving" "$ttl" < "$work/payload")',
+        '      [ "$answer" = OK ] || { echo "RESTORE of $key refused by the db server\'s Redis: $answer" >&2; exit 1; }',
+        '      answer=$(there -n "$db" EVAL "$merge" 2 "$key" "$moving" </dev/null)',
+        '      case "$answer" in moved|merged|kept) ;; *) echo "$key not merged: $answer" >&2; exit 1;; esac',
+        '      here -n "$db" DEL "$key" </dev/null >/dev/null',
+        "      moved=$((moved + 1))",
+        '    done < "$work/keys"',
+        "  done",
+        "done",
+        '[ -z "$(databases)" ] || { echo "keys are still being written to this Redis" >&2; exit 1; }',
+        'echo "$moved keys moved"',
+    ])
+
+
+def _retire_instances(wanted: set[str], moved: dict | None = None) -> None:
+    """The Redis instances of apps not `wanted` here stopped, their configuration and
+    password removed (their data stays in /var/lib/redis/<app>). `moved`: {app name:
+    app} whose Redis is now the db server's: their keys are copied there first."""
     stale = sorted(name for name in host.get_fact(RedisInstances) if name not in wanted)
     for name in stale:
         paths = redis_paths(name)
+        if name in (moved or {}):
+            app = moved[name]
+            server.shell(name=f"Move the keys of {name}'s Redis here to the db server's "
+                              f"({app.redis_host}:{app.redis_port}; queued tasks kept, passwords not shown)",
+                         commands=[move_keys(app, paths)])
         server.shell(name=f"Stop redis-server@{name} (its app is gone or has no redis)",
                      commands=[f"systemctl disable --now {shlex.quote(f'redis-server@{name}.service')}"])
         for key in ("conf", "user", "password"):
             files.file(name=f"Remove {paths[key]}", path=paths[key], present=False)
+
+
+@deploy("Redis of apps no longer deployed")
+def retire_redis(apps) -> None:
+    """Last (every app's units are on their new REDIS_URL): the Redis instances of
+    apps gone from the data, without `redis` or whose Redis is now the db server's
+    stopped, their configuration and password removed (their data stays in
+    /var/lib/redis/<app>); and the shared Redis of the deploys before each app had
+    its own, stopped and masked, its configuration and password removed (its data
+    stays in /var/lib/redis/dump.rdb)."""
+    _retire_instances({s.app_name for s in apps if s.redis and not s.redis_host},
+                      moved={s.app_name: s for s in apps if s.redis and s.redis_host})
     if not host.get_fact(File, path=REDIS_CONF):
         return
     # An app without `redis` may still name it in its own environment.

@@ -21,21 +21,19 @@ from __future__ import annotations
 
 import io
 import json
-import secrets as random
 import shlex
 
 from pyinfra import host
 from pyinfra.api import FactBase, deploy
 from pyinfra.api.exceptions import DeployError
-from pyinfra.facts.files import File, Sha1File
-from pyinfra.operations import apt, files, python, server, systemd
+from pyinfra.facts.files import File
+from pyinfra.operations import apt, files, server, systemd
 
 from tasks import JINJA, REPO_ROOT, TEMPLATES
 from tasks.config import topology
 from tasks.steps import healthcheck
 from tasks.steps.packages import APT_LOCK_WAIT, DebInstalled
-from tasks.steps.secrets import url_from_password
-from tasks.steps.uploads import SshUser, download, private_path
+from tasks.steps.secrets import url_from_password, url_from_server
 
 # The distribution's own PostgreSQL, by tasks/config/platform.py's system name.
 VERSIONS = {"Debian 12 (bookworm)": 15, "Debian 13 (trixie)": 17,
@@ -129,6 +127,17 @@ def certificate_paths(address: str) -> tuple[str, str]:
     return f"{base}.crt", f"{base}.key"
 
 
+def self_signed(address: str, certificate: str, key: str, owner: str, what: str) -> None:
+    """A self-signed certificate for `address`, made on the host unless it is there;
+    its key never leaves it (mode 600, `owner`'s)."""
+    if not host.get_fact(File, path=certificate):
+        # Tested again on the host: one the app servers already trust is never replaced.
+        server.shell(name=f"Make {what} self-signed TLS certificate (for {address}, on the host)", commands=[
+            f"[ -f {certificate} ] || {{ (umask 077; openssl req -x509 -newkey rsa:3072 -nodes -days 36500 "
+            f"-subj /CN={address} -addext subjectAltName=IP:{address} -keyout {key} -out {certificate} 2>/dev/null) "
+            f"&& chown {owner} {certificate} {key} && chmod 644 {certificate}; }}"])
+
+
 @deploy("PostgreSQL")
 def install(system, wanted, listen: tuple[str, list[tuple[str, str, str]]] | None = None, guard=None) -> None:
     """The distribution's PostgreSQL, each app's role allowed to its own database and
@@ -152,12 +161,9 @@ def install(system, wanted, listen: tuple[str, list[tuple[str, str, str]]] | Non
             guard()
         address, clients = listen or (None, [])
         tls = certificate_paths(address) if listen else None
-        if tls and not host.get_fact(File, path=tls[0]):
+        if tls:
             # Public: the app servers get a copy and verify the server by it (sslmode=verify-full).
-            server.shell(name=f"Make the server's self-signed TLS certificate (for {address}, on the host)", commands=[
-                f"(umask 077; openssl req -x509 -newkey rsa:3072 -nodes -days 36500 -subj /CN={address} "
-                f"-addext subjectAltName=IP:{address} -keyout {tls[1]} -out {tls[0]} 2>/dev/null)",
-                f"chown postgres:postgres {tls[0]} {tls[1]}", f"chmod 644 {tls[0]}"])
+            self_signed(address, *tls, owner="postgres:postgres", what="the server's")
         conf = files.template(jinja_env_kwargs=JINJA, name=f"Listen on {address} with TLS only" if listen else
                               "Listen on the unix socket only (no TCP)", src=str(TEMPLATES / "postgresql.conf.j2"),
                               dest=f"{config_dir}/conf.d/pyinfra-flask.conf", mode="644", address=address, tls=tls)
@@ -266,70 +272,11 @@ def remote_url(app) -> str:
             f"?sslmode=verify-full&sslrootcert={CA_PATH}")
 
 
-class HandedOver(FactBase):
-    """On the db server: the SHA-1 of the app server's database.env as it must be
-    (made from the password there, printed only as its hash) and of the server's
-    certificate; None while either is missing."""
-
-    def command(self, password: str, url: str, certificate: str) -> str:
-        line = shlex.quote(f'DATABASE_URL="{url}"\\n')
-        return (f"[ -f {password} ] && [ -f {certificate} ] && printf {line} \"$(cat {password})\" | sha1sum "
-                f"&& sha1sum < {certificate}; true")
-
-    def process(self, output: list[str]) -> tuple[str, str] | None:
-        found = [line.split()[0] for line in output if line.strip()]
-        return (found[0], found[1]) if len(found) == 2 else None
-
-
 def hand_over(app) -> list:
-    """DATABASE_URL and the db server's certificate, copied from the db server when
-    this app server's differ (a hash compared on each side): at execution time, after
-    the db server's steps, through the laptop's memory (`_copy`), never printed."""
-    db = topology.database_server(host)
-    certificate = certificate_paths(app.database_host)[0]
-    wanted = db.get_fact(HandedOver, password=password_path(app), url=remote_url(app), certificate=certificate)
-    have = (host.get_fact(Sha1File, path=app.database_env_path), host.get_fact(Sha1File, path=CA_PATH))
-    if wanted is not None and tuple(wanted) == have:
-        return []
-    files.directory(name="Create /etc/pyinfra-flask", path="/etc/pyinfra-flask", user="root", group="root",
-                    mode="755")
-    return [python.call(name=f"Hand {app.app_name} its DATABASE_URL and the db server's certificate "
-                             f"(from {db.name}, contents not shown)",
-                        function=_copy, source=db, target=host, s=app, certificate=certificate,
-                        directories=(_upload_directory(db), _upload_directory(host)))]
-
-
-def _upload_directory(h) -> str | None:
-    """The SSH user's private upload directory (tasks/steps/uploads.py), or None as root."""
-    login = h.get_fact(SshUser)
-    return private_path(login) if login and h.data.get("_sudo") else None
-
-
-def _copy(source, target, s, certificate: str, directories: tuple) -> None:
-    """At execution time: the password and certificate read from the db server into
-    memory, DATABASE_URL and the certificate written on this app server (root's, 600
-    and 644). Uploads pass through the SSH user's private directory, downloads too."""
-    def read(path: str) -> bytes:
-        found = io.BytesIO()
-        if not download(source, path, found, directories[0]):
-            raise DeployError(f"Could not read {path} on {source.name}")
-        return found.getvalue()
-
-    def write(data: bytes, dest: str, mode: str) -> None:
-        if directories[1] is None:
-            ok = target.put_file(io.BytesIO(data), dest)
-            commands = f"chown root:root {dest} && chmod {mode} {dest}"
-        else:
-            temporary = f"{directories[1]}/{random.token_hex(16)}"
-            ok = target.put_file(io.BytesIO(data), temporary)
-            commands = f"install -o root -g root -m {mode} {temporary} {dest}; status=$?; rm -f {temporary}; " \
-                       "exit $status"
-        if not ok or not target.run_shell_command(commands, _sudo=directories[1] is not None)[0]:
-            raise DeployError(f"Could not write {dest} on {target.name}")
-
-    password = read(password_path(s)).decode().strip()
-    write(read(certificate), CA_PATH, "644")
-    write(f'DATABASE_URL="{remote_url(s) % password}"\n'.encode(), s.database_env_path, "600")
+    """DATABASE_URL and the db server's certificate, copied from the db server
+    (tasks/steps/secrets.py's url_from_server): never printed."""
+    return url_from_server(app, "DATABASE_URL", remote_url(app), password_path(app), app.database_env_path,
+                           certificate=certificate_paths(app.database_host)[0], ca=CA_PATH)
 
 
 def backup_settings(app) -> dict:

@@ -155,10 +155,12 @@ def remove_stale(apps):
 
 
 @deploy("Firewall")
-def guard_postgresql(clients: list[tuple[str, str]]):
+def guard_db_server(ports: list[int], clients: list[tuple[str, str]]):
     """On the db server: only the app servers (by their private address) reach
-    PostgreSQL's port, with the same nftables table, unit and drop-in as uWSGI's."""
-    _nftables([5432], clients, what="PostgreSQL", who="app servers")
+    PostgreSQL's port and the apps' Redis ports, with the same nftables table, unit
+    and drop-in as uWSGI's."""
+    what = " and ".join(name for name, here in (("PostgreSQL", 5432 in ports), ("Redis", set(ports) - {5432})) if here)
+    _nftables(sorted(ports), clients, what=what, who="app servers")
 
 
 def _nftables(ports: list[int], balancers: list[tuple[str, str]], what: str = "uWSGI",

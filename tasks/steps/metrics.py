@@ -36,7 +36,7 @@ from pyinfra.operations import files, server, systemd
 
 from tasks import JINJA, REPO_ROOT, TEMPLATES
 from tasks.steps import firewall, healthcheck, packages, watch
-from tasks.steps.background import redis_paths
+from tasks.steps.background import redis_certificate_paths, redis_paths
 from tasks.steps.database import PSQL, PostgresqlObjects
 
 NODE = "prometheus-node-exporter"
@@ -146,11 +146,12 @@ def access_logs(apps) -> list[tuple[str, str]]:
 
 @deploy("Exporters")
 def install(s, nginx: bool, monitor: tuple[str, str], interval: int, apps, app_server: bool,
-            postgres: bool = False):
+            postgres: bool = False, redis=()):
     """The exporters of this host (`s`: its host-wide settings; `apps`: its apps), reachable
     from `monitor` (name, private address) only; on an app server, the apps' figures every
-    `interval` seconds and their Redis exporters; with `postgres`, PostgreSQL's."""
-    redis_apps = [app.app_name for app in apps if app.redis] if app_server else []
+    `interval` seconds; a Redis exporter for each app whose Redis runs here (`redis`: its
+    apps, on an app server or the db server); with `postgres`, PostgreSQL's."""
+    redis_apps = [app.app_name for app in redis]
     wanted = exporters(nginx, redis_apps, postgres)
     packages.install_named(s, ["nftables"])
     firewall.guard_metrics([exporter.port for exporter in wanted], monitor)
@@ -192,9 +193,17 @@ def install(s, nginx: bool, monitor: tuple[str, str], interval: int, apps, app_s
         systemd.service(name=f"Keep {exporter.package} running and started at boot", service=exporter.package,
                         running=True, enabled=True)
     if redis_apps:
-        redis_exporters(s, [exporter for exporter in wanted if exporter.package == REDIS], apps)
+        redis_exporters(s, [exporter for exporter in wanted if exporter.package == REDIS], redis)
     if app_server:
         app_figures(interval)
+
+
+def redis_address(app) -> str:
+    """Where the app's Redis exporter reads: its Redis on 127.0.0.1, or on the db server
+    the private address it listens on, with TLS (verified by its certificate)."""
+    if app.redis_host:
+        return f"rediss://{address(app.redis_host, app.redis_port)}"
+    return f"redis://127.0.0.1:{app.redis_port}"
 
 
 def redis_exporters(s, wanted: list[Exporter], apps) -> None:
@@ -211,7 +220,8 @@ def redis_exporters(s, wanted: list[Exporter], apps) -> None:
             jinja_env_kwargs=JINJA, name=f"Point {app.app_name}'s Redis exporter at its Redis "
             f"({REDIS_ENV_DIR}/redis-{app.app_name}.env)", src=str(TEMPLATES / "redis-exporter.env.j2"),
             dest=f"{REDIS_ENV_DIR}/redis-{app.app_name}.env", mode="644",
-            redis=f"redis://127.0.0.1:{app.redis_port}", listen=address(s.private_address, exporter.port))
+            redis=redis_address(app), ca=redis_certificate_paths(app.redis_host)[0] if app.redis_host else None,
+            listen=address(s.private_address, exporter.port))
         instance = f"{REDIS_UNIT}{app.app_name}.service"
         server.shell(name=f"Restart {instance} (its unit or settings changed)",
                      commands=[f"systemctl reset-failed {instance} || true", f"systemctl restart {instance}"],

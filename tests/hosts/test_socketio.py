@@ -77,6 +77,22 @@ def wait_for(what: str, condition, seconds: float = 10):
         time.sleep(0.1)
 
 
+
+def broadcast(chatters: list[Chatter], text: str) -> int:
+    """A shout from the first client until every client has it as news, sent again
+    (numbered) until then: an instance subscribes to the queue on its first
+    connection, and Redis pub/sub keeps nothing for a subscriber not there yet. The
+    attempt that reached them all (from 1)."""
+    for attempt in range(5):
+        chatters[0].client.emit("shout", f"{text} {attempt}")
+        news = {"text": f"{text} {attempt}", "pid": chatters[0].answers[0]["pid"]}
+        try:
+            wait_for("the broadcast", lambda: all(news in c.news for c in chatters), 2)
+            return attempt + 1
+        except AssertionError:
+            continue
+    raise AssertionError(f"the broadcast never reached every client: {[c.news for c in chatters]}")
+
 @pytest.mark.features
 def test_flask_socketio_over_websockets_on_every_instance_through_a_redeploy(fork, tmp_path):
     source = tmp_path / "socketio"
@@ -98,20 +114,7 @@ def test_flask_socketio_over_websockets_on_every_instance_through_a_redeploy(for
         print(f"\n{len(chatters)} clients on the instances {sorted(pids)}, all on websocket")
 
         # A broadcast from a client of one instance reaches the clients of all of them.
-        # An instance subscribes to the queue on its first connection, and Redis
-        # pub/sub keeps nothing for a subscriber not there yet: sent again until then.
-        for attempt in range(5):
-            chatters[0].client.emit("shout", f"hello everyone {attempt}")
-            try:
-                wait_for("the broadcast", lambda: all(
-                    {"text": f"hello everyone {attempt}", "pid": chatters[0].answers[0]["pid"]} in c.news
-                    for c in chatters), 2)
-                break
-            except AssertionError:
-                continue
-        else:
-            raise AssertionError(f"the broadcast never reached every client: {[c.news for c in chatters]}")
-        print(f"broadcast: received by every client at attempt {attempt + 1}")
+        print(f"broadcast: received by every client at attempt {broadcast(chatters, 'hello everyone')}")
         # An emit from the Celery worker (another process) reaches every client too.
         assert get(url + "/notify/from-celery").text == "queued\n"
         wait_for("the worker's emit", lambda: all(any(n.get("from") == "celery" and n["text"] == "from-celery"

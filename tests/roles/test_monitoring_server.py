@@ -6,6 +6,8 @@ and the metrics reader's own logic. On real hosts: tests/hosts/test_monitoring.p
 
 from __future__ import annotations
 
+import re
+
 import importlib.util
 import re
 import shutil
@@ -231,18 +233,35 @@ def test_each_apps_redis_its_own_exporter_and_postgresql_its_own_where_they_run(
                       "db1": {"private_address": "10.0.0.5", "database": "postgresql"},
                       "mon1": {"private_address": "10.0.0.9"}})
     config = scrape_config(runs["mon1"])
-    assert '- targets: ["10.0.0.11:9122"]\n        labels:\n          instance: "@fake/web1"\n          app: "greeting"' \
+    # With a db server, the apps' Redis is there (docs/workers.md): so are their exporters.
+    assert '- targets: ["10.0.0.5:9122"]\n        labels:\n          instance: "@fake/db1"\n          app: "greeting"' \
         in config
-    assert '- targets: ["10.0.0.11:9123"]\n        labels:\n          instance: "@fake/web1"\n          app: "shop"' \
+    assert '- targets: ["10.0.0.5:9123"]\n        labels:\n          instance: "@fake/db1"\n          app: "shop"' \
         in config
+    assert "10.0.0.11:9122" not in config and "10.0.0.11:9123" not in config
     assert '- targets: ["10.0.0.5:9187"]' in config and "10.0.0.11:9187" not in config  # its database is db1's
-    web = runs["web1"]
-    unit = str(web.uploads["/etc/systemd/system/pyinfra-flask-redis-exporter@.service"])
+    assert "/etc/systemd/system/pyinfra-flask-redis-exporter@.service" not in runs["web1"].uploads
+    unit = str(runs["db1"].uploads["/etc/systemd/system/pyinfra-flask-redis-exporter@.service"])
     # The password goes in on standard input (opened by systemd), to a user of the exporter's own.
     assert "DynamicUser=yes" in unit and "StandardInput=file:/etc/pyinfra-flask/redis/%i.password" in unit
-    assert str(web.uploads["/etc/pyinfra-flask/metrics/redis-shop.env"]).endswith(
-        "REDIS_EXPORTER_WEB_LISTEN_ADDRESS=10.0.0.11:9123\n")
-    assert "Metrics | Exporters | Keep Debian's prometheus-redis-exporter.service from starting (masked)" in web.changed
+    # Over TLS to the address Redis listens on, verified by its certificate (readable by that user).
+    assert [line for line in str(runs["db1"].uploads["/etc/pyinfra-flask/metrics/redis-shop.env"]).splitlines()
+            if not line.startswith("#")] == [
+        "REDIS_ADDR=rediss://10.0.0.5:" + re.search(r"^tls-port (\d+)$", str(runs["db1"].uploads[
+            "/etc/redis/redis-shop.conf"]), re.M).group(1),
+        "REDIS_EXPORTER_TLS_CA_CERT_FILE=/etc/pyinfra-flask/redis-10.0.0.5.crt",
+        "REDIS_EXPORTER_WEB_LISTEN_ADDRESS=10.0.0.5:9123"]
+    assert "Metrics | Exporters | Keep Debian's prometheus-redis-exporter.service from starting (masked)" in \
+        runs["db1"].changed
+    # Without a db server, an app server's own Redis has its exporter there.
+    alone = deploy({"web1": host_facts("debian12"), "mon1": host_facts("debian12")},
+                   groups={"app_servers": ["web1"], "monitoring_servers": ["mon1"]},
+                   host_data={"web1": {"private_address": "10.0.0.11", "redis": True},
+                              "mon1": {"private_address": "10.0.0.9"}})
+    assert str(alone["web1"].uploads["/etc/pyinfra-flask/metrics/redis-greeting.env"]).endswith(
+        "REDIS_ADDR=redis://127.0.0.1:" + re.search(r"^port (\d+)$", str(alone["web1"].uploads[
+            "/etc/redis/redis-greeting.conf"]), re.M).group(1) + "\nREDIS_EXPORTER_WEB_LISTEN_ADDRESS=10.0.0.11:9122\n")
+    assert '- targets: ["10.0.0.11:9122"]' in scrape_config(alone["mon1"])
     db = runs["db1"]
     assert "local   postgres  prometheus  peer" in str(db.uploads["/etc/postgresql/15/main/pg_hba.conf"])
     assert 'DATA_SOURCE_NAME="user=prometheus host=/run/postgresql dbname=postgres sslmode=disable"' in str(

@@ -265,6 +265,30 @@ def test_after_a_change_the_known_facts_are_read_again_in_one_batch(fake):
     assert host.ran[3:] == ["upload", "batch"]
 
 
+def test_facts_read_side_by_side_by_other_hosts_greenlets_leave_operations_alone(fake):
+    # pyinfra prepares every host in its own greenlet, and app servers read the db
+    # server's facts from theirs: two reads of one host's facts overlapping must not
+    # leave the host "in a fact", or its operations' commands were noted as facts and
+    # run again in the next run's batch (a firewall reloaded, a certificate made).
+    import gevent
+
+    host, batch = fake
+    live = batch.run_shell_command
+
+    def slow(command, **arguments):
+        gevent.sleep(0.05 if "/a" in str(command) else 0.1)
+        return live(command, **arguments)
+
+    batch.run_shell_command = slow
+    first = gevent.spawn(host.get_fact, "cat /x/a", _sudo=False)
+    gevent.sleep(0.01)
+    second = gevent.spawn(host.get_fact, "cat /x/b", _sudo=False)  # starts later, ends later
+    gevent.joinall([first, second], raise_error=True)
+    host.run_shell_command("systemctl reload-or-restart pyinfra-flask-firewall.service", _sudo=False)
+    assert batch.asked == ["cat /x/a", "cat /x/b"]
+    assert batch.reading == {}
+
+
 def test_facts_marked_not_noted_are_answered_once_and_never_written_down(fake):
     host, batch = fake
 

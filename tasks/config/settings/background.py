@@ -60,12 +60,14 @@ class BackgroundSettings(BaseModel):
         "in `/var/lib/redis/<app_name>`, and password generated on the host, root-only, never shown), on "
         "127.0.0.1:`redis_port`, handed to the app, its workers and jobs as "
         "`REDIS_URL=redis://default:<password>@127.0.0.1:<port>/0`; no other app can reach it, and the app "
-        "itself cannot reconfigure it (no CONFIG, ACL, SAVE, SHUTDOWN...). Refused with `workers` or `socketio` "
-        "on several app servers (each would have its own Redis). Default: on for `socketio` apps, else off.",
+        "itself cannot reconfigure it (no CONFIG, ACL, SAVE, SHUTDOWN...). With a `db_servers` host it is there "
+        "instead, for every app server: on its `private_address`, TLS only, only the app servers let in "
+        "(`REDIS_URL=rediss://...`; docs/workers.md); without one, refused with `workers` or `socketio` on several "
+        "app servers (each would have its own Redis). Default: on for `socketio` apps, else off.",
     )
     redis_port: int | None = Field(
         None, ge=1024, le=65535,
-        description="The 127.0.0.1 port of the app's Redis (`redis`). Default: 6380 + a number from 0 to 999 "
+        description="The port of the app's Redis (`redis`): on 127.0.0.1, or on the `db_servers` host. Default: 6380 + a number from 0 to 999 "
         "made from `app_name` (the same on every run and host); two apps of a host on one port are refused, "
         "naming both: set it for one of them.",
     )
