@@ -308,3 +308,53 @@ def app_variant(tmp_path: Path, greeting: str | None = None, append: str = "",
     if requirements is not None:
         (target / "requirements.txt").write_text(requirements)
     return target
+
+
+# The order test files are handed to the test processes (pytest.ini: `--dist loadfile
+# --no-loadscope-reorder`, whole files, in this order, to whichever process is free):
+# the longest first, so that no long file starts last while the other processes have
+# run out of work; the longest host-less ones early too, beside the run's cold deploy
+# (which the other processes wait for as soon as they reach a host file). From a
+# run's `--durations` and each file's span in its process, longest first. Files not
+# named here come after: real-host ones (tests/hosts/) before the host-less ones.
+SLOWEST_FIRST = [
+    "tests/hosts/test_releases.py",
+    "tests/roles/test_distros.py",
+    "tests/steps/test_background.py",
+    "tests/hosts/test_reliability.py",
+    "tests/hosts/test_features.py",
+    "tests/hosts/test_deploy.py",
+    "tests/hosts/test_rollout.py",
+    "tests/hosts/test_acme.py",
+    "tests/hosts/test_database.py",
+    "tests/hosts/test_workers.py",
+    "tests/hosts/test_socketio.py",
+    "tests/hosts/test_database_servers.py",
+    "tests/hosts/test_monitoring.py",
+    "tests/hosts/test_watch.py",
+    "tests/hosts/test_maintenance.py",
+    "tests/hosts/test_network.py",
+    "tests/hosts/test_static_assets.py",
+    "tests/hosts/test_trust.py",
+    "tests/hosts/test_hardening.py",
+    "tests/run/test_prefetch.py",
+    "tests/hosts/test_exclusive_migration.py",
+    "tests/hosts/test_ops.py",
+    "tests/hosts/test_bundle.py",
+    "tests/roles/test_monitoring_server.py",
+    "tests/steps/test_database.py",
+    "tests/ops/test_ops.py",
+]
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Whole files in SLOWEST_FIRST's order; within a file, pytest's own order."""
+    rank = {path: index for index, path in enumerate(SLOWEST_FIRST)}
+
+    def place(item) -> tuple[int, int]:
+        path = item.nodeid.split("::")[0]
+        if path in rank:
+            return (0, rank[path])
+        return (1, 0) if path.startswith("tests/hosts/") else (2, 0)
+
+    items.sort(key=place)  # stable: files not named keep pytest's order
