@@ -44,7 +44,7 @@ RUN_DIR = Path(os.environ[_RUN_DIR_VARIABLE])
 # Debian 12) compiles uWSGI and keeps the wheel, and every later cold deploy of that
 # kind, in any test process, installs it.
 WHEEL_CACHE = RUN_DIR / "cache"
-WHEEL_CACHE.mkdir(exist_ok=True)
+WHEEL_CACHE.mkdir(parents=True, exist_ok=True)
 os.environ["PYINFRA_FLASK_CACHE"] = str(WHEEL_CACHE)
 
 REPO_ROOT = throwaway.REPO_ROOT
