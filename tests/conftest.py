@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
+import dataclasses
+import fcntl
+import json
 import os
 import re
 import shutil
@@ -19,17 +23,29 @@ import requests
 from dev import throwaway
 from dev.throwaway import DeployRun
 
-# `./run test` runs the suite in two processes (pytest-xdist, one test file at a
+# `./run test` runs the suite in three processes (pytest-xdist, one test file at a
 # time each): each keeps its hosts' Debian packages in a directory of its own.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["THROWAWAY_APT_ARCHIVES_TAG"] = os.environ["PYTEST_XDIST_WORKER"]
 
-# The laptop's uWSGI wheel cache (tasks/steps/uwsgi_wheel.py): one per test process,
-# empty at the start, so each process's first deploy compiles uWSGI and keeps the
-# wheel, and later cold deploys of the same kind install it.
-WHEEL_CACHE = Path(tempfile.mkdtemp(prefix="pyinfra-flask-test-cache-"))
+# What the test processes of one run share: made by the first process that imports
+# this file (pytest-xdist's controller, before it starts the others, which inherit
+# the variable; or the one process of `-n 0`), and removed by it at its exit.
+_RUN_DIR_VARIABLE = "PYINFRA_FLASK_TEST_RUN_DIR"
+if not os.environ.get(_RUN_DIR_VARIABLE):
+    os.environ[_RUN_DIR_VARIABLE] = tempfile.mkdtemp(prefix="pyinfra-flask-test-run-")
+    _RUN_OWNER = True
+else:
+    _RUN_OWNER = False
+RUN_DIR = Path(os.environ[_RUN_DIR_VARIABLE])
+
+# The laptop's uWSGI wheel cache (tasks/steps/uwsgi_wheel.py): one per run, empty at
+# the start, so the run's first deploy of a kind (the shared cold deploy below for
+# Debian 12) compiles uWSGI and keeps the wheel, and every later cold deploy of that
+# kind, in any test process, installs it.
+WHEEL_CACHE = RUN_DIR / "cache"
+WHEEL_CACHE.mkdir(parents=True, exist_ok=True)
 os.environ["PYINFRA_FLASK_CACHE"] = str(WHEEL_CACHE)
-atexit.register(shutil.rmtree, WHEEL_CACHE, True)
 
 REPO_ROOT = throwaway.REPO_ROOT
 SESSION = uuid.uuid4().hex[:8]
@@ -128,19 +144,80 @@ class Deployed:
     first_run: DeployRun
 
 
-@pytest.fixture(scope="session")
-def deployed(hosts, bookworm_image, tmp_path_factory) -> Deployed:
-    """One bare Debian 12 host, deployed once with the defaults; shared by the
-    read-only tests."""
-    host = hosts.start(bookworm_image)
-    run = run_deploy(host, tmp_path_factory.mktemp("deployed"))
-    print(f"\ncold deploy of {host.name}: {run.seconds:.1f}s")
-    return Deployed(host, run)
+@dataclass
+class SharedDeploy:
+    """The run's one cold deploy of a bare Debian 12 host with the defaults: its image
+    (`docker commit` right after the deploy), its run and the host's name; `host` is
+    the deployed host itself in the test process that deployed it, None in the others."""
+    image: str
+    first_run: DeployRun
+    name: str
+    host: throwaway.Host | None
+
+
+_SHARED_DEPLOY = RUN_DIR / "deployed.json"
+
+
+@contextlib.contextmanager
+def _run_lock(name: str):
+    """A lock held by one test process of the run at a time."""
+    with open(RUN_DIR / f"{name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _remove_shared_image() -> None:
+    """At the run's end (its first process's exit): the shared deployed image."""
+    try:
+        image = json.loads(_SHARED_DEPLOY.read_text())["image"]
+        throwaway.docker_client().images.remove(image, force=True)
+    except Exception:  # no cold deploy in this run, or already gone
+        pass
+
+
+if _RUN_OWNER:
+    # Registered first, so it runs last: after the image, the directory.
+    atexit.register(shutil.rmtree, RUN_DIR, True)
+    atexit.register(_remove_shared_image)
 
 
 @pytest.fixture(scope="session")
-def deployed_image(hosts, deployed) -> str:
-    return hosts.snapshot(deployed.host)
+def shared_deploy(hosts, bookworm_image, tmp_path_factory) -> SharedDeploy:
+    """One cold deploy per run, not one per test process: the first process to need it
+    deploys (the others wait for it) and commits the host as an image that every
+    process forks from. Cold deploys at the same moment in three processes took
+    76-108 s each on two cores; one alone takes about half of that."""
+    with _run_lock("deployed"):
+        if _SHARED_DEPLOY.exists():
+            record = json.loads(_SHARED_DEPLOY.read_text())
+            return SharedDeploy(record["image"], DeployRun(**record["first_run"]), record["name"], None)
+        host = hosts.start(bookworm_image)
+        run = run_deploy(host, tmp_path_factory.mktemp("deployed"))
+        print(f"\ncold deploy of {host.name}: {run.seconds:.1f}s")
+        # Removed at the run's end, not with this process's hosts: the others fork it.
+        image = host.snapshot(f"{SESSION}-deployed")
+        staging = _SHARED_DEPLOY.with_suffix(".staging")
+        staging.write_text(json.dumps({"image": image, "first_run": dataclasses.asdict(run), "name": host.name}))
+        staging.rename(_SHARED_DEPLOY)
+        return SharedDeploy(image, run, host.name, host)
+
+
+@pytest.fixture(scope="session")
+def deployed(hosts, shared_deploy) -> Deployed:
+    """The deployed Debian 12 host, shared by the read-only tests of this test process:
+    the host the run's cold deploy went to, or (in the other processes) its copy booted
+    from its image under its name (the name the deploy wrote into its files, so a
+    second run there changes nothing, as on the original)."""
+    host = shared_deploy.host or hosts.start(shared_deploy.image, hostname=shared_deploy.name)
+    return Deployed(host, shared_deploy.first_run)
+
+
+@pytest.fixture(scope="session")
+def deployed_image(shared_deploy) -> str:
+    return shared_deploy.image
 
 
 @pytest.fixture
@@ -231,3 +308,53 @@ def app_variant(tmp_path: Path, greeting: str | None = None, append: str = "",
     if requirements is not None:
         (target / "requirements.txt").write_text(requirements)
     return target
+
+
+# The order test files are handed to the test processes (pytest.ini: `--dist loadfile
+# --no-loadscope-reorder`, whole files, in this order, to whichever process is free):
+# the longest first, so that no long file starts last while the other processes have
+# run out of work; the longest host-less ones early too, beside the run's cold deploy
+# (which the other processes wait for as soon as they reach a host file). From a
+# run's `--durations` and each file's span in its process, longest first. Files not
+# named here come after: real-host ones (tests/hosts/) before the host-less ones.
+SLOWEST_FIRST = [
+    "tests/hosts/test_releases.py",
+    "tests/roles/test_distros.py",
+    "tests/steps/test_background.py",
+    "tests/hosts/test_reliability.py",
+    "tests/hosts/test_features.py",
+    "tests/hosts/test_deploy.py",
+    "tests/hosts/test_rollout.py",
+    "tests/hosts/test_acme.py",
+    "tests/hosts/test_database.py",
+    "tests/hosts/test_workers.py",
+    "tests/hosts/test_socketio.py",
+    "tests/hosts/test_database_servers.py",
+    "tests/hosts/test_monitoring.py",
+    "tests/hosts/test_watch.py",
+    "tests/hosts/test_maintenance.py",
+    "tests/hosts/test_network.py",
+    "tests/hosts/test_static_assets.py",
+    "tests/hosts/test_trust.py",
+    "tests/hosts/test_hardening.py",
+    "tests/run/test_prefetch.py",
+    "tests/hosts/test_exclusive_migration.py",
+    "tests/hosts/test_ops.py",
+    "tests/hosts/test_bundle.py",
+    "tests/roles/test_monitoring_server.py",
+    "tests/steps/test_database.py",
+    "tests/ops/test_ops.py",
+]
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Whole files in SLOWEST_FIRST's order; within a file, pytest's own order."""
+    rank = {path: index for index, path in enumerate(SLOWEST_FIRST)}
+
+    def place(item) -> tuple[int, int]:
+        path = item.nodeid.split("::")[0]
+        if path in rank:
+            return (0, rank[path])
+        return (1, 0) if path.startswith("tests/hosts/") else (2, 0)
+
+    items.sort(key=place)  # stable: files not named keep pytest's order

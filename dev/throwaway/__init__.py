@@ -78,7 +78,7 @@ class Host:
     """One running throwaway host."""
 
     container: docker.models.containers.Container
-    name: str
+    name: str  # its hostname and its name in inventories (the container's, unless started with `hostname`)
     ssh_port: int
     http_port: int
     key_path: Path
@@ -195,20 +195,23 @@ class Host:
 
 def start_host(image: str, name: str | None = None, network: str | None = None,
                ports: tuple[int, ...] = (22, 80), labels: dict | None = None,
-               cap_add: tuple[str, ...] = ()) -> Host:
+               cap_add: tuple[str, ...] = (), hostname: str | None = None) -> Host:
     """Boot a container from `image` with systemd as PID 1 and our SSH key authorised.
     `cap_add` grants more capabilities, e.g. NET_ADMIN for a host whose firewall
-    (nftables) the deploy manages."""
+    (nftables) the deploy manages. `hostname` (default: the container's name) is the
+    name the host has for itself and in inventories: a copy of a deployed host started
+    under that host's name is the same host to a deploy."""
     client = docker_client()
     key_path, public_key = ssh_key()
     name = name or f"throwaway-{uuid.uuid4().hex[:8]}"
+    hostname = hostname or name
     release = "trixie" if "trixie" in image else "bookworm"
     apt_cache = apt_archives(release)
     container = client.containers.run(
         image,
         detach=True,
         name=name,
-        hostname=name,
+        hostname=hostname,
         labels={LABEL: "host", **(labels or {})},
         network=network,
         ports={f"{port}/tcp": ("127.0.0.1", None) for port in ports},
@@ -219,7 +222,7 @@ def start_host(image: str, name: str | None = None, network: str | None = None,
         },
         **{**SYSTEMD_RUN_KWARGS, "cap_add": [*SYSTEMD_RUN_KWARGS["cap_add"], *cap_add]},
     )
-    host = Host(container=container, name=name, ssh_port=0, http_port=0, key_path=key_path)
+    host = Host(container=container, name=hostname, ssh_port=0, http_port=0, key_path=key_path)
     try:
         host._refresh_ports()
         key = json.dumps(public_key)

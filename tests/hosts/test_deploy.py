@@ -170,32 +170,50 @@ def test_rejected_nginx_config_keeps_the_previous_one_serving(fork, tmp_path):
     assert get(fork.url + "/").status_code == 200
 
 
-def test_uwsgi_built_without_pcre_is_rebuilt(fork, tmp_path, monkeypatch):
-    # The tutorials' trap: a uWSGI compiled without the PCRE headers. Compiled on the
-    # host, as with no wheel kept on this machine.
-    monkeypatch.setenv("PYINFRA_FLASK_CACHE", "off")
-    fork.exec(
-        "UWSGI_PROFILE_OVERRIDE=pcre=false /opt/pyinfra-flask/uwsgi-2.0.31/bin/pip install -q "
-        "--force-reinstall --no-deps --no-cache-dir uwsgi==2.0.31"
-    )
+@pytest.fixture(scope="module")
+def no_pcre(hosts, deployed_image, tmp_path_factory):
+    """One fork where uWSGI cannot get PCRE, deployed once with no wheel kept on this
+    machine: the deploy that must stop (its run, and whether uWSGI is left). The build
+    it tried leaves a uWSGI wheel without PCRE in root's pip cache, which the rebuild
+    test then installs rather than compile uWSGI without PCRE once more (three
+    compilations of uWSGI for the two tests, 125 s of a fresh-clone run; now two)."""
+    host = hosts.start(deployed_image)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PYINFRA_FLASK_CACHE", "off")
+        # pcre-config is how uWSGI's build finds PCRE; a broken one means no PCRE at all.
+        host.exec("printf '#!/bin/sh\\nexit 1\\n' > /usr/local/bin/pcre-config && chmod +x /usr/local/bin/pcre-config")
+        _remove_uwsgi(host)  # installed from a wheel, pip removes its binary too
+        # A host that never built uWSGI: no wheel in pip's cache (the deployed host's is
+        # kept aside for the rebuild test) or root's build directory.
+        host.exec("mkdir -p /root/.cache/pip && mv /root/.cache/pip /root/.pip-cache-of-the-deploy && "
+                  "rm -rf /var/cache/pyinfra-flask/uwsgi")
+        run = run_deploy(host, tmp_path_factory.mktemp("no-pcre"), check=False)
+    uwsgi_left = host.exec(f"test -e {UWSGI_VENV}/bin/uwsgi || echo gone").strip()
+    yield host, run, uwsgi_left
+    hosts.remove(host)
+
+
+def test_uwsgi_that_cannot_get_pcre_stops_the_deploy(no_pcre):
+    _, run, uwsgi_left = no_pcre
+    assert run.returncode != 0
+    assert "built WITHOUT PCRE or SSL" in run.output, run.output[-3000:]
+    assert uwsgi_left == "gone"
+
+
+def test_uwsgi_built_without_pcre_is_rebuilt(no_pcre, tmp_path, monkeypatch):
+    # The tutorials' trap: a uWSGI compiled without the PCRE headers (the one the build
+    # above compiled with a broken pcre-config, from root's pip cache), on a host
+    # otherwise as deployed: pcre-config working, pip's cache the deploy's own.
+    fork, _, _ = no_pcre
+    monkeypatch.setenv("PYINFRA_FLASK_CACHE", "off")  # as with no wheel kept on this machine
+    [wheel] = fork.exec("find /root/.cache/pip -name 'uWSGI-2.0.31-*.whl'").split()
+    fork.exec(f"{UWSGI_VENV}/bin/pip install -q --no-index --no-deps --force-reinstall {wheel}")
+    fork.exec("rm -rf /root/.cache/pip /usr/local/bin/pcre-config && mv /root/.pip-cache-of-the-deploy /root/.cache/pip")
     assert "-DUWSGI_PCRE" not in fork.exec("/opt/pyinfra-flask/uwsgi-2.0.31/bin/uwsgi --cflags")
     run = run_deploy(fork, tmp_path)
     assert "Install uWSGI 2.0.31 with PCRE and SSL (was: 2.0.31 without PCRE)" in run.output
     assert "-DUWSGI_PCRE" in fork.exec("/opt/pyinfra-flask/uwsgi-2.0.31/bin/uwsgi --cflags")
     assert get(fork.url + "/").status_code == 200
-
-
-def test_uwsgi_that_cannot_get_pcre_stops_the_deploy(fork, tmp_path, monkeypatch):
-    monkeypatch.setenv("PYINFRA_FLASK_CACHE", "off")
-    # pcre-config is how uWSGI's build finds PCRE; a broken one means no PCRE at all.
-    fork.exec("printf '#!/bin/sh\\nexit 1\\n' > /usr/local/bin/pcre-config && chmod +x /usr/local/bin/pcre-config")
-    _remove_uwsgi(fork)  # installed from a wheel, pip removes its binary too
-    # A host that never built uWSGI: no wheel in pip's cache or root's build directory.
-    fork.exec("rm -rf /root/.cache/pip /var/cache/pyinfra-flask/uwsgi")
-    run = run_deploy(fork, tmp_path, check=False)
-    assert run.returncode != 0
-    assert "built WITHOUT PCRE or SSL" in run.output, run.output[-3000:]
-    assert fork.exec("test -e /opt/pyinfra-flask/uwsgi-2.0.31/bin/uwsgi || echo gone").strip() == "gone"
 
 
 def _remove_uwsgi(host):
