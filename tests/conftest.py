@@ -323,6 +323,7 @@ SLOWEST_FIRST = [
     "tests/steps/test_background.py",
     "tests/hosts/test_reliability.py",
     "tests/hosts/test_features.py",
+    "tests/hosts/test_fleet_redis.py",
     "tests/hosts/test_deploy.py",
     "tests/hosts/test_rollout.py",
     "tests/hosts/test_acme.py",
