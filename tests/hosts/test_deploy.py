@@ -177,7 +177,7 @@ def no_pcre(hosts, deployed_image, tmp_path_factory):
     it tried leaves a uWSGI wheel without PCRE in root's pip cache, which the rebuild
     test then installs rather than compile uWSGI without PCRE once more (three
     compilations of uWSGI for the two tests, 125 s of a fresh-clone run; now two)."""
-    host = hosts.start(deployed_image)
+    host = hosts.from_spare(deployed_image)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("PYINFRA_FLASK_CACHE", "off")
         # pcre-config is how uWSGI's build finds PCRE; a broken one means no PCRE at all.

@@ -28,7 +28,7 @@ HEALTH = "curl -s -o /dev/null -w '%{http_code}' -H 'Host: greeting.pyinfra-flas
 
 @pytest.fixture(scope="module")
 def host(hosts, deployed_image):
-    host = hosts.start(deployed_image)
+    host = hosts.from_spare(deployed_image)
     yield host
     hosts.remove(host)
 

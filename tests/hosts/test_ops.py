@@ -31,7 +31,7 @@ def say(word):
 
 @pytest.fixture(scope="module")
 def lab(hosts, deployed_image, tmp_path_factory):
-    host = hosts.start(deployed_image)
+    host = hosts.from_spare(deployed_image)
     work = tmp_path_factory.mktemp("ops")
     env = work / "app.env"
     env.write_text(f"OPS_SECRET={SECRET}\n")
