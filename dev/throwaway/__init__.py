@@ -195,18 +195,20 @@ class Host:
 
 def start_host(image: str, name: str | None = None, network: str | None = None,
                ports: tuple[int, ...] = (22, 80), labels: dict | None = None,
-               cap_add: tuple[str, ...] = (), hostname: str | None = None) -> Host:
+               cap_add: tuple[str, ...] = (), hostname: str | None = None,
+               apt_archives_tag: str | None = None) -> Host:
     """Boot a container from `image` with systemd as PID 1 and our SSH key authorised.
     `cap_add` grants more capabilities, e.g. NET_ADMIN for a host whose firewall
     (nftables) the deploy manages. `hostname` (default: the container's name) is the
     name the host has for itself and in inventories: a copy of a deployed host started
-    under that host's name is the same host to a deploy."""
+    under that host's name is the same host to a deploy. `apt_archives_tag`: the
+    host's own downloaded packages directory (apt_archives), instead of the process's."""
     client = docker_client()
     key_path, public_key = ssh_key()
     name = name or f"throwaway-{uuid.uuid4().hex[:8]}"
     hostname = hostname or name
     release = "trixie" if "trixie" in image else "bookworm"
-    apt_cache = apt_archives(release)
+    apt_cache = apt_archives(release, apt_archives_tag)
     container = client.containers.run(
         image,
         detach=True,

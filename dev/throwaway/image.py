@@ -4,6 +4,7 @@ machine's CA bundle, changes), and the Debian packages its hosts download, kept.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import os
@@ -11,6 +12,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -106,21 +108,29 @@ def ensure_image(release: str = "bookworm", log=print) -> str:
     return tag
 
 
-def apt_archives(release: str) -> Path:
+def apt_archives(release: str, tag: str | None = None) -> Path:
     """Where a release's hosts keep downloaded Debian packages (bind-mounted as their
     /var/cache/apt/archives), shared by every host of the release. With
     THROWAWAY_APT_ARCHIVES_TAG set (one per parallel test process), a directory of
     its own, seeded with hard links to the shared one's packages: apt locks its
-    archives directory, and two cold deploys sharing one would wait on each other."""
+    archives directory, and two cold deploys sharing one would wait on each other.
+    `tag`, when given, is used instead of the variable (hosts of one process that
+    install packages at the same moment, each with a directory of its own)."""
     shared = CACHE_DIR / f"apt-archives-{release}"
-    tag = os.environ.get("THROWAWAY_APT_ARCHIVES_TAG", "")
+    tag = os.environ.get("THROWAWAY_APT_ARCHIVES_TAG", "") if tag is None else tag
     path = shared.with_name(f"{shared.name}-{tag}") if tag else shared
     if tag and not path.exists() and shared.is_dir():
-        staging = path.with_name(f".{path.name}.{os.getpid()}")
+        # Hosts of one process may boot side by side: a staging directory per thread,
+        # and the first one renamed into place wins.
+        staging = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         for package in shared.glob("*.deb"):
-            os.link(package, staging / package.name)
-        staging.rename(path)
+            with contextlib.suppress(FileNotFoundError):  # gone from the shared one meanwhile
+                os.link(package, staging / package.name)
+        try:
+            staging.rename(path)
+        except OSError:  # seeded meanwhile by another thread or process
+            shutil.rmtree(staging, ignore_errors=True)
     (path / "partial").mkdir(parents=True, exist_ok=True)
     return path

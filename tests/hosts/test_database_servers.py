@@ -28,9 +28,9 @@ def test_the_app_reaches_its_database_on_the_db_server_over_tls_and_nobody_else_
     started = time.monotonic()
     network = hosts.network()
     # NET_ADMIN: the deploy loads the db server's firewall (nftables).
-    db = hosts.start(deployed_image, network=network, cap_add=("NET_ADMIN",))
-    app = hosts.start(deployed_image, network=network)
-    outsider = hosts.start(bookworm_image, network=network)
+    db, app, outsider = hosts.start_many((deployed_image, {"network": network, "cap_add": ("NET_ADMIN",)}),
+                                         (deployed_image, {"network": network}),
+                                         (bookworm_image, {"network": network}))
     data = notespg_data(notespg(tmp_path, "v1"))
     address = db.address(network)
     inventory = throwaway.write_group_inventory(tmp_path / "inventory.py", {

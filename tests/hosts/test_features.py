@@ -43,7 +43,7 @@ APPS = [
 def multi(hosts, deployed_image, tmp_path_factory):
     """The deployed host, now with three apps: greeting at /, blog under /blog, and a
     WebSocket app on its own host name."""
-    host = hosts.start(deployed_image)
+    host = hosts.from_spare(deployed_image)
     run_deploy(host, tmp_path_factory.mktemp("multi"), data={"apps": APPS})
     return host
 
@@ -271,7 +271,7 @@ def test_log_files_get_rotated(fork, tmp_path):
     assert "GET /" in fork.exec("cat /var/log/greeting-nginx/access.log"), "nginx reopened its log"
 
 
-def test_debian_13_end_to_end(hosts, tmp_path, monkeypatch):
+def test_debian_13_end_to_end(hosts, tmp_path):
     """A bare Debian 13 host taken to production in one cold deploy, as the sudo user, with what
     a real server adds: `harden` (docs/hardening.md), the watch alerting a webhook (docs/watch.md)
     and a monitoring host (docs/monitoring.md), a bare Debian 13 host too, deployed in the same
@@ -279,7 +279,7 @@ def test_debian_13_end_to_end(hosts, tmp_path, monkeypatch):
     the webhook receiver runs in the test process, behind the network's gateway."""
 
     started = time.monotonic()
-    network, gateway, receiver, host, mon = app_and_monitor(hosts, throwaway.ensure_image("trixie"), monkeypatch)
+    network, gateway, receiver, host, mon, _ = app_and_monitor(hosts, throwaway.ensure_image("trixie"))
     address, mon_address = host.address(network), mon.address(network)
     inventory = throwaway.write_group_inventory(tmp_path / "inventory.py", {
         "app_servers": [(host, {"private_address": address, "harden": True, "fail2ban_ignore": [gateway],

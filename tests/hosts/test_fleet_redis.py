@@ -105,18 +105,18 @@ def redis_from(server, env_app: str, **kwargs) -> str:
 
 @pytest.mark.features
 def test_workers_and_socketio_on_two_app_servers_share_the_db_servers_redis(hosts, deployed_image, bookworm_image,
-                                                                              tmp_path, monkeypatch):
+                                                                              tmp_path):
     started = time.monotonic()
     network = hosts.network()
-    # NET_ADMIN: the deploy loads the db server's and the app servers' firewalls (nftables).
-    servers = [hosts.start(deployed_image, network=network, cap_add=("NET_ADMIN",)) for _ in range(2)]
     # The db server and the balancer install packages at once: each its own apt archives
-    # (apt locks the directory; tests/hosts/test_monitoring.py).
+    # (apt locks the directory; tests/hosts/test_monitoring.py). The four boot side by side.
     tag = os.environ.get("THROWAWAY_APT_ARCHIVES_TAG", "")
-    monkeypatch.setenv("THROWAWAY_APT_ARCHIVES_TAG", f"{tag}-fleet-db")
-    db = hosts.start(bookworm_image, network=network, cap_add=("NET_ADMIN",))
-    monkeypatch.setenv("THROWAWAY_APT_ARCHIVES_TAG", f"{tag}-fleet-balancer")
-    balancer = hosts.start(bookworm_image, network=network)
+    # NET_ADMIN: the deploy loads the db server's and the app servers' firewalls (nftables).
+    admin = {"network": network, "cap_add": ("NET_ADMIN",)}
+    *servers, db, balancer = hosts.start_many(
+        (deployed_image, admin), (deployed_image, admin),
+        (bookworm_image, {**admin, "apt_archives_tag": f"{tag}-fleet-db"}),
+        (bookworm_image, {"network": network, "apt_archives_tag": f"{tag}-fleet-balancer"}))
     # One apt download at a time in the shared archive (tests/hosts/test_rollout.py).
     for server in servers:
         server.exec("DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nftables")

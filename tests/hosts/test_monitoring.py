@@ -86,24 +86,27 @@ def wait(what: str, seconds: float, probe):
         time.sleep(1)
 
 
-def app_and_monitor(hosts, image: str, monkeypatch) -> tuple[str, str, Receiver, throwaway.Host, throwaway.Host]:
-    """(network, its gateway, a webhook receiver behind it, an app server, a monitoring host): a
-    Docker network of the test's own, the receiver in the test process, two hosts of `image` on
-    the network with NET_ADMIN (the deploy loads their exporters' firewall)."""
+def app_and_monitor(hosts, image: str, *others: str
+                    ) -> tuple[str, str, Receiver, throwaway.Host, throwaway.Host, list[throwaway.Host]]:
+    """(network, its gateway, a webhook receiver behind it, an app server, a monitoring host, a
+    host of each of `others`' images): a Docker network of the test's own, the receiver in the
+    test process, two hosts of `image` on the network with NET_ADMIN (the deploy loads their
+    exporters' firewall), all booted side by side."""
     network = hosts.network()
     gateway = throwaway.docker_client().networks.get(network).attrs["IPAM"]["Config"][0]["Gateway"]
     receiver = Receiver(("0.0.0.0", 0))
-    app = hosts.start(image, network=network, cap_add=("NET_ADMIN",))
+    admin = {"network": network, "cap_add": ("NET_ADMIN",)}
     # Each host its own apt archives: both install packages at once, and apt locks the directory.
-    monkeypatch.setenv("THROWAWAY_APT_ARCHIVES_TAG", f"{throwaway_tag()}-monitoring")
-    return network, gateway, receiver, app, hosts.start(image, network=network, cap_add=("NET_ADMIN",))
+    app, mon, *rest = hosts.start_many((image, admin),
+                                       (image, {**admin, "apt_archives_tag": f"{throwaway_tag()}-monitoring"}),
+                                       *[(other, {"network": network}) for other in others])
+    return network, gateway, receiver, app, mon, rest
 
 
 def test_every_target_up_counters_move_alerts_reach_the_webhook_and_only_the_monitor_scrapes(
-        hosts, deployed_image, bookworm_image, tmp_path, monkeypatch):
+        hosts, deployed_image, bookworm_image, tmp_path):
     started = time.monotonic()
-    network, gateway, receiver, app, mon = app_and_monitor(hosts, deployed_image, monkeypatch)
-    outsider = hosts.start(bookworm_image, network=network)
+    network, gateway, receiver, app, mon, [outsider] = app_and_monitor(hosts, deployed_image, bookworm_image)
     app_address, mon_address = app.address(network), mon.address(network)
     inventory = throwaway.write_group_inventory(tmp_path / "inventory.py", {
         "app_servers": [(app, {"private_address": app_address, "redis": True})],

@@ -60,9 +60,9 @@ def rollout(inventory: Path, *args: str) -> throwaway.DeployRun:
 @pytest.fixture(scope="module")
 def cluster(hosts, deployed_image, bookworm_image, tmp_path_factory) -> Cluster:
     network = hosts.network()
-    balancer = hosts.start(bookworm_image, network=network)
     # NET_ADMIN: the deploy manages the app servers' firewall (nftables).
-    apps = [hosts.start(deployed_image, network=network, cap_add=("NET_ADMIN",)) for _ in range(3)]
+    balancer, *apps = hosts.start_many((bookworm_image, {"network": network}),
+                                       *[(deployed_image, {"network": network, "cap_add": ("NET_ADMIN",)})] * 3)
     # The throwaway hosts share one apt archive directory, and with it apt's lock: the
     # package the app servers now need (nftables; tests/roles/test_distros.py shows the
     # deploy asks for it) is put in one host at a time, so the balancer's nginx
