@@ -9,8 +9,8 @@ named in authorized_keys with `restrict`, docs/backups.md).
                                pgBackRest's PostgreSQL remote (backup, check, stanza-create)
 
 Whatever the client asked for (SSH_ORIGINAL_COMMAND) runs only if it is
-`/usr/bin/pgbackrest [--option=value ...] <command>:remote` with a command and options
-from the lists below; it is then executed directly, never through a shell. Anything
+`/usr/bin/pgbackrest [--option=value ...] <command>:remote` with a command from the
+list below and no option that names a path or a command; it is then executed directly, never through a shell. Anything
 else (a shell, `stanza-delete`, `expire`, `rm -rf`) is refused, saying so. What the
 remote may then write is bounded by the files' owners and modes, not by this.
 """
@@ -18,6 +18,7 @@ remote may then write is bounded by the files' owners and modes, not by this.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import sys
 
@@ -26,15 +27,11 @@ COMMANDS = {
     "ingest": {"archive-push:remote", "archive-get:remote", "restore:remote", "info:remote", "check:remote"},
     "pg": {"backup:remote", "check:remote", "stanza-create:remote", "stanza-upgrade:remote", "archive-get:remote"},
 }
-# The options pgBackRest's client passes to its remote (protocol/helper.c), and nothing else:
-# no config, lock, log or repository path of the client's choosing.
-OPTIONS = {
-    "buffer-size", "compress-level-network", "db-timeout", "exec-id", "io-timeout", "log-level-console",
-    "log-level-file", "log-level-stderr", "log-subprocess", "log-timestamp", "pg", "pg1-path", "pg1-port",
-    "pg1-socket-path", "process", "protocol-timeout", "remote-type", "repo", "stanza", "tcp-keep-alive",
-    "tcp-keep-alive-count", "tcp-keep-alive-idle", "tcp-keep-alive-interval", "archive-async", "job-retry",
-    "job-retry-interval", "type",
-}
+# The client passes its own options on (pgBackRest's cfgExecParam), so options are
+# allowed as `--name=value` except those that would choose what the remote reads or where
+# it writes: its configuration, the repository, lock, log and spool paths, commands to run.
+OPTION = re.compile(r"--[a-z][a-z0-9-]*=[^\x00]*")
+DENIED = re.compile(r"--(config|repo[0-9]+-|lock-path|log-path|spool-path|cmd|pg[0-9]+-host)")
 
 
 def allowed(role: str, command: str) -> list[str] | None:
@@ -46,8 +43,7 @@ def allowed(role: str, command: str) -> list[str] | None:
     if len(words) < 2 or words[0] != PGBACKREST or words[-1] not in COMMANDS.get(role, ()):
         return None
     for word in words[1:-1]:
-        name, equals, _ = word.partition("=")
-        if not word.startswith("--") or not equals or name[2:] not in OPTIONS:
+        if not OPTION.fullmatch(word) or DENIED.match(word):
             return None
     return words
 

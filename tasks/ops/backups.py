@@ -10,7 +10,7 @@ import os
 import shlex
 
 from tasks.config import inventory
-from tasks.config.topology import backup_server, is_backup_server, is_balancer, is_database_server
+from tasks.config.topology import is_backup_server, is_balancer, is_database_server
 from tasks.ops.fleet import AppResult, FleetError, run
 from tasks.steps import healthcheck, pgbackrest
 from tasks.steps.database import BACKUP_ROOT, backup_settings, tool_command
@@ -26,14 +26,13 @@ def _apps_with_database(fleet, host) -> list:
 def _repository(fleet):
     """The backup host among the chosen hosts, or None without one in the inventory;
     a --limit that leaves it out is refused."""
-    inventory_host = next(iter(fleet.state.inventory))
-    found = backup_server(inventory_host)
-    if found is None:
+    found = [h for h in fleet.state.inventory if is_backup_server(h)]
+    if not found:
         return None
     chosen = [h for h in fleet.hosts if is_backup_server(h)]
     if not chosen:
-        raise FleetError(f"the database's backups are on the backup host {found.name}, which --limit leaves out; "
-                         "nothing was changed")
+        raise FleetError(f"the database's backups are on the backup host {found[0].name}, which --limit leaves "
+                         "out; nothing was changed")
     return chosen[0]
 
 

@@ -195,7 +195,7 @@ def backup_side(other, own, db_address: str, pg_path: str) -> None:
     for the ingest user's group), the config, the db server's `postgres` let in as the
     ingest user, the sweep, the stanza, the timers."""
     files.directory(name=f"Create the repository {REPOSITORY} (the owner's; the group reads it)",
-                    path=REPOSITORY, user=OWNER, group=OWNER, mode="2750")
+                    path=REPOSITORY, user=OWNER, group=OWNER, mode="750")
     files.directory(name=f"Create {QUARANTINE} (root-only: what the sweep takes out of the repository)",
                     path=QUARANTINE, user="root", group="root", mode="700")
     files.directory(name="Create /var/log/pgbackrest (the owner's)", path="/var/log/pgbackrest", user=OWNER,

@@ -143,3 +143,40 @@ def test_the_sweep_hands_completed_files_over_and_takes_links_out(tmp_path):
     sweep(owner, owner, ingest, held).directory(archive)
     assert not duplicate.exists() and done.exists()
     assert len(os.listdir(quarantine)) == 2
+
+
+def test_a_point_in_time_restore_stops_the_app_everywhere_and_runs_on_the_db_server(monkeypatch):
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from tasks.config import inventory
+    from tasks.ops import backups
+    from tasks.ops.fleet import Fleet, FleetError
+
+    db = SimpleNamespace(name="db1", groups=["db_servers"])
+    web = SimpleNamespace(name="web1", groups=["app_servers"])
+    bk = SimpleNamespace(name="bk1", groups=["backup_servers"])
+    on_db = SimpleNamespace(app_name="shop", database="postgresql", database_host=None)
+    on_web = replace(validate({"app_name": "shop", "database": "postgresql"}, where="test", secrets=False),
+                     database_host="10.0.0.5")
+    monkeypatch.setattr(inventory, "load_apps", lambda h, secrets=True: [on_web] if h is web else [on_db])
+    commands = []
+
+    def run(h, command, **options):
+        commands.append((h.name, command))
+        return True, ["ok"], []
+
+    monkeypatch.setattr("tasks.ops.backups.run", run)
+    fleet = Fleet(SimpleNamespace(inventory=[db, web, bk]), [db, web, bk],
+                  {"db1": [on_db], "web1": [on_web], "bk1": [on_db]})
+    results = backups.restore(fleet, None, to="2026-12-06 20:15:00+00")
+    assert [name for name, _ in commands] == ["web1", "db1", "web1"]
+    assert commands[0][1].startswith("systemctl stop shop.service")
+    assert "runuser -u postgres -- pgbackrest --stanza=main --delta --type=time " \
+           "--target='2026-12-06 20:15:00+00' --target-action=promote" in commands[1][1]
+    assert commands[1][1].startswith("systemctl stop postgresql && ")
+    assert all(ok for found in results.values() for _, ok, _ in found)
+    with pytest.raises(FleetError, match="takes no backup name"):
+        backups.restore(fleet, "shop-20261202T030000Z.dump")
+    with pytest.raises(FleetError, match="--limit leaves out"):
+        backups.listing(Fleet(SimpleNamespace(inventory=[db, web, bk]), [db, web], {}))
