@@ -23,6 +23,7 @@ import shlex
 import sys
 
 PGBACKREST = "/usr/bin/pgbackrest"
+INGEST_LOCKS = "/tmp/pgbackrest-ingest"
 COMMANDS = {
     "ingest": {"archive-push:remote", "archive-get:remote", "restore:remote", "info:remote", "check:remote"},
     "pg": {"backup:remote", "check:remote", "stanza-create:remote", "stanza-upgrade:remote", "archive-get:remote"},
@@ -56,6 +57,9 @@ def main(argv: list[str]) -> int:
         print(f"pgbackrest-ssh ({role}): refused: {command[:300]!r} (only pgBackRest's remote may run here)",
               file=sys.stderr)
         return 1
+    if role == "ingest":
+        # Its locks apart from the owner's (/tmp/pgbackrest), which it may not write.
+        words = [*words[:-1], f"--lock-path={INGEST_LOCKS}", words[-1]]
     os.execv(PGBACKREST, words)
     return 1
 

@@ -133,7 +133,7 @@ def _restore_cluster(fleet, to: str | None) -> dict:
     what = f"the state at {to}" if to else "the latest state"
     wait = ("for i in $(seq 600); do [ \"$(cd / && runuser -u postgres -- psql -XAtc 'select pg_is_in_recovery()' "
             "2>/dev/null)\" = f ] && exit 0; sleep 1; done; echo 'still recovering after 600 s' >&2; exit 1")
-    command = (f"systemctl stop postgresql && {pgbackrest.restore_command(to)} && echo Restored {shlex.quote(what)}; "
+    command = (f"systemctl stop postgresql 'postgresql@*' && {pgbackrest.restore_command(to)} && echo Restored {shlex.quote(what)}; "
                f"status=$?; systemctl start postgresql && sh -c {shlex.quote(wait)} && [ $status = 0 ] && "
                f"echo RESTORED {shlex.quote(what)}")
     apps = [app.app_name for app in fleet.apps(server) if app.database]

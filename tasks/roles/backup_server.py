@@ -25,7 +25,7 @@ def keys(this) -> None:
     """pgBackRest and each side's SSH key (made on its host), before either reads the other's."""
     if topology.backup_server(host) is None or not (this.is_database_server or this.is_backup_server):
         return
-    pgbackrest.install(this.settings.apt_cache_valid_time)
+    pgbackrest.install(this.settings.apt_cache_valid_time, repository=this.is_backup_server)
     if this.is_backup_server:
         pgbackrest.users()
         pgbackrest.make_key(pgbackrest.OWNER, pgbackrest.OWNER_HOME)

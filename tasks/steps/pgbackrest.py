@@ -49,6 +49,7 @@ SWEEP_UNIT = "pyinfra-flask-pgbackrest-sweep"
 SWEEP_SECONDS = 10
 HOST_KEY = "/etc/ssh/ssh_host_ed25519_key.pub"
 KINDS = ("full", "diff")
+PACKAGES = ("pgbackrest", "python3")
 
 
 def timer(kind: str) -> str:
@@ -104,12 +105,19 @@ def known_hosts_line(address: str, host_key: str) -> str:
     return f"{address} {host_key}\n"
 
 
-def install(apt_cache_valid_time: int) -> None:
-    """Debian's pgbackrest (it brings postgresql-common, and so the `postgres` user), the guard."""
-    if "pgbackrest" not in host.get_fact(DebInstalled, packages=("pgbackrest",)):
+def install(apt_cache_valid_time: int, repository: bool) -> None:
+    """Debian's pgbackrest (it brings postgresql-common, and so the `postgres` user), and
+    python3 for the guard (and the sweep).
+    Two operations, one per side, so that the two hosts never run apt at once (throwaway
+    hosts share one package cache)."""
+    if set(PACKAGES) - set(host.get_fact(DebInstalled, packages=PACKAGES)):
         apt.update(name="Refresh the package index if older than apt_cache_valid_time", cache_time=apt_cache_valid_time)
-    apt.packages(name="Install pgBackRest", packages=["pgbackrest"], no_recommends=True,
-                 extra_install_args=APT_LOCK_WAIT)
+    if repository:
+        apt.packages(name="Install pgBackRest (the repository host's)", packages=list(PACKAGES), no_recommends=True,
+                     extra_install_args=APT_LOCK_WAIT)
+    else:
+        apt.packages(name="Install pgBackRest (the db server's)", packages=list(PACKAGES), no_recommends=True,
+                     extra_install_args=APT_LOCK_WAIT)
     files.put(name="Install the pgBackRest SSH guard (the forced command of its logins)",
               src=str(REPO_ROOT / "files/pgbackrest-ssh.py"), dest=GUARD, mode="755", create_remote_dir=True)
 

@@ -174,7 +174,7 @@ def test_a_point_in_time_restore_stops_the_app_everywhere_and_runs_on_the_db_ser
     assert commands[0][1].startswith("systemctl stop shop.service")
     assert "runuser -u postgres -- pgbackrest --stanza=main --delta --type=time " \
            "--target='2026-12-06 20:15:00+00' --target-action=promote" in commands[1][1]
-    assert commands[1][1].startswith("systemctl stop postgresql && ")
+    assert commands[1][1].startswith("systemctl stop postgresql 'postgresql@*' && ")
     assert all(ok for found in results.values() for _, ok, _ in found)
     with pytest.raises(FleetError, match="takes no backup name"):
         backups.restore(fleet, "shop-20261202T030000Z.dump")
