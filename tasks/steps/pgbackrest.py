@@ -105,6 +105,14 @@ def known_hosts_line(address: str, host_key: str) -> str:
     return f"{address} {host_key}\n"
 
 
+def ssh_config(address: str, known: str) -> str:
+    """The user's ~/.ssh/config: the other host by its pinned key only, and ssh never
+    adding keys to that file (UpdateHostKeys), so a second deploy changes nothing."""
+    return (f"# Written by the pyinfra deploy (tasks/steps/pgbackrest.py): pgBackRest's SSH.\n"
+            f"Host {address}\n    UserKnownHostsFile {known}\n    StrictHostKeyChecking yes\n"
+            f"    UpdateHostKeys no\n")
+
+
 def install(apt_cache_valid_time: int, repository: bool) -> None:
     """Debian's pgbackrest (it brings postgresql-common, and so the `postgres` user), and
     python3 for the guard (and the sweep).
@@ -131,18 +139,23 @@ def make_key(user: str, home: str) -> None:
             f"-C {user}@{shlex.quote(host.name)} -f {key_path(home)})"])
 
 
-def trust(other, user: str, public: str, role: str, authorized: str, owner: str, known: str,
-          known_owner: str, address: str) -> None:
+def trust(other, user: str, public: str, role: str, authorized: str, owner: str, home: str,
+          home_owner: str, address: str) -> None:
     """On this host: the `other` host's key `public` (its `user`'s) in `authorized`
     (owned by `owner`) with the guard for `role`, and the other host's host key for
-    `address` pinned in `known` (owned by `known_owner`). On the first deploy the key
-    is made during the run: read then, at execution time, from the other host."""
+    `address` pinned for `home_owner` (whose home is `home`), who connects there. On
+    the first deploy the key is made during the run: read then, at execution time, from
+    the other host."""
     host_key = other.get_fact(PublicKey, path=HOST_KEY)
     if host_key is None:
         raise DeployError(f"{other.name}: no {HOST_KEY} to pin for pgBackRest's SSH; nothing was changed.")
+    known = f"{home}/.ssh/pgbackrest_known_hosts"
     files.put(name=f"Pin {other.name}'s SSH host key for pgBackRest ({known})",
-              src=io.StringIO(known_hosts_line(address, host_key)), dest=known, user=known_owner,
-              group=known_owner, mode="644")
+              src=io.StringIO(known_hosts_line(address, host_key)), dest=known, user=home_owner,
+              group=home_owner, mode="644")
+    files.put(name=f"Connect to {other.name} by that key only ({home}/.ssh/config)",
+              src=io.StringIO(ssh_config(address, known)), dest=f"{home}/.ssh/config", user=home_owner,
+              group=home_owner, mode="644")
     key = other.get_fact(PublicKey, path=f"{public}.pub")
     if key is not None:
         files.put(name=f"Let {other.name}'s {user} in, for pgBackRest's {role} remote only ({authorized})",
@@ -179,7 +192,7 @@ def database_side(other, backup_address: str, pg_path: str) -> None:
     """On the db server: the config, and the backup host's owner let in as `postgres` (pgBackRest's pg remote)."""
     database_config(backup_address, pg_path)
     ssh = f"{POSTGRES_HOME}/.ssh"
-    trust(other, OWNER, key_path(OWNER_HOME), "pg", f"{ssh}/authorized_keys", "postgres", f"{ssh}/known_hosts",
+    trust(other, OWNER, key_path(OWNER_HOME), "pg", f"{ssh}/authorized_keys", "postgres", POSTGRES_HOME,
           "postgres", backup_address)
 
 
@@ -191,7 +204,7 @@ def users() -> None:
     server.user(name=f"Create the repository owner {OWNER}", user=OWNER, group=OWNER, home=OWNER_HOME,
                 create_home=True, shell="/bin/sh", system=True)
     server.user(name=f"Create the ingest user {INGEST} (adds to the repository, nothing else)", user=INGEST,
-                group=OWNER, home=INGEST_HOME, create_home=False, shell="/bin/sh", system=True)
+                group=OWNER, home=INGEST_HOME, create_home=False, ensure_home=False, shell="/bin/sh", system=True)
     files.directory(name=f"Create {INGEST_HOME} (root's: the ingest user changes nothing there)", path=INGEST_HOME,
                     user="root", group="root", mode="755")
     files.directory(name=f"Create {INGEST_HOME}/.ssh (root's)", path=f"{INGEST_HOME}/.ssh", user="root",
@@ -211,9 +224,8 @@ def backup_side(other, own, db_address: str, pg_path: str) -> None:
     files.template(jinja_env_kwargs=JINJA, name=f"Write {CONFIG} (the repository, retention, the db server)",
                    src=str(TEMPLATES / "pgbackrest-repo.conf.j2"), dest=CONFIG, user="root", group="root",
                    mode="644", stanza=STANZA, repository=REPOSITORY, s=own, pg_host=db_address, pg_path=pg_path)
-    ssh = f"{OWNER_HOME}/.ssh"
     trust(other, "postgres", key_path(POSTGRES_HOME), "ingest", f"{INGEST_HOME}/.ssh/authorized_keys", "root",
-          f"{ssh}/known_hosts", OWNER, db_address)
+          OWNER_HOME, OWNER, db_address)
     changes = [
         files.put(name="Install the repository sweep (hands the ingest user's files to the owner)",
                   src=str(REPO_ROOT / "files/pgbackrest-sweep.py"), dest=SWEEP, mode="755", create_remote_dir=True),

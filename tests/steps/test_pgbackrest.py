@@ -56,8 +56,8 @@ def test_the_db_server_archives_to_the_backup_host_which_backs_up_and_expires():
         f'restrict,command="/usr/bin/python3 -I -S /usr/local/lib/pyinfra-flask/pgbackrest-ssh.py ingest" {KEY}\n')
     assert str(db.uploads["/var/lib/postgresql/.ssh/authorized_keys"]) == (
         f'restrict,command="/usr/bin/python3 -I -S /usr/local/lib/pyinfra-flask/pgbackrest-ssh.py pg" {KEY}\n')
-    assert str(db.uploads["/var/lib/postgresql/.ssh/known_hosts"]) == f"10.0.0.9 {KEY}\n"
-    assert str(bk.uploads["/home/pgbackrest/.ssh/known_hosts"]) == f"10.0.0.5 {KEY}\n"
+    assert str(db.uploads["/var/lib/postgresql/.ssh/pgbackrest_known_hosts"]) == f"10.0.0.9 {KEY}\n"
+    assert str(bk.uploads["/home/pgbackrest/.ssh/pgbackrest_known_hosts"]) == f"10.0.0.5 {KEY}\n"
     # The backups and the expiry run on the backup host only, as the repository's owner.
     service = str(bk.uploads["/etc/systemd/system/pyinfra-flask-pgbackrest@.service"])
     assert "User=pgbackrest" in service and "--type=%i" in service
