@@ -259,9 +259,11 @@ def backup_side(other, own, db_address: str, pg_path: str) -> None:
     # The sweep first: the archive's directories are made sticky and writable for the ingest user by it.
     systemd.service(name=f"Run {SWEEP_UNIT}.timer", service=f"{SWEEP_UNIT}.timer", running=True, enabled=True)
     if not host.get_fact(StanzaMade):
-        server.shell(name=f"Create the pgBackRest stanza {STANZA} (on the backup host, as {OWNER})", commands=[
+        # Then `check`: a WAL switch on the db server, archived here, or the deploy fails saying why.
+        server.shell(name=f"Create the pgBackRest stanza {STANZA} and check that WAL arrives (as {OWNER})", commands=[
             as_user(OWNER, f"pgbackrest --stanza={STANZA} --log-level-console=warn stanza-create"),
-            f"systemctl start {SWEEP_UNIT}.service"])
+            f"systemctl start {SWEEP_UNIT}.service",
+            as_user(OWNER, f"pgbackrest --stanza={STANZA} --log-level-console=warn check")])
     for kind, op in timers.items():
         server.shell(name=f"Start {timer(kind)} (and at boot)", commands=[
             f"systemctl enable {timer(kind)}", f"systemctl restart {timer(kind)}"], _if=op.did_change)
