@@ -1,0 +1,182 @@
+"""pgBackRest without a host (tasks/steps/pgbackrest.py, tasks/roles/backup_server.py,
+files/pgbackrest-sweep.py, files/pgbackrest-ssh.py, docs/backups.md): the settings
+refused naming the key, the rendered configs and timers, the forced command's
+refusals, the sweep's handling of what the ingest user leaves. On real hosts:
+tests/hosts/test_backups.py."""
+
+from __future__ import annotations
+
+import os
+import runpy
+import stat
+
+import pytest
+
+from tasks import REPO_ROOT
+from tasks.config.checks import validate
+from tasks.config.settings import SettingsError
+from tests.roles.test_distros import deploy, host_facts
+
+GUARD = runpy.run_path(str(REPO_ROOT / "files/pgbackrest-ssh.py"))
+SWEEP = runpy.run_path(str(REPO_ROOT / "files/pgbackrest-sweep.py"))
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBAD"
+GROUPS = {"db_servers": ["db1"], "app_servers": ["web1"], "backup_servers": ["bk1"]}
+DATA = {"db1": {"private_address": "10.0.0.5"}, "web1": {"private_address": "10.0.0.11"},
+        "bk1": {"private_address": "10.0.0.9"}}
+
+
+def cluster(**data):
+    facts = {name: host_facts("debian12", PublicKey=lambda path: KEY) for name in ("db1", "web1", "bk1")}
+    return deploy(facts, groups=GROUPS, host_data=DATA, database="postgresql", **data)
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("pgbackrest_archive_timeout", 5), ("pgbackrest_full_schedule", "whenever"),
+    ("pgbackrest_retention_full", 0), ("pgbackrest_retention_diff", "6"),
+])
+def test_bad_settings_are_refused_naming_the_key(key, value):
+    with pytest.raises(SettingsError) as error:
+        validate({"app_name": "shop", key: value}, where="test", secrets=False)
+    assert key in str(error.value)
+
+
+def test_the_db_server_archives_to_the_backup_host_which_backs_up_and_expires():
+    runs = cluster(pgbackrest_archive_timeout=30, pgbackrest_retention_full=3)
+    db, bk = runs["db1"], runs["bk1"]
+    conf = str(db.uploads["/etc/postgresql/15/main/conf.d/pyinfra-flask.conf"])
+    assert "archive_mode = on" in conf and "archive_timeout = 30" in conf
+    assert "archive_command = 'pgbackrest --stanza=main archive-push %p'" in conf
+    db_conf = str(db.uploads["/etc/pgbackrest.conf"])
+    assert "repo1-host=10.0.0.9" in db_conf and "repo1-host-user=pgbackrest-ingest" in db_conf
+    assert "pg1-path=/var/lib/postgresql/15/main" in db_conf and "retention" not in db_conf
+    repo = str(bk.uploads["/etc/pgbackrest.conf"])
+    assert "pg1-host=10.0.0.5" in repo and "repo1-retention-full=3" in repo and "repo1-retention-diff=6" in repo
+    # Each side lets the other's key in for pgBackRest's remote only, and pins its host key.
+    assert str(bk.uploads["/home/pgbackrest-ingest/.ssh/authorized_keys"]) == (
+        f'restrict,command="/usr/bin/python3 -I -S /usr/local/lib/pyinfra-flask/pgbackrest-ssh.py ingest" {KEY}\n')
+    assert str(db.uploads["/var/lib/postgresql/.ssh/authorized_keys"]) == (
+        f'restrict,command="/usr/bin/python3 -I -S /usr/local/lib/pyinfra-flask/pgbackrest-ssh.py pg" {KEY}\n')
+    assert str(db.uploads["/var/lib/postgresql/.ssh/pgbackrest_known_hosts"]) == f"10.0.0.9 {KEY}\n"
+    assert str(bk.uploads["/home/pgbackrest/.ssh/pgbackrest_known_hosts"]) == f"10.0.0.5 {KEY}\n"
+    # The backups and the expiry run on the backup host only, as the repository's owner.
+    service = str(bk.uploads["/etc/systemd/system/pyinfra-flask-pgbackrest@.service"])
+    assert "User=pgbackrest" in service and "--type=%i" in service
+    assert "OnCalendar=Sun *-*-* 01:00:00" in str(bk.uploads["/etc/systemd/system/pyinfra-flask-pgbackrest-full.timer"])
+    assert "OnCalendar=Mon..Sat *-*-* 01:00:00" in str(
+        bk.uploads["/etc/systemd/system/pyinfra-flask-pgbackrest-diff.timer"])
+    commands = "\n".join(c for cs in bk.changed.values() for c in cs)
+    assert "runuser -u pgbackrest -- pgbackrest --stanza=main --log-level-console=warn stanza-create" in commands
+    assert not [c for cs in db.changed.values() for c in cs if "expire" in c or "stanza-" in c]
+    # The app server has none of it.
+    assert not [name for name in runs["web1"].changed if "pgBackRest" in name]
+
+
+def test_a_backup_host_without_a_db_server_or_an_address_is_refused():
+    facts = {name: host_facts("debian12") for name in ("web1", "bk1")}
+    with pytest.raises(Exception, match="no db_servers host"):
+        deploy(facts, groups={"app_servers": ["web1"], "backup_servers": ["bk1"]}, host_data=DATA,
+               database="postgresql")
+    with pytest.raises(Exception, match="Backup host '@fake/bk1' has no private_address"):
+        cluster_data = {**DATA, "bk1": {}}
+        deploy({name: host_facts("debian12", PublicKey=lambda path: KEY) for name in ("db1", "web1", "bk1")},
+               groups=GROUPS, host_data=cluster_data, database="postgresql")
+
+
+@pytest.mark.parametrize("command", [
+    "/usr/bin/pgbackrest --stanza=main stanza-delete --force",
+    "/usr/bin/pgbackrest --stanza=main expire",
+    "/usr/bin/pgbackrest --stanza=main --remote-type=repo expire:remote",
+    "rm -rf /var/lib/pgbackrest",
+    "sh -c id",
+    "/usr/bin/pgbackrest --config=/tmp/x --stanza=main archive-push:remote",
+    "/usr/bin/pgbackrest --repo1-path=/ --stanza=main archive-push:remote",
+    "/usr/bin/pgbackrest --stanza=main archive-push:remote; rm -rf /",
+    "/usr/bin/pgbackrest --stanza=main backup:remote",
+])
+def test_the_ingest_login_runs_only_pgbackrests_remote(command):
+    assert GUARD["allowed"]("ingest", command) is None
+
+
+def test_the_ingest_login_runs_archive_push_remote_without_a_shell():
+    command = ("/usr/bin/pgbackrest --exec-id=1-abc --log-level-console=off --log-level-file=off "
+               "--log-level-stderr=error --pg1-path=/var/lib/postgresql/15/main --process=0 --remote-type=repo "
+               "--stanza=main archive-push:remote")
+    assert GUARD["allowed"]("ingest", command) == command.split()
+    assert GUARD["allowed"]("pg", command) is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="makes files of other users")
+def test_the_sweep_hands_completed_files_over_and_takes_links_out(tmp_path):
+    owner, ingest = 4001, 4002
+    repository, quarantine = tmp_path / "repo", tmp_path / "quarantine"
+    quarantine.mkdir(mode=0o700)
+    segment = repository / "archive/main/15-1/0000000100000000"
+    segment.mkdir(parents=True)
+    os.chown(repository, owner, owner)
+    for directory in (segment, segment.parent):
+        os.chown(directory, ingest, owner)
+    done = segment / "000000010000000000000001-aaaa.gz"
+    writing = segment / "000000010000000000000002-bbbb.gz.pgbackrest.tmp"
+    duplicate = segment / "000000010000000000000001-cccc.gz"
+    secret = tmp_path / "secret"
+    secret.write_text("root's")
+    for path in (done, writing):
+        path.write_text("wal")
+        os.chown(path, ingest, owner)
+    os.symlink(secret, segment / "000000010000000000000003-dddd.gz")
+    sweep = SWEEP["Sweep"]
+    root = os.open(repository, os.O_RDONLY | os.O_DIRECTORY)
+    held = os.open(quarantine, os.O_RDONLY | os.O_DIRECTORY)
+    archive = os.open("archive", os.O_RDONLY | os.O_DIRECTORY, dir_fd=root)
+    run = sweep(owner, owner, ingest, held)
+    run.directory(archive)
+    found = done.stat()
+    assert (found.st_uid, stat.S_IMODE(found.st_mode)) == (owner, 0o640)
+    assert writing.stat().st_uid == ingest  # still being written: left alone
+    assert stat.S_IMODE(segment.stat().st_mode) == 0o3770 and segment.stat().st_uid == owner
+    # The link is taken out, never followed: the file it named is as it was.
+    assert not os.path.lexists(segment / "000000010000000000000003-dddd.gz")
+    assert secret.stat().st_uid == 0 and secret.read_text() == "root's"
+    # A second file for a segment the archive has is taken out too.
+    duplicate.write_text("junk")
+    os.chown(duplicate, ingest, owner)
+    sweep(owner, owner, ingest, held).directory(archive)
+    assert not duplicate.exists() and done.exists()
+    assert len(os.listdir(quarantine)) == 2
+
+
+def test_a_point_in_time_restore_stops_the_app_everywhere_and_runs_on_the_db_server(monkeypatch):
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from tasks.config import inventory
+    from tasks.ops import backups
+    from tasks.ops.fleet import Fleet, FleetError
+
+    db = SimpleNamespace(name="db1", groups=["db_servers"])
+    web = SimpleNamespace(name="web1", groups=["app_servers"])
+    bk = SimpleNamespace(name="bk1", groups=["backup_servers"])
+    on_db = SimpleNamespace(app_name="shop", database="postgresql", database_host=None)
+    on_web = replace(validate({"app_name": "shop", "database": "postgresql"}, where="test", secrets=False),
+                     database_host="10.0.0.5")
+    monkeypatch.setattr(inventory, "load_apps", lambda h, secrets=True: [on_web] if h is web else [on_db])
+    commands = []
+
+    def run(h, command, **options):
+        commands.append((h.name, command))
+        return True, ["ok"], []
+
+    monkeypatch.setattr("tasks.ops.backups.run", run)
+    fleet = Fleet(SimpleNamespace(inventory=[db, web, bk]), [db, web, bk],
+                  {"db1": [on_db], "web1": [on_web], "bk1": [on_db]})
+    results = backups.restore(fleet, None, to="2026-12-06 20:15:00+00")
+    assert [name for name, _ in commands] == ["web1", "db1", "web1"]
+    assert commands[0][1].startswith("systemctl stop shop.service")
+    assert "runuser -u postgres -- pgbackrest --stanza=main --delta --type=time " \
+           "--target='2026-12-06 20:15:00+00' --target-action=promote" in commands[1][1]
+    assert commands[1][1].startswith("systemctl stop postgresql 'postgresql@*' && ")
+    assert all(ok for found in results.values() for _, ok, _ in found)
+    with pytest.raises(FleetError, match="takes no backup name"):
+        backups.restore(fleet, "shop-20261202T030000Z.dump")
+    with pytest.raises(FleetError, match="--limit leaves out"):
+        backups.listing(Fleet(SimpleNamespace(inventory=[db, web, bk]), [db, web], {}))
