@@ -70,7 +70,7 @@ def upload() -> io.BytesIO:
 # Loading it on the laptop (the deploy and every test) -----------------------------
 
 MODULES = ("base", "history", "releases", "assets", "lock", "audit", "uwsgi", "health", "sandbox", "steps",
-           "activation", "maintenance", "status", "execute", "hold", "cli")
+           "activation", "ship", "maintenance", "status", "execute", "hold", "cli")
 
 
 class Tool:
@@ -188,6 +188,17 @@ def canary(tool: str, release: str, run: str, by: str) -> str:
     return line(tool, "canary", release, run=run, by=by)
 
 
+def ship(tool: str, release: str, upload: str, sha256: str, before: list[str], canary: bool, activate: str | None,
+         prune: bool, host_name: str, run: str, by: str) -> str:
+    """A new release from its uploaded tarball: checked against `sha256`, unpacked, its
+    venv, import check, `before` commands and (`canary`) canary, then (`activate`: a
+    mode) its activation and (`prune`) the pruning, in one command (files/release_tool/ship.py)."""
+    return line(tool, "ship", release, "--upload", upload, "--sha256", sha256,
+                *(f"--before={command}" for command in before), *(["--canary"] if canary else []),
+                *(["--activate", activate] if activate else []), *(["--prune"] if prune else []),
+                host_name=host_name, run=run, by=by)
+
+
 def activate(tool: str, release: str, mode: str, host_name: str, run: str, by: str) -> str:
     return line(tool, "activate", release, "--mode", mode, host_name=host_name, run=run, by=by)
 
@@ -253,5 +264,5 @@ def audit(tool: str, as_json: bool, last: int) -> str:
 
 
 # Every builder above, for the contract test (tests/tool/test_tool.py).
-BUILDERS = (listing, build_venv, check, run_in_release, canary, activate, rollback, prune, assets, health, lock_take,
+BUILDERS = (listing, build_venv, check, run_in_release, canary, ship, activate, rollback, prune, assets, health, lock_take,
             lock_release, status, execute, maintenance, audit, migrate, hold)

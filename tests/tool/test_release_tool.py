@@ -212,7 +212,7 @@ def test_lock_of_a_gone_connection_stays_held_while_its_command_is_at_work(tool)
         assert not taken and holder["run"] == "run-a"
     assert tool.lock_take("run-b", {}, wait=0)[0]
     # Changing commands hold the work flock; reading ones do not.
-    assert set(tool.CHANGING) == {"build-venv", "check", "run", "canary", "activate", "rollback", "prune",
+    assert set(tool.CHANGING) == {"build-venv", "check", "run", "canary", "ship", "activate", "rollback", "prune",
                                  "assets", "migrate", "hold"}
 
 
