@@ -19,6 +19,7 @@ import importlib.util
 import io
 import shlex
 import sys
+import typing
 import zipfile
 from collections.abc import Mapping
 from functools import cache
@@ -148,6 +149,17 @@ def load() -> Tool:
     sys.modules[PACKAGE] = package
     spec.loader.exec_module(package)
     return Tool([importlib.import_module(f"{PACKAGE}.{name}") for name in MODULES])
+
+
+@cache
+def settings_contract() -> dict[str, type]:
+    """The tool's `Settings` (files/release_tool/base.py), {key: type}, for the deploy that
+    writes them: base.py alone is read (standard library only, no import of the package),
+    not the whole tool, which a run never needs loaded (it ships as bytes, `build`)."""
+    spec = importlib.util.spec_from_file_location(f"{PACKAGE}_settings", SOURCE / "base.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return typing.get_type_hints(module.Settings)
 
 
 # Its command lines -------------------------------------------------------------------

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import json
 import shlex
-import typing
 from dataclasses import dataclass
-from functools import cache
 
 from pyinfra import host, state
 from pyinfra.api import DeployError, FactBase, deploy
@@ -92,12 +90,6 @@ class Release:
     shipped: object = None  # the op that did, ending with the health gate
 
 
-@cache
-def _tool():
-    """The release tool (files/release_tool/), loaded for its settings' definition."""
-    return host_tool.load()
-
-
 def tool_settings(app) -> dict:
     """The release tool's settings (its `Settings`, files/release_tool/base.py) for an app."""
     settings = {
@@ -122,7 +114,7 @@ def tool_settings(app) -> dict:
         "uwsgi": f"{app.uwsgi_venv}/bin/uwsgi",
         "message_queue": bool(app.socketio),
     }
-    contract = typing.get_type_hints(_tool().Settings)
+    contract = host_tool.settings_contract()
     if set(settings) != set(contract) or not all(isinstance(value, contract[key]) for key, value in settings.items()):
         raise TypeError(f"tool_settings does not match the release tool's Settings: {sorted(settings)}")
     return settings
