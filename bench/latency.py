@@ -107,7 +107,9 @@ def main() -> None:
             relayed = host.write_inventory(work / "relayed.py", {"ssh_port": relay.port})
             app = work / "app"
             shutil.copytree(throwaway.REPO_ROOT / "files/greeting", app)
-            pyinfra(direct, "deploy.py", {"app_source": app})  # cold
+            first = pyinfra(direct, "deploy.py", {"app_source": app}).seconds  # cold
+            print(f"  cold deploy of the round's host (uWSGI's wheel from the user's cache when it is there): "
+                  f"{first:.1f} s", flush=True)
             links = {"0 ms": direct, f"{args.rtt:g} ms": relayed}
             times: dict[tuple[str, str], list[float]] = {}
             for number in range(args.rounds):
