@@ -121,8 +121,8 @@ def classify(op_name: str) -> str:
     # "App server | System packages | Install ...": the innermost `@deploy` names the group.
     *deploys, name = op_name.split(" | ")
     deploy = deploys[-1] if deploys else ""
-    if deploy == "Release" and name.startswith("Build venv"):
-        return APP_VENV
+    if name.startswith("Ship release"):  # its venv, checks and (a host's one app) activation: one command
+        return "release: upload, unpack, import check"
     return OP_GROUPS.get(deploy, OTHER) if deploys else OTHER
 
 

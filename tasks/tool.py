@@ -19,6 +19,7 @@ import importlib.util
 import io
 import shlex
 import sys
+import typing
 import zipfile
 from collections.abc import Mapping
 from functools import cache
@@ -70,7 +71,7 @@ def upload() -> io.BytesIO:
 # Loading it on the laptop (the deploy and every test) -----------------------------
 
 MODULES = ("base", "history", "releases", "assets", "lock", "audit", "uwsgi", "health", "sandbox", "steps",
-           "activation", "maintenance", "status", "execute", "hold", "cli")
+           "activation", "ship", "maintenance", "status", "execute", "hold", "cli")
 
 
 class Tool:
@@ -150,6 +151,17 @@ def load() -> Tool:
     return Tool([importlib.import_module(f"{PACKAGE}.{name}") for name in MODULES])
 
 
+@cache
+def settings_contract() -> dict[str, type]:
+    """The tool's `Settings` (files/release_tool/base.py), {key: type}, for the deploy that
+    writes them: base.py alone is read (standard library only, no import of the package),
+    not the whole tool, which a run never needs loaded (it ships as bytes, `build`)."""
+    spec = importlib.util.spec_from_file_location(f"{PACKAGE}_settings", SOURCE / "base.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return typing.get_type_hints(module.Settings)
+
+
 # Its command lines -------------------------------------------------------------------
 # `run` and `by` name the deploy run and its user@machine (tasks/lock.py RUN_ID, BY),
 # for the host's history and audit log.
@@ -186,6 +198,17 @@ def run_in_release(tool: str, release: str, command: str, run: str, by: str) -> 
 
 def canary(tool: str, release: str, run: str, by: str) -> str:
     return line(tool, "canary", release, run=run, by=by)
+
+
+def ship(tool: str, release: str, upload: str, sha256: str, before: list[str], canary: bool, activate: str | None,
+         prune: bool, host_name: str, run: str, by: str) -> str:
+    """A new release from its uploaded tarball: checked against `sha256`, unpacked, its
+    venv, import check, `before` commands and (`canary`) canary, then (`activate`: a
+    mode) its activation and (`prune`) the pruning, in one command (files/release_tool/ship.py)."""
+    return line(tool, "ship", release, "--upload", upload, "--sha256", sha256,
+                *(f"--before={command}" for command in before), *(["--canary"] if canary else []),
+                *(["--activate", activate] if activate else []), *(["--prune"] if prune else []),
+                host_name=host_name, run=run, by=by)
 
 
 def activate(tool: str, release: str, mode: str, host_name: str, run: str, by: str) -> str:
@@ -253,5 +276,5 @@ def audit(tool: str, as_json: bool, last: int) -> str:
 
 
 # Every builder above, for the contract test (tests/tool/test_tool.py).
-BUILDERS = (listing, build_venv, check, run_in_release, canary, activate, rollback, prune, assets, health, lock_take,
+BUILDERS = (listing, build_venv, check, run_in_release, canary, ship, activate, rollback, prune, assets, health, lock_take,
             lock_release, status, execute, maintenance, audit, migrate, hold)

@@ -6,6 +6,10 @@
     release-tool check ID              import the release's app as the app user
     release-tool run ID -- COMMAND     run a command in the release as the app user
     release-tool canary ID             call the release's app once for its health path
+    release-tool ship ID --upload F --sha256 H [--before C]... [--canary]
+                 [--activate MODE] [--prune]
+                                       a new release from its uploaded tarball: the hash
+                                       checked, unpacked, then the steps above in one go
     release-tool activate [ID]         switch to ID (default: the live one), reload
                                        uWSGI without dropping requests, check health
                                        through nginx, and switch back if it fails
@@ -50,7 +54,7 @@ import socket
 import sys
 from pathlib import Path
 
-from . import activation, audit, base, execute, health, hold, lock, maintenance, status, steps
+from . import activation, audit, base, execute, health, hold, lock, maintenance, ship, status, steps
 
 
 def cmd_lock(args) -> None:
@@ -101,6 +105,16 @@ def argument_parser(root: Path | None = None) -> argparse.ArgumentParser:
     run = sub.add_parser("run")
     run.add_argument("release")
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="-- then the command")
+    ship_parser = sub.add_parser("ship", help="a new release from its uploaded tarball, checked, maybe live")
+    ship_parser.add_argument("release")
+    ship_parser.add_argument("--upload", required=True, help="the uploaded tarball (removed once read)")
+    ship_parser.add_argument("--sha256", required=True, help="the tarball's sha256, checked before unpacking")
+    ship_parser.add_argument("--before", action="append", default=[],
+                             help="a before-switch command, as the app user (repeatable, in order)")
+    ship_parser.add_argument("--canary", action="store_true", help="then the canary (see canary)")
+    ship_parser.add_argument("--activate", choices=["auto", "chain", "graceful", "restart"],
+                             help="then switch to it and reload uWSGI in this mode (see activate)")
+    ship_parser.add_argument("--prune", action="store_true", help="then keep the newest N releases (see prune)")
     activate_parser = sub.add_parser("activate")
     activate_parser.add_argument("release", nargs="?")
     activate_parser.add_argument("--mode", choices=["auto", "chain", "graceful", "restart"], default="auto")
@@ -148,7 +162,7 @@ def main(argv: list[str] | None = None, root: Path | None = None) -> int:
     base.BY, base.RUN = args.by, args.run
     handlers = {
         "list": status.cmd_list, "history": status.cmd_history, "build-venv": steps.cmd_build_venv,
-        "check": steps.cmd_check, "canary": steps.cmd_canary, "run": steps.cmd_run,
+        "check": steps.cmd_check, "canary": steps.cmd_canary, "run": steps.cmd_run, "ship": ship.cmd_ship,
         "activate": activation.cmd_activate, "rollback": activation.cmd_rollback, "prune": activation.cmd_prune,
         "assets": activation.cmd_assets,
         "health": health.cmd_health, "lock": cmd_lock, "status": status.cmd_status, "exec": execute.cmd_exec,
@@ -166,6 +180,9 @@ def main(argv: list[str] | None = None, root: Path | None = None) -> int:
         if args.action in ("build-venv", "check", "run", "canary"):
             # A new release that never went live: the deploy failed before its switch.
             audit.audit("deploy", "failed", run=args.run, stage=args.action, to=args.release, reason=str(failure))
+        elif args.action == "ship" and not base.AUDITED and ship.STAGE != "prune":
+            # Before its switch (its activation audits itself; a prune after it changes nothing live).
+            audit.audit("deploy", "failed", run=args.run, stage=ship.STAGE, to=args.release, reason=str(failure))
         elif args.action == "migrate" and not base.AUDITED:
             # An exclusive migration that failed before its switch (its activation audits itself).
             audit.audit("deploy", "failed", run=args.run, stage="migrate", to=args.release, reason=str(failure))

@@ -44,7 +44,7 @@ def converge(system, this):
             # and a Socket.IO app's check before the switch its REDIS_URL.
             database_url=database.provision(app),
             redis_url=background.redis_url(app, new_redis_passwords),
-            release=release.prepare(app),
+            release=release.prepare(app, alone=len(apps) == 1),
             uwsgi_ini=uwsgi.configure(app),
             unit=service.install(app),
             workers=background.install(app),
@@ -68,7 +68,9 @@ def converge(system, this):
                                             *ready.redis_url, *ready.database_url) if op],
             reload_triggers=[ready.uwsgi_ini],
         )
-        healthcheck.verify(app, ready.release, service_ops=[*app_ops, *nginx_ops, health_module])
+        # A shipped release passed the same health gate in its own command: no second look for it.
+        healthcheck.verify(app, ready.release, service_ops=[*(op for op in app_ops if op is not ready.release.shipped),
+                                                            *nginx_ops, health_module])
         background.restart(app, ready.workers, activation_ops=app_ops,
                            environment_ops=[op for op in (ready.release.environment, *ready.redis_url,
                                                           *ready.database_url) if op])

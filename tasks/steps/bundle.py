@@ -11,8 +11,9 @@ import json
 import subprocess
 import tarfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 
 from pyinfra import host
@@ -28,17 +29,29 @@ LOADER = ".deploy-loader.py"
 
 @dataclass(frozen=True)
 class Bundle:
-    """A release as built locally: the tarball, what identifies it, and what it holds."""
+    """A release as built locally: what identifies it, what it holds, and (made when first
+    asked for: a run whose release is live already never needs them) its id and tarball."""
 
-    id: str
     content_hash: str
     venv_hash: str
-    tar: bytes
     # path -> {"sha256", "mode", "size"} of every regular file in the release (the
     # loader too), as also written to its metadata: what `--diff` compares.
     files: dict[str, dict]
     shared: tuple[str, ...]
     left_out: tuple[str, ...]  # secrets found in app_source and kept on the laptop
+    build: Callable[[], tuple[str, bytes]]  # -> (id, tarball)
+
+    @cached_property
+    def _built(self) -> tuple[str, bytes]:
+        return self.build()
+
+    @property
+    def id(self) -> str:
+        return self._built[0]
+
+    @property
+    def tar(self) -> bytes:
+        return self._built[1]
 
     def contents(self, paths) -> dict[str, bytes]:
         """The bytes the release holds at each of `paths`, as they are in the tarball."""
@@ -141,43 +154,48 @@ def _bundle(run: int, source: Path, shared_paths: tuple[str, ...], app_requireme
 
     manifest = {f.rel: _entry(f.data, f.mode) for f in files_in}
     manifest[LOADER] = _entry(loader, 0o640)
-    commit = _git_commit(source)
-    release_id = named or _release_id(commit)
-    meta = json.dumps({"id": release_id, "content_hash": content_hash, "venv": venv_hash,
-                       "commit": commit, "source": app_source, "shared": sorted(shared),
-                       "files": manifest}, indent=1).encode()
 
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        now = int(time.time())
+    def build() -> tuple[str, bytes]:
+        """The release's id (the git commit and this moment) and its tarball."""
+        commit = _git_commit(source)
+        release_id = named or _release_id(commit)
+        meta = json.dumps({"id": release_id, "content_hash": content_hash, "venv": venv_hash,
+                           "commit": commit, "source": app_source, "shared": sorted(shared),
+                           "files": manifest}, indent=1).encode()
 
-        def add(name: str, data: bytes | None = None, link: str | None = None,
-                mode: int = 0o640, mtime: float = now):
-            info = tarfile.TarInfo(name)
-            # Real modification times: nginx derives Last-Modified and ETag from them.
-            info.mtime = int(mtime)
-            if link is not None:
-                info.type, info.linkname = tarfile.SYMTYPE, link
-                tar.addfile(info)
-            elif data is None:
-                info.type, info.mode = tarfile.DIRTYPE, 0o750
-                tar.addfile(info)
-            else:
-                info.size, info.mode = len(data), mode
-                tar.addfile(info, io.BytesIO(data))
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            now = int(time.time())
 
-        directories = {parent for f in files_in for parent in Path(f.rel).parents} - {Path(".")}
-        for directory in sorted(directories):
-            add(str(directory))
-        for f in files_in:
-            add(f.rel, f.data, mode=f.mode, mtime=f.mtime)
-        add(LOADER, loader)
-        add(META, meta)
-        add(".venv", link=f"{app_root}/venvs/{venv_hash}")
-        for path in sorted(shared):
-            add(path, link=f"{app_root}/shared/{path}")
-    return Bundle(release_id, content_hash, venv_hash, buffer.getvalue(), files=manifest,
-                  shared=tuple(sorted(shared)), left_out=tuple(left_out))
+            def add(name: str, data: bytes | None = None, link: str | None = None,
+                    mode: int = 0o640, mtime: float = now):
+                info = tarfile.TarInfo(name)
+                # Real modification times: nginx derives Last-Modified and ETag from them.
+                info.mtime = int(mtime)
+                if link is not None:
+                    info.type, info.linkname = tarfile.SYMTYPE, link
+                    tar.addfile(info)
+                elif data is None:
+                    info.type, info.mode = tarfile.DIRTYPE, 0o750
+                    tar.addfile(info)
+                else:
+                    info.size, info.mode = len(data), mode
+                    tar.addfile(info, io.BytesIO(data))
+
+            directories = {parent for f in files_in for parent in Path(f.rel).parents} - {Path(".")}
+            for directory in sorted(directories):
+                add(str(directory))
+            for f in files_in:
+                add(f.rel, f.data, mode=f.mode, mtime=f.mtime)
+            add(LOADER, loader)
+            add(META, meta)
+            add(".venv", link=f"{app_root}/venvs/{venv_hash}")
+            for path in sorted(shared):
+                add(path, link=f"{app_root}/shared/{path}")
+        return release_id, buffer.getvalue()
+
+    return Bundle(content_hash, venv_hash, files=manifest, shared=tuple(sorted(shared)), left_out=tuple(left_out),
+                  build=build)
 
 
 def _entry(data: bytes, mode: int) -> dict:

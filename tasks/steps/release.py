@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import json
 import shlex
-import typing
 from dataclasses import dataclass
-from functools import cache
 
-from pyinfra import host
+from pyinfra import host, state
 from pyinfra.api import DeployError, FactBase, deploy
 from pyinfra.facts.files import Link
 from pyinfra.facts.systemd import SystemdStatus
@@ -32,7 +30,7 @@ from tasks.steps import healthcheck
 from tasks.steps.secrets import env_file, put_secret
 # The bundle built on the laptop, and its upload with its --diff preview.
 from tasks.steps.bundle import META, build_bundle
-from tasks.steps.release_preview import upload_release
+from tasks.steps.release_preview import ship_release
 
 
 class LiveRelease(FactBase):
@@ -59,19 +57,6 @@ class Releases(FactBase):
         return "\n".join(f"  {line}" for line in output)
 
 
-class VenvReady(FactBase):
-    """Whether a venv was fully built: the app user builds it, root then takes it over
-    and writes the marker last, so a complete venv and its marker are root's."""
-
-    def command(self, path: str) -> str:
-        venv = shlex.quote(path)
-        return (f"[ ! -L {venv} ] && [ \"$(stat -c %u {venv} {venv}/.deploy-complete 2>/dev/null)\" = "
-                f"\"$(printf '0\\n0')\" ] && echo yes || echo no")
-
-    def process(self, output: list[str]) -> bool:
-        return output[-1:] == ["yes"]
-
-
 class LiveConfirmed(FactBase):
     """Whether the live release's activation ended healthy (the release tool writes
     `live-confirmed` only then): False after a run was cut off past the switch."""
@@ -86,6 +71,13 @@ class LiveConfirmed(FactBase):
 
 
 @dataclass
+class Ship:
+    """A release to ship in activate(), all in one command: its bundle and before-switch commands."""
+    bundle: object
+    before: list
+
+
+@dataclass
 class Release:
     id: str
     tool: str
@@ -94,12 +86,8 @@ class Release:
     environment: object = None  # the op uploading the app's environment, if it has one
     confirmed: bool = True  # False: the live release's activation never ended healthy
     activated: object = None  # the op of its exclusive migration, which switched to it already
-
-
-@cache
-def _tool():
-    """The release tool (files/release_tool/), loaded for its settings' definition."""
-    return host_tool.load()
+    ship: Ship | None = None  # to ship whole (checks, switch, reload, prune) in activate()
+    shipped: object = None  # the op that did, ending with the health gate
 
 
 def tool_settings(app) -> dict:
@@ -126,16 +114,17 @@ def tool_settings(app) -> dict:
         "uwsgi": f"{app.uwsgi_venv}/bin/uwsgi",
         "message_queue": bool(app.socketio),
     }
-    contract = typing.get_type_hints(_tool().Settings)
+    contract = host_tool.settings_contract()
     if set(settings) != set(contract) or not all(isinstance(value, contract[key]) for key, value in settings.items()):
         raise TypeError(f"tool_settings does not match the release tool's Settings: {sorted(settings)}")
     return settings
 
 
 @deploy("Release")
-def prepare(app) -> Release:
+def prepare(app, alone: bool = False) -> Release:
     """Install the release tool, the shared paths, and (when something changed)
-    a new release with its venv, checked and ready to switch to."""
+    a new release with its venv, checked and ready to switch to. `alone`: the host's
+    only app, whose new release (without migrations) is shipped whole in activate()."""
     tool = host_tool.path(app.app_root)
     files.put(name="Install the release tool", src=host_tool.upload(), dest=tool, mode="750")
     settings = files.template(name="Write the release tool's settings", src=str(TEMPLATES / "release-tool.json.j2"),
@@ -173,34 +162,18 @@ def prepare(app) -> Release:
         # A named id (release_id) already live with other code: unpacking would replace the live release.
         raise DeployError(f"release_id = {bundle.id!r} is already live on host {host.name!r} with other code: "
                           "name a new release; nothing was changed.")
-    release_dir = f"{app.app_root}/releases/{bundle.id}"
-    upload = f"{app.app_root}/releases/.upload-{bundle.id}.tar"
-    # Not files.put: its --diff would print the tarball. This one shows the code change.
-    upload_release(name=f"Upload release {bundle.id}", bundle=bundle, dest=upload, app_root=app.app_root)
-    server.shell(
-        name=f"Unpack release {bundle.id}",
-        commands=[
-            f"rm -rf {release_dir} && mkdir {release_dir} && "
-            f"tar -xf {upload} -C {release_dir} --no-same-owner && rm -f {upload} && "
-            f"chown -R -h root:{app.app_user} {release_dir} && chmod 750 {release_dir}"
-        ],
-    )
-
-    venv = f"{app.app_root}/venvs/{bundle.venv_hash}"
-    if not host.get_fact(VenvReady, path=venv):
-        # pip (and every dependency's build step) runs as the app user in the
-        # service's sandbox; the venv is root's once built (see the release tool).
-        server.shell(name=f"Build venv {bundle.venv_hash} from {app.app_requirements} (as {app.app_user})",
-                     commands=[host_tool.build_venv(tool, bundle.id, identity.RUN_ID, identity.BY)])
-    # In this order: the app must import, the before-switch commands (migrations,
-    # a first `flask init-db`) run, and only then is the app asked for its health
-    # path, so an app whose pages need those tables can deploy.
-    server.shell(name=f"Check release {bundle.id} imports (as {app.app_user})",
-                 commands=[host_tool.check(tool, bundle.id, identity.RUN_ID, identity.BY)])
-    for command in app.before_switch_commands:
-        server.shell(name=f"Before switch: {command}",
-                     commands=[host_tool.run_in_release(tool, bundle.id, command, identity.RUN_ID, identity.BY)])
+    # In this order on the host: the app must import, the before-switch commands (migrations,
+    # a first `flask init-db`) run, and only then is the app asked for its health path, so
+    # an app whose pages need those tables can deploy. One upload and one release-tool
+    # command (`ship`) do it all; its venv is built there (as the app user) when missing.
     migrations = app.migrate_commands if app.runs_migrations else []
+    if alone and not migrations:
+        # The host's one app, no migrations: nothing else to do before its switch, so the
+        # one command goes on to the switch, the reload and pruning (see activate()).
+        return Release(bundle.id, tool, new=True, settings=settings, environment=environment,
+                       ship=Ship(bundle, list(app.before_switch_commands)))
+    before = list(app.before_switch_commands)
+    ship(app, tool, bundle, before, canary=not migrations)
     # A first deploy has no requests to hold (nor its uWSGI unit yet): the plain way.
     if app.migrate_exclusive and migrations and host.get_fact(ServiceActive, services=[app.service]).get(app.service):
         # One command on the host holds the requests, migrates, runs the canary and
@@ -217,9 +190,28 @@ def prepare(app) -> Release:
     for command in migrations:
         server.shell(name=f"Migrate: {command}",
                      commands=[host_tool.run_in_release(tool, bundle.id, command, identity.RUN_ID, identity.BY)])
-    server.shell(name=f"Check release {bundle.id} answers GET {app.healthcheck_path} (called in-process)",
-                 commands=[host_tool.canary(tool, bundle.id, identity.RUN_ID, identity.BY)])
+    if migrations:
+        server.shell(name=f"Check release {bundle.id} answers GET {app.healthcheck_path} (called in-process)",
+                     commands=[host_tool.canary(tool, bundle.id, identity.RUN_ID, identity.BY)])
     return Release(bundle.id, tool, new=True, settings=settings, environment=environment)
+
+
+def ship(app, tool: str, bundle, before: list[str], canary: bool, activation=None):
+    """The release's upload and its one `release-tool ship` command. `activation`: a
+    function giving, when the command runs, the mode of the switch and reload that
+    follow the checks (with pruning), or None (checked only, not switched to)."""
+    steps = ["unpack", "venv", "import check", *(f"`{command}`" for command in before),
+             *(["canary GET " + app.healthcheck_path] if canary else [])]
+    if activation is not None:
+        steps += ["switch, reload uWSGI, check health, keep the newest " + str(app.keep_releases)]
+
+    def command(upload: str, sha256: str) -> str:
+        return host_tool.ship(tool, bundle.id, upload, sha256, before, canary,
+                              activation() if activation is not None else None, activation is not None,
+                              host.name, identity.RUN_ID, identity.BY)
+
+    return ship_release(name=f"Ship release {bundle.id} (as {app.app_user}): {', '.join(steps)}", bundle=bundle,
+                        app_name=app.app_name, app_root=app.app_root, command=command)
 
 
 def _serve_assets(app, tool: str, settings) -> None:
@@ -253,6 +245,19 @@ def activate(app, release: Release, restart_triggers, reload_triggers):
     """Switch to the release and get uWSGI onto it, health-gated; roll back on failure."""
     def run(mode: str) -> str:
         return host_tool.activate(release.tool, release.id, mode, host.name, identity.RUN_ID, identity.BY)
+
+    if release.ship is not None:
+        def mode() -> str:
+            # Asked when the command runs (the triggers have run by then), as the steps below.
+            if not state.is_executing:
+                return "auto"
+            if any(op.did_change() for op in restart_triggers):
+                return "restart"
+            return "graceful" if any(op.did_change() for op in reload_triggers) else "auto"
+
+        release.shipped = ship(app, release.tool, release.ship.bundle, release.ship.before, canary=True,
+                               activation=mode)
+        return [release.shipped]
 
     restarted = server.shell(
         name=f"Restart uWSGI on release {release.id} (its unit or uWSGI itself changed)",

@@ -22,9 +22,10 @@ with `--diff` (`state.config.DIFF`), while it works out what would change.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import io
 import re
-import shlex
+import secrets
 from dataclasses import dataclass, field
 
 import click
@@ -224,18 +225,27 @@ def _coloured(line: str) -> str:
 
 
 @operation()
-def upload_release(bundle, dest: str, app_root: str):
-    """Upload a release's tarball to `dest` (mode 600) by way of the SSH user's private
-    upload directory (tasks/steps/uploads.py). With `--diff`, first show what the release
-    changes against the live one (never the tarball)."""
+def ship_release(bundle, app_name: str, app_root: str, command):
+    """Upload a release's tarball and run `command(upload, sha256)` on it (the release
+    tool's `ship`, which checks the hash before anything is unpacked). Connected with
+    sudo, the tarball goes to the SSH user's private upload directory (tasks/steps/uploads.py)
+    as that user, and root reads it from there; as root, to a file of root's in the
+    releases directory. With `--diff`, first show what the release changes against the
+    live one (never the tarball)."""
     if state.config.DIFF and not state.is_executing:
         header, *rest = preview(bundle, app_root)
         logger.info(f"{host.print_prefix}{click.style(header, bold=True)}")
         for line in rest:
             logger.info("    %s", _coloured(line))
         logger.info("")
-    yield FileUploadCommand(io.BytesIO(bundle.tar), dest, remote_temp_filename=temporary_name())
-    yield StringCommand(f"chmod 600 {shlex.quote(dest)}")
+    arguments = host.current_op_global_arguments or {}
+    if arguments.get("_sudo") and arguments.get("_temp_dir"):
+        upload = f"{arguments['_temp_dir']}/release-{app_name}-{secrets.token_hex(16)}.tar"
+        yield FileUploadCommand(io.BytesIO(bundle.tar), upload, _sudo=False)
+    else:
+        upload = f"{app_root}/releases/.upload-{secrets.token_hex(16)}.tar"
+        yield FileUploadCommand(io.BytesIO(bundle.tar), upload, remote_temp_filename=temporary_name())
+    yield StringCommand(command(upload, hashlib.sha256(bundle.tar).hexdigest()))
 
 
 _warned_runs: set[int] = set()

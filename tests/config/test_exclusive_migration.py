@@ -76,7 +76,8 @@ def test_behind_balancers_the_migrations_host_holds_its_own_requests_only():
     runs = deploy(facts, groups=LB_GROUPS, host_data=LB_DATA, **EXCLUSIVE)
     held = [name for name in runs["web1"].changed if "requests held" in name]
     assert held and not [name for name in runs["web2"].changed if "requests held" in name]
-    assert "Release | Check release" in " ".join(runs["web2"].changed)  # its canary, then its own switch
+    # Its canary, then its own switch, in its one `ship` command.
+    assert "Release activation | Ship release" in " ".join(runs["web2"].changed)
 
 
 def test_a_second_run_with_the_release_live_holds_nothing(monkeypatch):

@@ -121,7 +121,8 @@ def test_shared_data_dependencies_and_rollback(fork, tmp_path):
         requirements="Flask==3.1.3\nsix==1.16.0\n",
     )
     run = run_deploy(fork, tmp_path, data={"app_source": str(two)})
-    assert "Build venv" in run.output
+    # Its new venv built in the one `ship` command, as the app user (the tool's own line).
+    assert re.search(r"Ship release \S+ \(as greeting\): unpack, venv, ", run.output), run.output[-3000:]
     second = live_release(fork)
     assert second != first
     assert get(fork.url + "/deps").text == "1.16.0"
@@ -194,9 +195,9 @@ def requests_post(url: str, text: str) -> int:
 TOOL = f"{ROOT}/bin/release-tool"
 
 
-def op_order(output: str, *names: str) -> list[int]:
-    """Where each operation started in a run's output (-1: never)."""
-    return [output.find(f"Starting operation: App server | Release | {name}") for name in names]
+def step_order(output: str, *lines: str) -> list[int]:
+    """Where the release tool said each step ended, in a run's output shown with -vvv (-1: never)."""
+    return [output.find(line) for line in lines]
 
 
 def test_database_app_runs_its_one_time_step_before_the_canary(fork, tmp_path):
@@ -204,10 +205,12 @@ def test_database_app_runs_its_one_time_step_before_the_canary(fork, tmp_path):
     # the before-switch commands, or such an app could never deploy.
     data = {"app_source": str(REPO_ROOT / "tests/apps/notesdb"), "app_static_dir": "",
             "before_switch_commands": ["test -f instance/app.db || flask init-db"]}
-    run = run_deploy(fork, tmp_path, data=data)
+    run = run_deploy(fork, tmp_path, "-vvv", data=data)
     release = live_release(fork)
-    check, before, canary = op_order(run.output, f"Check release {release} imports",
-                                     "Before switch: test -f", f"Check release {release} answers GET /")
+    # All in the one `ship` command, whose output -vvv shows.
+    check, before, canary = step_order(run.output, f"release {release}: the app imports",
+                                       f"release {release}: `test -f instance/app.db || flask init-db` succeeded",
+                                       f"release {release}: the app answers its health check")
     assert -1 < check < before < canary, (check, before, canary)
     assert get(fork.url + "/").text.strip() == "Hello from the database"
     # Made by the one-time step, as the app user, in the shared directory.

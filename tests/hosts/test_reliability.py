@@ -134,8 +134,8 @@ def test_interrupted_deploy_keeps_serving_and_next_run_converges(fork, tmp_path)
     with Load(fork.url + "/") as load:
         proc = subprocess.Popen(command, cwd=throwaway.REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, env={**os.environ, "PYINFRA_PROGRESS": "off"})
-        for line in proc.stdout:  # kill pyinfra as soon as it starts unpacking the release
-            if "Starting operation: App server | Release | Unpack release" in line:
+        for line in proc.stdout:  # kill pyinfra as soon as it starts shipping the release
+            if "Starting operation: App server | Release activation | Ship release" in line:
                 proc.send_signal(signal.SIGKILL)
                 break
         proc.wait(timeout=60)
@@ -149,6 +149,8 @@ def test_interrupted_deploy_keeps_serving_and_next_run_converges(fork, tmp_path)
     assert get(fork.url + "/").text.strip() == "after the interruption"
     leftovers = fork.exec(f"ls -a {ROOT}/releases").split()
     assert not [name for name in leftovers if name.startswith(".upload-")], leftovers
+    # Nor an upload of the killed run on its way (the SSH user's private directory).
+    assert not fork.exec("ls -a /home/*/.pyinfra-flask-uploads", check=False).count("release-greeting-")
     assert run_deploy(fork, tmp_path, data={"app_source": str(new_app)}).changed_operations() == []
 
 

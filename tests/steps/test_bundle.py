@@ -11,6 +11,7 @@ import signal
 import shutil
 import subprocess
 import re
+import shlex
 import tarfile
 from pathlib import Path
 from unittest.mock import patch
@@ -335,13 +336,17 @@ def test_upload_goes_by_the_private_directory_and_diff_shows_the_preview(caplog)
 
     with patch.object(test_distros, "_text", text), patch.object(test_distros, "Config", lambda: Config(DIFF=True)), \
             caplog.at_level("INFO", logger="pyinfra"):
-        run = test_distros.deploy({"debian12": facts})["debian12"]
-    (name, commands), = ((n, c) for n, c in run.changed.items() if n.startswith("Release | Upload release"))
-    upload, chmod = commands
+        run = test_distros.deploy({"debian12": facts}, host_data={"debian12": {"_sudo": True}})["debian12"]
+    (name, commands), = ((n, c) for n, c in run.changed.items() if n.startswith("Release activation | Ship release"))
+    upload, ship = commands
     dest = upload.split()[1]
-    assert re.fullmatch(r"upload /srv/greeting/releases/\.upload-\S+\.tar via "
-                        r"/home/deploy/\.pyinfra-flask-uploads/pyinfra-[0-9a-f]{40}", upload), upload
-    assert chmod == f"chmod 600 {dest}"
+    # As the SSH user into its private directory (no sudo `cp`), then one command as root.
+    assert re.fullmatch(r"upload /home/deploy/\.pyinfra-flask-uploads/release-greeting-[0-9a-f]{32}\.tar via None", upload), upload
+    words = shlex.split(ship)
+    assert words[0] == "/srv/greeting/bin/release-tool" and f"Ship release {words[words.index('ship') + 1]} " in name
+    assert words[words.index("--upload") + 1] == dest
+    assert re.fullmatch(r"[0-9a-f]{64}", words[words.index("--sha256") + 1])
+    assert "--canary" in words and "--activate" in words and "--prune" in words
     log = "\n".join(record.getMessage() for record in caplog.records)
     assert "would replace the live R1: 1 changed, 0 added, 1 removed file(s)" in log
     assert "-GREETING = 'before' or " in log and "removed  gone.py" in log

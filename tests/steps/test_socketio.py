@@ -12,7 +12,7 @@ import types
 
 import pytest
 
-from tasks.steps.release import _tool
+from tasks.tool import load as _tool
 from tests.roles.test_distros import LB_DATA, deploy, host_facts
 
 

@@ -212,7 +212,7 @@ def test_lock_of_a_gone_connection_stays_held_while_its_command_is_at_work(tool)
         assert not taken and holder["run"] == "run-a"
     assert tool.lock_take("run-b", {}, wait=0)[0]
     # Changing commands hold the work flock; reading ones do not.
-    assert set(tool.CHANGING) == {"build-venv", "check", "run", "canary", "activate", "rollback", "prune",
+    assert set(tool.CHANGING) == {"build-venv", "check", "run", "canary", "ship", "activate", "rollback", "prune",
                                  "assets", "migrate", "hold"}
 
 
@@ -327,8 +327,8 @@ def test_the_deploy_writes_exactly_the_settings_the_tool_reads(tmp_path):
 
     s = validate({"app_source": "files/greeting", "shared_paths": ["instance/"]})
     settings = release.tool_settings(s)
-    contract = typing.get_type_hints(release._tool().Settings)
-    assert set(settings) == set(contract)
+    contract = typing.get_type_hints(host_tool.load().Settings)
+    assert set(settings) == set(contract) and host_tool.settings_contract() == contract
     assert settings["writable"] == ["/srv/greeting/shared/instance"]
     assert settings["health"]["url"] == s.health_url
     rendered = Template((TEMPLATES / "release-tool.json.j2").read_text()).render(settings=settings)

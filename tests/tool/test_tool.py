@@ -29,6 +29,8 @@ CALLS = {
     host_tool.check: (TOOL, "r1", RUN, BY),
     host_tool.run_in_release: (TOOL, "r1", "flask init-db --force 'x y'", RUN, BY),
     host_tool.canary: (TOOL, "r1", RUN, BY),
+    host_tool.ship: (TOOL, "r1", "/home/deploy/.pyinfra-flask-uploads/release-ab.tar", "0" * 64,
+                     ["flask init-db --force 'x y'", "--odd"], True, "graceful", True, "web 1", RUN, BY),
     host_tool.activate: (TOOL, "r1", "graceful", "web 1", RUN, BY),
     host_tool.rollback: (TOOL, None, "web1", RUN, BY),
     host_tool.prune: (TOOL,),
@@ -86,6 +88,12 @@ def test_the_parsed_lines_say_what_the_builders_were_given():
         True, True, ["greeting-mailer@1.service"], ["greeting-report.timer"])
     run = parsed(host_tool.run_in_release, *CALLS[host_tool.run_in_release])
     assert [word for word in run.cmd if word != "--"] == ["flask init-db --force 'x y'"]
+    ship = parsed(host_tool.ship, *CALLS[host_tool.ship])
+    assert (ship.release, ship.upload, ship.sha256, ship.before, ship.canary, ship.activate, ship.prune,
+            ship.host_name) == ("r1", "/home/deploy/.pyinfra-flask-uploads/release-ab.tar", "0" * 64,
+                                ["flask init-db --force 'x y'", "--odd"], True, "graceful", True, "web 1")
+    bare = parsed(host_tool.ship, TOOL, "r1", "/tmp/u.tar", "0" * 64, [], False, None, False, "web1", RUN, BY)
+    assert (bare.before, bare.canary, bare.activate, bare.prune) == ([], False, None, False)
     audit = parsed(host_tool.audit, TOOL, False, 0)
     assert (audit.json, audit.n) == (False, 0)
 
