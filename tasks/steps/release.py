@@ -125,6 +125,12 @@ def tool_settings(app) -> dict:
         "environment_files": app.environment_files,
         "uwsgi": f"{app.uwsgi_venv}/bin/uwsgi",
         "message_queue": bool(app.socketio),
+        "canary": {
+            "share": app.canary_share, "window": app.canary_window, "min_requests": app.canary_min_requests,
+            "max_error_rate": float(app.canary_max_error_rate), "ini": app.canary_ini, "link": app.canary_code_dir,
+            "flag": f"{app.canary_dir}/on", "socket_dir": app.canary_socket_dir, "log": app.canary_log,
+            "live_socket": app.socket_path, "unit": f"{app.app_name}-canary.service",
+        } if app.canary_share else {},
     }
     contract = typing.get_type_hints(_tool().Settings)
     if set(settings) != set(contract) or not all(isinstance(value, contract[key]) for key, value in settings.items()):
@@ -140,6 +146,11 @@ def prepare(app) -> Release:
     files.put(name="Install the release tool", src=host_tool.upload(), dest=tool, mode="750")
     settings = files.template(name="Write the release tool's settings", src=str(TEMPLATES / "release-tool.json.j2"),
                               dest=f"{app.app_root}/release-tool.json", mode="640", settings=tool_settings(app))
+    if app.canary_share:
+        files.directory(name=f"Create {app.canary_dir} (root's: the canary's flag, read by nginx)",
+                        path=app.canary_dir, user="root", group="root", mode="755")
+    else:
+        files.directory(name=f"No {app.canary_dir} (canary_share is 0)", path=app.canary_dir, present=False)
     for path in ("releases", "venvs", "shared"):
         files.directory(name=f"Create {app.app_root}/{path}", path=f"{app.app_root}/{path}",
                         user="root", group=app.app_user, mode="750")
@@ -217,6 +228,15 @@ def prepare(app) -> Release:
     for command in migrations:
         server.shell(name=f"Migrate: {command}",
                      commands=[host_tool.run_in_release(tool, bundle.id, command, identity.RUN_ID, identity.BY)])
+    if app.canary_share and host.get_fact(ServiceActive, services=[app.service]).get(app.service):
+        # One command on the host: the in-process check, then the release as a second uWSGI
+        # instance for a share of new clients, then its promotion or rollback (split.py).
+        tried = server.shell(
+            name=f"Canary: release {bundle.id} answers GET {app.healthcheck_path} in-process, then serves "
+                 f"{app.canary_share} % of new clients beside the live release for {app.canary_window} s; "
+                 "promoted or rolled back by its 5xx rate",
+            commands=[host_tool.split(tool, bundle.id, host.name, identity.RUN_ID, identity.BY)])
+        return Release(bundle.id, tool, new=True, settings=settings, environment=environment, activated=tried)
     server.shell(name=f"Check release {bundle.id} answers GET {app.healthcheck_path} (called in-process)",
                  commands=[host_tool.canary(tool, bundle.id, identity.RUN_ID, identity.BY)])
     return Release(bundle.id, tool, new=True, settings=settings, environment=environment)
