@@ -84,9 +84,9 @@ def audit_last(host) -> dict:
     return json.loads(host.exec("tail -n 1 /srv/greeting/audit.jsonl"))
 
 
-def share_of(clients: Clients, new_body: str) -> tuple[int, int, float]:
+def share_of(clients: Clients, new_body: str) -> tuple[list[dict], list[dict], float]:
     window, canary = clients.in_window(new_body)
-    return len(window), len(canary), 100.0 * len(canary) / max(1, len(window))
+    return window, canary, 100.0 * len(canary) / max(1, len(window))
 
 
 def test_a_canary_rolls_back_a_failing_release_and_promotes_a_good_one(fork, tmp_path):
