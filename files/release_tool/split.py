@@ -187,6 +187,7 @@ def cmd_split(args) -> None:
         offset = log_size()
         base.write_own(Path(canary["flag"]), release + "\n")
         os.chmod(canary["flag"], 0o644)
+        opened = time.time()
         base.log(f"canary: release {release} serves {canary['share']} % of new clients for {canary['window']} s")
         deadline = time.monotonic() + canary["window"]
         while time.monotonic() < deadline:
@@ -195,10 +196,13 @@ def cmd_split(args) -> None:
                                    + _run("journalctl", "-u", canary["unit"], "-n", "20", "--no-pager",
                                           "-o", "cat").stdout)
             time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+        closed = time.time()
         numbers = count(offset)
         promote, why = verdict(numbers)
         details = {"kind": "canary", "canary": {**numbers, "share": canary["share"], "window": canary["window"],
-                                                "verdict": "promoted" if promote else "rolled-back", "why": why}}
+                                                "verdict": "promoted" if promote else "rolled-back", "why": why,
+                                                # The window, by the host's clock (seconds since the epoch).
+                                                "opened": round(opened, 3), "closed": round(closed, 3)}}
         if not promote:
             stop()
             releases.discard(release)

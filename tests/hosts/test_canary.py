@@ -70,13 +70,10 @@ class Clients:
         for thread in self._threads:
             thread.join()
 
-    def in_window(self, new_body: str) -> tuple[list[dict], list[dict]]:
-        """The clients that arrived while the canary took clients (between the first and the
-        last first answer from it), and those of them it got."""
-        times = [c["at"] for c in self.clients if c["first"][1] == new_body]
-        if not times:
-            return [], []
-        window = [c for c in self.clients if min(times) <= c["at"] <= max(times)]
+    def in_window(self, canary: dict, new_body: str) -> tuple[list[dict], list[dict]]:
+        """The clients that came while the canary took clients (its window by the host's
+        clock, the audit's; a host of this machine shares its clock), and those it got."""
+        window = [c for c in self.clients if canary["opened"] <= c["at"] and c["at"] + 0.5 <= canary["closed"]]
         return window, [c for c in window if c["first"][1] == new_body]
 
 
@@ -84,14 +81,14 @@ def audit_last(host) -> dict:
     return json.loads(host.exec("tail -n 1 /srv/greeting/audit.jsonl"))
 
 
-def share_of(clients: Clients, new_body: str) -> tuple[list[dict], list[dict], float]:
-    window, canary = clients.in_window(new_body)
+def share_of(clients: Clients, entry: dict, new_body: str) -> tuple[list[dict], list[dict], float]:
+    window, canary = clients.in_window(entry["canary"], new_body)
     return window, canary, 100.0 * len(canary) / max(1, len(window))
 
 
 def test_a_canary_rolls_back_a_failing_release_and_promotes_a_good_one(fork, tmp_path):
     inventory = fork.write_inventory(tmp_path / "inventory.py", {
-        "canary_share": SHARE, "canary_window": 8, "canary_min_requests": 50, "canary_max_error_rate": 1.0})
+        "canary_share": SHARE, "canary_window": 5, "canary_min_requests": 50, "canary_max_error_rate": 1.0})
     # The split in nginx and the canary's ini, before any load (an nginx reload closes
     # kept-alive connections). The code is the live one's: no release, no canary.
     run_deploy(inventory, tmp_path)
@@ -110,7 +107,7 @@ def test_a_canary_rolls_back_a_failing_release_and_promotes_a_good_one(fork, tmp
     entry = audit_last(fork)
     assert entry["result"] == "rolled-back" and entry["canary"]["verdict"] == "rolled-back", entry
     assert entry["canary"]["canary"]["5xx"] > 0 and entry["canary"]["live"]["5xx"] == 0, entry
-    bad_window, bad_canary, bad_share = share_of(load, "Hello from the bad canary")
+    bad_window, bad_canary, bad_share = share_of(load, entry, "Hello from the bad canary")
     # The clients not in the canary: every answer as the live release gives it.
     live_clients = [c for c in load.clients if c["first"][1] != "Hello from the bad canary"]
     live_failed = [c for c in live_clients if c["first"][0] != 200 or any(
@@ -121,6 +118,8 @@ def test_a_canary_rolls_back_a_failing_release_and_promotes_a_good_one(fork, tmp
           f"{len(bad_canary)} of them on it ({bad_share:.1f} %); {len(live_failed)} failed among "
           f"{len(live_clients)} not in the canary; verdict: {entry['canary']['why']}")
     assert live_failed == [], live_failed[:5]
+    # ... and all from the live release: one client, one version.
+    assert all(body == GREETING for c in live_clients for path, _, body in c["later"] if path == "/")
     assert canary_other == [], canary_other[:5]
     assert any(status == 500 for c in bad_canary for path, status, _ in c["later"] if path == "/broken")
 
@@ -132,7 +131,7 @@ def test_a_canary_rolls_back_a_failing_release_and_promotes_a_good_one(fork, tmp
     entry = audit_last(fork)
     assert new != old and entry["result"] == "ok" and entry["canary"]["verdict"] == "promoted", entry
     failed = [c for c in load.clients if c["first"][0] != 200 or any(s != 200 for _, s, _ in c["later"])]
-    good_window, good_canary, good_share = share_of(load, "Hello from the good canary")
+    good_window, good_canary, good_share = share_of(load, entry, "Hello from the good canary")
     # One user, one version: a canary client's later request is on the canary too (the
     # main instance runs the release once promoted).
     moved = [c for c in good_canary if any(body != "Hello from the good canary" for _, _, body in c["later"])]
