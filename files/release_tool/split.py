@@ -178,7 +178,9 @@ def cmd_split(args) -> None:
         base.log("no live release to compare with: the release replaces it at once")
         activation.activate(release, "auto", args.host_name, run=args.run)
         return
-    handlers = {number: signal.signal(number, _stop_signal) for number in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
+    # A signal (the run stopped) ends the canary through `finally`.
+    handlers = {number: signal.signal(number, _stop_signal)
+                for number in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
     activated = False
     try:
         # The canary's static files beside the live ones (the live release's first).

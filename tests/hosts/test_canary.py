@@ -88,7 +88,7 @@ def share_of(clients: Clients, entry: dict, new_body: str) -> tuple[list[dict], 
 
 def test_a_canary_rolls_back_a_failing_release_and_promotes_a_good_one(fork, tmp_path):
     inventory = fork.write_inventory(tmp_path / "inventory.py", {
-        "canary_share": SHARE, "canary_window": 5, "canary_min_requests": 50, "canary_max_error_rate": 1.0})
+        "canary_share": SHARE, "canary_window": 8, "canary_min_requests": 50, "canary_max_error_rate": 1.0})
     # The split in nginx and the canary's ini, before any load (an nginx reload closes
     # kept-alive connections). The code is the live one's: no release, no canary.
     run_deploy(inventory, tmp_path)
