@@ -10,6 +10,7 @@ from jinja2 import Environment, FileSystemLoader
 from tasks import JINJA, TEMPLATES
 from tasks.config.checks import validate
 from tasks.config.settings import SettingsError
+from tasks.run import hooks
 from tests.ops.test_maintenance_audit import render
 from tests.tool.test_release_tool import tool  # noqa: F401 (the fixture)
 
@@ -79,3 +80,10 @@ def test_the_tool_counts_each_instance_and_judges_by_the_5xx_rate(tool, tmp_path
     canary["min_requests"] = 5
     promote, why = tool.verdict(numbers)
     assert not promote and why.startswith("too few requests to judge")
+
+
+def test_hooks_and_the_webhook_get_the_canary_verdict_and_numbers():
+    canary = {"verdict": "rolled-back", "why": "5xx rate over ...", "canary": {"requests": 9, "5xx": 3}}
+    entry = {"from": "a", "to": "b", "result": "rolled-back", "kind": "canary", "canary": canary}
+    assert hooks._app_outcome(entry) == {"from": "a", "to": "b", "result": "rolled-back", "canary": canary}
+    assert hooks._app_outcome({"from": "a", "to": "b", "result": "ok"}) == {"from": "a", "to": "b", "result": "ok"}
