@@ -30,18 +30,19 @@ def test_bad_canary_settings_are_refused_naming_the_key(data, line):
 
 
 def test_nginx_splits_new_clients_by_a_cookie_id_only_while_the_flag_exists():
-    app = validate({"canary_share": 15})
+    app = validate({"canary_share": 15, "canary_window": 300})
     config = render("nginx-site.conf.j2", [app])
-    assert "split_clients \"$pyinfra_flask_greeting_client\" $pyinfra_flask_greeting_split {" in config
-    assert "15% pyinfra_flask_greeting_canary;" in config
-    assert '""      "pyinfra_flask_greeting_client=$request_id; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax";' \
-        in config
+    assert 'split_clients "$request_id" $pyinfra_flask_greeting_draw {' in config
+    assert "15% canary;" in config
+    assert ('"on:"   "pyinfra_flask_greeting_client=$pyinfra_flask_greeting_version.$request_id; Path=/; '
+            'Max-Age=900; HttpOnly; SameSite=Lax";') in config
+    assert "~^on:canary\\.  canary;" in config and '"on:"          $pyinfra_flask_greeting_draw;' in config
     assert "server unix:/run/greeting-canary/uwsgi.sock max_fails=0;" in config
     assert "server unix:/run/greeting/uwsgi.sock backup;" in config
     assert "if (-f /etc/pyinfra-flask/canary/greeting/on) {" in config
     assert "uwsgi_pass $pyinfra_flask_greeting_pass;" in config
     assert "access_log /var/log/nginx/greeting.canary.log pyinfra_flask_greeting_canary " \
-           "if=$pyinfra_flask_greeting_canary_on;" in config
+           "if=$pyinfra_flask_greeting_flag;" in config
     # Off: no trace of it.
     plain = render("nginx-site.conf.j2", [validate({})])
     assert "split_clients" not in plain and "uwsgi_pass unix:/run/greeting/uwsgi.sock;" in plain
