@@ -71,7 +71,7 @@ def upload() -> io.BytesIO:
 # Loading it on the laptop (the deploy and every test) -----------------------------
 
 MODULES = ("base", "history", "releases", "assets", "lock", "audit", "uwsgi", "health", "sandbox", "steps",
-           "activation", "ship", "maintenance", "status", "execute", "hold", "cli")
+           "activation", "ship", "maintenance", "status", "execute", "hold", "split", "cli")
 
 
 class Tool:
@@ -267,6 +267,11 @@ def migrate(tool: str, release: str, commands: list[str], hold: int, retry_after
                 *(f"--command={command}" for command in commands), host_name=host_name, run=run, by=by)
 
 
+def split(tool: str, release: str, host_name: str, run: str, by: str) -> str:
+    """A canary by share of traffic: the release beside the live one, then promoted or rolled back."""
+    return line(tool, "split", release, host_name=host_name, run=run, by=by)
+
+
 def hold(tool: str, state: str) -> str:
     return line(tool, "hold", state)
 
@@ -277,4 +282,4 @@ def audit(tool: str, as_json: bool, last: int) -> str:
 
 # Every builder above, for the contract test (tests/tool/test_tool.py).
 BUILDERS = (listing, build_venv, check, run_in_release, canary, ship, activate, rollback, prune, assets, health, lock_take,
-            lock_release, status, execute, maintenance, audit, migrate, hold)
+            lock_release, status, execute, maintenance, audit, migrate, hold, split)

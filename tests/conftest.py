@@ -382,6 +382,7 @@ SLOWEST_FIRST = [
     "tests/hosts/test_watch.py",
     "tests/hosts/test_maintenance.py",
     "tests/hosts/test_network.py",
+    "tests/hosts/test_canary.py",
     "tests/hosts/test_static_assets.py",
     "tests/hosts/test_trust.py",
     "tests/hosts/test_hardening.py",

@@ -12,20 +12,22 @@ from . import assets, audit, base, health, history, releases, uwsgi
 # Activation -------------------------------------------------------------------
 
 def activate(target: str, mode: str, host_name: str, kind: str = "deploy", run: str = "",
-             after_switch=None) -> None:
-    """Switch to `target` (see _activate), and say how it went in the audit log.
-    `after_switch` is called once `current` points to it, before uWSGI reloads."""
+             after_switch=None, details: dict | None = None) -> None:
+    """Switch to `target` (see _activate), and say how it went in the audit log (with
+    `details`, e.g. a canary's numbers). `after_switch` is called once `current` points
+    to it, before uWSGI reloads."""
     previous = releases.live()
     event = "rollback" if kind.startswith("rollback") else "deploy"
+    details = {"kind": kind, **(details or {})}
     try:
         _activate(target, mode, host_name, kind, run, after_switch)
     except base.RolledBack as failure:
-        audit.audit(event, "rolled-back", run=run, kind=kind, to=target, reason=str(failure), **{"from": previous})
+        audit.audit(event, "rolled-back", run=run, to=target, reason=str(failure), **{"from": previous}, **details)
         raise
     except base.Failure as failure:
-        audit.audit(event, "failed", run=run, kind=kind, to=target, reason=str(failure), **{"from": previous})
+        audit.audit(event, "failed", run=run, to=target, reason=str(failure), **{"from": previous}, **details)
         raise
-    audit.audit(event, "ok", run=run, kind=kind, to=target, **{"from": previous})
+    audit.audit(event, "ok", run=run, to=target, **{"from": previous}, **details)
 
 
 def _activate(target: str, mode: str, host_name: str, kind: str = "deploy", run: str = "",

@@ -41,6 +41,7 @@ class Settings(TypedDict):
     environment_files: list  # the EnvironmentFile= of the app's units (secrets, REDIS_URL, ...), root's
     uwsgi: str  # uWSGI's binary: the import check and the canary run the app under it (`--pyrun`)
     message_queue: bool  # a Socket.IO app: the import check also proves REDIS_URL's queue carries a message
+    canary: dict  # the canary by share of traffic (split.py): its share, window, verdict and places; {} when off
 
 
 # Set by configure() (main() calls it; tests call it with a temporary root).

@@ -26,6 +26,8 @@
     release-tool migrate ID --hold S --command C...   run C with requests held (at most S
                                        seconds each), then activate ID (hold.py)
     release-tool hold status|off       the hold of an exclusive migration
+    release-tool split ID              a canary by share of traffic: ID beside the live release
+                                       for a share of new clients, then promoted or rolled back
     release-tool audit [--json] [-n N]          who deployed, rolled back, switched what, when
 
 Everything that runs app code or its dependencies' build steps (build-venv, check,
@@ -54,7 +56,7 @@ import socket
 import sys
 from pathlib import Path
 
-from . import activation, audit, base, execute, health, hold, lock, maintenance, ship, status, steps
+from . import activation, audit, base, execute, health, hold, lock, maintenance, ship, split, status, steps
 
 
 def cmd_lock(args) -> None:
@@ -150,6 +152,8 @@ def argument_parser(root: Path | None = None) -> argparse.ArgumentParser:
     migrate.add_argument("--retry-after", type=int, required=True, help="the 503's Retry-After, in seconds")
     migrate.add_argument("--command", action="append", required=True, help="a migrate command (repeatable)")
     sub.add_parser("hold").add_argument("state", choices=["status", "off"])
+    sub.add_parser("split", help="a canary by share of traffic: the release beside the live one, then promoted "
+                   "or rolled back (split.py)").add_argument("release")
     audit_parser = sub.add_parser("audit")
     audit_parser.add_argument("--json", action="store_true", help="the log's JSON lines as they are")
     audit_parser.add_argument("-n", type=int, default=0, help="only the last N entries")
@@ -167,7 +171,7 @@ def main(argv: list[str] | None = None, root: Path | None = None) -> int:
         "assets": activation.cmd_assets,
         "health": health.cmd_health, "lock": cmd_lock, "status": status.cmd_status, "exec": execute.cmd_exec,
         "maintenance": maintenance.cmd_maintenance, "audit": audit.cmd_audit, "migrate": hold.cmd_migrate,
-        "hold": hold.cmd_hold,
+        "hold": hold.cmd_hold, "split": split.cmd_split,
     }
     try:
         base.configure(args.root)
@@ -183,9 +187,9 @@ def main(argv: list[str] | None = None, root: Path | None = None) -> int:
         elif args.action == "ship" and not base.AUDITED and ship.STAGE != "prune":
             # Before its switch (its activation audits itself; a prune after it changes nothing live).
             audit.audit("deploy", "failed", run=args.run, stage=ship.STAGE, to=args.release, reason=str(failure))
-        elif args.action == "migrate" and not base.AUDITED:
-            # An exclusive migration that failed before its switch (its activation audits itself).
-            audit.audit("deploy", "failed", run=args.run, stage="migrate", to=args.release, reason=str(failure))
+        elif args.action in ("migrate", "split") and not base.AUDITED:
+            # An exclusive migration or a canary that failed before its switch (its activation audits itself).
+            audit.audit("deploy", "failed", run=args.run, stage=args.action, to=args.release, reason=str(failure))
         elif args.action == "rollback" and not base.AUDITED:
             audit.audit("rollback", "failed", run=args.run, to=args.release, reason=str(failure))
         print(f"ERROR: {failure}", file=sys.stderr, flush=True)

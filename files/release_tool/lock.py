@@ -77,7 +77,8 @@ def guard():
 # of its own for as long as it runs. A lock whose connection is gone is still held
 # while one of those is at work: a command cut off from its laptop may go on to
 # its end, and the next run must not start beside it.
-CHANGING = ("build-venv", "check", "run", "canary", "ship", "activate", "rollback", "prune", "assets", "migrate", "hold")
+CHANGING = ("build-venv", "check", "run", "canary", "ship", "activate", "rollback", "prune", "assets", "migrate", "hold",
+            "split")
 
 
 def _working():

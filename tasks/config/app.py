@@ -31,6 +31,8 @@ HEALTH_DOMAIN = "pyinfra-flask.invalid"
 REDIS_CA_PATH = "/etc/pyinfra-flask/redis-server.crt"
 # Root's directories of the apps' maintenance mode (App.maintenance_dir).
 MAINTENANCE_ROOT = "/etc/pyinfra-flask/maintenance"
+# Root's directories of the apps' canaries by share of traffic (App.canary_dir).
+CANARY_ROOT = "/etc/pyinfra-flask/canary"
 
 
 def local_path(value: str) -> Path:
@@ -367,6 +369,31 @@ class App:
     def maintenance_var(self) -> str:
         """The prefix of the app's nginx variables for maintenance mode (one nginx, many apps)."""
         return "pyinfra_flask_" + self.app_name.replace("-", "_")
+
+    @property
+    def canary_dir(self) -> str:
+        """Root's directory of the app's canary by share of traffic: the flag `on` (nginx
+        splits new clients while it exists; the release tool's split.py writes it)."""
+        return f"{CANARY_ROOT}/{self.app_name}"
+
+    @property
+    def canary_socket_dir(self) -> str:
+        """The canary instance's RuntimeDirectory: its socket, master FIFO and stats."""
+        return f"/run/{self.app_name}-canary"
+
+    @property
+    def canary_ini(self) -> str:
+        return f"{self.app_root}/uwsgi-canary.ini"
+
+    @property
+    def canary_code_dir(self) -> str:
+        """Root's link to the release on trial (the canary instance's `current`)."""
+        return f"{self.app_root}/canary"
+
+    @property
+    def canary_log(self) -> str:
+        """nginx's log of the requests it splits while a canary runs: which instance answered, what."""
+        return f"/var/log/nginx/{self.app_name}.canary.log"
 
     @property
     def health_host_header(self) -> str:

@@ -42,7 +42,7 @@ def check(app: App, secrets: bool = True) -> None:
     (ops.py: it uploads none) the app's environment is not read: app_env_file need
     not be on this machine, nor app_env_from's variables in its shell."""
     for concern in (local_app, features, acme, *([environment] if secrets else []), background, socket,
-                    paths_apart, log_directories, day_two, exclusive_migration):
+                    paths_apart, log_directories, day_two, exclusive_migration, canary):
         concern(app)
 
 
@@ -357,6 +357,20 @@ def exclusive_migration(app: App) -> None:
     if app.uwsgi_harakiri and app.migrate_hold_timeout + 5 > app.uwsgi_harakiri:
         raise ValueError(f"migrate_hold_timeout: {app.migrate_hold_timeout} s must be at least 5 s below "
                          f"uwsgi_harakiri ({app.uwsgi_harakiri} s), or uWSGI kills a worker holding a request")
+
+
+def canary(app: App) -> None:
+    """A canary by share of traffic (docs/releases.md): one host whose own nginx splits new
+    clients between two uWSGI instances on unix sockets."""
+    if not app.canary_share:
+        return
+    for key, refused in (("migrate_exclusive", app.migrate_exclusive), ("websockets", app.websockets),
+                         ("socketio", app.socketio)):
+        if refused:
+            raise ValueError(f"canary_share: {app.canary_share} % does not go with {key} (choose one; "
+                             "docs/releases.md)")
+    if app.uwsgi_tcp:
+        raise ValueError(f"canary_share: needs uWSGI on its unix socket, not uwsgi_socket={app.uwsgi_socket!r}")
 
 
 def certificate_names(app: App) -> tuple[str, ...]:

@@ -142,7 +142,7 @@ class Hooks(BaseStateCallback):
             outcome = ("rolled-back" if "rolled-back" in results else
                        "failure" if name in failed or "failed" in results else "success")
             found[name] = {"outcome": outcome, "apps": {
-                s.app_name: {key: run.audit.get(s.app_name, {}).get(key) for key in ("from", "to", "result")}
+                s.app_name: _app_outcome(run.audit.get(s.app_name, {}))
                 for s in run.apps}}
         return found
 
@@ -170,6 +170,14 @@ class Hooks(BaseStateCallback):
                        RELEASE=body["release"] or "", RELEASES=" ".join(body["releases"]),
                        DETAILS=json.dumps(body["hosts"]))
         return {PREFIX + key: value for key, value in env.items()}
+
+
+def _app_outcome(entry: dict) -> dict:
+    """One app's part of the details: from, to, result, and a canary's verdict with its numbers."""
+    found = {key: entry.get(key) for key in ("from", "to", "result")}
+    if isinstance(entry.get("canary"), dict):
+        found["canary"] = entry["canary"]
+    return found
 
 
 def _iso(moment: float | None) -> str | None:

@@ -113,6 +113,12 @@ def tool_settings(app) -> dict:
         "environment_files": app.environment_files,
         "uwsgi": f"{app.uwsgi_venv}/bin/uwsgi",
         "message_queue": bool(app.socketio),
+        "canary": {
+            "share": app.canary_share, "window": app.canary_window, "min_requests": app.canary_min_requests,
+            "max_error_rate": float(app.canary_max_error_rate), "ini": app.canary_ini, "link": app.canary_code_dir,
+            "flag": f"{app.canary_dir}/on", "socket_dir": app.canary_socket_dir, "log": app.canary_log,
+            "live_socket": app.socket_path, "unit": f"{app.app_name}-canary.service",
+        } if app.canary_share else {},
     }
     contract = host_tool.settings_contract()
     if set(settings) != set(contract) or not all(isinstance(value, contract[key]) for key, value in settings.items()):
@@ -129,6 +135,11 @@ def prepare(app, alone: bool = False) -> Release:
     files.put(name="Install the release tool", src=host_tool.upload(), dest=tool, mode="750")
     settings = files.template(name="Write the release tool's settings", src=str(TEMPLATES / "release-tool.json.j2"),
                               dest=f"{app.app_root}/release-tool.json", mode="640", settings=tool_settings(app))
+    if app.canary_share:
+        files.directory(name=f"Create {app.canary_dir} (root's: the canary's flag, read by nginx)",
+                        path=app.canary_dir, user="root", group="root", mode="755")
+    else:
+        files.directory(name=f"No {app.canary_dir} (canary_share is 0)", path=app.canary_dir, present=False)
     for path in ("releases", "venvs", "shared"):
         files.directory(name=f"Create {app.app_root}/{path}", path=f"{app.app_root}/{path}",
                         user="root", group=app.app_user, mode="750")
@@ -167,13 +178,15 @@ def prepare(app, alone: bool = False) -> Release:
     # an app whose pages need those tables can deploy. One upload and one release-tool
     # command (`ship`) do it all; its venv is built there (as the app user) when missing.
     migrations = app.migrate_commands if app.runs_migrations else []
-    if alone and not migrations:
+    # A canary (canary_share) needs a live release to split traffic with: not on a first deploy.
+    split = bool(app.canary_share) and host.get_fact(ServiceActive, services=[app.service]).get(app.service, False)
+    if alone and not migrations and not split:
         # The host's one app, no migrations: nothing else to do before its switch, so the
         # one command goes on to the switch, the reload and pruning (see activate()).
         return Release(bundle.id, tool, new=True, settings=settings, environment=environment,
                        ship=Ship(bundle, list(app.before_switch_commands)))
     before = list(app.before_switch_commands)
-    ship(app, tool, bundle, before, canary=not migrations)
+    ship(app, tool, bundle, before, canary=not migrations and not split)
     # A first deploy has no requests to hold (nor its uWSGI unit yet): the plain way.
     if app.migrate_exclusive and migrations and host.get_fact(ServiceActive, services=[app.service]).get(app.service):
         # One command on the host holds the requests, migrates, runs the canary and
@@ -190,6 +203,15 @@ def prepare(app, alone: bool = False) -> Release:
     for command in migrations:
         server.shell(name=f"Migrate: {command}",
                      commands=[host_tool.run_in_release(tool, bundle.id, command, identity.RUN_ID, identity.BY)])
+    if split:
+        # One command on the host: the in-process check, then the release as a second uWSGI
+        # instance for a share of new clients, then its promotion or rollback (split.py).
+        tried = server.shell(
+            name=f"Canary: release {bundle.id} answers GET {app.healthcheck_path} in-process, then serves "
+                 f"{app.canary_share} % of new clients beside the live release for {app.canary_window} s; "
+                 "promoted or rolled back by its 5xx rate",
+            commands=[host_tool.split(tool, bundle.id, host.name, identity.RUN_ID, identity.BY)])
+        return Release(bundle.id, tool, new=True, settings=settings, environment=environment, activated=tried)
     if migrations:
         server.shell(name=f"Check release {bundle.id} answers GET {app.healthcheck_path} (called in-process)",
                      commands=[host_tool.canary(tool, bundle.id, identity.RUN_ID, identity.BY)])

@@ -175,7 +175,9 @@ def sockets(app, server=None) -> list[str]:
 
 @deploy("uWSGI configuration")
 def configure(app):
-    return files.template(
+    """uWSGI's ini; with `canary_share`, the canary instance's beside it (the release tool
+    starts that instance for a release on trial: docs/releases.md). Returns the main ini's op."""
+    written = files.template(
         jinja_env_kwargs=JINJA,
         name=f"Write {app.uwsgi_ini}",
         src=str(TEMPLATES / "uwsgi.ini.j2"),
@@ -186,4 +188,13 @@ def configure(app):
         s=app,
         processes=processes(app),
         sockets=sockets(app),
+        canary=False,
     )
+    if app.canary_share:
+        # Two workers serve a share of the traffic; the main instance keeps the rest.
+        files.template(jinja_env_kwargs=JINJA, name=f"Write {app.canary_ini} (the canary instance's)",
+                       src=str(TEMPLATES / "uwsgi.ini.j2"), dest=app.canary_ini, user="root", group=app.app_user,
+                       mode="640", s=app, processes=min(2, processes(app)), sockets=[], canary=True)
+    else:
+        files.file(name=f"No {app.canary_ini} (canary_share is 0)", path=app.canary_ini, present=False)
+    return written

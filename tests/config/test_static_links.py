@@ -86,6 +86,6 @@ def test_every_location_serving_app_files_refuses_links_and_others_are_roots():
 def test_behind_balancers_uwsgi_serves_the_same_merge(shared, expected):
     app = replace(validate({"app_name": "greeting", "shared_paths": shared}), behind_balancer=True)
     env = Environment(**{**JINJA, "loader": FileSystemLoader(str(TEMPLATES))})
-    config = env.get_template("uwsgi.ini.j2").render(s=app, processes=2, sockets=[])
+    config = env.get_template("uwsgi.ini.j2").render(s=app, processes=2, sockets=[], canary=False)
     assert re.findall(r"^static-\S+ = .*$", config, re.M) == expected
     assert app.assets_url_link == "/srv/greeting/assets/url/static"

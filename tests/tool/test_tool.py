@@ -46,6 +46,7 @@ CALLS = {
     host_tool.audit: (TOOL, True, 5),
     host_tool.migrate: (TOOL, "r1", ["flask db upgrade", "--odd 'x y'"], 20, 30, "web 1", RUN, BY),
     host_tool.hold: (TOOL, "off"),
+    host_tool.split: (TOOL, "r1", "web 1", RUN, BY),
 }
 
 

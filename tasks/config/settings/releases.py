@@ -47,3 +47,24 @@ class ReleaseSettings(BaseModel):
         description="Break the app's deploy lock whoever holds it (after a run died on another machine: "
         "one on this machine whose process is gone is recognised by itself).",
     )
+    canary_share: int = Field(
+        0, ge=0, le=50,
+        description="Percent of new clients (a random id in a cookie, set once) a new release serves first, as "
+        "a second uWSGI instance beside the live one, for `canary_window` s; then it is promoted or rolled back "
+        "by its own numbers (docs/releases.md). 0: off (the release replaces the live one at once). One host, "
+        "served by its own nginx (no balancers), not with `migrate_exclusive`, `websockets` or `socketio`.",
+    )
+    canary_window: int = Field(
+        300, ge=2, le=3600,
+        description="With `canary_share`: seconds the canary serves its share before the verdict.",
+    )
+    canary_min_requests: int = Field(
+        100, ge=1, le=1_000_000,
+        description="With `canary_share`: requests the canary must have served in its window to be judged; "
+        "fewer, and it is rolled back (too little traffic to tell).",
+    )
+    canary_max_error_rate: float = Field(
+        1.0, ge=0, le=100,
+        description="With `canary_share`: percentage points of 5xx answers the canary may have above the live "
+        "release's in the same window; more, and it is rolled back.",
+    )

@@ -1,0 +1,228 @@
+"""A canary by share of traffic (`canary_share`, docs/releases.md): a new release serves a
+share of new clients beside the live one, then is promoted or rolled back by its numbers.
+
+    1. the in-process check (steps.cmd_canary), as for any release;
+    2. root's link <app_root>/canary points at the release, and the canary instance
+       starts: uWSGI with the canary's ini (its own socket, FIFO and stats in
+       /run/<app>-canary), as the app user, in a transient unit with the service's
+       sandbox and environment;
+    3. root writes the flag (<canary dir>/on, nginx's site tests it on every request):
+       nginx sends the clients whose cookie id falls in the share to the canary, and logs
+       which instance answered each request and with what status (the canary log);
+    4. after the window, the log's lines since the flag are counted per instance: the
+       canary is rolled back when it served fewer than `min_requests`, or when its 5xx rate
+       exceeds the live release's by more than `max_error_rate` points; else promoted;
+    5. promoted: `current` is switched and the main instance reloaded onto it, health-gated
+       (activation.activate), then the flag goes and the canary instance ends gracefully
+       (its clients pass on to the main instance, which runs the same release now).
+       Rolled back: the flag goes, the canary instance ends gracefully, the release is
+       removed. Either way the audit log (and so the hooks and the webhook) has the verdict
+       and its numbers.
+
+Whatever happens (a failure, a signal), the flag and the canary instance are gone before
+this ends, and a release that was not promoted is removed. A request on its way to a
+canary that just ended is passed on to the live instance by nginx (`backup`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+from . import activation, assets, audit, base, releases, steps, uwsgi
+
+
+def config() -> dict:
+    found = base.CONFIG.get("canary") or {}
+    if not found:
+        raise base.Failure("canary_share is 0 for this app: no canary by share of traffic")
+    return found
+
+
+def _run(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(list(argv), capture_output=True, text=True)
+
+
+def unit_active(unit: str) -> bool:
+    return _run("systemctl", "is-active", "--quiet", unit).returncode == 0
+
+
+def start(release: str) -> None:
+    """The canary instance: uWSGI on the canary's ini, as the app user, with the service's
+    sandbox and environment, in a transient unit (Type=notify: started once uWSGI says so)."""
+    canary, user = config(), base.CONFIG["user"]
+    link = Path(canary["link"])
+    tmp = link.with_name(f".{link.name}.{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    os.symlink(f"releases/{release}", tmp)
+    os.replace(tmp, link)
+    unit = canary["unit"]
+    _run("systemctl", "stop", unit)  # left by a run that was killed
+    _run("systemctl", "reset-failed", unit)
+    argv = [
+        "systemd-run", "--quiet", f"--unit={unit}", "--service-type=notify", "--collect",
+        f"--description=uWSGI canary of {base.CONFIG['app']}: release {release} on trial",
+        "-p", "NotifyAccess=main", "-p", f"User={user}", "-p", f"Group={user}", "-p", f"WorkingDirectory={base.ROOT}",
+        "-p", f"RuntimeDirectory={Path(canary['socket_dir']).name}", "-p", "RuntimeDirectoryMode=0750",
+        "-p", "KillSignal=SIGTERM",
+        *[arg for path in base.CONFIG["environment_files"] for arg in ("-p", f"EnvironmentFile=-{path}")],
+        *[arg for prop in base.CONFIG["sandbox"] for arg in ("-p", prop)],
+        *[arg for where in base.CONFIG["writable"] for arg in ("-p", f"ReadWritePaths=-{where}")],
+        f"--setenv=PATH={link}/.venv/bin:/usr/local/bin:/usr/bin:/bin",
+        "--", base.CONFIG["uwsgi"], "--ini", canary["ini"],
+    ]
+    result = subprocess.run(argv, capture_output=True, text=True)
+    if result.returncode != 0 or not unit_active(unit):
+        journal = _run("journalctl", "-u", unit, "-n", "20", "--no-pager", "-o", "cat").stdout
+        raise base.Failure(f"the canary instance of release {release} did not start: {result.stderr.strip()}\n"
+                           f"its last log lines:\n{journal}")
+    base.log(f"canary instance {unit} started on release {release}")
+
+
+def stop() -> None:
+    """No more new requests to the canary, then its instance ends: gracefully (`q` on its
+    master FIFO: the requests it serves are answered first), else stopped by systemd."""
+    canary = config()
+    flag = Path(canary["flag"])
+    if os.path.lexists(flag):
+        flag.unlink()
+        base.log("nginx sends no client to the canary any more")
+    unit = canary["unit"]
+    if unit_active(unit):
+        try:
+            fd = base.open_no_follow(f"{canary['socket_dir']}/master.fifo", os.O_WRONLY | os.O_NONBLOCK,
+                                     stat.S_IFIFO, "the canary's master FIFO")
+            try:
+                os.write(fd, b"q")
+            finally:
+                os.close(fd)
+        except (OSError, base.Failure) as failure:
+            base.log(f"the canary's master FIFO does not answer ({failure}): stopping it")
+        deadline = time.monotonic() + base.CONFIG["reload_timeout"]
+        while unit_active(unit) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        _run("systemctl", "stop", unit)
+        base.log(f"canary instance {unit} ended")
+    _run("systemctl", "reset-failed", unit)
+    Path(canary["link"]).unlink(missing_ok=True)
+
+
+def log_size() -> int:
+    try:
+        return os.stat(config()["log"]).st_size
+    except FileNotFoundError:
+        return 0
+
+
+def count(offset: int) -> dict:
+    """The canary log's lines from `offset` (`$msec $status $upstream_addr`), counted by the
+    instance that answered last (nginx passes a request on to the next address if one
+    cannot be reached): {"canary": {"requests", "5xx"}, "live": {...}}."""
+    canary = config()
+    found = {"canary": {"requests": 0, "5xx": 0}, "live": {"requests": 0, "5xx": 0}}
+    sockets = {f"unix:{canary['socket_dir']}/uwsgi.sock": "canary", f"unix:{canary['live_socket']}": "live"}
+    try:
+        fd = os.open(canary["log"], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return found
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise base.Failure(f"refusing the canary log {canary['log']}: not a regular file")
+        # A log rotated meanwhile is shorter: then all of the new one.
+        handle.seek(offset if os.fstat(handle.fileno()).st_size >= offset else 0)
+        for raw in handle:
+            fields = raw.decode(errors="replace").split(" ", 2)
+            if len(fields) != 3 or not fields[1].isdigit():
+                continue
+            # "a, b" (passed on) or "a : b" (an internal redirect): the last one answered.
+            last = fields[2].strip().replace(" : ", ", ").rsplit(", ", 1)[-1]
+            which = sockets.get(last)
+            if which:
+                found[which]["requests"] += 1
+                found[which]["5xx"] += int(fields[1]) >= 500
+    return found
+
+
+def rate(side: dict) -> float:
+    return 100.0 * side["5xx"] / side["requests"] if side["requests"] else 0.0
+
+
+def verdict(numbers: dict) -> tuple[bool, str]:
+    """(promote?, why), by the counts and the settings."""
+    canary = config()
+    new, old = numbers["canary"], numbers["live"]
+    said = (f"canary {new['5xx']} 5xx of {new['requests']} ({rate(new):.1f} %), live {old['5xx']} of "
+            f"{old['requests']} ({rate(old):.1f} %) in {canary['window']} s at {canary['share']} %")
+    if new["requests"] < canary["min_requests"]:
+        return False, f"too few requests to judge ({said}; canary_min_requests {canary['min_requests']})"
+    if rate(new) > rate(old) + canary["max_error_rate"]:
+        return False, f"5xx rate over the live release's + {canary['max_error_rate']:g} points ({said})"
+    return True, f"5xx rate within the live release's + {canary['max_error_rate']:g} points ({said})"
+
+
+def _stop_signal(signum, frame):
+    raise base.Failure(f"stopped by signal {signal.Signals(signum).name}")
+
+
+def cmd_split(args) -> None:
+    canary = config()
+    release = args.release
+    releases.release_dir(release)
+    previous = releases.live()
+    steps.cmd_canary(argparse.Namespace(release=release))
+    if previous is None or previous == release or not uwsgi.service_active():
+        base.log("no live release to compare with: the release replaces it at once")
+        activation.activate(release, "auto", args.host_name, run=args.run)
+        return
+    # A signal (the run stopped) ends the canary through `finally`.
+    handlers = {number: signal.signal(number, _stop_signal)
+                for number in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
+    activated = False
+    try:
+        # The canary's static files beside the live ones (the live release's first).
+        assets.rebuild(previous)
+        start(release)
+        offset = log_size()
+        base.write_own(Path(canary["flag"]), release + "\n")
+        os.chmod(canary["flag"], 0o644)
+        opened = time.time()
+        base.log(f"canary: release {release} serves {canary['share']} % of new clients for {canary['window']} s")
+        deadline = time.monotonic() + canary["window"]
+        while time.monotonic() < deadline:
+            if not unit_active(canary["unit"]):
+                raise base.Failure(f"the canary instance of release {release} stopped during its window:\n"
+                                   + _run("journalctl", "-u", canary["unit"], "-n", "20", "--no-pager",
+                                          "-o", "cat").stdout)
+            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+        closed = time.time()
+        numbers = count(offset)
+        promote, why = verdict(numbers)
+        details = {"kind": "canary", "canary": {**numbers, "share": canary["share"], "window": canary["window"],
+                                                "verdict": "promoted" if promote else "rolled-back", "why": why,
+                                                # The window, by the host's clock (seconds since the epoch).
+                                                "opened": round(opened, 3), "closed": round(closed, 3)}}
+        if not promote:
+            stop()
+            releases.discard(release)
+            assets.rebuild(previous)
+            audit.audit("deploy", "rolled-back", run=args.run, to=release, reason=f"canary: {why}",
+                        **{"from": previous}, **details)
+            raise base.RolledBack(f"release {release} ROLLED BACK by its canary on host {args.host_name}: {why}; "
+                                  f"{previous} is live")
+        base.log(f"canary: promoting release {release}: {why}")
+        # Canary clients stay on the canary until the main instance runs the release too.
+        activated = True  # a failed health gate switches back and keeps the release, as for any deploy
+        activation.activate(release, "auto", args.host_name, run=args.run, details=details)
+    finally:
+        try:
+            stop()
+        finally:
+            if not activated and release in releases.releases() and release != releases.live():
+                releases.discard(release)
+                assets.rebuild(releases.live())
+            for number, handler in handlers.items():
+                signal.signal(number, handler)

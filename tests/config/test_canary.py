@@ -1,0 +1,90 @@
+"""A canary by share of traffic, without a host: its settings refused one line each, the
+nginx split and the canary instance's ini as rendered, and the release tool's count and
+verdict of a canary log. On a real host: tests/hosts/test_canary.py."""
+
+from __future__ import annotations
+
+import pytest
+from jinja2 import Environment, FileSystemLoader
+
+from tasks import JINJA, TEMPLATES
+from tasks.config.checks import validate
+from tasks.config.settings import SettingsError
+from tasks.run import hooks
+from tests.ops.test_maintenance_audit import render
+from tests.tool.test_release_tool import tool  # noqa: F401 (the fixture)
+
+
+@pytest.mark.parametrize("data, line", [
+    ({"canary_share": 60}, "canary_share = 60: Input should be less than or equal to 50"),
+    ({"canary_share": 10, "migrate_exclusive": True, "migrate_commands": ["true"]},
+     "canary_share: 10 % does not go with migrate_exclusive"),
+    ({"canary_share": 10, "uwsgi_socket": "127.0.0.1:9000"}, "canary_share: needs uWSGI on its unix socket"),
+    ({"canary_window": 1}, "canary_window = 1: Input should be greater than or equal to 2"),
+    ({"canary_max_error_rate": -1}, "canary_max_error_rate = -1: Input should be greater than or equal to 0"),
+])
+def test_bad_canary_settings_are_refused_naming_the_key(data, line):
+    with pytest.raises(SettingsError) as refused:
+        validate(data)
+    assert line in str(refused.value)
+
+
+def test_nginx_splits_new_clients_by_a_cookie_id_only_while_the_flag_exists():
+    app = validate({"canary_share": 15, "canary_window": 300})
+    config = render("nginx-site.conf.j2", [app])
+    assert 'split_clients "$request_id" $pyinfra_flask_greeting_draw {' in config
+    assert "15% canary;" in config
+    assert ('"on:"   "pyinfra_flask_greeting_client=$pyinfra_flask_greeting_version.$request_id; Path=/; '
+            'Max-Age=900; HttpOnly; SameSite=Lax";') in config
+    assert "~^on:canary\\.  canary;" in config and '"on:"          $pyinfra_flask_greeting_draw;' in config
+    assert "server unix:/run/greeting-canary/uwsgi.sock max_fails=0;" in config
+    assert "server unix:/run/greeting/uwsgi.sock backup;" in config
+    assert "if (-f /etc/pyinfra-flask/canary/greeting/on) {" in config
+    assert "uwsgi_pass $pyinfra_flask_greeting_pass;" in config
+    assert "access_log /var/log/nginx/greeting.canary.log pyinfra_flask_greeting_canary " \
+           "if=$pyinfra_flask_greeting_flag;" in config
+    # Off: no trace of it.
+    plain = render("nginx-site.conf.j2", [validate({})])
+    assert "split_clients" not in plain and "uwsgi_pass unix:/run/greeting/uwsgi.sock;" in plain
+
+
+def test_the_canary_instance_runs_the_release_on_trial_on_sockets_of_its_own():
+    app = validate({"canary_share": 10, "uwsgi_log": "/var/log/greeting/uwsgi.log"})
+    env = Environment(**{**JINJA, "loader": FileSystemLoader(str(TEMPLATES))})
+    ini = env.get_template("uwsgi.ini.j2").render(s=app, processes=2, sockets=[], canary=True)
+    for line in ("wsgi-file = /srv/greeting/canary/.deploy-loader.py", "virtualenv = /srv/greeting/canary/.venv",
+                 "socket = /run/greeting-canary/uwsgi.sock", "master-fifo = /run/greeting-canary/master.fifo",
+                 "stats = /run/greeting-canary/stats.sock"):
+        assert line in ini.splitlines(), line
+    assert "logto" not in ini and "/run/greeting/" not in ini
+    main = env.get_template("uwsgi.ini.j2").render(s=app, processes=2, sockets=[], canary=False)
+    assert "socket = /run/greeting/uwsgi.sock" in main.splitlines() and "canary" not in main
+
+
+def test_the_tool_counts_each_instance_and_judges_by_the_5xx_rate(tool, tmp_path):  # noqa: F811
+    log = tmp_path / "canary.log"
+    canary = {"share": 10, "window": 60, "min_requests": 4, "max_error_rate": 1.0, "log": str(log),
+              "socket_dir": "/run/app-canary", "live_socket": "/run/app/uwsgi.sock"}
+    tool.CONFIG = {**tool.CONFIG, "canary": canary}
+    log.write_text("1.0 200 unix:/run/app/uwsgi.sock\n")
+    offset = log.stat().st_size
+    with log.open("a") as out:
+        out.write("2.0 200 unix:/run/app-canary/uwsgi.sock\n" * 3 + "2.1 500 unix:/run/app-canary/uwsgi.sock\n"
+                  "2.2 200 unix:/run/app-canary/uwsgi.sock, unix:/run/app/uwsgi.sock\n"
+                  "2.3 503 -\n" "2.4 404 unix:/run/app/uwsgi.sock\n" "garbage\n")
+    numbers = tool.count(offset)
+    assert numbers == {"canary": {"requests": 4, "5xx": 1}, "live": {"requests": 2, "5xx": 0}}
+    promote, why = tool.verdict(numbers)
+    assert not promote and why.startswith("5xx rate over the live release's + 1 points (canary 1 5xx of 4 (25.0 %)")
+    canary["max_error_rate"] = 30.0
+    assert tool.verdict(numbers)[0]
+    canary["min_requests"] = 5
+    promote, why = tool.verdict(numbers)
+    assert not promote and why.startswith("too few requests to judge")
+
+
+def test_hooks_and_the_webhook_get_the_canary_verdict_and_numbers():
+    canary = {"verdict": "rolled-back", "why": "5xx rate over ...", "canary": {"requests": 9, "5xx": 3}}
+    entry = {"from": "a", "to": "b", "result": "rolled-back", "kind": "canary", "canary": canary}
+    assert hooks._app_outcome(entry) == {"from": "a", "to": "b", "result": "rolled-back", "canary": canary}
+    assert hooks._app_outcome({"from": "a", "to": "b", "result": "ok"}) == {"from": "a", "to": "b", "result": "ok"}
