@@ -287,7 +287,8 @@ def test_release_steps_run_as_the_app_user_in_the_services_sandbox(fork, tmp_pat
                       requirements="Flask==3.1.3\n./vendor/buildprobe-0.1.tar.gz\n")
     _sdist(app / "vendor/buildprobe-0.1.tar.gz", "buildprobe-0.1", BUILD_PROBE)
     run = run_deploy(fork, tmp_path, data={"app_source": str(app), "before_switch_commands": [SANDBOX_PROBE]})
-    assert "Build venv" in run.output
+    # One release-tool command ships it: the venv (new requirements) is built there, as the app user.
+    assert "Ship release" in run.output and "venv" in run.output
     uid = fork.exec("id -u greeting").strip()
     # The dependency's setup.py ran as the app user, never as root.
     probe = fork.exec(f"{ROOT}/current/.venv/bin/python -c 'import buildprobe as b; print(b.UID, b.EUID)'")
