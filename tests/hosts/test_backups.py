@@ -19,8 +19,9 @@ from tests.conftest import get, run_deploy
 from tests.hosts.test_database import notespg, notespg_data, ops
 
 ARCHIVE_TIMEOUT = 10
-# archive-push's SSH hop and pgBackRest's start, on a loaded test machine (seen: over 5 s).
-SLACK = 30
+# archive-push's SSH hop and pgBackRest's start on a loaded test machine: seen from 1 s (idle) to over
+# 40 s (load average 10, three sessions' hosts); the lag is printed, docs/backups.md has the figures.
+SLACK = 90
 REPOSITORY = "/var/lib/pgbackrest"
 
 
