@@ -301,18 +301,14 @@ def backups(ctx: Context):
 
 
 @command()
-@click.argument("name", required=False)
-@click.option("--to", metavar="TIME", help="With a backup host (pgBackRest): the point in time to restore, as "
-              "PostgreSQL reads it, e.g. '2026-12-06 20:15:00+00'. Default: the latest state.")
+@click.argument("name")
 @click.pass_obj
-def restore(ctx: Context, name: str | None, to: str | None):
+def restore(ctx: Context, name: str):
     """Restore the backup NAME (see `backups`) into its app's own database: its web
     unit, workers and jobs are stopped, the backup restored, the units started again
-    and the app health-checked. With a backup host, no NAME: pgBackRest restores the
-    db server to its latest state, or to --to TIME (docs/backups.md)."""
-    what = name or (f"to {to}" if to else "the latest state")
-    if not _report(ops_backups.restore(ctx.fleet, name, to), f"restored {what}"):
-        raise click.ClickException(f"restore {what} failed (above)")
+    and the app health-checked."""
+    if not _report(ops_backups.restore(ctx.fleet, name), f"restored {name}"):
+        raise click.ClickException(f"restore {name} failed (above)")
 
 
 def main() -> int:

@@ -139,15 +139,13 @@ def self_signed(address: str, certificate: str, key: str, owner: str, what: str)
 
 
 @deploy("PostgreSQL")
-def install(system, wanted, listen: tuple[str, list[tuple[str, str, str]]] | None = None, guard=None,
-            archive: tuple[str, int] | None = None) -> None:
+def install(system, wanted, listen: tuple[str, list[tuple[str, str, str]]] | None = None, guard=None) -> None:
     """The distribution's PostgreSQL, each app's role allowed to its own database and
     nothing else; the backup tool and its service. `wanted`: the apps with a database
     here. Alone it listens on the unix socket only; on a db server, `listen` is (its
     private address, [(app server, its private address, database)]): it listens on
     that address, with TLS, and each app server's role reaches only its database;
-    `guard` adds the firewall's operations, before PostgreSQL listens there; `archive`
-    is (archive_command, archive_timeout) with a backup host (tasks/steps/pgbackrest.py)."""
+    `guard` adds the firewall's operations, before PostgreSQL listens there."""
     if wanted:
         major = version(system)
         config_dir = f"/etc/postgresql/{major}/main"
@@ -168,8 +166,7 @@ def install(system, wanted, listen: tuple[str, list[tuple[str, str, str]]] | Non
             self_signed(address, *tls, owner="postgres:postgres", what="the server's")
         conf = files.template(jinja_env_kwargs=JINJA, name=f"Listen on {address} with TLS only" if listen else
                               "Listen on the unix socket only (no TCP)", src=str(TEMPLATES / "postgresql.conf.j2"),
-                              dest=f"{config_dir}/conf.d/pyinfra-flask.conf", mode="644", address=address, tls=tls,
-                              archive=archive)
+                              dest=f"{config_dir}/conf.d/pyinfra-flask.conf", mode="644", address=address, tls=tls)
         hba = files.template(jinja_env_kwargs=JINJA, name="Allow each app's role to its own database only "
                              "(pg_hba.conf)", src=str(TEMPLATES / "pg_hba.conf.j2"), dest=f"{config_dir}/pg_hba.conf",
                              user="postgres", group="postgres", mode="640",
