@@ -1,6 +1,7 @@
 """Converge each host to: nginx -> uWSGI (systemd) -> the Flask app(s), or, for hosts
 in the `load_balancers` group, to nginx balancing over the `app_servers`, or, for the
 `db_servers` host, to PostgreSQL for the app servers' apps, or, for the
+`backup_servers` host, to its pgBackRest repository, or, for the
 `monitoring_servers` host, to Prometheus and Alertmanager scraping every host's exporters.
 
     pyinfra inventories/prod.py deploy.py               # apply
@@ -14,7 +15,7 @@ from pyinfra import host
 
 from tasks.config import platform, topology
 from tasks.config.host import load
-from tasks.roles import app_server, balancer, database_server, monitoring_server
+from tasks.roles import app_server, backup_server, balancer, database_server, monitoring_server
 from tasks.run import barriers, hooks, lock, prefetch, preflight
 from tasks.steps import hardening, uploads
 from tasks.steps.release_preview import warn_if_diff_is_skipped
@@ -38,11 +39,17 @@ private = {"_temp_dir": uploads.private_directory()}
 # `harden`: the server itself made safe before anything runs on it (tasks/steps/hardening.py).
 if this.settings.harden:
     hardening.converge(system, this.settings, **private)
+# With a backup host, pgBackRest's SSH keys on it and the db server, before either reads the other's.
+if topology.backup_server(host):
+    backup_server.keys(this, **private)
+    barriers.wait_for_backup_keys()
 # The database server's steps come first: the app servers' first migrations need it.
 if this.is_database_server:
     database_server.converge(system, this.settings, **private)
 if topology.database_server(host):
     barriers.wait_for_database_server()
+if this.is_backup_server:
+    backup_server.converge(this.settings, **private)
 if this.is_app_server:
     app_server.converge(system, this, **private)
 # In a run over everything, balancers start only once every app server is ready.

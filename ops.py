@@ -25,6 +25,7 @@ import click
 from tasks import identity
 from tasks import tool as host_tool
 from tasks.config.settings import SettingsError
+from tasks.config.topology import is_backup_server
 from tasks.ops import audit, backups as ops_backups, exec as ops_exec, logs as ops_logs, status as ops_status
 from tasks.ops.fleet import Fleet, FleetError, echo, parse_data, run, show_output
 from tasks.steps import maintenance
@@ -126,9 +127,14 @@ def status(ctx: Context, as_json: bool):
     workers and requests served, nginx, days left on the certificate, free disk. Exit status 1 when anything is unhealthy: the web unit not active, a worker not
     active, a job or timer failed, nginx not active, the health check failing, the
     certificate missing or expiring within acme_min_valid_days. A host whose updates
-    need a reboot is said so (it is not unhealthy)."""
+    need a reboot is said so (it is not unhealthy). A backup host: its last restore
+    drill (when, ok or failed, why), unhealthy when it failed."""
     def gather(host):
         apps = ctx.fleet.apps(host)
+        if is_backup_server(host):
+            ok, out, err = run(host, ops_status.verify_command(), timeout=60)
+            schedule = apps[0].pgbackrest_verify_schedule if apps else None
+            return [ops_status.verify_row(host.name, out if ok else [], schedule)]
         if not apps:
             return []
         ok, out, err = run(host, ops_status.with_reboot_flag(ops_status.host_command(host, apps)), timeout=120)
@@ -301,14 +307,18 @@ def backups(ctx: Context):
 
 
 @command()
-@click.argument("name")
+@click.argument("name", required=False)
+@click.option("--to", metavar="TIME", help="With a backup host (pgBackRest): the point in time to restore, as "
+              "PostgreSQL reads it, e.g. '2026-12-06 20:15:00+00'. Default: the latest state.")
 @click.pass_obj
-def restore(ctx: Context, name: str):
+def restore(ctx: Context, name: str | None, to: str | None):
     """Restore the backup NAME (see `backups`) into its app's own database: its web
     unit, workers and jobs are stopped, the backup restored, the units started again
-    and the app health-checked."""
-    if not _report(ops_backups.restore(ctx.fleet, name), f"restored {name}"):
-        raise click.ClickException(f"restore {name} failed (above)")
+    and the app health-checked. With a backup host, no NAME: pgBackRest restores the
+    db server to its latest state, or to --to TIME (docs/backups.md)."""
+    what = name or (f"to {to}" if to else "the latest state")
+    if not _report(ops_backups.restore(ctx.fleet, name, to), f"restored {what}"):
+        raise click.ClickException(f"restore {what} failed (above)")
 
 
 def main() -> int:

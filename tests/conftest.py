@@ -370,6 +370,7 @@ SLOWEST_FIRST = [
     "tests/hosts/test_reliability.py",
     "tests/hosts/test_features.py",
     "tests/hosts/test_fleet_redis.py",
+    "tests/hosts/test_backups.py",
     "tests/hosts/test_deploy.py",
     "tests/hosts/test_rollout.py",
     "tests/hosts/test_acme.py",

@@ -18,12 +18,13 @@ APP_SERVER = "app_server"
 BALANCER = "balancer"
 DATABASE_SERVER = "database_server"
 MONITORING_SERVER = "monitoring_server"
+BACKUP_SERVER = "backup_server"
 
 
 @dataclass(frozen=True)
 class Host:
     name: str
-    role: str  # APP_SERVER, BALANCER, DATABASE_SERVER or MONITORING_SERVER
+    role: str  # APP_SERVER, BALANCER, DATABASE_SERVER, MONITORING_SERVER or BACKUP_SERVER
     apps: list[App]
 
     @property
@@ -48,6 +49,10 @@ class Host:
     def is_monitoring_server(self) -> bool:
         return self.role == MONITORING_SERVER
 
+    @property
+    def is_backup_server(self) -> bool:
+        return self.role == BACKUP_SERVER
+
 
 def role(host) -> str:
     """The host's role, from its groups (tasks/config/topology.py)."""
@@ -57,6 +62,8 @@ def role(host) -> str:
         return DATABASE_SERVER
     if topology.is_monitoring_server(host):
         return MONITORING_SERVER
+    if topology.is_backup_server(host):
+        return BACKUP_SERVER
     return APP_SERVER
 
 

@@ -88,6 +88,20 @@ def monitoring(host) -> tuple[str, App] | None:
     return None if monitor is None else (monitor.name, load_apps(monitor, secrets=False)[0])
 
 
+def backups(host) -> tuple[str, App] | None:
+    """(name, settings) of the inventory's backup host, or None: its private address
+    (the db server's SSH to it) and its pgBackRest settings. Its secrets are its own
+    deploy's business."""
+    found = topology.backup_server(host)
+    return None if found is None else (found.name, load_apps(found, secrets=False)[0])
+
+
+def database(host) -> tuple[str, App] | None:
+    """(name, settings) of the inventory's db server, or None (for the backup host)."""
+    found = topology.database_server(host)
+    return None if found is None else (found.name, load_apps(found, secrets=False)[0])
+
+
 def _first(value):
     return value[0] if isinstance(value, tuple) else value
 

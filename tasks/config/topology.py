@@ -7,6 +7,9 @@ the balancers, from the inventory's groups.
                     apps (`database: postgresql`, docs/database.md; `redis`, docs/workers.md)
     monitoring_servers  one host running only Prometheus and Alertmanager, scraping
                     every other host's exporters (docs/monitoring.md)
+    backup_servers  one host holding the db server's pgBackRest repository: WAL
+                    archived to it, full and differential backups taken and
+                    expired by it (docs/backups.md)
 
 When the inventory has load balancers, app servers listen on TCP on their
 `private_address` (uWSGI's uwsgi protocol; the balancer uses `uwsgi_pass` to
@@ -30,6 +33,7 @@ APP_GROUP = "app_servers"
 LB_GROUP = "load_balancers"
 DB_GROUP = "db_servers"
 MON_GROUP = "monitoring_servers"
+BACKUP_GROUP = "backup_servers"
 DEFAULT_UWSGI_PORT = 3031
 
 
@@ -54,6 +58,10 @@ def is_monitoring_server(host) -> bool:
     return MON_GROUP in host.groups
 
 
+def is_backup_server(host) -> bool:
+    return BACKUP_GROUP in host.groups
+
+
 def _only(host, group: str, why: str):
     """The one host of a group that may have only one, or None."""
     found = members(host, group)
@@ -73,11 +81,17 @@ def database_server(host):
     return _only(host, DB_GROUP, "one database server serves the app servers")
 
 
+def backup_server(host):
+    """The inventory's one `backup_servers` host, or None."""
+    return _only(host, BACKUP_GROUP, "one backup host holds the database server's repository")
+
+
 def app_servers(host) -> list:
     """The app servers, in inventory order: the `app_servers` group, else every host
     that is neither a balancer nor the database server."""
     return [h for h in members(host, APP_GROUP) or host.inventory
-            if not is_balancer(h) and not is_database_server(h) and not is_monitoring_server(h)]
+            if not is_balancer(h) and not is_database_server(h) and not is_monitoring_server(h)
+            and not is_backup_server(h)]
 
 
 def behind_balancer(host) -> bool:
@@ -91,13 +105,25 @@ def place(host, app: App, database_address: Callable[[Any], str]) -> App:
     if is_balancer(host) and APP_GROUP in host.groups:
         raise TopologyError(f"Host {host.name!r} is in both {APP_GROUP} and {LB_GROUP}: "
                             "a host is either an app server or a balancer; nothing was changed.")
-    roles = [group for group in (APP_GROUP, LB_GROUP, DB_GROUP, MON_GROUP) if group in host.groups]
+    roles = [group for group in (APP_GROUP, LB_GROUP, DB_GROUP, MON_GROUP, BACKUP_GROUP) if group in host.groups]
     if DB_GROUP in roles and len(roles) > 1:
         raise TopologyError(f"Host {host.name!r} is in both {roles[0]} and {roles[1]}: a database server "
                             "runs only PostgreSQL; nothing was changed.")
     if MON_GROUP in roles and len(roles) > 1:
         raise TopologyError(f"Host {host.name!r} is in both {roles[0]} and {roles[1]}: a monitoring host "
                             "runs only Prometheus and Alertmanager; nothing was changed.")
+    if BACKUP_GROUP in roles and len(roles) > 1:
+        raise TopologyError(f"Host {host.name!r} is in both {roles[0]} and {roles[1]}: the backup host holds the "
+                            "only copy that survives the others, so it runs nothing else; nothing was changed.")
+    backups = backup_server(host)
+    if backups is not None and database_server(host) is None:
+        raise TopologyError(f"{BACKUP_GROUP} has {backups.name!r} but the inventory has no {DB_GROUP} host: the "
+                            "backup host holds the db server's pgBackRest repository; nothing was changed.")
+    if is_backup_server(host):
+        if not app.private_address:
+            raise TopologyError(f"Backup host {host.name!r} has no private_address: set it to the address the "
+                                "database server reaches it on over SSH; nothing was changed.")
+        return app
     monitor = monitoring_server(host)
     if monitor is not None and not app.private_address:
         raise TopologyError(f"Host {host.name!r} has no private_address: with a {MON_GROUP} host every host "

@@ -1,6 +1,8 @@
 """ops.py's database commands (backup now, backups, restore) over tasks/ops/fleet.py's
 hosts: each runs the backup tool the deploy installs (files/db-backup.py,
-tasks/steps/database.py) on the hosts that hold an app's database."""
+tasks/steps/database.py) on the hosts that hold an app's database; with a
+`backup_servers` host, pgBackRest instead (tasks/steps/pgbackrest.py, docs/backups.md):
+its backups taken and listed on the backup host, restored on the db server."""
 
 from __future__ import annotations
 
@@ -8,9 +10,9 @@ import os
 import shlex
 
 from tasks.config import inventory
-from tasks.config.topology import is_balancer, is_database_server
+from tasks.config.topology import is_backup_server, is_balancer, is_database_server
 from tasks.ops.fleet import AppResult, FleetError, run
-from tasks.steps import healthcheck
+from tasks.steps import healthcheck, pgbackrest
 from tasks.steps.database import BACKUP_ROOT, backup_settings, tool_command
 from tasks.steps.uploads import DIRECTORY, download
 
@@ -21,9 +23,37 @@ def _apps_with_database(fleet, host) -> list:
     return [app for app in fleet.apps(host) if app.database and not app.database_host]
 
 
+def _repository(fleet):
+    """The backup host among the chosen hosts, or None without one in the inventory;
+    a --limit that leaves it out is refused."""
+    found = [h for h in fleet.state.inventory if is_backup_server(h)]
+    if not found:
+        return None
+    chosen = [h for h in fleet.hosts if is_backup_server(h)]
+    if not chosen:
+        raise FleetError(f"the database's backups are on the backup host {found[0].name}, which --limit leaves "
+                         "out; nothing was changed")
+    return chosen[0]
+
+
+def _pgbackrest(server, arguments: str, stream: bool = False) -> tuple[bool, list[str]]:
+    """pgBackRest on the backup host, as the repository's owner."""
+    return _ok_lines(run(server, pgbackrest.as_user(pgbackrest.OWNER, f"pgbackrest --stanza={pgbackrest.STANZA} "
+                                                   f"{arguments}"), stream=stream, timeout=12 * 3600))
+
+
 def backup_now(fleet, download: str | None = None) -> dict[str, list[AppResult]]:
     """A backup of every app's database on every host, now; with `download`, each
-    also copied into that local directory. {host: [AppResult]}."""
+    also copied into that local directory. {host: [AppResult]}. With a backup host:
+    a full pgBackRest backup of the db server, taken there."""
+    repository = _repository(fleet)
+    if repository is not None:
+        if download:
+            raise FleetError("--download: the backups are in the backup host's pgBackRest repository, not files "
+                             "to copy; nothing was changed")
+        return {repository.name: [AppResult(pgbackrest.STANZA, *_pgbackrest(
+            repository, "--type=full --log-level-console=info backup", stream=True))]}
+
     def work(h):
         results = []
         for app in _apps_with_database(fleet, h):
@@ -52,16 +82,30 @@ def fetch(h, remote: str, local: str) -> bool:
 
 
 def listing(fleet) -> dict[str, list[AppResult]]:
-    """Each app's backups on each host: {host: [AppResult]}."""
+    """Each app's backups on each host: {host: [AppResult]}; with a backup host,
+    pgBackRest's `info` there."""
+    repository = _repository(fleet)
+    if repository is not None:
+        return {repository.name: [AppResult(pgbackrest.STANZA, *_pgbackrest(repository, "info"))]}
+
     def work(h):
         return [AppResult(app.app_name, *_ok_lines(run(h, tool_command(app, "list")))) for app in _apps_with_database(fleet, h)]
 
     return fleet.each(work)
 
 
-def restore(fleet, name: str) -> dict[str, list[AppResult]]:
+def restore(fleet, name: str | None, to: str | None = None) -> dict[str, list[AppResult]]:
     """Restore the backup `name` into its app's database, on each host that runs the
-    app (the backup tool refuses where there is no such backup)."""
+    app (the backup tool refuses where there is no such backup). With a backup host,
+    pgBackRest restores the db server's whole cluster: its latest state, or the state
+    at the time `to`."""
+    if _repository(fleet) is not None:
+        if name:
+            raise FleetError(f"restore {name!r}: with a backup host, restore takes no backup name: the latest "
+                             "state, or --to TIME; nothing was changed")
+        return _restore_cluster(fleet, to)
+    if to or not name:
+        raise FleetError("restore: name a backup (see `backups`); --to needs a backup host (pgBackRest)")
     owners = {app.app_name for h in fleet.hosts for app in _apps_with_database(fleet, h)
               if name.startswith(f"{app.app_name}-")}
     if not owners:
@@ -79,20 +123,51 @@ def restore(fleet, name: str) -> dict[str, list[AppResult]]:
     return fleet.each(work)
 
 
+def _restore_cluster(fleet, to: str | None) -> dict:
+    """pgBackRest's restore of the db server (PostgreSQL stopped, restored, started,
+    out of recovery), every app's units stopped around it on every app server."""
+    servers = [h for h in fleet.hosts if is_database_server(h)]
+    if not servers:
+        raise FleetError("restore: the db server is left out by --limit; nothing was changed")
+    server = servers[0]
+    what = f"the state at {to}" if to else "the latest state"
+    wait = ("for i in $(seq 600); do [ \"$(cd / && runuser -u postgres -- psql -XAtc 'select pg_is_in_recovery()' "
+            "2>/dev/null)\" = f ] && exit 0; sleep 1; done; echo 'still recovering after 600 s' >&2; exit 1")
+    command = (f"systemctl stop postgresql 'postgresql@*' && {pgbackrest.restore_command(to)} && echo Restored {shlex.quote(what)}; "
+               f"status=$?; systemctl start postgresql && sh -c {shlex.quote(wait)} && [ $status = 0 ] && "
+               f"echo RESTORED {shlex.quote(what)}")
+    apps = [app.app_name for app in fleet.apps(server) if app.database]
+    return _stopped_around(fleet, apps, what, lambda: {server.name: [AppResult(
+        pgbackrest.STANZA, *_ok_lines(run(server, command, stream=True, timeout=12 * 3600)))]})
+
+
 def _restore_on_database_server(fleet, server, app_name: str, name: str) -> dict:
-    """The app's units run on the app servers: stopped there first (all of them: a
-    --limit leaving one out is refused), the backup restored on the db server, the
-    units started again and each app server's health-checked."""
-    def runs_app(h):
+    """The app's backup restored on the db server (db-backup.py), its units stopped
+    around it on every app server."""
+    def restore_it():
+        [db] = [app for app in _apps_with_database(fleet, server) if app.app_name == app_name]
+        return {server.name: [AppResult(app_name, *_ok_lines(run(server, tool_command(db, "restore", name,
+                                                                                    "--units-elsewhere"),
+                                                               stream=True, timeout=6 * 3600)))]}
+
+    return _stopped_around(fleet, [app_name], name, restore_it)
+
+
+def _stopped_around(fleet, app_names: list[str], name: str, restore_it) -> dict:
+    """The apps' units run on the app servers: stopped there first (all of them: a
+    --limit leaving one out is refused), `restore_it()` ({host: [AppResult]}), the
+    units started again, even when it failed, and each app server's health-checked."""
+    def runs_app(h, app_name):
         return [app for app in inventory.load_apps(h, secrets=False) if app.app_name == app_name and app.database_host]
 
-    everyone = [h for h in fleet.state.inventory if not is_balancer(h) and not is_database_server(h) and runs_app(h)]
+    pairs = [(h, app_name) for h in fleet.state.inventory for app_name in app_names
+             if not is_balancer(h) and not is_database_server(h) and runs_app(h, app_name)]
     chosen = {h.name for h in fleet.hosts}
-    left_out = [h.name for h in everyone if h.name not in chosen]
+    left_out = sorted({h.name for h, _ in pairs if h.name not in chosen})
     if left_out:
-        raise FleetError(f"restore {name!r}: {app_name} also runs on {', '.join(left_out)}, which --limit leaves "
-                         "out; its units must stop everywhere while its database is restored; nothing was changed")
-    app_servers = [h for h in fleet.hosts if h.name in {e.name for e in everyone}]
+        raise FleetError(f"restore {name!r}: {', '.join(app_names)} also runs on {', '.join(left_out)}, which --limit "
+                         "leaves out; its units must stop everywhere while its database is restored; nothing was "
+                         "changed")
 
     def units(app) -> tuple[list[str], list[str]]:
         """(what stops, what starts again) of the app on one app server."""
@@ -100,34 +175,32 @@ def _restore_on_database_server(fleet, server, app_name: str, name: str) -> dict
         running = [settings["service"], *settings["workers"]]
         return settings["timers"] + settings["jobs"] + running, running + settings["timers"]
 
-    def stop(h):
-        [app] = runs_app(h)
+    def stop(h, app_name):
+        [app] = runs_app(h, app_name)
         stopping = units(app)[0]
-        return [AppResult(app_name, *_ok_lines(run(h, f"systemctl stop {' '.join(map(shlex.quote, stopping))} && "
-                                         f"echo Stopped {shlex.quote(', '.join(stopping))}")))]
+        return AppResult(app_name, *_ok_lines(run(h, f"systemctl stop {' '.join(map(shlex.quote, stopping))} && "
+                                                 f"echo Stopped {shlex.quote(', '.join(stopping))}")))
 
-    def start(h):
-        [app] = runs_app(h)
+    def start(h, app_name):
+        [app] = runs_app(h, app_name)
         starting = units(app)[1]
         check = healthcheck.command(healthcheck.spec(app), "--context", f"after restoring {name}")
-        return [AppResult(app_name, *_ok_lines(run(h, f"systemctl start {' '.join(map(shlex.quote, starting))} && "
-                                         f"echo Started {shlex.quote(', '.join(starting))} && {check}")))]
+        return AppResult(app_name, *_ok_lines(run(h, f"systemctl start {' '.join(map(shlex.quote, starting))} && "
+                                                 f"echo Started {shlex.quote(', '.join(starting))} && {check}")))
 
     results: dict = {h.name: [] for h in fleet.hosts}
-    stopped = {h.name: stop(h) for h in app_servers}  # before the restore begins, on every one
+    stopped = [(h, stop(h, app_name)) for h, app_name in pairs]  # before the restore begins, on every one
     try:
-        if all(ok for found in stopped.values() for _, ok, _ in found):
-            [db] = [app for app in _apps_with_database(fleet, server) if app.app_name == app_name]
-            results[server.name] = [AppResult(app_name, *_ok_lines(run(server, tool_command(db, "restore", name,
-                                                                                   "--units-elsewhere"),
-                                                              stream=True, timeout=6 * 3600)))]
+        if all(ok for _, (_, ok, _) in stopped):
+            results.update(restore_it())
         else:
-            results[server.name] = [AppResult(app_name, False, [f"{name} not restored: the app's units did not stop on "
-                                                       "every app server"])]
+            results.update({h.name: [AppResult(app_names[0], False, [f"{name} not restored: the units did not stop "
+                                                                   "on every app server"])]
+                            for h in fleet.hosts if is_database_server(h)})
     finally:
-        for h in app_servers:
-            results[h.name] = [AppResult(app_name, ok and started_ok, before + after) for (app_name, ok, before), (_, started_ok, after)
-                               in zip(stopped[h.name], start(h))]
+        for h, (app_name, ok, before) in stopped:
+            _, started_ok, after = start(h, app_name)
+            results[h.name].append(AppResult(app_name, ok and started_ok, before + after))
     return results
 
 

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 
 from tasks import tool as host_tool
 from tasks.config import topology
-from tasks.steps import acme, healthcheck, watch
+from tasks.steps import acme, healthcheck, pgbackrest, watch
 from tasks.config.app import App
 
 
@@ -251,6 +251,67 @@ def summary(host: str, app: App, report: dict, now: datetime | None = None) -> d
     return row
 
 
+VERIFY_MARK = "VERIFY-LAST"
+
+
+def verify_command() -> str:
+    """The backup host's restore drill (tasks/steps/pgbackrest.py): its service's and
+    timer's states (one `systemctl show` each), then the drill's own last line."""
+    show = "systemctl show --no-pager --property=LoadState,ActiveState,Result"
+    unit = pgbackrest.VERIFY_UNIT
+    return (f"{show},ExecMainExitTimestamp {unit}.service ; echo TIMER ; {show} {unit}.timer ; "
+            f"echo {VERIFY_MARK} ; cat {pgbackrest.VERIFY_STATE}/last 2>/dev/null ; true")
+
+
+def verify_row(host: str, stdout: list[str], schedule: str | None) -> dict:
+    """The restore drill's row: when it last ended, ok or failed, and why; unhealthy
+    when its unit failed or its timer is not running though scheduled."""
+    service: dict[str, str] = {}
+    timer: dict[str, str] = {}
+    last = ""
+    section = service
+    for line in stdout:
+        if line == "TIMER":
+            section = timer
+        elif line == VERIFY_MARK:
+            section = None
+        elif section is None:
+            last = last or line.strip()
+        elif "=" in line:
+            key, _, value = line.partition("=")
+            section[key] = value
+    state, since, why = (last.split(" ", 2) + ["", ""])[:3] if last else ("", "", "")
+    unit = pgbackrest.VERIFY_UNIT
+    row = {"host": host, "app": "(restore drill)", "restore_drill": {
+        "schedule": schedule, "state": state or None, "at": since or None, "why": why or None,
+        "unit": service.get("ActiveState") or "unknown"}, "problems": []}
+    found = row["problems"]
+    if service.get("LoadState") == "not-found" or not service:
+        if schedule:
+            found.append(f"the restore drill is not installed ({unit}.service): deploy the backup host")
+    elif service.get("ActiveState") == "failed" or state == "failed":
+        found.append(f"the last restore drill failed{f' at {since}' if since else ''}: "
+                     f"{why or 'see journalctl -u ' + unit + '.service'}")
+    if schedule and service.get("LoadState") == "loaded" and timer.get("ActiveState") != "active":
+        found.append(f"the restore drill's timer {unit}.timer is {timer.get('ActiveState') or 'unknown'}")
+    row["healthy"] = not found
+    return row
+
+
+def verify_line(row: dict) -> str:
+    """The drill's line in the table: `[host] restore drill: ok|FAILED|never run|off ...`."""
+    drill = row["restore_drill"]
+    if not drill["schedule"] and drill["state"] is None:
+        said = "off (pgbackrest_verify_schedule = null)"
+    elif drill["unit"] == "activating":
+        said = f"running now (last: {drill['state'] or 'none'} {drill['at'] or ''})".rstrip()
+    elif drill["state"] is None:
+        said = "never run yet" if row["healthy"] else "FAILED"
+    else:
+        said = f"{'ok' if drill['state'] == 'ok' and row['healthy'] else 'FAILED'} at {drill['at']}: {drill['why']}"
+    return f"[{row['host']}] restore drill: {said}"
+
+
 COLUMNS = ("HOST", "APP", "RELEASE", "COMMIT", "SINCE", "BY", "WEB", "WORKERS", "UWSGI busy/idle req",
            "NGINX", "CERT", "DISK FREE", "STATUS")
 
@@ -275,6 +336,8 @@ def cells(row: dict) -> list[str]:
 
 def table(rows: list[dict]) -> list[str]:
     """The rows as aligned text, then one line per problem."""
+    drills = [row for row in rows if "restore_drill" in row]
+    rows = [row for row in rows if "restore_drill" not in row]
     body = [list(COLUMNS)] + [cells(row) for row in rows]
     widths = [max(len(line[index]) for line in body) for index in range(len(COLUMNS))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in body]
@@ -286,6 +349,10 @@ def table(rows: list[dict]) -> list[str]:
             holder = row["deploying"]
             lines.append(f"[{row['host']}] {row['app']}: a deploy is running ({holder.get('user', '?')}@"
                          f"{holder.get('machine', '?')}, run {holder.get('run', '?')})")
+    for row in drills:
+        lines.append(verify_line(row))
+        lines += [f"[{row['host']}] restore drill: {problem}" for problem in row["problems"]
+                  if row["restore_drill"]["state"] is None or not problem.startswith("the last restore drill failed")]
     return lines
 
 

@@ -17,8 +17,8 @@ from pyinfra import host
 from pyinfra.api import deploy
 
 from tasks.config import topology
-from tasks.steps import background, database, firewall
-from tasks.config.inventory import load_apps
+from tasks.steps import background, database, firewall, pgbackrest
+from tasks.config.inventory import backups, load_apps
 
 
 class Client(NamedTuple):
@@ -71,12 +71,18 @@ def converge(system, own):
         return
     ports = [*([5432] if databases else []), *redis_ports(host, caches)]
     guard = lambda: firewall.guard_db_server(ports, [(client.name, client.address) for client in found])  # noqa: E731
+    # With a backup host, every WAL segment goes there (pgBackRest, docs/backups.md).
+    repository = backups(host)
+    archive = (pgbackrest.archive_command(), own.pgbackrest_archive_timeout) if repository else None
     # The firewall is loaded before PostgreSQL (re)starts on its private address.
     if databases:
         database.install(system, databases, listen=(own.private_address, [
             (client.name, client.address, app.database_name) for client in found for app in client.apps
-            if app.database]), guard=guard)
+            if app.database]), guard=guard, archive=archive)
         for app in databases:
             database.role(app)
+        if repository:
+            pgbackrest.database_side(host.inventory.get_host(repository[0]), repository[1].private_address,
+                                     pgbackrest.pg_path(host))
     # ... and before any Redis listens there.
     background.serve_redis(caches, own.private_address, guard=None if databases else guard)

@@ -13,6 +13,12 @@ def wait_for_database_server() -> None:
     server.shell(name="Wait until the database server is deployed", commands=[])
 
 
+def wait_for_backup_keys() -> None:
+    """The same barrier (see wait_for_app_servers) once the db server and the backup
+    host have pgBackRest's SSH keys: each then reads the other's."""
+    server.shell(name="Wait until pgBackRest's keys are made on the db server and the backup host", commands=[])
+
+
 def wait_for_app_servers() -> None:
     """A barrier: one operation that every host runs at the same point of deploy.py.
 

@@ -45,6 +45,7 @@ BACKUP_CONFIG_DIR = "/etc/pyinfra-flask/db-backup"
 TOOL = "/usr/local/lib/pyinfra-flask/db-backup.py"
 UNIT_DIR = "/etc/systemd/system"
 SERVICE = "pyinfra-flask-db-backup@.service"
+WAKE_DROP_IN = f"{UNIT_DIR}/postgresql@.service.d/pyinfra-flask-wake.conf"
 PSQL = "runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1"
 
 
@@ -138,14 +139,33 @@ def self_signed(address: str, certificate: str, key: str, owner: str, what: str)
             f"&& chown {owner} {certificate} {key} && chmod 644 {certificate}; }}"])
 
 
+def wake_checkpointer(archiving: bool):
+    """With WAL archiving, every start of the cluster ends with a reload
+    (templates/postgresql-wake.conf.j2): PostgreSQL's checkpointer otherwise ignores
+    archive_timeout for up to checkpoint_timeout after a start. Returns the op that
+    writes (or removes) the drop-in; systemd is reloaded when it changed."""
+    if archiving:
+        wake = files.template(jinja_env_kwargs=JINJA, name=f"Wake PostgreSQL's checkpointer after each start "
+                              f"(archive_timeout from the first minute; {WAKE_DROP_IN})",
+                              src=str(TEMPLATES / "postgresql-wake.conf.j2"), dest=WAKE_DROP_IN, mode="644",
+                              create_remote_dir=True)
+    else:
+        wake = files.file(name=f"No checkpointer wake-up without WAL archiving ({WAKE_DROP_IN})", path=WAKE_DROP_IN,
+                          present=False)
+    systemd.daemon_reload(name="Reload systemd (PostgreSQL's wake-up changed)", _if=wake.did_change)
+    return wake
+
+
 @deploy("PostgreSQL")
-def install(system, wanted, listen: tuple[str, list[tuple[str, str, str]]] | None = None, guard=None) -> None:
+def install(system, wanted, listen: tuple[str, list[tuple[str, str, str]]] | None = None, guard=None,
+            archive: tuple[str, int] | None = None) -> None:
     """The distribution's PostgreSQL, each app's role allowed to its own database and
     nothing else; the backup tool and its service. `wanted`: the apps with a database
     here. Alone it listens on the unix socket only; on a db server, `listen` is (its
     private address, [(app server, its private address, database)]): it listens on
     that address, with TLS, and each app server's role reaches only its database;
-    `guard` adds the firewall's operations, before PostgreSQL listens there."""
+    `guard` adds the firewall's operations, before PostgreSQL listens there; `archive`
+    is (archive_command, archive_timeout) with a backup host (tasks/steps/pgbackrest.py)."""
     if wanted:
         major = version(system)
         config_dir = f"/etc/postgresql/{major}/main"
@@ -166,19 +186,22 @@ def install(system, wanted, listen: tuple[str, list[tuple[str, str, str]]] | Non
             self_signed(address, *tls, owner="postgres:postgres", what="the server's")
         conf = files.template(jinja_env_kwargs=JINJA, name=f"Listen on {address} with TLS only" if listen else
                               "Listen on the unix socket only (no TCP)", src=str(TEMPLATES / "postgresql.conf.j2"),
-                              dest=f"{config_dir}/conf.d/pyinfra-flask.conf", mode="644", address=address, tls=tls)
+                              dest=f"{config_dir}/conf.d/pyinfra-flask.conf", mode="644", address=address, tls=tls,
+                              archive=archive)
         hba = files.template(jinja_env_kwargs=JINJA, name="Allow each app's role to its own database only "
                              "(pg_hba.conf)", src=str(TEMPLATES / "pg_hba.conf.j2"), dest=f"{config_dir}/pg_hba.conf",
                              user="postgres", group="postgres", mode="640",
                              names=sorted({s.database_name for s in wanted}), clients=clients,
                              monitor=topology.monitoring_server(host) is not None)
+        wake = wake_checkpointer(archive is not None)
         # By command, not systemd.service: on the first deploy its facts (read before the
         # package was installed) would say "not running" and only start what the package
         # already started with Debian's listen_addresses = 'localhost'.
         restarted = server.shell(name="Restart PostgreSQL (where it listens changed)",
                                  commands=["systemctl restart postgresql"], _if=conf.did_change)
-        server.shell(name="Reload PostgreSQL (who may connect changed)", commands=["systemctl reload postgresql"],
-                     _if=lambda: hba.did_change() and not restarted.did_change())
+        server.shell(name="Reload PostgreSQL (who may connect, or its wake-up, changed)",
+                     commands=["systemctl reload postgresql"],
+                     _if=lambda: (hba.did_change() or wake.did_change()) and not restarted.did_change())
         systemd.service(name="Run PostgreSQL at boot", service="postgresql", running=True, enabled=True)
         files.directory(name=f"Create {PASSWORD_DIR} (root-only)", path=PASSWORD_DIR, user="root",
                         group="root", mode="700")

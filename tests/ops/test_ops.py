@@ -594,3 +594,49 @@ def test_root_refuses_a_fifo_or_socket_with_a_second_name(tool, tmp_path):
             tool.open_master_fifo()
     finally:
         os.close(reader)
+
+
+# status of the backup host: its last restore drill (files/pgbackrest-verify.py) -----------------
+
+def drill_output(service: str = "inactive", result: str = "success", timer: str = "active",
+                 last: str | None = "ok 2026-12-06T05:00:42Z notespg: 2 tables") -> list[str]:
+    return ["LoadState=loaded", f"ActiveState={service}", f"Result={result}",
+            "ExecMainExitTimestamp=Sun 2026-12-06 05:00:42 UTC", "TIMER", "LoadState=loaded",
+            f"ActiveState={timer}", "Result=success", ops_status.VERIFY_MARK, *([last] if last else [])]
+
+
+def test_the_status_command_reads_the_restore_drills_unit_and_last_line():
+    command = ops_status.verify_command()
+    assert "pyinfra-flask-pgbackrest-verify.service" in command and "pyinfra-flask-pgbackrest-verify.timer" in command
+    assert "cat /var/lib/pyinfra-flask-pgbackrest-verify/last" in command
+
+
+def test_a_passed_drill_is_one_ok_line_and_healthy():
+    row = ops_status.verify_row("bk1", drill_output(), "*-*-* 05:00:00")
+    assert row["healthy"] and row["restore_drill"]["at"] == "2026-12-06T05:00:42Z"
+    assert ops_status.table([row])[-1] == "[bk1] restore drill: ok at 2026-12-06T05:00:42Z: notespg: 2 tables"
+
+
+def test_a_failed_drill_is_unhealthy_saying_when_and_why():
+    row = ops_status.verify_row("bk1", drill_output(
+        service="failed", result="exit-code",
+        last="failed 2026-12-06T05:01:10Z pgbackrest_verify_query returned no rows"), "*-*-* 05:00:00")
+    assert not row["healthy"]
+    assert row["problems"] == ["the last restore drill failed at 2026-12-06T05:01:10Z: "
+                               "pgbackrest_verify_query returned no rows"]
+    assert ops_status.table([row])[-1] == (
+        "[bk1] restore drill: FAILED at 2026-12-06T05:01:10Z: pgbackrest_verify_query returned no rows")
+    # Killed before it could write its line: the unit's failure still shows.
+    row = ops_status.verify_row("bk1", drill_output(service="failed", result="timeout", last=None), "daily")
+    assert not row["healthy"] and "journalctl -u pyinfra-flask-pgbackrest-verify.service" in row["problems"][0]
+
+
+def test_a_stopped_timer_or_a_missing_drill_is_unhealthy_and_off_is_said():
+    row = ops_status.verify_row("bk1", drill_output(timer="inactive", last=None), "daily")
+    assert row["problems"] == ["the restore drill's timer pyinfra-flask-pgbackrest-verify.timer is inactive"]
+    assert ops_status.verify_row("bk1", ["LoadState=not-found"], "daily")["problems"]
+    off = ops_status.verify_row("bk1", ["LoadState=not-found", "TIMER", "LoadState=not-found",
+                                        ops_status.VERIFY_MARK], None)
+    assert off["healthy"] and ops_status.table([off])[-1] == "[bk1] restore drill: off (pgbackrest_verify_schedule = null)"
+    never = ops_status.verify_row("bk1", drill_output(last=None), "daily")
+    assert never["healthy"] and ops_status.table([never])[-1] == "[bk1] restore drill: never run yet"

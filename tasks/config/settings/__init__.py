@@ -5,7 +5,7 @@ group), in ``group_data/*.py``, or on the command line with ``--data key=value``
 ``tasks.config.inventory.load_apps`` validates the whole lot before any operation is added,
 so a typo or a bad value stops the run before any host is changed. This package is
 the schema (each value on its own), one module per concern (the app, releases,
-background work, the database, uWSGI, nginx, day two, alerts, monitoring, hardening; what values may look like in
+background work, the database, its off-host backups, uWSGI, nginx, day two, alerts, monitoring, hardening; what values may look like in
 values.py), composed here into Settings; the checks that look at the laptop's files or
 at several values together are in tasks/config/checks.py, the derived defaults and paths
 in tasks/config/app.py.
@@ -28,6 +28,7 @@ from pyinfra.api.exceptions import DeployError
 from tasks.config.settings.alerts import SECRET_KEYS, AlertSettings
 from tasks.config.settings.application import AppSettings
 from tasks.config.settings.background import BackgroundSettings
+from tasks.config.settings.backups import BackupSettings
 from tasks.config.settings.database import DatabaseSettings
 from tasks.config.settings.day_two import DayTwoSettings
 from tasks.config.settings.hardening import HardeningSettings
@@ -53,8 +54,8 @@ SANDBOX = (
 )
 
 # The schema's parts, one per concern, in the settings table's order.
-PARTS = (AppSettings, ReleaseSettings, BackgroundSettings, DatabaseSettings, UwsgiSettings, NginxSettings,
-         DayTwoSettings, AlertSettings, MonitoringSettings, HardeningSettings)
+PARTS = (AppSettings, ReleaseSettings, BackgroundSettings, DatabaseSettings, BackupSettings, UwsgiSettings,
+         NginxSettings, DayTwoSettings, AlertSettings, MonitoringSettings, HardeningSettings)
 
 
 # pydantic orders a model's fields from its last base to its first: the parts reversed.
