@@ -13,7 +13,7 @@ from tasks.config import inventory
 from tasks.config.topology import is_backup_server, is_balancer, is_database_server
 from tasks.ops.fleet import AppResult, FleetError, run
 from tasks.steps import healthcheck, pgbackrest
-from tasks.steps.database import BACKUP_ROOT, backup_settings, tool_command
+from tasks.steps.database import BACKUP_ROOT, backup_settings, passwords_again_command, tool_command
 from tasks.steps.uploads import DIRECTORY, download
 
 
@@ -133,9 +133,13 @@ def _restore_cluster(fleet, to: str | None) -> dict:
     what = f"the state at {to}" if to else "the latest state"
     wait = ("for i in $(seq 600); do [ \"$(cd / && runuser -u postgres -- psql -XAtc 'select pg_is_in_recovery()' "
             "2>/dev/null)\" = f ] && exit 0; sleep 1; done; echo 'still recovering after 600 s' >&2; exit 1")
+    # The roles' passwords are this host's again: the app servers hold those (a replacement db
+    # server made new ones; an older state may have others).
+    databases = {app.app_name: app for h in fleet.state.inventory for app in inventory.load_apps(h, secrets=False)
+                 if app.database and app.database_host}
     command = (f"systemctl stop postgresql 'postgresql@*' && {pgbackrest.restore_command(to)} && echo Restored {shlex.quote(what)}; "
                f"status=$?; systemctl start postgresql && sh -c {shlex.quote(wait)} && [ $status = 0 ] && "
-               f"echo RESTORED {shlex.quote(what)}")
+               f"{passwords_again_command(databases.values())} && echo RESTORED {shlex.quote(what)}")
     apps = [app.app_name for app in fleet.apps(server) if app.database]
     return _stopped_around(fleet, apps, what, lambda: {server.name: [AppResult(
         pgbackrest.STANZA, *_ok_lines(run(server, command, stream=True, timeout=12 * 3600)))]})

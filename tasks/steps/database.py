@@ -258,6 +258,28 @@ def provision(app) -> list:
                              app.database_env_path, made=role(app))
 
 
+def password_command(role_name: str, password: str, create: bool = False) -> str:
+    """Set the role's password from the root-only file `password` (CREATE the role when
+    `create`): the password goes through a pipe, never onto a command line or into the output."""
+    verb = f"CREATE ROLE {role_name} LOGIN PASSWORD" if create else f"ALTER ROLE {role_name} PASSWORD"
+    return f"printf \"{verb} '%s';\\n\" \"$(cat {password})\" | (cd / && {PSQL})"
+
+
+def passwords_again_command(apps) -> str:
+    """After a restore of the whole cluster (pgBackRest): each app's role gets this host's
+    password again, the one its app servers hold (the restored state may carry an older
+    one, or, on a replacement db server, another host's); a role the restored state does
+    not have is said and left to the next deploy."""
+    steps = []
+    for app in apps:
+        name = app.database_name
+        exists = f"[ \"$(cd / && runuser -u postgres -- psql -XAtc \"select 1 from pg_roles where rolname = '{name}'\")\" = 1 ]"
+        steps.append(f"if {exists}; then {password_command(name, password_path(app))} && "
+                     f"echo 'Set the role {name}'\\''s password (this host'\\''s)'; "
+                     f"else echo 'No role {name} in the restored state: the next deploy makes it'; fi")
+    return " && ".join(f"{{ {step}; }}" for step in steps) or "true"
+
+
 def role(app):
     """The app's role, its password (made on this host, root-only), its database and
     the backup tool's settings. Returns the op that made a new password, or None."""
@@ -269,11 +291,9 @@ def role(app):
         made = server.shell(name=f"Generate {app.app_name}'s database password (on the host, root-only)", commands=[
             f"(umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n' > {password})"])
     if name not in found["roles"]:
-        server.shell(name=f"Create the database role {name}", commands=[
-            f"printf \"CREATE ROLE {name} LOGIN PASSWORD '%s';\\n\" \"$(cat {password})\" | (cd / && {PSQL})"])
+        server.shell(name=f"Create the database role {name}", commands=[password_command(name, password, create=True)])
     elif made:
-        server.shell(name=f"Set the database role {name}'s new password", commands=[
-            f"printf \"ALTER ROLE {name} PASSWORD '%s';\\n\" \"$(cat {password})\" | (cd / && {PSQL})"])
+        server.shell(name=f"Set the database role {name}'s new password", commands=[password_command(name, password)])
     if name not in found["databases"]:
         server.shell(name=f"Create the database {name} (owned by {name}, closed to other roles)", commands=[
             f"(cd / && runuser -u postgres -- createdb -O {name} {name})",

@@ -183,6 +183,12 @@ def test_a_point_in_time_restore_stops_the_app_everywhere_and_runs_on_the_db_ser
     assert "runuser -u postgres -- pgbackrest --stanza=main --delta --type=time " \
            "--target='2026-12-06 20:15:00+00' --target-action=promote" in commands[1][1]
     assert commands[1][1].startswith("systemctl stop postgresql 'postgresql@*' && ")
+    # Once out of recovery, and before the units start again, the role's password is this host's again
+    # (through a pipe, from the root-only file), or the missing role is said.
+    restore = commands[1][1]
+    assert restore.index("pg_is_in_recovery") < restore.index("ALTER ROLE shop PASSWORD") < restore.index("RESTORED")
+    assert "\"$(cat /etc/pyinfra-flask/postgresql/shop.password)\" | (cd / && runuser -u postgres -- psql" in restore
+    assert "No role shop in the restored state" in restore
     assert all(ok for found in results.values() for _, ok, _ in found)
     with pytest.raises(FleetError, match="takes no backup name"):
         backups.restore(fleet, "shop-20261202T030000Z.dump")
@@ -254,6 +260,16 @@ def test_the_restore_drill_without_a_query_checks_tables_and_is_off_with_null():
     off = cluster(pgbackrest_verify_schedule=None)["bk1"]
     assert not [dest for dest in off.uploads if "verify" in dest]
     assert not [name for name in off.changed if "server binaries" in name]
+
+
+@pytest.fixture(autouse=True)
+def _umask_given_back():
+    """files/pgbackrest-verify.py's main(), called in this process, sets the umask (077): the
+    tests after these in the same process (their files' modes) get theirs back."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    yield
+    os.umask(umask)
 
 
 def fake_tools(tmp_path, monkeypatch, tables: str, rows: str):
