@@ -364,13 +364,13 @@ def app_variant(tmp_path: Path, greeting: str | None = None, append: str = "",
 # run's `--durations` and each file's span in its process, longest first. Files not
 # named here come after: real-host ones (tests/hosts/) before the host-less ones.
 SLOWEST_FIRST = [
+    "tests/hosts/test_backups.py",
     "tests/hosts/test_releases.py",
     "tests/roles/test_distros.py",
     "tests/steps/test_background.py",
     "tests/hosts/test_reliability.py",
     "tests/hosts/test_features.py",
     "tests/hosts/test_fleet_redis.py",
-    "tests/hosts/test_backups.py",
     "tests/hosts/test_deploy.py",
     "tests/hosts/test_rollout.py",
     "tests/hosts/test_acme.py",

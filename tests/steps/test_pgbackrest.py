@@ -26,9 +26,21 @@ DATA = {"db1": {"private_address": "10.0.0.5"}, "web1": {"private_address": "10.
         "bk1": {"private_address": "10.0.0.9"}}
 
 
-def cluster(**data):
-    facts = {name: host_facts("debian12", PublicKey=lambda path: KEY) for name in ("db1", "web1", "bk1")}
+def cluster(system="debian12", **data):
+    facts = {name: host_facts(system, PublicKey=lambda path: KEY) for name in ("db1", "web1", "bk1")}
     return deploy(facts, groups=GROUPS, host_data=DATA, database="postgresql", **data)
+
+
+def test_debian_13_archives_and_drills_with_its_postgresql_17():
+    runs = cluster("debian13", pgbackrest_archive_timeout=30)
+    db, bk = runs["db1"], runs["bk1"]
+    assert "archive_timeout = 30" in str(db.uploads["/etc/postgresql/17/main/conf.d/pyinfra-flask.conf"])
+    assert "reload" in str(db.uploads["/etc/systemd/system/postgresql@.service.d/pyinfra-flask-wake.conf"])
+    assert "pg1-path=/var/lib/postgresql/17/main" in str(db.uploads["/etc/pgbackrest.conf"])
+    assert "pg1-path=/var/lib/postgresql/17/main" in str(bk.uploads["/etc/pgbackrest.conf"])
+    assert "--bin /usr/lib/postgresql/17/bin" in str(
+        bk.uploads["/etc/systemd/system/pyinfra-flask-pgbackrest-verify.service"])
+    assert [name for name in bk.changed if "PostgreSQL 17's server binaries" in name]
 
 
 @pytest.mark.parametrize(("key", "value"), [
