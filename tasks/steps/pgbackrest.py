@@ -256,19 +256,8 @@ def backup_side(other, own, db_address: str, pg_path: str) -> None:
                        mode="644", stanza=STANZA, owner=OWNER, verdict=VERDICT, textfile_dir=TEXTFILE_DIR),
     ]
     schedules = {"full": own.pgbackrest_full_schedule, "diff": own.pgbackrest_diff_schedule}
-    timers = {}
-    for kind, schedule in schedules.items():
-        if schedule:
-            timers[kind] = files.template(jinja_env_kwargs=JINJA, name=f"Write {timer(kind)} ({schedule})",
-                                          src=str(TEMPLATES / "pgbackrest-backup.timer.j2"),
-                                          dest=f"{UNIT_DIR}/{timer(kind)}", mode="644", kind=kind,
-                                          schedule=schedule)
-        else:
-            if host.get_fact(File, path=f"{UNIT_DIR}/{timer(kind)}"):
-                server.shell(name=f"Stop {timer(kind)} (no schedule)", commands=[
-                    f"systemctl disable --now {timer(kind)}"])
-            changes.append(files.file(name=f"Remove {timer(kind)}", path=f"{UNIT_DIR}/{timer(kind)}",
-                                      present=False))
+    timers = {kind: timer_unit(timer(kind), schedule, "pgbackrest-backup.timer.j2", kind=kind)
+              for kind, schedule in schedules.items()}
     changes += timers.values()
     systemd.daemon_reload(name="Reload systemd (pgBackRest's units changed)",
                           _if=lambda: any(op.did_change() for op in changes))
@@ -281,8 +270,27 @@ def backup_side(other, own, db_address: str, pg_path: str) -> None:
             f"systemctl start {SWEEP_UNIT}.service",
             as_user(OWNER, f"pgbackrest --stanza={STANZA} --log-level-console=warn check")])
     for kind, op in timers.items():
-        server.shell(name=f"Start {timer(kind)} (and at boot)", commands=[
-            f"systemctl enable {timer(kind)}", f"systemctl restart {timer(kind)}"], _if=op.did_change)
+        if schedules[kind]:
+            start_timer(timer(kind), op)
+
+
+def timer_unit(name: str, schedule: str | None, template: str, off: str = "no schedule", **values):
+    """The timer `name` on the calendar `schedule` (templates/`template` with `values`); with
+    no schedule (`off` says which setting), stopped if it is there and its file removed.
+    Returns the op that wrote or removed the file."""
+    path = f"{UNIT_DIR}/{name}"
+    if schedule:
+        return files.template(jinja_env_kwargs=JINJA, name=f"Write {name} ({schedule})", src=str(TEMPLATES / template),
+                              dest=path, mode="644", schedule=schedule, **values)
+    if host.get_fact(File, path=path):
+        server.shell(name=f"Stop {name} ({off})", commands=[f"systemctl disable --now {name}"])
+    return files.file(name=f"Remove {name}", path=path, present=False)
+
+
+def start_timer(name: str, written) -> None:
+    """Enable the timer `name` and start it again when `written` (its file) changed."""
+    server.shell(name=f"Start {name} (and at boot)", commands=[f"systemctl enable {name}", f"systemctl restart {name}"],
+                 _if=written.did_change)
 
 
 def verify_unit_lines(own, database: str, pg_version: int) -> dict:
@@ -298,14 +306,11 @@ def verify_side(own, database: str, pg_version: int) -> None:
     with the db server's PostgreSQL server binaries from the distribution (no cluster of
     their own: `create_main_cluster = false` first); `pgbackrest_verify_schedule = null`:
     the timer and the service removed."""
-    service, unit_timer = f"{UNIT_DIR}/{VERIFY_UNIT}.service", f"{UNIT_DIR}/{VERIFY_UNIT}.timer"
+    service, unit_timer = f"{UNIT_DIR}/{VERIFY_UNIT}.service", f"{VERIFY_UNIT}.timer"
     schedule = own.pgbackrest_verify_schedule
     if not schedule:
-        if host.get_fact(File, path=unit_timer):
-            server.shell(name=f"Stop {VERIFY_UNIT}.timer (no pgbackrest_verify_schedule)", commands=[
-                f"systemctl disable --now {VERIFY_UNIT}.timer"])
-        changes = [files.file(name=f"Remove {path}", path=path, present=False)
-                   for path in (unit_timer, service, VERIFY_QUERY)]
+        changes = [timer_unit(unit_timer, None, "pgbackrest-verify.timer.j2", off="no pgbackrest_verify_schedule"),
+                   *(files.file(name=f"Remove {path}", path=path, present=False) for path in (service, VERIFY_QUERY))]
         systemd.daemon_reload(name="Reload systemd (the restore drill removed)",
                               _if=lambda: any(op.did_change() for op in changes))
         return
@@ -329,14 +334,11 @@ def verify_side(own, database: str, pg_version: int) -> None:
                        src=str(TEMPLATES / "pgbackrest-verify.service.j2"), dest=service, mode="644",
                        **verify_unit_lines(own, database, pg_version)),
     ]
-    made = files.template(jinja_env_kwargs=JINJA, name=f"Write {VERIFY_UNIT}.timer ({schedule})",
-                          src=str(TEMPLATES / "pgbackrest-verify.timer.j2"), dest=unit_timer, mode="644",
-                          schedule=schedule, unit=VERIFY_UNIT)
+    made = timer_unit(unit_timer, schedule, "pgbackrest-verify.timer.j2", unit=VERIFY_UNIT)
     changes.append(made)
     systemd.daemon_reload(name="Reload systemd (the restore drill's units changed)",
                           _if=lambda: any(op.did_change() for op in changes))
-    server.shell(name=f"Start {VERIFY_UNIT}.timer (and at boot)", commands=[
-        f"systemctl enable {VERIFY_UNIT}.timer", f"systemctl restart {VERIFY_UNIT}.timer"], _if=made.did_change)
+    start_timer(unit_timer, made)
 
 
 def restore_command(target: str | None) -> str:
