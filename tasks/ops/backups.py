@@ -137,8 +137,12 @@ def _restore_cluster(fleet, to: str | None) -> dict:
     # server made new ones; an older state may have others).
     databases = {app.app_name: app for h in fleet.state.inventory for app in inventory.load_apps(h, secrets=False)
                  if app.database and app.database_host}
+    # Out of recovery, a reload wakes the checkpointer for archive_timeout: the one after the start
+    # (templates/postgresql-wake.conf.j2) can come while a restored cluster still recovers, and the
+    # checkpointer then sleeps through archive_timeout for up to checkpoint_timeout.
     command = (f"systemctl stop postgresql 'postgresql@*' && {pgbackrest.restore_command(to)} && echo Restored {shlex.quote(what)}; "
-               f"status=$?; systemctl start postgresql && sh -c {shlex.quote(wait)} && [ $status = 0 ] && "
+               f"status=$?; systemctl start postgresql && sh -c {shlex.quote(wait)} && systemctl reload postgresql && "
+               f"[ $status = 0 ] && "
                f"{passwords_again_command(databases.values())} && echo RESTORED {shlex.quote(what)}")
     apps = [app.app_name for app in fleet.apps(server) if app.database]
     return _stopped_around(fleet, apps, what, lambda: {server.name: [AppResult(

@@ -196,6 +196,10 @@ def test_wal_reaches_the_backup_host_a_point_in_time_restores_and_the_db_host_ca
         assert restored.returncode == 0, restored.stdout + restored.stderr
         assert "Stopped notespg.service" in restored.stdout, restored.stdout
         assert get(app.url + "/notes").text == "before the backup\nkept\n"
+        # The restored cluster archives within archive_timeout again (its checkpointer woken once out of recovery).
+        requests.post(app.url + "/notes", data={"text": "after the restore"}, timeout=10).raise_for_status()
+        segment = sql(db, "select pg_walfile_name(pg_current_wal_lsn())")
+        print(f"WAL {segment} archived {wait_archived(db, segment, ARCHIVE_TIMEOUT + SLACK):.1f}s after the restore")
         second = run_deploy(inventory, tmp_path)
         assert second.changed_operations() == [], second.output[-3000:]
         disaster_drill(hosts, db, app, machines, bookworm_image, network, write_inventory, tmp_path)

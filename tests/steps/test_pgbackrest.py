@@ -198,7 +198,8 @@ def test_a_point_in_time_restore_stops_the_app_everywhere_and_runs_on_the_db_ser
     # Once out of recovery, and before the units start again, the role's password is this host's again
     # (through a pipe, from the root-only file), or the missing role is said.
     restore = commands[1][1]
-    assert restore.index("pg_is_in_recovery") < restore.index("ALTER ROLE shop PASSWORD") < restore.index("RESTORED")
+    assert restore.index("pg_is_in_recovery") < restore.index("systemctl reload postgresql") < restore.index(
+        "ALTER ROLE shop PASSWORD") < restore.index("RESTORED")
     assert "\"$(cat /etc/pyinfra-flask/postgresql/shop.password)\" | (cd / && runuser -u postgres -- psql" in restore
     assert "No role shop in the restored state" in restore
     assert all(ok for found in results.values() for _, ok, _ in found)
