@@ -1,7 +1,7 @@
 """Converge each host to: nginx -> uWSGI (systemd) -> the Flask app(s), or, for hosts
 in the `load_balancers` group, to nginx balancing over the `app_servers`, or, for the
 `db_servers` host, to PostgreSQL for the app servers' apps, or, for the
-`backup_servers` host, to its pgBackRest repository, or, for the
+`backup_servers` host, to the repositories of the database and the apps' files, or, for the
 `monitoring_servers` host, to Prometheus and Alertmanager scraping every host's exporters.
 
     pyinfra inventories/prod.py deploy.py               # apply
@@ -39,7 +39,7 @@ private = {"_temp_dir": uploads.private_directory()}
 # `harden`: the server itself made safe before anything runs on it (tasks/steps/hardening.py).
 if this.settings.harden:
     hardening.converge(system, this.settings, **private)
-# With a backup host, pgBackRest's SSH keys on it and the db server, before either reads the other's.
+# With a backup host, the backups' SSH keys on it, the db server and the app servers, before any reads another's.
 if topology.backup_server(host):
     backup_server.keys(this, **private)
     barriers.wait_for_backup_keys()

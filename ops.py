@@ -321,6 +321,21 @@ def restore(ctx: Context, name: str | None, to: str | None):
         raise click.ClickException(f"restore {what} failed (above)")
 
 
+@command("restore-files")
+@click.option("--to", metavar="TIME", help="The newest snapshot at or before this time, e.g. "
+              "'2026-12-06 20:15:00+00'. Default: the newest.")
+@click.pass_obj
+def restore_files(ctx: Context, to: str | None):
+    """Restore each app's shared_paths (uploads, instance/) on each app server from its
+    newest snapshot on the backup host (restic), or the newest at or before --to TIME:
+    the app's units are stopped, the snapshot restored as the app user (every file read
+    back and checked; files made since it are kept), the units started again and the
+    app health-checked (docs/backups.md)."""
+    what = f"the files as at {to}" if to else "the newest files"
+    if not _report(ops_backups.restore_files(ctx.fleet, to), f"restored {what}"):
+        raise click.ClickException(f"restore-files {what} failed (above)")
+
+
 def main() -> int:
     signal.signal(signal.SIGINT, _interrupted)
     try:

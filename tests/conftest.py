@@ -366,6 +366,7 @@ def app_variant(tmp_path: Path, greeting: str | None = None, append: str = "",
 SLOWEST_FIRST = [
     "tests/hosts/test_backups.py",
     "tests/hosts/test_releases.py",
+    "tests/hosts/test_file_backups.py",
     "tests/roles/test_distros.py",
     "tests/steps/test_background.py",
     "tests/hosts/test_reliability.py",

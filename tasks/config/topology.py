@@ -7,9 +7,10 @@ the balancers, from the inventory's groups.
                     apps (`database: postgresql`, docs/database.md; `redis`, docs/workers.md)
     monitoring_servers  one host running only Prometheus and Alertmanager, scraping
                     every other host's exporters (docs/monitoring.md)
-    backup_servers  one host holding the db server's pgBackRest repository: WAL
+    backup_servers  one host holding the db server's pgBackRest repository (WAL
                     archived to it, full and differential backups taken and
-                    expired by it (docs/backups.md)
+                    expired by it) and the apps' restic repositories of their
+                    `shared_paths` (docs/backups.md)
 
 When the inventory has load balancers, app servers listen on TCP on their
 `private_address` (uWSGI's uwsgi protocol; the balancer uses `uwsgi_pass` to
@@ -83,7 +84,7 @@ def database_server(host):
 
 def backup_server(host):
     """The inventory's one `backup_servers` host, or None."""
-    return _only(host, BACKUP_GROUP, "one backup host holds the database server's repository")
+    return _only(host, BACKUP_GROUP, "one backup host holds the database's and the apps' files' repositories")
 
 
 def app_servers(host) -> list:
@@ -115,14 +116,10 @@ def place(host, app: App, database_address: Callable[[Any], str]) -> App:
     if BACKUP_GROUP in roles and len(roles) > 1:
         raise TopologyError(f"Host {host.name!r} is in both {roles[0]} and {roles[1]}: the backup host holds the "
                             "only copy that survives the others, so it runs nothing else; nothing was changed.")
-    backups = backup_server(host)
-    if backups is not None and database_server(host) is None:
-        raise TopologyError(f"{BACKUP_GROUP} has {backups.name!r} but the inventory has no {DB_GROUP} host: the "
-                            "backup host holds the db server's pgBackRest repository; nothing was changed.")
     if is_backup_server(host):
         if not app.private_address:
             raise TopologyError(f"Backup host {host.name!r} has no private_address: set it to the address the "
-                                "database server reaches it on over SSH; nothing was changed.")
+                                "database server and the app servers reach it on over SSH; nothing was changed.")
         return app
     monitor = monitoring_server(host)
     if monitor is not None and not app.private_address:

@@ -2,17 +2,22 @@
 hosts: each runs the backup tool the deploy installs (files/db-backup.py,
 tasks/steps/database.py) on the hosts that hold an app's database; with a
 `backup_servers` host, pgBackRest instead (tasks/steps/pgbackrest.py, docs/backups.md):
-its backups taken and listed on the backup host, restored on the db server."""
+its backups taken and listed on the backup host, restored on the db server. And
+`restore-files`: the apps' `shared_paths` from the backup host's restic repositories
+(tasks/steps/restic.py), restored on each app server."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shlex
+from datetime import datetime
 
 from tasks.config import inventory
 from tasks.config.topology import is_backup_server, is_balancer, is_database_server
 from tasks.ops.fleet import AppResult, FleetError, run
-from tasks.steps import healthcheck, pgbackrest
+from tasks.steps import healthcheck, pgbackrest, restic
 from tasks.steps.database import BACKUP_ROOT, backup_settings, passwords_again_command, tool_command
 from tasks.steps.uploads import DIRECTORY, download
 
@@ -23,7 +28,7 @@ def _apps_with_database(fleet, host) -> list:
     return [app for app in fleet.apps(host) if app.database and not app.database_host]
 
 
-def _repository(fleet):
+def _repository(fleet, what: str = "the database's backups"):
     """The backup host among the chosen hosts, or None without one in the inventory;
     a --limit that leaves it out is refused."""
     found = [h for h in fleet.state.inventory if is_backup_server(h)]
@@ -31,8 +36,8 @@ def _repository(fleet):
         return None
     chosen = [h for h in fleet.hosts if is_backup_server(h)]
     if not chosen:
-        raise FleetError(f"the database's backups are on the backup host {found[0].name}, which --limit leaves "
-                         "out; nothing was changed")
+        raise FleetError(f"{what} are on the backup host {found[0].name}, which --limit leaves out; nothing was "
+                         "changed")
     return chosen[0]
 
 
@@ -210,6 +215,90 @@ def _stopped_around(fleet, app_names: list[str], name: str, restore_it) -> dict:
             _, started_ok, after = start(h, app_name)
             results[h.name].append(AppResult(app_name, ok and started_ok, before + after))
     return results
+
+
+def _instant(text: str, what: str) -> datetime:
+    """A time with its zone, as restic prints it (nanoseconds) or as a user writes it."""
+    cleaned = re.sub(r"(\.\d{6})\d+", r"\1", text.strip().replace(" ", "T", 1))
+    cleaned = re.sub(r"Z$", "+00:00", cleaned)
+    cleaned = re.sub(r"([+-]\d\d)$", r"\1:00", cleaned)
+    try:
+        found = datetime.fromisoformat(cleaned)
+    except ValueError:
+        found = None
+    if found is None or found.tzinfo is None:
+        raise FleetError(f"{what}: {text!r} is not a time with its zone, like '2026-12-06 20:15:00+00'; nothing "
+                         "was changed")
+    return found
+
+
+def choose_snapshot(snapshots: list[dict], to: datetime | None) -> dict | None:
+    """The newest snapshot, or the newest taken at or before `to`."""
+    kept = [(_instant(snapshot["time"], "snapshot"), snapshot) for snapshot in snapshots]
+    kept = [(at, snapshot) for at, snapshot in kept if to is None or at <= to]
+    return max(kept, key=lambda pair: pair[0])[1] if kept else None
+
+
+def restore_files(fleet, to: str | None = None) -> dict[str, list[AppResult]]:
+    """Each chosen app server's `shared_paths` of each (or the --app) app, from its newest
+    snapshot on the backup host (or the newest at or before `to`): the app's units stopped,
+    the snapshot restored as the app user (files made since are kept), the units started
+    again, even when it failed, and the app health-checked."""
+    target = _instant(to, "--to") if to else None
+    repository = _repository(fleet, "the apps' file backups")
+    if repository is None:
+        raise FleetError("restore-files: the inventory has no backup_servers host, so no app's files are backed "
+                         "up; nothing was changed")
+    pairs = [(h, app) for h in fleet.hosts if not is_balancer(h) and not is_database_server(h)
+             and not is_backup_server(h) for app in fleet.apps(h) if app.shared_paths and app.files_backup_schedule]
+    if not pairs:
+        raise FleetError("restore-files: no chosen host backs up an app's shared_paths; nothing was changed")
+    found: dict[str, list] = {}
+    for app_name in {app.app_name for _, app in pairs}:
+        ok, out, err = run(repository, restic.restic_command(app_name, "snapshots --json"))
+        if not ok:
+            raise FleetError(f"restore-files: the snapshots of {app_name} could not be listed on {repository.name}: "
+                             f"{(err or out or ['?'])[-1]}; nothing was changed")
+        found[app_name] = json.loads("".join(out) or "[]")
+
+    def work(h):
+        results = []
+        for app in [app for host, app in pairs if host is h]:
+            taken = [s for s in found[app.app_name] if s.get("hostname") == h.name]
+            snapshot = choose_snapshot(taken, target)
+            if snapshot is None:
+                # None ever taken: its shared paths were always empty (or no backup ran yet); with some, none by then.
+                results.append(AppResult(app.app_name, not taken, [
+                    f"no snapshot of {app.app_name}'s files from {h.name}{f' at or before {to}' if to and taken else ''}"
+                    f" on {repository.name}: nothing restored"]))
+                continue
+            if not re.fullmatch(r"[0-9a-f]{64}", str(snapshot.get("id", ""))):
+                results.append(AppResult(app.app_name, False, [f"{repository.name} listed a snapshot id that is not "
+                                                                "restic's; nothing was changed"]))
+                continue
+            results.append(AppResult(app.app_name, *_restore_snapshot(h, app, snapshot)))
+        return results
+
+    return fleet.each(work)
+
+
+def _restore_snapshot(h, app, snapshot: dict) -> tuple[bool, list[str]]:
+    settings = backup_settings(app)
+    backup = restic.backup_unit(app.app_name)
+    stopping = [f"{backup}.timer", f"{backup}.service", *settings["timers"], *settings["jobs"], settings["service"],
+                *settings["workers"]]
+    starting = [settings["service"], *settings["workers"], *settings["timers"], f"{backup}.timer"]
+    unit = f"{restic.restore_unit(app.app_name)}{snapshot['id']}.service"
+    what = f"snapshot {snapshot['short_id']} of {snapshot['time'][:19]}Z"
+    check = healthcheck.command(healthcheck.spec(app), "--context", f"after restoring {app.app_name}'s files")
+    quoted = " ".join(map(shlex.quote, stopping))
+    command = (f"systemctl stop {quoted} && echo Stopped {shlex.quote(', '.join(stopping))} && "
+               f"systemctl start {unit}; status=$?; "
+               f"journalctl --no-pager -o cat _SYSTEMD_INVOCATION_ID=$(systemctl show -p InvocationID --value {unit}) "
+               f"| tail -n 20; [ $status = 0 ] && echo Restored {shlex.quote(what)}; "
+               f"systemctl start {' '.join(map(shlex.quote, starting))} && echo Started "
+               f"{shlex.quote(', '.join(starting))} && {check} && exit $status")
+    return _ok_lines(run(h, command, stream=True, timeout=6 * 3600))
 
 
 def _ok_lines(result) -> tuple[bool, list[str]]:

@@ -9,7 +9,7 @@ from pyinfra import host
 from pyinfra.api import deploy
 
 from tasks.config import inventory
-from tasks.steps import background, database, firewall, healthcheck, logrotate, nginx, packages, release, selinux, service, users, uwsgi, watch
+from tasks.steps import background, database, firewall, healthcheck, logrotate, nginx, packages, release, restic, selinux, service, users, uwsgi, watch
 from tasks.steps.release import Release
 
 
@@ -74,6 +74,8 @@ def converge(system, this):
         background.restart(app, ready.workers, activation_ops=app_ops,
                            environment_ops=[op for op in (ready.release.environment, *ready.redis_url,
                                                           *ready.database_url) if op])
+        # With a backup host: the app's shared_paths backed up there (or, without, the units removed).
+        restic.client(app)
     firewall.remove_stale(apps)
     # Last: no app's units use the Redis it removes any more.
     background.retire_redis(apps)

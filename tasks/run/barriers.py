@@ -14,9 +14,10 @@ def wait_for_database_server() -> None:
 
 
 def wait_for_backup_keys() -> None:
-    """The same barrier (see wait_for_app_servers) once the db server and the backup
-    host have pgBackRest's SSH keys: each then reads the other's."""
-    server.shell(name="Wait until pgBackRest's keys are made on the db server and the backup host", commands=[])
+    """The same barrier (see wait_for_app_servers) once the db server, the backup host
+    and the app servers have their backups' SSH keys (pgBackRest's, restic's): each
+    then reads the others'."""
+    server.shell(name="Wait until the backups' SSH keys are made on every host", commands=[])
 
 
 def wait_for_app_servers() -> None:

@@ -8,7 +8,7 @@ over SSH as the *ingest* user, whose only command is pgBackRest's remote
 alone takes, expires and lists backups (systemd timers on the backup host; it logs in
 to the db server as `postgres`, again with pgBackRest's remote as its only command).
 The ingest user can only add: the archive's directories are sticky and group-writable
-for it, and a root sweep every few seconds (files/pgbackrest-sweep.py) hands each file
+for it, and a root sweep every few seconds (files/repository-sweep.py) hands each file
 it completed over to the owner, read-only. Each side's SSH key is made on its host and
 never leaves it; the public keys are read from the other host (a fact, or at
 execution time on the first deploy, when they are made) and written into
@@ -43,7 +43,8 @@ INGEST_HOME = "/home/pgbackrest-ingest"
 POSTGRES_HOME = "/var/lib/postgresql"
 LIB = "/usr/local/lib/pyinfra-flask"
 GUARD = f"{LIB}/pgbackrest-ssh.py"
-SWEEP = f"{LIB}/pgbackrest-sweep.py"
+SWEEP = f"{LIB}/repository-sweep.py"  # shared with tasks/steps/restic.py
+OLD_SWEEP = f"{LIB}/pgbackrest-sweep.py"  # its name until the restic repositories shared it
 UNIT_DIR = "/etc/systemd/system"
 BACKUP_SERVICE = "pyinfra-flask-pgbackrest@.service"
 SWEEP_UNIT = "pyinfra-flask-pgbackrest-sweep"
@@ -224,6 +225,36 @@ def users() -> None:
                     group="root", mode="755")
 
 
+def install_sweep():
+    """The repositories' sweep (files/repository-sweep.py), pgBackRest's and restic's; the
+    file of its old name removed."""
+    files.file(name=f"Remove {OLD_SWEEP} (now {SWEEP})", path=OLD_SWEEP, present=False)
+    return files.put(name="Install the repository sweep (hands the ingest users' files to the owner)",
+                     src=str(REPO_ROOT / "files/repository-sweep.py"), dest=SWEEP, mode="755", create_remote_dir=True)
+
+
+def install_verdict():
+    """The units' verdict for the monitoring host (files/unit-failed-metric.sh, their ExecStopPost)."""
+    return files.put(name="Install the units' verdict for the monitoring host (unit-failed-metric.sh)",
+                     src=str(REPO_ROOT / "files/unit-failed-metric.sh"), dest=VERDICT, mode="755",
+                     create_remote_dir=True)
+
+
+def sweep_units(unit: str, template: str, what: str, quarantine: str, **values) -> list:
+    """The sweep installed, its service `unit` (templates/`template` with `values`) and its
+    timer (every SWEEP_SECONDS s, sweeping `what`), and the units' verdict: the ops, the
+    timer's third."""
+    return [
+        install_sweep(),
+        files.template(jinja_env_kwargs=JINJA, name=f"Write {unit}.service", src=str(TEMPLATES / template),
+                       dest=f"{UNIT_DIR}/{unit}.service", mode="644", sweep=SWEEP, quarantine=quarantine, **values),
+        files.template(jinja_env_kwargs=JINJA, name=f"Write {unit}.timer (every {SWEEP_SECONDS} s)",
+                       src=str(TEMPLATES / "pgbackrest-sweep.timer.j2"), dest=f"{UNIT_DIR}/{unit}.timer",
+                       mode="644", seconds=SWEEP_SECONDS, unit=unit, what=what),
+        install_verdict(),
+    ]
+
+
 def backup_side(other, own, db_address: str, pg_path: str) -> None:
     """On the backup host: the repository (the owner's, the archive sticky and writable
     for the ingest user's group), the config, the db server's `postgres` let in as the
@@ -240,17 +271,8 @@ def backup_side(other, own, db_address: str, pg_path: str) -> None:
     trust(other, "postgres", key_path(POSTGRES_HOME), "ingest", f"{INGEST_HOME}/.ssh/authorized_keys", "root",
           OWNER_HOME, OWNER, db_address)
     changes = [
-        files.put(name="Install the repository sweep (hands the ingest user's files to the owner)",
-                  src=str(REPO_ROOT / "files/pgbackrest-sweep.py"), dest=SWEEP, mode="755", create_remote_dir=True),
-        files.template(jinja_env_kwargs=JINJA, name=f"Write {SWEEP_UNIT}.service", src=str(
-            TEMPLATES / "pgbackrest-sweep.service.j2"), dest=f"{UNIT_DIR}/{SWEEP_UNIT}.service", mode="644",
-            sweep=SWEEP, repository=REPOSITORY, quarantine=QUARANTINE, owner=OWNER, ingest=INGEST),
-        files.template(jinja_env_kwargs=JINJA, name=f"Write {SWEEP_UNIT}.timer (every {SWEEP_SECONDS} s)",
-                       src=str(TEMPLATES / "pgbackrest-sweep.timer.j2"), dest=f"{UNIT_DIR}/{SWEEP_UNIT}.timer",
-                       mode="644", seconds=SWEEP_SECONDS, unit=SWEEP_UNIT),
-        files.put(name="Install the units' verdict for the monitoring host (unit-failed-metric.sh)",
-                  src=str(REPO_ROOT / "files/unit-failed-metric.sh"), dest=VERDICT, mode="755",
-                  create_remote_dir=True),
+        *sweep_units(SWEEP_UNIT, "pgbackrest-sweep.service.j2", "the pgBackRest repository", QUARANTINE,
+                     repository=REPOSITORY, owner=OWNER, ingest=INGEST),
         files.template(jinja_env_kwargs=JINJA, name=f"Write the backup service ({BACKUP_SERVICE})",
                        src=str(TEMPLATES / "pgbackrest-backup.service.j2"), dest=f"{UNIT_DIR}/{BACKUP_SERVICE}",
                        mode="644", stanza=STANZA, owner=OWNER, verdict=VERDICT, textfile_dir=TEXTFILE_DIR),

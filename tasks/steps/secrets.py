@@ -96,10 +96,10 @@ def url_from_server(app, variable: str, url: str, password: str, env_path: str, 
                              f"(from {db.name}, contents not shown)",
                         function=_copy, source=db, target=host, line=f'{variable}="{url}"\n', password=password,
                         env_path=env_path, certificate=certificate, ca=ca,
-                        directories=(_upload_directory(db), _upload_directory(host)))]
+                        directories=(upload_directory(db), upload_directory(host)))]
 
 
-def _upload_directory(h) -> str | None:
+def upload_directory(h) -> str | None:
     """The SSH user's private upload directory (tasks/steps/uploads.py), or None as root."""
     login = h.get_fact(SshUser)
     return private_path(login) if login and h.data.get("_sudo") else None
@@ -114,31 +114,42 @@ _SOURCE_LOCK = BoundedSemaphore()
 READ_TIMEOUT = 120
 
 
+def _read(source, path: str, directory: str | None) -> bytes:
+    """A root-only file of `source` into memory, one at a time (above), bounded."""
+    found = io.BytesIO()
+    with _SOURCE_LOCK, gevent.Timeout(READ_TIMEOUT, DeployError(f"Reading {path} on {source.name} took over "
+                                                                f"{READ_TIMEOUT} s")):
+        if not download(source, path, found, directory):
+            raise DeployError(f"Could not read {path} on {source.name}")
+    return found.getvalue()
+
+
+def _write(target, data: bytes, dest: str, mode: str, directory: str | None, group: str = "root") -> None:
+    """`data` into the file `dest` of `target`, root's and `group`'s, with `mode`; with sudo,
+    through the SSH user's private upload directory."""
+    if directory is None:
+        ok = target.put_file(io.BytesIO(data), dest)
+        commands = f"chown root:{group} {dest} && chmod {mode} {dest}"
+    else:
+        temporary = f"{directory}/{random.token_hex(16)}"
+        ok = target.put_file(io.BytesIO(data), temporary)
+        commands = (f"install -o root -g {group} -m {mode} {temporary} {dest}; status=$?; rm -f {temporary}; "
+                    "exit $status")
+    if not ok or not target.run_shell_command(commands, _sudo=directory is not None)[0]:
+        raise DeployError(f"Could not write {dest} on {target.name}")
+
+
 def _copy(source, target, line: str, password: str, env_path: str, certificate: str, ca: str,
           directories: tuple) -> None:
     """At execution time: the password and certificate read from the db server into
     memory, the env file `line` and the certificate written on this app server (root's,
     600 and 644). Uploads pass through the SSH user's private directory, downloads too."""
-    def read(path: str) -> bytes:
-        found = io.BytesIO()
-        with _SOURCE_LOCK, gevent.Timeout(READ_TIMEOUT, DeployError(
-                f"Reading {path} on {source.name} took over {READ_TIMEOUT} s")):
-            if not download(source, path, found, directories[0]):
-                raise DeployError(f"Could not read {path} on {source.name}")
-        return found.getvalue()
+    secret = _read(source, password, directories[0]).decode().strip()
+    _write(target, _read(source, certificate, directories[0]), ca, "644", directories[1])
+    _write(target, (line % secret).encode(), env_path, "600", directories[1])
 
-    def write(data: bytes, dest: str, mode: str) -> None:
-        if directories[1] is None:
-            ok = target.put_file(io.BytesIO(data), dest)
-            commands = f"chown root:root {dest} && chmod {mode} {dest}"
-        else:
-            temporary = f"{directories[1]}/{random.token_hex(16)}"
-            ok = target.put_file(io.BytesIO(data), temporary)
-            commands = f"install -o root -g root -m {mode} {temporary} {dest}; status=$?; rm -f {temporary}; " \
-                       "exit $status"
-        if not ok or not target.run_shell_command(commands, _sudo=directories[1] is not None)[0]:
-            raise DeployError(f"Could not write {dest} on {target.name}")
 
-    secret = read(password).decode().strip()
-    write(read(certificate), ca, "644")
-    write((line % secret).encode(), env_path, "600")
+def copy_secret(source, target, path: str, dest: str, mode: str, directories: tuple, group: str = "root") -> None:
+    """At execution time: the root-only file `path` of `source` copied, through the laptop's
+    memory and never printed, to `dest` on `target` (root's and `group`'s, `mode`)."""
+    _write(target, _read(source, path, directories[0]), dest, mode, directories[1], group)

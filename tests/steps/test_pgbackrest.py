@@ -1,5 +1,5 @@
 """pgBackRest without a host (tasks/steps/pgbackrest.py, tasks/roles/backup_server.py,
-files/pgbackrest-sweep.py, files/pgbackrest-ssh.py, docs/backups.md): the settings
+files/repository-sweep.py, files/pgbackrest-ssh.py, docs/backups.md): the settings
 refused naming the key, the rendered configs and timers, the forced command's
 refusals, the sweep's handling of what the ingest user leaves. On real hosts:
 tests/hosts/test_backups.py."""
@@ -19,7 +19,7 @@ from tasks.config.settings import SettingsError
 from tests.roles.test_distros import deploy, host_facts
 
 GUARD = runpy.run_path(str(REPO_ROOT / "files/pgbackrest-ssh.py"))
-SWEEP = runpy.run_path(str(REPO_ROOT / "files/pgbackrest-sweep.py"))
+SWEEP = runpy.run_path(str(REPO_ROOT / "files/repository-sweep.py"))
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBAD"
 GROUPS = {"db_servers": ["db1"], "app_servers": ["web1"], "backup_servers": ["bk1"]}
 DATA = {"db1": {"private_address": "10.0.0.5"}, "web1": {"private_address": "10.0.0.11"},
@@ -91,11 +91,8 @@ def test_the_db_server_archives_to_the_backup_host_which_backs_up_and_expires():
     assert not [name for name in runs["web1"].changed if "pgBackRest" in name]
 
 
-def test_a_backup_host_without_a_db_server_or_an_address_is_refused():
-    facts = {name: host_facts("debian12") for name in ("web1", "bk1")}
-    with pytest.raises(Exception, match="no db_servers host"):
-        deploy(facts, groups={"app_servers": ["web1"], "backup_servers": ["bk1"]}, host_data=DATA,
-               database="postgresql")
+def test_a_backup_host_without_an_address_is_refused():
+    # (Without a db server it holds the apps' files only: tests/steps/test_restic.py.)
     with pytest.raises(Exception, match="Backup host '@fake/bk1' has no private_address"):
         cluster_data = {**DATA, "bk1": {}}
         deploy({name: host_facts("debian12", PublicKey=lambda path: KEY) for name in ("db1", "web1", "bk1")},
@@ -271,7 +268,7 @@ def test_the_restore_drill_without_a_query_checks_tables_and_is_off_with_null():
     assert "--query-file" not in service
     assert "OnCalendar=*-*-* 05:00:00" in str(bk.uploads[f"{UNITS}/pyinfra-flask-pgbackrest-verify.timer"])
     off = cluster(pgbackrest_verify_schedule=None)["bk1"]
-    assert not [dest for dest in off.uploads if "verify" in dest]
+    assert not [dest for dest in off.uploads if "pgbackrest-verify" in dest]
     assert not [name for name in off.changed if "server binaries" in name]
 
 

@@ -1,9 +1,11 @@
-"""The settings of one concern: pgBackRest's off-host backups, when the inventory has a
-`backup_servers` host (tasks/roles/backup_server.py, tasks/steps/pgbackrest.py,
-docs/backups.md).
+"""The settings of one concern: off-host backups, when the inventory has a
+`backup_servers` host (tasks/roles/backup_server.py, docs/backups.md): the database
+with pgBackRest (tasks/steps/pgbackrest.py), the apps' `shared_paths` with restic
+(tasks/steps/restic.py).
 
-The db server reads `pgbackrest_archive_timeout` from its own data; the schedules and the
-retention are read from the backup host's own data (it runs the backups and the expiry).
+The db server reads `pgbackrest_archive_timeout` from its own data, each app server
+`files_backup_schedule` from its app's; the other schedules and the retention are read
+from the backup host's own data (it runs the backups, the expiry and the drills).
 
 One part of tasks/config/settings/__init__.py's Settings; its fields, in this order,
 are its rows of the settings table (`markdown_table`)."""
@@ -59,4 +61,29 @@ class BackupSettings(BaseModel):
         description="With the restore drill: an SQL query run (read-only) in the restored copy of the app's "
         "database that must return at least one row, e.g. `select 1 from notes where created > now() - "
         "interval '2 days'`; `null`: only the tables are checked.",
+    )
+    files_backup_schedule: Calendar | None = Field(
+        "*-*-* *:15:00",
+        description="With a `backup_servers` host, on each app server: when the app's `shared_paths` (uploads, "
+        "`instance/`) are backed up there with restic, encrypted, as the app user, into a repository the app "
+        "server can only add to; skipped while they are all empty (a new host before `ops.py restore-files`). "
+        "`null`: no file backups.",
+    )
+    files_keep_hourly: int = Field(
+        24, ge=0, le=10000,
+        description="On the `backup_servers` host: hourly snapshots of each app server's files kept (restic's "
+        "`forget --keep-hourly`); the others are forgotten and pruned there, by `files_prune_schedule`.",
+    )
+    files_keep_daily: int = Field(7, ge=0, le=10000, description="Daily snapshots kept (`--keep-daily`).")
+    files_keep_weekly: int = Field(4, ge=0, le=10000, description="Weekly snapshots kept (`--keep-weekly`).")
+    files_prune_schedule: Calendar = Field(
+        "*-*-* 04:00:00",
+        description="On the `backup_servers` host: when restic forgets the snapshots the `files_keep_*` settings "
+        "do not keep and prunes what only they used, as the repositories' owner (the app servers cannot).",
+    )
+    files_verify_schedule: Calendar | None = Field(
+        "*-*-* 05:30:00",
+        description="On the `backup_servers` host: when the files drill runs: each app server's newest snapshot "
+        "restored into a scratch directory there and its contents verified against the repository, then "
+        "removed; a failure fails the unit and shows in `ops.py status`. `null`: no drill.",
     )

@@ -1,6 +1,9 @@
 """A second app, mounted under a URL prefix: its links and redirects must carry it."""
 
+import os
+
 from flask import Flask, jsonify, redirect, request, url_for
+from werkzeug.utils import secure_filename
 
 app = Flask(__name__)
 
@@ -24,3 +27,12 @@ def post(slug):
 @app.route("/latest")
 def latest():
     return redirect(url_for("post", slug="hello"))
+
+
+@app.route("/upload", methods=["POST"])
+def upload():
+    """A user's upload, into the shared static/uploads/ (tests/hosts/test_file_backups.py)."""
+    file = request.files["file"]
+    name = secure_filename(file.filename)
+    file.save(os.path.join(app.static_folder, "uploads", name))
+    return url_for("static", filename=f"uploads/{name}") + "\n"

@@ -1,31 +1,37 @@
 #!/usr/bin/python3 -I -S
-"""The pgBackRest repository's sweep, as root, every few seconds (installed by
-tasks/steps/pgbackrest.py on the backup host, docs/backups.md).
+"""The backup host's repository sweep, as root, every few seconds (installed by
+tasks/steps/pgbackrest.py and tasks/steps/restic.py, docs/backups.md).
 
-The db server's WAL arrives as the *ingest* user, who must not be able to remove or
-change what is already in the repository. Under `<repository>/archive` this makes
-every directory the owner's, group-writable for the ingest user's group and sticky
-(mode 3770: the ingest user may add a file, not remove or rename one it does not
-own), and hands every file the ingest user completed (not pgBackRest's `.tmp`) over
+What the db server (pgBackRest's WAL) and the app servers (restic's snapshots of
+`shared_paths`) send arrives as an *ingest* user, who must not be able to remove or
+change what is already in the repository. Under the directories it adds to
+(pgBackRest: `archive`; restic: `data`, `index`, `snapshots`) this makes every
+directory the owner's, group-writable for the ingest user's group and sticky (mode
+3770: the ingest user may add a file, not remove or rename one it does not own),
+and hands every file the ingest user completed (not the tool's temporary files) over
 to the owner, mode 640: from then on the ingest user can read it and nothing else.
 
 The ingest user is untrusted: nothing is opened by following a link (every step is
 relative to an open directory, `O_NOFOLLOW`, types checked on the opened file), and
-what pgBackRest never makes there is moved into the root-only quarantine directory
-instead: links, devices, fifos, sockets, files with other links, and a second file
-for a WAL segment the archive already has (it would make a restore stop).
+what the tool never makes there is moved into the root-only quarantine directory
+instead: links, devices, fifos, sockets, files with other links, a second file for a
+WAL segment the archive already has (it would make a restore stop), and a restic file
+whose name is not the SHA-256 of its contents (restic names every file so: a file
+that lies about its contents would only make a restore fail).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import pwd
 import stat
 import sys
 import time
 
-TEMPORARY = ".pgbackrest.tmp"
+# What the ingest user adds to, and how its unfinished files are named, per tool.
+LAYOUTS = {"pgbackrest": (("archive",), ".pgbackrest.tmp"), "restic": (("data", "index", "snapshots"), "-restic-temp-")}
 DIRECTORY_MODE = 0o3770
 FILE_MODE = 0o640
 # A WAL segment's file is `<24 hex digits>-<sha1>[.gz|...]`: one per segment.
@@ -37,8 +43,10 @@ def _open_directory(name: str, dir_fd: int | None) -> int:
 
 
 class Sweep:
-    def __init__(self, owner: int, group: int, ingest: int, quarantine_fd: int):
+    def __init__(self, owner: int, group: int, ingest: int, quarantine_fd: int, layout: str = "pgbackrest"):
         self.owner, self.group, self.ingest, self.quarantine_fd = owner, group, ingest, quarantine_fd
+        self.temporary = LAYOUTS[layout][1]
+        self.content_named = layout == "restic"
         self.handed = self.quarantined = 0
 
     def quarantine(self, dir_fd: int, name: str, why: str) -> None:
@@ -90,12 +98,13 @@ class Sweep:
         if entry.st_uid != self.ingest:
             self.quarantine(dir_fd, name, f"owned by uid {entry.st_uid}")
             return
-        if name.endswith(TEMPORARY):
+        if self.temporary in name:
             return  # still being written
         if entry.st_nlink != 1:
             self.quarantine(dir_fd, name, "a file with other links")
             return
-        if kept.get(name[:SEGMENT], name) != name and len(name) > SEGMENT and name[SEGMENT] == "-":
+        if not self.content_named and kept.get(name[:SEGMENT], name) != name and len(name) > SEGMENT \
+                and name[SEGMENT] == "-":
             self.quarantine(dir_fd, name, f"the archive already has {kept[name[:SEGMENT]]}")
             return
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
@@ -104,6 +113,13 @@ class Sweep:
             if (opened.st_dev, opened.st_ino) != (entry.st_dev, entry.st_ino) or not stat.S_ISREG(opened.st_mode) \
                     or opened.st_nlink != 1:
                 return  # swapped meanwhile: next time
+            if self.content_named:
+                # Taken from the ingest user first (then read): it can no longer write what is checked.
+                os.fchown(fd, self.owner, self.group)
+                os.fchmod(fd, FILE_MODE)
+                if _sha256(fd) != name:
+                    self.quarantine(dir_fd, name, "its name is not the SHA-256 of its contents")
+                    return
             os.fchown(fd, self.owner, self.group)
             os.fchmod(fd, FILE_MODE)
             kept.setdefault(name[:SEGMENT], name)
@@ -112,14 +128,27 @@ class Sweep:
             os.close(fd)
 
 
+def _sha256(fd: int) -> str:
+    digest = hashlib.sha256()
+    while True:
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            return digest.hexdigest()
+        digest.update(chunk)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repository", required=True)
     parser.add_argument("--quarantine", required=True)
     parser.add_argument("--owner", required=True)
     parser.add_argument("--ingest", required=True)
+    parser.add_argument("--layout", choices=sorted(LAYOUTS), default="pgbackrest")
     args = parser.parse_args(argv)
     owner, ingest = pwd.getpwnam(args.owner), pwd.getpwnam(args.ingest)
+    # pgBackRest's repository is the owner's group's (the ingest user is in it); each restic
+    # repository its ingest user's group's, so that no app's ingest user reads another's.
+    group = owner.pw_gid if args.layout == "pgbackrest" else ingest.pw_gid
     root = _open_directory(args.repository, None)
     quarantine = _open_directory(args.quarantine, None)
     found = os.fstat(root)
@@ -130,15 +159,16 @@ def main(argv: list[str] | None = None) -> int:
     if held.st_uid != 0 or stat.S_IMODE(held.st_mode) & 0o077:
         print(f"{args.quarantine}: not root's alone; nothing swept", file=sys.stderr)
         return 1
-    sweep = Sweep(owner.pw_uid, owner.pw_gid, ingest.pw_uid, quarantine)
-    try:
-        archive = _open_directory("archive", root)
-    except FileNotFoundError:
-        return 0  # no stanza yet
-    try:
-        sweep.directory(archive)
-    finally:
-        os.close(archive)
+    sweep = Sweep(owner.pw_uid, group, ingest.pw_uid, quarantine, args.layout)
+    for name in LAYOUTS[args.layout][0]:
+        try:
+            added = _open_directory(name, root)
+        except FileNotFoundError:
+            continue  # no stanza, no repository yet
+        try:
+            sweep.directory(added)
+        finally:
+            os.close(added)
     if sweep.handed or sweep.quarantined:
         print(f"handed {sweep.handed} file(s) to {args.owner}, quarantined {sweep.quarantined}")
     return 0
