@@ -25,10 +25,10 @@ import click
 from tasks import identity
 from tasks import tool as host_tool
 from tasks.config.settings import SettingsError
-from tasks.config.topology import is_backup_server
+from tasks.config.topology import database_server, is_backup_server
 from tasks.ops import audit, backups as ops_backups, exec as ops_exec, logs as ops_logs, status as ops_status
 from tasks.ops.fleet import Fleet, FleetError, echo, parse_data, run, show_output
-from tasks.steps import maintenance
+from tasks.steps import maintenance, restic
 
 
 class Context:
@@ -128,13 +128,19 @@ def status(ctx: Context, as_json: bool):
     active, a job or timer failed, nginx not active, the health check failing, the
     certificate missing or expiring within acme_min_valid_days. A host whose updates
     need a reboot is said so (it is not unhealthy). A backup host: its last restore
-    drill (when, ok or failed, why), unhealthy when it failed."""
+    drill and files drill (when, ok or failed, why), unhealthy when one failed."""
     def gather(host):
         apps = ctx.fleet.apps(host)
         if is_backup_server(host):
-            ok, out, err = run(host, ops_status.verify_command(), timeout=60)
-            schedule = apps[0].pgbackrest_verify_schedule if apps else None
-            return [ops_status.verify_row(host.name, out if ok else [], schedule)]
+            # The pgBackRest drill with a db server, the files drill with an app's files backed up.
+            kept = [ops_status.DRILLS[0]] if database_server(host) else []
+            kept += [ops_status.DRILLS[1]] if restic.served(host) else []
+            rows = []
+            for drill in kept:
+                ok, out, err = run(host, ops_status.verify_command(drill), timeout=60)
+                schedule = getattr(apps[0], drill.setting) if apps else None
+                rows.append(ops_status.verify_row(host.name, out if ok else [], schedule, drill))
+            return rows
         if not apps:
             return []
         ok, out, err = run(host, ops_status.with_reboot_flag(ops_status.host_command(host, apps)), timeout=120)

@@ -14,10 +14,11 @@ from __future__ import annotations
 import json
 import shlex
 from datetime import datetime, timezone
+from typing import NamedTuple
 
 from tasks import tool as host_tool
 from tasks.config import topology
-from tasks.steps import acme, healthcheck, pgbackrest, watch
+from tasks.steps import acme, healthcheck, pgbackrest, restic, watch
 from tasks.config.app import App
 
 
@@ -254,18 +255,30 @@ def summary(host: str, app: App, report: dict, now: datetime | None = None) -> d
 VERIFY_MARK = "VERIFY-LAST"
 
 
-def verify_command() -> str:
-    """The backup host's restore drill (tasks/steps/pgbackrest.py): its service's and
-    timer's states (one `systemctl show` each), then the drill's own last line."""
+class Drill(NamedTuple):
+    """One of the backup host's drills: its name in the table, unit, state directory, setting."""
+
+    label: str
+    unit: str
+    state: str
+    setting: str
+
+
+DRILLS = (Drill("restore drill", pgbackrest.VERIFY_UNIT, pgbackrest.VERIFY_STATE, "pgbackrest_verify_schedule"),
+          Drill("files drill", restic.VERIFY_UNIT, restic.VERIFY_STATE, "files_verify_schedule"))
+
+
+def verify_command(drill: Drill = DRILLS[0]) -> str:
+    """A drill of the backup host (tasks/steps/pgbackrest.py, tasks/steps/restic.py): its
+    service's and timer's states (one `systemctl show` each), then the drill's own last line."""
     show = "systemctl show --no-pager --property=LoadState,ActiveState,Result"
-    unit = pgbackrest.VERIFY_UNIT
-    return (f"{show},ExecMainExitTimestamp {unit}.service ; echo TIMER ; {show} {unit}.timer ; "
-            f"echo {VERIFY_MARK} ; cat {pgbackrest.VERIFY_STATE}/last 2>/dev/null ; true")
+    return (f"{show},ExecMainExitTimestamp {drill.unit}.service ; echo TIMER ; {show} {drill.unit}.timer ; "
+            f"echo {VERIFY_MARK} ; cat {drill.state}/last 2>/dev/null ; true")
 
 
-def verify_row(host: str, stdout: list[str], schedule: str | None) -> dict:
-    """The restore drill's row: when it last ended, ok or failed, and why; unhealthy
-    when its unit failed or its timer is not running though scheduled."""
+def verify_row(host: str, stdout: list[str], schedule: str | None, drill: Drill = DRILLS[0]) -> dict:
+    """The drill's row: when it last ended, ok or failed, and why; unhealthy when its unit
+    failed or its timer is not running though scheduled."""
     service: dict[str, str] = {}
     timer: dict[str, str] = {}
     last = ""
@@ -281,19 +294,19 @@ def verify_row(host: str, stdout: list[str], schedule: str | None) -> dict:
             key, _, value = line.partition("=")
             section[key] = value
     state, since, why = (last.split(" ", 2) + ["", ""])[:3] if last else ("", "", "")
-    unit = pgbackrest.VERIFY_UNIT
-    row = {"host": host, "app": "(restore drill)", "restore_drill": {
-        "schedule": schedule, "state": state or None, "at": since or None, "why": why or None,
-        "unit": service.get("ActiveState") or "unknown"}, "problems": []}
+    unit, label = drill.unit, drill.label
+    row = {"host": host, "app": f"({label})", "restore_drill": {
+        "drill": label, "setting": drill.setting, "schedule": schedule, "state": state or None, "at": since or None,
+        "why": why or None, "unit": service.get("ActiveState") or "unknown"}, "problems": []}
     found = row["problems"]
     if service.get("LoadState") == "not-found" or not service:
         if schedule:
-            found.append(f"the restore drill is not installed ({unit}.service): deploy the backup host")
+            found.append(f"the {label} is not installed ({unit}.service): deploy the backup host")
     elif service.get("ActiveState") == "failed" or state == "failed":
-        found.append(f"the last restore drill failed{f' at {since}' if since else ''}: "
+        found.append(f"the last {label} failed{f' at {since}' if since else ''}: "
                      f"{why or 'see journalctl -u ' + unit + '.service'}")
     if schedule and service.get("LoadState") == "loaded" and timer.get("ActiveState") != "active":
-        found.append(f"the restore drill's timer {unit}.timer is {timer.get('ActiveState') or 'unknown'}")
+        found.append(f"the {label}'s timer {unit}.timer is {timer.get('ActiveState') or 'unknown'}")
     row["healthy"] = not found
     return row
 
@@ -302,14 +315,14 @@ def verify_line(row: dict) -> str:
     """The drill's line in the table: `[host] restore drill: ok|FAILED|never run|off ...`."""
     drill = row["restore_drill"]
     if not drill["schedule"] and drill["state"] is None:
-        said = "off (pgbackrest_verify_schedule = null)"
+        said = f"off ({drill['setting']} = null)"
     elif drill["unit"] == "activating":
         said = f"running now (last: {drill['state'] or 'none'} {drill['at'] or ''})".rstrip()
     elif drill["state"] is None:
         said = "never run yet" if row["healthy"] else "FAILED"
     else:
         said = f"{'ok' if drill['state'] == 'ok' and row['healthy'] else 'FAILED'} at {drill['at']}: {drill['why']}"
-    return f"[{row['host']}] restore drill: {said}"
+    return f"[{row['host']}] {drill['drill']}: {said}"
 
 
 COLUMNS = ("HOST", "APP", "RELEASE", "COMMIT", "SINCE", "BY", "WEB", "WORKERS", "UWSGI busy/idle req",
@@ -350,9 +363,10 @@ def table(rows: list[dict]) -> list[str]:
             lines.append(f"[{row['host']}] {row['app']}: a deploy is running ({holder.get('user', '?')}@"
                          f"{holder.get('machine', '?')}, run {holder.get('run', '?')})")
     for row in drills:
+        label = row["restore_drill"]["drill"]
         lines.append(verify_line(row))
-        lines += [f"[{row['host']}] restore drill: {problem}" for problem in row["problems"]
-                  if row["restore_drill"]["state"] is None or not problem.startswith("the last restore drill failed")]
+        lines += [f"[{row['host']}] {label}: {problem}" for problem in row["problems"]
+                  if row["restore_drill"]["state"] is None or not problem.startswith(f"the last {label} failed")]
     return lines
 
 

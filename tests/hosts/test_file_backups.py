@@ -135,6 +135,9 @@ def test_uploads_reach_the_backup_host_survive_losing_the_app_host_and_cannot_be
         backup.exec(f"systemctl start {DRILL}")
         last = backup.exec("cat /var/lib/pyinfra-flask-restic-verify/last")
         assert last.startswith("ok ") and f"blog: {app.name} 2 files" in last and "greeting: no snapshot" in last, last
+        status = ops(inventory, "status")
+        assert status.returncode == 0 and "files drill: ok at " in status.stdout, status.stdout + status.stderr
+        assert "restore drill" not in status.stdout  # no db server, no pgBackRest
         # The app host is lost with its disk; a new one takes its name, at a new address.
         app.remove()
         hosts.remove(app)
@@ -169,6 +172,9 @@ def test_uploads_reach_the_backup_host_survive_losing_the_app_host_and_cannot_be
         assert "status=0" not in failed, failed
         assert f'pyinfra_flask_unit_failed{{unit="{DRILL}"}} 1' in backup.exec(f"cat {TEXTFILE_DIR}/unit-{DRILL}.prom")
         assert backup.exec("cat /var/lib/pyinfra-flask-restic-verify/last").startswith("failed ")
+        status = ops(inventory, "status")
+        assert status.returncode != 0 and "files drill: FAILED at " in status.stdout, status.stdout + status.stderr
+        print(f"files drill: {status.stdout.strip().splitlines()[-1]}")
         assert not backup.exec("ls /var/lib/pyinfra-flask-restic-verify/scratch 2>/dev/null; true").strip()
     except BaseException:
         print(backup.exec("journalctl --no-pager -n 40 -u 'pyinfra-flask-restic-*'; ls -laR "

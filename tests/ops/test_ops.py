@@ -640,3 +640,21 @@ def test_a_stopped_timer_or_a_missing_drill_is_unhealthy_and_off_is_said():
     assert off["healthy"] and ops_status.table([off])[-1] == "[bk1] restore drill: off (pgbackrest_verify_schedule = null)"
     never = ops_status.verify_row("bk1", drill_output(last=None), "daily")
     assert never["healthy"] and ops_status.table([never])[-1] == "[bk1] restore drill: never run yet"
+
+
+def test_the_files_drill_has_its_own_line_unit_and_setting():
+    drill = ops_status.DRILLS[1]
+    command = ops_status.verify_command(drill)
+    assert "pyinfra-flask-restic-verify.service" in command and "cat /var/lib/pyinfra-flask-restic-verify/last" in command
+    row = ops_status.verify_row("bk1", drill_output(last="ok 2026-12-07T05:30:12Z blog: web1 2 files (23810 bytes) "
+                                                         "of 3f9a1c2e 2026-12-07T05:15:07Z"), "daily", drill)
+    assert ops_status.table([row])[-1] == ("[bk1] files drill: ok at 2026-12-07T05:30:12Z: blog: web1 2 files "
+                                           "(23810 bytes) of 3f9a1c2e 2026-12-07T05:15:07Z")
+    failed = ops_status.verify_row("bk1", drill_output(service="failed", result="exit-code",
+                                                       last="failed 2026-12-07T05:30:12Z restic check: Fatal: x"),
+                                   "daily", drill)
+    assert not failed["healthy"] and ops_status.table([failed])[-1] == (
+        "[bk1] files drill: FAILED at 2026-12-07T05:30:12Z: restic check: Fatal: x")
+    off = ops_status.verify_row("bk1", ["LoadState=not-found", "TIMER", "LoadState=not-found",
+                                        ops_status.VERIFY_MARK], None, drill)
+    assert ops_status.table([off])[-1] == "[bk1] files drill: off (files_verify_schedule = null)"
