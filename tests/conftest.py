@@ -387,6 +387,7 @@ SLOWEST_FIRST = [
     "tests/hosts/test_backups.py",
     "tests/hosts/test_releases.py",
     "tests/hosts/test_file_backups.py",
+    "tests/hosts/test_backups_s3.py",
     "tests/roles/test_distros.py",
     "tests/steps/test_background.py",
     "tests/hosts/test_reliability.py",

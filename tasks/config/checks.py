@@ -126,11 +126,24 @@ def environment(app: App) -> None:
     for key, value in app.environment().items():
         if "\n" in value or "\r" in value:
             raise ValueError(f"app_env_file/app_env_from: the value of {key} spans lines (not supported)")
+    if app.pgbackrest_repository == "s3":
+        s3_files(app)
     name = app.alert_smtp_password_from
     if name is not None and not os.environ.get(name, "").strip("\r\n"):
         raise ValueError(f"alert_smtp_password_from: {name} is not set in the shell running pyinfra")
     if name is not None and any(c in os.environ[name] for c in "\r\n\x00"):
         raise ValueError(f"alert_smtp_password_from: {name} must be one line (its value is not shown)")
+
+
+def s3_files(app: App) -> None:
+    """An S3 repository's secret in the shell, its CA file on this machine (one line each)."""
+    name = app.pgbackrest_s3_key_secret_from
+    if name is not None and not re.fullmatch(r"[\x21-\x7e]{1,256}", os.environ.get(name, "")):
+        raise ValueError(f"pgbackrest_s3_key_secret_from: {name} is not set in the shell running pyinfra, or is "
+                         "not one word of printable characters (its value is not shown)")
+    path = app.pgbackrest_s3_ca_file
+    if path and not app.local_path(path).is_file():
+        raise ValueError(f"pgbackrest_s3_ca_file: {path!r} is not a file ({app.local_path(path)})")
 
 
 def background(app: App) -> None:

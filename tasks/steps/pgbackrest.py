@@ -18,6 +18,7 @@ authorized_keys with `restrict` and the forced command; host keys are pinned.
 from __future__ import annotations
 
 import io
+import os
 import shlex
 
 from pyinfra import host
@@ -30,7 +31,9 @@ from tasks import JINJA, REPO_ROOT, TEMPLATES
 from tasks.config import platform
 from tasks.steps.database import version
 from tasks.steps.metrics import TEXTFILE_DIR
+from tasks.steps.monitoring import render
 from tasks.steps.packages import APT_LOCK_WAIT, DebInstalled
+from tasks.steps.secrets import put_secret
 
 STANZA = "main"
 CONFIG = "/etc/pgbackrest.conf"
@@ -58,6 +61,7 @@ VERIFY_STATE_NAME = "pyinfra-flask-pgbackrest-verify"  # StateDirectory=: /var/l
 VERIFY_STATE = f"/var/lib/{VERIFY_STATE_NAME}"
 VERIFY_QUERY = "/etc/pyinfra-flask/pgbackrest-verify.sql"
 CREATECLUSTER = "/etc/postgresql-common/createcluster.conf"
+S3_CA = "/etc/pgbackrest-s3-ca.crt"
 PACKAGES = ("pgbackrest", "python3")
 
 
@@ -100,10 +104,14 @@ class PublicKey(FactBase):
 
 
 class StanzaMade(FactBase):
-    """Whether the stanza's backup.info is in the repository (stanza-create ran)."""
+    """Whether stanza-create ran: its backup.info in the repository on this host's disk, or,
+    for a repository elsewhere (S3), pgBackRest's `info` finding the stanza there (status
+    0, ok, or 2, no valid backup yet)."""
 
     def command(self) -> str:
-        return f"test -f {REPOSITORY}/backup/{STANZA}/backup.info && echo yes; true"
+        return (f"if test -f {REPOSITORY}/backup/{STANZA}/backup.info; then echo yes; elif grep -qs '^repo1-type=s3' "
+                f"{CONFIG}; then {as_user(OWNER, f'pgbackrest --stanza={STANZA} --output=json info')} 2>/dev/null "
+                "| tr -d ' \\n' | grep -Eq '\"status\":\\{\"code\":(0|2),' && echo yes; fi; true")
 
     def process(self, output: list[str]) -> bool:
         return output[:1] == ["yes"]
@@ -255,6 +263,34 @@ def sweep_units(unit: str, template: str, what: str, quarantine: str, **values) 
     ]
 
 
+def repository_config(own, db_address: str, pg_path: str):
+    """The backup host's /etc/pgbackrest.conf: the repository (this host's disk, or an S3
+    bucket: its key's secret in it, so the file is written as a secret, root:pgbackrest 640,
+    never shown), the retention, the db server."""
+    context = {"stanza": STANZA, "repository": REPOSITORY, "s": own, "pg_host": db_address, "pg_path": pg_path}
+    if own.pgbackrest_repository != "s3":
+        return files.template(jinja_env_kwargs=JINJA, name=f"Write {CONFIG} (the repository, retention, the db server)",
+                              src=str(TEMPLATES / "pgbackrest-repo.conf.j2"), dest=CONFIG, user="root",
+                              group="root", mode="644", s3_secret=None, ca_file=None, **context)
+    ca_file = None
+    if own.pgbackrest_s3_ca_file:
+        ca_file = S3_CA
+        files.put(name=f"Install the S3 endpoint's CA certificates ({S3_CA})",
+                  src=str(own.local_path(own.pgbackrest_s3_ca_file)), dest=S3_CA, mode="644")
+    else:
+        files.file(name=f"No {S3_CA} (the system's CAs)", path=S3_CA, present=False)
+    text = render("pgbackrest-repo.conf.j2", s3_secret=s3_secret(own), ca_file=ca_file, **context)
+    return put_secret(name=f"Write {CONFIG} (the S3 repository, its key's secret not shown; retention, the db server)",
+                      src=text.encode(), dest=CONFIG, user="root", group=OWNER, mode="640")
+
+
+def s3_secret(own) -> str:
+    """The S3 key's secret: the setting, or the laptop's environment variable it names."""
+    if own.pgbackrest_s3_key_secret_from:
+        return os.environ[own.pgbackrest_s3_key_secret_from]
+    return own.pgbackrest_s3_key_secret
+
+
 def backup_side(other, own, db_address: str, pg_path: str) -> None:
     """On the backup host: the repository (the owner's, the archive sticky and writable
     for the ingest user's group), the config, the db server's `postgres` let in as the
@@ -265,9 +301,7 @@ def backup_side(other, own, db_address: str, pg_path: str) -> None:
                     path=QUARANTINE, user="root", group="root", mode="700")
     files.directory(name="Create /var/log/pgbackrest (the owner's)", path="/var/log/pgbackrest", user=OWNER,
                     group=OWNER, mode="750")
-    files.template(jinja_env_kwargs=JINJA, name=f"Write {CONFIG} (the repository, retention, the db server)",
-                   src=str(TEMPLATES / "pgbackrest-repo.conf.j2"), dest=CONFIG, user="root", group="root",
-                   mode="644", stanza=STANZA, repository=REPOSITORY, s=own, pg_host=db_address, pg_path=pg_path)
+    repository_config(own, db_address, pg_path)
     trust(other, "postgres", key_path(POSTGRES_HOME), "ingest", f"{INGEST_HOME}/.ssh/authorized_keys", "root",
           OWNER_HOME, OWNER, db_address)
     changes = [

@@ -336,3 +336,43 @@ def test_a_restore_that_fails_is_a_failed_drill(tmp_path, monkeypatch):
     assert VERIFY["main"](args) == 1
     assert "pgbackrest restore: ERROR: [028]: backup is corrupt" in (tmp_path / "state" / "last").read_text()
     assert not (tmp_path / "pg_ctl-calls").exists()
+
+
+def test_an_s3_repository_is_configured_on_the_backup_host_its_secret_never_shown(tmp_path, monkeypatch):
+    monkeypatch.setenv("TEST_S3_SECRET", "s3cr3t-value")
+    ca = tmp_path / "ca.crt"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    runs = cluster(pgbackrest_repository="s3", pgbackrest_s3_endpoint="s3.example.net", pgbackrest_s3_port=9000,
+                   pgbackrest_s3_bucket="db-backups", pgbackrest_s3_key="AKIDEXAMPLE", pgbackrest_s3_uri_style="path",
+                   pgbackrest_s3_key_secret_from="TEST_S3_SECRET", pgbackrest_s3_ca_file=str(ca))
+    db, bk = runs["db1"], runs["bk1"]
+    conf = bk.uploads["/etc/pgbackrest.conf"].decode()
+    for line in ("repo1-type=s3", "repo1-path=/pgbackrest", "repo1-s3-endpoint=s3.example.net",
+                 "repo1-storage-port=9000", "repo1-s3-bucket=db-backups", "repo1-s3-uri-style=path",
+                 "repo1-s3-key=AKIDEXAMPLE", "repo1-s3-key-secret=s3cr3t-value",
+                 "repo1-storage-ca-file=/etc/pgbackrest-s3-ca.crt", "pg1-host=10.0.0.5"):
+        assert line in conf, line
+    written = [(name, commands) for name, commands in bk.changed.items() if "Write /etc/pgbackrest.conf" in name]
+    assert written and "its key's secret not shown" in written[0][0]
+    assert "s3cr3t-value" not in repr(written) and "chown root:pgbackrest" in " ".join(written[0][1])
+    assert [name for name in bk.changed if "Install the S3 endpoint's CA certificates" in name]
+    # The db server still reaches the repository through the backup host.
+    assert "repo1-host=10.0.0.9" in str(db.uploads["/etc/pgbackrest.conf"])
+
+
+@pytest.mark.parametrize(("data", "key"), [
+    ({"pgbackrest_repository": "s3"}, "pgbackrest_s3_endpoint"),
+    ({"pgbackrest_repository": "s3", "pgbackrest_s3_endpoint": "s3.example.net", "pgbackrest_s3_bucket": "b-1",
+      "pgbackrest_s3_key": "k"}, "pgbackrest_s3_key_secret_from"),
+    ({"pgbackrest_s3_bucket": "No_Such"}, "pgbackrest_s3_bucket"),
+    ({"pgbackrest_s3_key_secret": "two words"}, "pgbackrest_s3_key_secret"),
+    ({"pgbackrest_repository": "s3", "pgbackrest_s3_endpoint": "s3.example.net", "pgbackrest_s3_bucket": "b-1",
+      "pgbackrest_s3_key": "k", "pgbackrest_s3_key_secret_from": "NOT_SET_HERE_S3"}, "pgbackrest_s3_key_secret_from"),
+    ({"pgbackrest_repository": "s3", "pgbackrest_s3_endpoint": "s3.example.net", "pgbackrest_s3_bucket": "b-1",
+      "pgbackrest_s3_key": "k", "pgbackrest_s3_key_secret": "x", "pgbackrest_s3_ca_file": "/no/such/ca.crt"},
+     "pgbackrest_s3_ca_file"),
+])
+def test_an_s3_repository_without_what_it_needs_is_refused_naming_the_key(data, key):
+    with pytest.raises(SettingsError) as error:
+        validate({"app_name": "shop", **data}, where="test", secrets=True)
+    assert str(error.value).splitlines()[1].startswith(f"  - {key}") and "two words" not in str(error.value)

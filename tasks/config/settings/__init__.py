@@ -89,7 +89,7 @@ def _connector_names() -> tuple[str, ...]:
 
 
 # Settings whose values are never shown, not even when refused.
-HIDDEN = ("webhook_url", *SECRET_KEYS)
+HIDDEN = ("webhook_url", *SECRET_KEYS, "pgbackrest_s3_key_secret")
 
 # Settings that map names to blocks of their own fields (errors name the block).
 NAMED_BLOCKS = ("workers", "jobs")

@@ -12,13 +12,19 @@ are its rows of the settings table (`markdown_table`)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import re
+from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field, model_validator
 
+from tasks.config.settings.alerts import ENV_NAME_RE, SMTP_HOST_RE
 from tasks.config.settings.values import calendar_event
 
 Calendar = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(calendar_event)]
+# An S3 bucket's name (the rules every S3 implementation takes).
+BUCKET_RE = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
+# What pgBackRest needs of an S3 repository (the key's secret: _secret or _secret_from).
+S3_REQUIRED = ("pgbackrest_s3_endpoint", "pgbackrest_s3_bucket", "pgbackrest_s3_key")
 
 
 class BackupSettings(BaseModel):
@@ -62,6 +68,45 @@ class BackupSettings(BaseModel):
         "database that must return at least one row, e.g. `select 1 from notes where created > now() - "
         "interval '2 days'`; `null`: only the tables are checked.",
     )
+    pgbackrest_repository: Literal["backup_host", "s3"] = Field(
+        "backup_host",
+        description="Where the backup host keeps pgBackRest's repository: on its own disk (`backup_host`, the db "
+        "host can only add: docs/backups.md), or in an S3-compatible bucket (`s3`, the `pgbackrest_s3_*` "
+        "settings; deleting there is the bucket policy's business). The backup host runs the backups either way.",
+    )
+    pgbackrest_s3_endpoint: Annotated[str, Field(pattern=SMTP_HOST_RE, max_length=253)] | None = Field(
+        None, description="With `pgbackrest_repository = s3`: the S3 endpoint's host name, e.g. "
+        "`s3.eu-west-1.amazonaws.com` (`repo1-s3-endpoint`).",
+    )
+    pgbackrest_s3_port: int = Field(443, ge=1, le=65535, description="The S3 endpoint's HTTPS port.")
+    pgbackrest_s3_bucket: Annotated[str, Field(pattern=BUCKET_RE)] | None = Field(
+        None, description="The bucket (`repo1-s3-bucket`).",
+    )
+    pgbackrest_s3_region: Annotated[str, Field(pattern=r"^[a-z0-9-]{1,40}$")] = Field(
+        "us-east-1", description="The bucket's region (`repo1-s3-region`).",
+    )
+    pgbackrest_s3_path: Annotated[str, Field(pattern=r"^/[A-Za-z0-9._/-]*$", max_length=200)] = Field(
+        "/pgbackrest", description="The repository's path in the bucket (`repo1-path`).",
+    )
+    pgbackrest_s3_uri_style: Literal["host", "path"] = Field(
+        "host", description="`host` (bucket.endpoint, AWS) or `path` (endpoint/bucket, most self-hosted S3).",
+    )
+    pgbackrest_s3_key: Annotated[str, Field(pattern=r"^[\x21-\x7e]{1,128}$")] | None = Field(
+        None, description="The access key's id (`repo1-s3-key`).",
+    )
+    pgbackrest_s3_key_secret: str | None = Field(
+        None, description="The access key's secret (`repo1-s3-key-secret`), never shown; better "
+        "`pgbackrest_s3_key_secret_from`, so that it is not in the inventory.",
+    )
+    pgbackrest_s3_key_secret_from: Annotated[str, Field(pattern=ENV_NAME_RE)] | None = Field(
+        None, description="The name of an environment variable of the shell running pyinfra that holds the "
+        "key's secret (instead of `pgbackrest_s3_key_secret`).",
+    )
+    pgbackrest_s3_ca_file: str | None = Field(
+        None, min_length=1, description="A local file of CA certificates the endpoint's certificate must "
+        "chain to, for an S3 with a private CA (`repo1-storage-ca-file`); default: the system's. TLS is "
+        "always verified.",
+    )
     files_backup_schedule: Calendar | None = Field(
         "*-*-* *:15:00",
         description="With a `backup_servers` host, on each app server: when the app's `shared_paths` (uploads, "
@@ -87,3 +132,22 @@ class BackupSettings(BaseModel):
         "restored into a scratch directory there and its contents verified against the repository, then "
         "removed; a failure fails the unit and shows in `ops.py status`. `null`: no drill.",
     )
+
+    @model_validator(mode="after")
+    def _s3(self):
+        """An S3 repository needs its endpoint, bucket and key; its secret is judged here,
+        so that the refusal names the key alone."""
+        secret, named = self.pgbackrest_s3_key_secret, self.pgbackrest_s3_key_secret_from
+        if secret is not None and named is not None:
+            raise ValueError("pgbackrest_s3_key_secret_from: set it or pgbackrest_s3_key_secret, not both")
+        if secret is not None and not re.fullmatch(r"[\x21-\x7e]{1,256}", secret):
+            raise ValueError("pgbackrest_s3_key_secret: must be printable characters without spaces (its value is "
+                             "not shown)")
+        if self.pgbackrest_repository == "s3":
+            for key in S3_REQUIRED:
+                if getattr(self, key) is None:
+                    raise ValueError(f"{key}: required with pgbackrest_repository = 's3'")
+            if secret is None and named is None:
+                raise ValueError("pgbackrest_s3_key_secret_from: required with pgbackrest_repository = 's3' (or "
+                                 "pgbackrest_s3_key_secret)")
+        return self
