@@ -29,3 +29,11 @@ TEMPLATES = REPO_ROOT / "templates"
 # Templates drop the lines their {% %} tags stand on, so the files they render read
 # like hand-written config.
 JINJA = {"trim_blocks": True, "lstrip_blocks": True}
+
+
+def render(name: str, **context) -> str:
+    """A template's text, as files.template renders it: for files written as secrets, and
+    for the host-less tests to read."""
+    import jinja2
+
+    return jinja2.Environment(**JINJA).from_string((TEMPLATES / name).read_text()).render(**context)

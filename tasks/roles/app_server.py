@@ -80,4 +80,4 @@ def converge(system, this):
     # Last: no app's units use the Redis it removes any more.
     background.retire_redis(apps)
     # Once every app is live: the watch's first run sees what this run made.
-    watch.install(host.name, apps)
+    watch.install(host.name, apps, restic.watched_units(apps))

@@ -18,7 +18,7 @@ import io
 from pyinfra.api import deploy
 from pyinfra.operations import files, server, systemd
 
-from tasks import JINJA, REPO_ROOT, TEMPLATES
+from tasks import JINJA, REPO_ROOT, TEMPLATES, render
 from tasks.steps import healthcheck, packages, watch
 from tasks.steps.secrets import put_secret
 
@@ -35,13 +35,6 @@ TARGETS = f"{CONFIG_DIR}/targets.json"
 RELAY = f"{healthcheck.INSTALL_DIR}/alert-relay.py"
 RELAY_UNIT = "pyinfra-flask-alert-relay"
 WATCH = f"{healthcheck.INSTALL_DIR}/watch.py"
-
-
-def render(name: str, **context) -> str:
-    """A template's text, as files.template renders it (the host-less tests read it)."""
-    import jinja2
-
-    return jinja2.Environment(**JINJA).from_string((TEMPLATES / name).read_text()).render(**context)
 
 
 def rules_context(s) -> dict:

@@ -27,11 +27,10 @@ from pyinfra.api.exceptions import DeployError
 from pyinfra.facts.files import File
 from pyinfra.operations import apt, files, python, server, systemd
 
-from tasks import JINJA, REPO_ROOT, TEMPLATES
+from tasks import JINJA, REPO_ROOT, TEMPLATES, render
 from tasks.config import platform
 from tasks.steps.database import version
 from tasks.steps.metrics import TEXTFILE_DIR
-from tasks.steps.monitoring import render
 from tasks.steps.packages import APT_LOCK_WAIT, DebInstalled
 from tasks.steps.secrets import put_secret
 

@@ -312,6 +312,17 @@ def client(app) -> list:
     return changes
 
 
+def watched_units(apps) -> dict[str, str]:
+    """The file backups' units the app server's watch alerts on (tasks/steps/watch.py): the
+    timer must run, the service must not have failed."""
+    units = {}
+    for app in apps:
+        if backed_up(app):
+            units[f"{backup_unit(app.app_name)}.timer"] = f"the file backups' timer of {app.app_name}"
+            units[f"{backup_unit(app.app_name)}.service"] = f"the last file backup of {app.app_name}"
+    return units
+
+
 def restic_command(app_name: str, arguments: str) -> str:
     """restic on the backup host, as the owner, on the app's repository (ops.py)."""
     return as_user(OWNER, f"restic --repo {repository(app_name)} --password-file {password_path(app_name)} "

@@ -101,9 +101,10 @@ def host_units(apps) -> dict[str, str]:
     return units
 
 
-def watch_config(host_name: str, apps) -> dict:
-    """watch.json: every check of the host (no secret in it)."""
-    paths, units = certificates(apps), host_units(apps)
+def watch_config(host_name: str, apps, more_units: dict | None = None) -> dict:
+    """watch.json: every check of the host (no secret in it); `more_units`: other steps' units
+    to check the same way ({unit: what it is}, e.g. the file backups': tasks/steps/restic.py)."""
+    paths, units = certificates(apps), {**host_units(apps), **(more_units or {})}
     return {
         "host": host_name, "interval": apps[0].watch_interval, "targets": TARGETS, "state": STATE,
         "apps": [{"app": app.app_name, "status": shlex.split(status_command(app, paths.get(app.app_name),
@@ -144,16 +145,16 @@ def _json(data: dict) -> str:
 
 
 @deploy("Watch")
-def install(host_name: str, apps) -> None:
-    """The watch of this app server's apps: its tool, settings, targets, units; the timer
-    started, and restarted only when it changed."""
+def install(host_name: str, apps, more_units: dict | None = None) -> None:
+    """The watch of this app server's apps (and of `more_units`, see watch_config): its tool,
+    settings, targets, units; the timer started, and restarted only when it changed."""
     settings = apps[0]  # the alert targets and the interval are the host's
     for path in (CONFIG_DIR, STATE_DIR):
         files.directory(name=f"Create {path} (root-only)", path=path, user="root", group="root", mode="700")
     changed = [
         files.put(name="Install the watch", src=str(REPO_ROOT / "files/watch.py"), dest=TOOL,
                   user="root", group="root", mode="644"),
-        files.put(name=f"Write what the watch checks ({CONFIG})", src=io.StringIO(_json(watch_config(host_name, apps))),
+        files.put(name=f"Write what the watch checks ({CONFIG})", src=io.StringIO(_json(watch_config(host_name, apps, more_units))),
                   dest=CONFIG, user="root", group="root", mode="600"),
         put_secret(name=f"Write where alerts go ({TARGETS}, root-only)", src=_json(targets(settings)).encode(),
                    dest=TARGETS),

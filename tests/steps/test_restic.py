@@ -144,3 +144,17 @@ def test_a_snapshot_is_chosen_by_time_with_its_zone():
     assert choose_snapshot(snapshots, _instant("2026-12-07 01:00:00+00", "--to")) is None
     with pytest.raises(FleetError, match="--to: '2026-12-07 03:00' is not a time with its zone"):
         _instant("2026-12-07 03:00", "--to")
+
+
+def test_the_watch_alerts_when_a_file_backup_failed_or_its_timer_stopped():
+    import json
+
+    from tasks.steps import watch as watch_step
+
+    config = json.loads(fleet()["web1"].uploads[watch_step.CONFIG])
+    assert config["units"]["pyinfra-flask-files-shop.service"] == "the last file backup of shop"
+    assert config["units"]["pyinfra-flask-files-shop.timer"] == "the file backups' timer of shop"
+    assert not [unit for unit in config["units"] if "plain" in unit]
+    status = config["apps"][0]["status"]
+    assert "--job" in status and "pyinfra-flask-files-greeting.service" in status
+    assert status[status.index("pyinfra-flask-files-greeting.timer") - 1] == "--timer"
