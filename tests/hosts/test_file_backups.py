@@ -69,7 +69,7 @@ def test_uploads_reach_the_backup_host_survive_losing_the_app_host_and_cannot_be
     try:
         first = run_deploy(inventory, tmp_path)
         print(f"\nfirst deploy (app server with two apps, backup host): {first.seconds:.1f}s")
-        second = run_deploy(inventory, tmp_path)
+        second = run_deploy(inventory, tmp_path, "--diff")
         assert second.changed_operations() == [], second.output[-3000:]
         password = backup.exec("cat /etc/pyinfra-flask/restic/blog.password").strip()
         assert len(password) == 64 and password not in first.output + second.output
