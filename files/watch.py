@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The watch on every app server, installed by the deploy as
+"""The watch on every app server (and the backup host), installed by the deploy as
 /usr/local/lib/pyinfra-flask/watch.py (tasks/steps/watch.py) and run as root by
 `pyinfra-flask-watch.service`, which its timer starts every `watch_interval` seconds:
 
@@ -8,7 +8,8 @@
 Each run checks what `ops.py status` checks, from the same report: every app's
 `release-tool status --json` (the live release, its units, workers and jobs, nginx,
 the one health check over HTTP, its certificates, the free disk), and beside it the
-host's own units (the certificate renewal's timer and service), each certificate's
+host's own units (the certificate renewal's timer and service; on the backup host, which
+runs no app, its backups', sweeps' and drills' units, asked of systemd), each certificate's
 days left (`openssl x509 -checkend`) and the age of each app's newest backup. Every
 check has a key; the state of each is kept in a root-only file, and an alert is
 sent only when a check starts failing and when it recovers, never again while it
@@ -207,9 +208,32 @@ def app_status(app: dict) -> dict:
     return {"error": f"its release tool did not answer ({said})"}
 
 
+def systemd_states(units: list[str]) -> dict[str, str]:
+    """Each unit's ActiveState ("not-found" when systemd has no such unit), from one `systemctl show`."""
+    done = subprocess.run(["systemctl", "show", "--no-pager", "--property=Id,LoadState,ActiveState", "--", *units],
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    states, found = {}, {}
+    for block in done.stdout.strip().split("\n\n"):
+        fields = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+        found[len(found)] = fields
+    for index, unit in enumerate(units):  # systemctl answers in the order asked
+        fields = found.get(index, {})
+        states[unit] = "not-found" if fields.get("LoadState") == "not-found" else fields.get("ActiveState", "unknown")
+    return states
+
+
+def check_units(units: dict[str, str]) -> dict:
+    """A host's own units, asked of systemd (a host without apps: the backup host): a timer
+    must run, a service must not have failed."""
+    if not units:
+        return {}
+    wanted = {unit: "active" if unit.endswith(".timer") else "not-failed" for unit in units}
+    return judge_units(systemd_states(list(units)), wanted, units)
+
+
 def check_all(config: dict, now: float) -> dict:
     """Every check of the host: {key: None or what is wrong}."""
-    found = {}
+    found = check_units(config.get("systemd_units", {}))
     for app in config["apps"]:
         report = app_status(app)
         if "error" in report:

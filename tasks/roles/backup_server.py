@@ -11,7 +11,8 @@ host after each:
 - `converge`, on the backup host: pgBackRest's repository, the db server's `postgres`
   let in as its ingest user, the stanza, the backup timers, the restore drill's timer;
   each app's restic repository, its app servers let in as the app's ingest user, the
-  sweep, the prune and the files drill;
+  sweep, the prune and the files drill; the watch, which alerts when one of those
+  units failed or a timer stopped (tasks/steps/watch.py);
 - then on each app server (tasks/roles/app_server.py): the app's repository password
   and the backup timer.
 """
@@ -22,7 +23,7 @@ from pyinfra import host
 from pyinfra.api import deploy
 
 from tasks.config import inventory, topology
-from tasks.steps import pgbackrest, restic
+from tasks.steps import pgbackrest, restic, watch
 
 
 @deploy("Backup keys")
@@ -53,11 +54,17 @@ def keys(this) -> None:
 def converge(own) -> None:
     """The repositories; `own`: the backup host's settings (schedules, retention)."""
     found = inventory.database(host)
+    watched = {}
     if found is not None:
         name, settings = found
         db = host.inventory.get_host(name)
         pgbackrest.backup_side(db, own, settings.private_address, pgbackrest.pg_path(db))
         pgbackrest.verify_side(own, settings.database_name, pgbackrest.pg_version(db))
+        watched.update(pgbackrest.watched_units(own))
     apps = restic.served(host)
     if apps:
         restic.repositories(own, apps)
+        watched.update(restic.repository_units(own))
+    # A failed backup, sweep or drill, or a stopped timer, alerts where the host's alerts go.
+    if watched:
+        watch.install_for_units(host.name, own, watched)

@@ -396,6 +396,22 @@ def verify_side(own, database: str, pg_version: int) -> None:
     start_timer(unit_timer, made)
 
 
+def watched_units(own) -> dict[str, str]:
+    """The backup host's pgBackRest units its watch alerts on (tasks/steps/watch.py): a timer
+    must run, a service must not have failed."""
+    units = {f"{SWEEP_UNIT}.timer": "the pgBackRest repository's sweep timer",
+             f"{SWEEP_UNIT}.service": "the last sweep of the pgBackRest repository"}
+    schedules = {"full": own.pgbackrest_full_schedule, "diff": own.pgbackrest_diff_schedule}
+    for kind in KINDS:
+        if schedules[kind]:
+            units[timer(kind)] = f"the {kind} backups' timer"
+            units[BACKUP_SERVICE.replace("@", f"@{kind}")] = f"the last {kind} backup"
+    if own.pgbackrest_verify_schedule:
+        units[f"{VERIFY_UNIT}.timer"] = "the restore drill's timer"
+        units[f"{VERIFY_UNIT}.service"] = "the last restore drill"
+    return units
+
+
 def restore_command(target: str | None) -> str:
     """The restore on the db server, as `postgres`, PostgreSQL stopped: the latest
     state, or the state at `target` (a time PostgreSQL reads), then promoted."""

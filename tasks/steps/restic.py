@@ -312,6 +312,17 @@ def client(app) -> list:
     return changes
 
 
+def repository_units(own) -> dict[str, str]:
+    """The backup host's restic units its watch alerts on: a timer must run, a service must not have failed."""
+    units = {f"{SWEEP_UNIT}.timer": "the restic repositories' sweep timer",
+             f"{SWEEP_UNIT}.service": "the last sweep of the restic repositories",
+             f"{PRUNE_UNIT}.timer": "the file snapshots' prune timer", f"{PRUNE_UNIT}.service": "the last prune"}
+    if own.files_verify_schedule:
+        units[f"{VERIFY_UNIT}.timer"] = "the files drill's timer"
+        units[f"{VERIFY_UNIT}.service"] = "the last files drill"
+    return units
+
+
 def watched_units(apps) -> dict[str, str]:
     """The file backups' units the app server's watch alerts on (tasks/steps/watch.py): the
     timer must run, the service must not have failed."""

@@ -148,13 +148,26 @@ def _json(data: dict) -> str:
 def install(host_name: str, apps, more_units: dict | None = None) -> None:
     """The watch of this app server's apps (and of `more_units`, see watch_config): its tool,
     settings, targets, units; the timer started, and restarted only when it changed."""
-    settings = apps[0]  # the alert targets and the interval are the host's
+    _install(apps[0], watch_config(host_name, apps, more_units))
+
+
+@deploy("Watch")
+def install_for_units(host_name: str, settings, units: dict[str, str]) -> None:
+    """The watch of a host without apps (the backup host): its own `units` ({unit: what it
+    is}: a timer must run, a service must not have failed), asked of systemd; alerts to the
+    host's `settings`' targets."""
+    _install(settings, {"host": host_name, "interval": settings.watch_interval, "targets": TARGETS,
+                        "state": STATE, "apps": [], "systemd_units": units})
+
+
+def _install(settings, config: dict) -> None:
+    """`settings`: the alert targets and the interval (the host's)."""
     for path in (CONFIG_DIR, STATE_DIR):
         files.directory(name=f"Create {path} (root-only)", path=path, user="root", group="root", mode="700")
     changed = [
         files.put(name="Install the watch", src=str(REPO_ROOT / "files/watch.py"), dest=TOOL,
-                  user="root", group="root", mode="644"),
-        files.put(name=f"Write what the watch checks ({CONFIG})", src=io.StringIO(_json(watch_config(host_name, apps, more_units))),
+                  user="root", group="root", mode="644", create_remote_dir=True),
+        files.put(name=f"Write what the watch checks ({CONFIG})", src=io.StringIO(_json(config)),
                   dest=CONFIG, user="root", group="root", mode="600"),
         put_secret(name=f"Write where alerts go ({TARGETS}, root-only)", src=_json(targets(settings)).encode(),
                    dest=TARGETS),

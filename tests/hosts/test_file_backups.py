@@ -175,6 +175,10 @@ def test_uploads_reach_the_backup_host_survive_losing_the_app_host_and_cannot_be
         status = ops(inventory, "status")
         assert status.returncode != 0 and "files drill: FAILED at " in status.stdout, status.stdout + status.stderr
         print(f"files drill: {status.stdout.strip().splitlines()[-1]}")
+        # The backup host's watch (alerts where the host's alerts go): the failed drill is a failing check.
+        backup.exec("systemctl start pyinfra-flask-watch.service")
+        watched = backup.exec("cat /var/lib/pyinfra-flask/watch/state.json")
+        assert '"unit:pyinfra-flask-restic-verify.service"' in watched.split('"failing": [')[1].split("]")[0], watched
         assert not backup.exec("ls /var/lib/pyinfra-flask-restic-verify/scratch 2>/dev/null; true").strip()
     except BaseException:
         print(backup.exec("journalctl --no-pager -n 40 -u 'pyinfra-flask-restic-*'; ls -laR "

@@ -394,3 +394,38 @@ def test_ops_status_shows_a_watch_that_stopped_failed_fell_behind_or_cannot_deli
     assert ops_status.watch_problems(watch_report(undelivered={"email": "SMTPAuthenticationError"}, waiting=2)) == [
         "the watch could not deliver alerts to the email target (SMTPAuthenticationError); 2 waiting, tried again "
         "every run"]
+
+
+def test_a_host_without_apps_watches_its_own_units_asked_of_systemd(monkeypatch):
+    """The backup host: a failed drill or a stopped timer is a failing check, said by what it is."""
+    asked = []
+
+    def systemctl(command, **kwargs):
+        asked.append(command)
+        blocks = ["Id=pyinfra-flask-restic-verify.service\nLoadState=loaded\nActiveState=failed",
+                  "Id=pyinfra-flask-restic-verify.timer\nLoadState=loaded\nActiveState=inactive",
+                  "Id=pyinfra-flask-restic-prune.service\nLoadState=loaded\nActiveState=inactive"]
+        return type("Done", (), {"stdout": "\n\n".join(blocks) + "\n", "returncode": 0})()
+
+    monkeypatch.setattr(watch.subprocess, "run", systemctl)
+    units = {"pyinfra-flask-restic-verify.service": "the last files drill",
+             "pyinfra-flask-restic-verify.timer": "the files drill's timer",
+             "pyinfra-flask-restic-prune.service": "the last prune"}
+    found = watch.check_all({"apps": [], "systemd_units": units}, 0.0)
+    assert found == {"unit:pyinfra-flask-restic-verify.service": "the last files drill is failed",
+                     "unit:pyinfra-flask-restic-verify.timer": "the files drill's timer is inactive",
+                     "unit:pyinfra-flask-restic-prune.service": None}
+    assert asked[0][:4] == ["systemctl", "show", "--no-pager", "--property=Id,LoadState,ActiveState"]
+
+
+def test_the_backup_host_gets_a_watch_of_its_backups_and_drills():
+    from tests.steps.test_pgbackrest import cluster
+
+    config = json.loads(cluster()["bk1"].uploads[watch_step.CONFIG])
+    assert config["apps"] == []
+    units = config["systemd_units"]
+    for unit in ("pyinfra-flask-pgbackrest-full.timer", "pyinfra-flask-pgbackrest@full.service",
+                 "pyinfra-flask-pgbackrest-verify.service", "pyinfra-flask-pgbackrest-sweep.timer",
+                 "pyinfra-flask-restic-verify.service", "pyinfra-flask-restic-prune.timer"):
+        assert unit in units, unit
+    assert units["pyinfra-flask-pgbackrest-verify.service"] == "the last restore drill"
