@@ -23,10 +23,12 @@ from tests.hosts.test_database import ops
 REPOSITORIES = "/var/lib/pyinfra-flask-restic"
 DRILL = "pyinfra-flask-restic-verify.service"
 TEXTFILE_DIR = "/var/lib/pyinfra-flask/metrics"
+# The test starts each backup itself; the timers' own runs must not add snapshots meanwhile.
+LATER = {"files_backup_schedule": "2099-01-01 00:00:00"}
 APPS = [
-    {"app_name": "greeting", "shared_paths": ["instance/"]},
+    {"app_name": "greeting", "shared_paths": ["instance/"], **LATER},
     {"app_name": "blog", "app_source": "tests/apps/blog", "app_entry": "blog:app", "url_prefix": "/blog",
-     "shared_paths": ["instance/", "static/uploads/"]},
+     "shared_paths": ["instance/", "static/uploads/"], **LATER},
 ]
 
 
@@ -63,7 +65,8 @@ def test_uploads_reach_the_backup_host_survive_losing_the_app_host_and_cannot_be
     def write_inventory(app):
         return throwaway.write_group_inventory(tmp_path / "inventory.py", {
             "app_servers": [(app, {"private_address": app.address(network), "apps": APPS})],
-            "backup_servers": [(backup, {"private_address": address})]})
+            "backup_servers": [(backup, {"private_address": address, "files_prune_schedule": LATER[
+                "files_backup_schedule"], "files_verify_schedule": LATER["files_backup_schedule"]})]})
 
     inventory = write_inventory(app)
     try:
