@@ -95,33 +95,38 @@ class Host:
 
         Docker can lose the tail of an exec's output stream (docker-py #2042, moby
         #27289), which made a test read '' for a command that printed its answer. So
-        the command writes into a root-only file on the host, and its status follows
-        the file's contents behind a marker line: when the marker is missing, the file
-        is read again (the command is not re-run)."""
+        the command writes into a root-only file on the host, and its status and size
+        follow the file's contents behind a marker line: when the marker is missing, or
+        fewer bytes than the file holds came before it (the stream's start lost: a test
+        read '' for `systemctl is-active` with its status 0), the file is read again
+        (the command is not re-run)."""
         token = uuid.uuid4().hex
         out = f"/tmp/.throwaway-exec.{token}"
         marker = f"throwaway-exec-{token}"
         # Files whose contents an earlier call has read go now, in the same exec.
         tidy = f"rm -f {' '.join(self.exec_files_read)}; " if self.exec_files_read else ""
+        trailer = f"printf '\\n%s %s %s\\n' {marker} \"$(cat {out}.code)\" \"$(wc -c < {out})\""
         script = (f'{tidy}(umask 077; : > {out}); sh -c "$1" > {out} 2>&1; echo $? > {out}.code; '
-                  f"cat {out}; printf '\\n%s %s\\n' {marker} \"$(cat {out}.code)\"")
-        reread = f"cat {out}; printf '\\n%s %s\\n' {marker} \"$(cat {out}.code)\""
+                  f"cat {out}; {trailer}")
+        reread = f"cat {out}; {trailer}"
         argv = ["sh", "-c", script, "sh", command]
         for _ in range(EXEC_READS):
             _, output = self.container.exec_run(argv, demux=False)
-            text = output.decode(errors="replace") if output else ""
-            head, found, tail = text.rpartition(f"\n{marker} ")
-            if found:
+            raw = output or b""
+            head, found, tail = raw.rpartition(f"\n{marker} ".encode())
+            fields = tail.split()
+            if found and len(fields) >= 2 and fields[1].isdigit() and int(fields[1]) == len(head):
                 break
             argv = ["sh", "-c", reread]
         else:
             raise ThrowawayError(f"`{command}` on {self.name}: its output could not be read back "
-                                 f"in {EXEC_READS} tries (last read: {text!r})")
+                                 f"in {EXEC_READS} tries (last read: {raw.decode(errors='replace')!r})")
         self.exec_files_read = (out, f"{out}.code")
-        code = int(tail.split()[0])
+        code = int(fields[0])
+        text = head.decode(errors="replace")
         if check and code != 0:
-            raise ThrowawayError(f"`{command}` failed on {self.name} ({code}):\n{head}")
-        return head
+            raise ThrowawayError(f"`{command}` failed on {self.name} ({code}):\n{text}")
+        return text
 
     def inventory_data(self, as_root: bool = False) -> dict:
         """How pyinfra reaches the host: as the sudo user, as users connect to their

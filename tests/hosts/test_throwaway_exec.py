@@ -13,10 +13,11 @@ from dev import throwaway
 
 
 class FlakyContainer:
-    """Runs each exec on this machine; the first `lose` streams come back empty."""
+    """Runs each exec on this machine; the first `lose` streams come back empty, the next
+    `chop` without their first bytes."""
 
-    def __init__(self, lose: int = 0):
-        self.lose = lose
+    def __init__(self, lose: int = 0, chop: int = 0):
+        self.lose, self.chop = lose, chop
         self.calls = 0
 
     def exec_run(self, argv, demux=False):
@@ -25,6 +26,9 @@ class FlakyContainer:
         if self.lose:
             self.lose -= 1
             return done.returncode, b""
+        if self.chop:  # the stream's start lost, its end (the marker) kept
+            self.chop -= 1
+            return done.returncode, (done.stdout + done.stderr)[7:]
         return done.returncode, done.stdout + done.stderr
 
 
@@ -63,3 +67,9 @@ def test_files_read_are_removed_by_the_next_call():
     assert not any(f.exists() for f in first)
     for f in h.exec_files_read:
         Path(f).unlink()
+
+
+def test_output_whose_start_was_lost_is_read_again():
+    h = host(FlakyContainer(chop=1))
+    assert h.exec("echo active") == "active\n"
+    assert h.container.calls == 2
