@@ -219,7 +219,8 @@ def _stopped_around(fleet, app_names: list[str], name: str, restore_it) -> dict:
 
 def _instant(text: str, what: str) -> datetime:
     """A time with its zone, as restic prints it (nanoseconds) or as a user writes it."""
-    cleaned = re.sub(r"(\.\d{6})\d+", r"\1", text.strip().replace(" ", "T", 1))
+    # Six fractional digits: restic (Go) prints up to nine and trims trailing zeros; Python 3.10 reads only 3 or 6.
+    cleaned = re.sub(r"\.(\d+)", lambda m: "." + (m.group(1) + "000000")[:6], text.strip().replace(" ", "T", 1))
     cleaned = re.sub(r"Z$", "+00:00", cleaned)
     cleaned = re.sub(r"([+-]\d\d)$", r"\1:00", cleaned)
     try:
