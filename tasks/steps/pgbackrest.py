@@ -189,15 +189,23 @@ def trust(other, user: str, public: str, role: str, authorized: str, owner: str,
 
 
 def _trust_now(other, target, public: str, role: str, authorized: str, owner: str) -> None:
+    write_authorized(target, authorized_line(read_public_key(other, public), role), authorized, owner)
+
+
+def read_public_key(other, public: str) -> str:
+    """At execution time: the public key file `public` of the host `other` (`type base64`)."""
     ok, output = other.run_shell_command(f"cat {shlex.quote(public)}", _sudo=bool(other.data.get("_sudo")))
     words = " ".join(output.stdout_lines).split() if ok else []
     if len(words) < 2 or not words[0].startswith("ssh-"):
         raise DeployError(f"Could not read {public} on {other.name}")
-    line = authorized_line(" ".join(words[:2]), role)
-    sudo = bool(target.data.get("_sudo"))
-    command = (f"(umask 022; printf %s {shlex.quote(line)} > {authorized}.new) && chown {owner}:{owner} "
+    return " ".join(words[:2])
+
+
+def write_authorized(target, text: str, authorized: str, owner: str) -> None:
+    """At execution time: `text` as the authorized_keys file `authorized` of `target`, `owner`'s, 644."""
+    command = (f"(umask 022; printf %s {shlex.quote(text)} > {authorized}.new) && chown {owner}:{owner} "
                f"{authorized}.new && mv -f {authorized}.new {authorized}")
-    if not target.run_shell_command(command, _sudo=sudo)[0]:
+    if not target.run_shell_command(command, _sudo=bool(target.data.get("_sudo")))[0]:
         raise DeployError(f"Could not write {authorized} on {target.name}")
 
 

@@ -38,7 +38,7 @@ from tasks.config.settings import SANDBOX
 from tasks.steps.metrics import TEXTFILE_DIR
 from tasks.steps.packages import APT_LOCK_WAIT, DebInstalled
 from tasks.steps.pgbackrest import (HOST_KEY, LIB, UNIT_DIR, VERDICT, PublicKey, as_user, install_verdict,
-                                    start_timer, sweep_units, timer_unit)
+                                    read_public_key, start_timer, sweep_units, timer_unit, write_authorized)
 from tasks.steps.secrets import copy_secret, upload_directory
 
 PACKAGES = ("restic", "openssh-client", "python3")  # python3: the sweep and the drill
@@ -195,19 +195,8 @@ def repositories(own, apps: dict[str, list]) -> None:
 
 def _authorize_now(servers, target, app_name: str, authorized: str) -> None:
     """At execution time (the keys were made in this run): every app server's public key, read there."""
-    keys = []
-    for app_server in servers:
-        path = f"{client_dir(app_name)}/id_ed25519.pub"
-        ok, output = app_server.run_shell_command(f"cat {path}", _sudo=bool(app_server.data.get("_sudo")))
-        words = " ".join(output.stdout_lines).split() if ok else []
-        if len(words) < 2 or not words[0].startswith("ssh-"):
-            raise DeployError(f"Could not read {path} on {app_server.name}")
-        keys.append(" ".join(words[:2]))
-    text = authorized_lines(keys, app_name)
-    command = (f"(umask 022; printf %s {shlex.quote(text)} > {authorized}.new) && chown root:root {authorized}.new "
-               f"&& mv -f {authorized}.new {authorized}")
-    if not target.run_shell_command(command, _sudo=bool(target.data.get("_sudo")))[0]:
-        raise DeployError(f"Could not write {authorized} on {target.name}")
+    keys = [read_public_key(app_server, f"{client_dir(app_name)}/id_ed25519.pub") for app_server in servers]
+    write_authorized(target, authorized_lines(keys, app_name), authorized, "root")
 
 
 def _units(own, apps: dict[str, list]) -> None:
