@@ -17,7 +17,7 @@ from tasks.config import platform, topology
 from tasks.config.host import load
 from tasks.roles import app_server, backup_server, balancer, database_server, monitoring_server
 from tasks.run import barriers, hooks, lock, prefetch, preflight
-from tasks.steps import hardening, uploads
+from tasks.steps import fleet_canary, hardening, uploads
 from tasks.steps.release_preview import warn_if_diff_is_skipped
 
 # `--dry --diff -y` would otherwise end in pyinfra's "Skipping change detection", no diff.
@@ -56,6 +56,8 @@ if this.is_app_server:
 barriers.wait_for_app_servers()
 if this.is_balancer:
     balancer.converge(system, this.settings, **private)
+# A canary behind the balancers: its steps on the app servers and the balancers in turn.
+fleet_canary.run(this)
 if this.is_monitoring_server:
     monitoring_server.converge(system, this.settings, **private)
 # With a monitoring host in the inventory, every host's exporters, last: they read what the role made.

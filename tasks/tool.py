@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import io
+import json
 import shlex
 import sys
 import typing
@@ -272,6 +273,46 @@ def split(tool: str, release: str, host_name: str, run: str, by: str) -> str:
     return line(tool, "split", release, host_name=host_name, run=run, by=by)
 
 
+def canary_start(tool: str, release: str, host_name: str, run: str, by: str) -> str:
+    """Behind load balancers, on an app server: the release's canary instance beside the live one."""
+    return line(tool, "canary-start", release, host_name=host_name, run=run, by=by)
+
+
+def canary_verdict(tool: str, release: str, numbers: str, host_name: str, run: str, by: str) -> str:
+    """... the balancers' counts (`numbers`, JSON) judged: promoted, or left for canary_finish."""
+    return line(tool, "canary-verdict", release, "--numbers", numbers, host_name=host_name, run=run, by=by)
+
+
+def canary_finish(tool: str, release: str, numbers: str, host_name: str, run: str, by: str) -> str:
+    """... the canary instance ended; the release removed (and the deploy failed) unless it went live."""
+    return line(tool, "canary-finish", release, "--numbers", numbers, host_name=host_name, run=run, by=by)
+
+
+def canary_watch(tool: str, release: str) -> str:
+    """On a balancer: the split for the canary's window, then its counts."""
+    return line(tool, "canary-watch", release)
+
+
+# The line of canary-watch's output with the balancer's counts (files/release_tool/split.py NUMBERS).
+CANARY_NUMBERS = "canary numbers: "
+
+
+def canary_numbers(lines: list[str]) -> dict | None:
+    """The counts canary-watch answered with, or None."""
+    for text in lines:
+        if text.startswith(CANARY_NUMBERS):
+            try:
+                return json.loads(text[len(CANARY_NUMBERS):])
+            except ValueError:
+                return None
+    return None
+
+
+def canary_close(tool: str) -> str:
+    """On a balancer: every client to the live release again."""
+    return line(tool, "canary-close")
+
+
 def hold(tool: str, state: str) -> str:
     return line(tool, "hold", state)
 
@@ -282,4 +323,5 @@ def audit(tool: str, as_json: bool, last: int) -> str:
 
 # Every builder above, for the contract test (tests/tool/test_tool.py).
 BUILDERS = (listing, build_venv, check, run_in_release, canary, ship, activate, rollback, prune, assets, health, lock_take,
-            lock_release, status, execute, maintenance, audit, migrate, hold, split)
+            lock_release, status, execute, maintenance, audit, migrate, hold, split, canary_start, canary_verdict,
+            canary_finish, canary_watch, canary_close)

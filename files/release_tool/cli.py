@@ -28,6 +28,12 @@
     release-tool hold status|off       the hold of an exclusive migration
     release-tool split ID              a canary by share of traffic: ID beside the live release
                                        for a share of new clients, then promoted or rolled back
+    release-tool canary-start ID | canary-verdict ID --numbers J | canary-finish ID --numbers J
+                                       the same behind load balancers, on an app server, in
+                                       steps: ID's canary instance; promoted if the balancers'
+                                       counts J say so; the instance ended, ID removed if not live
+    release-tool canary-watch ID | canary-close   ... on a balancer: its split for the window
+                                       and its counts; then every client to the live release
     release-tool audit [--json] [-n N]          who deployed, rolled back, switched what, when
 
 Everything that runs app code or its dependencies' build steps (build-venv, check,
@@ -154,6 +160,13 @@ def argument_parser(root: Path | None = None) -> argparse.ArgumentParser:
     sub.add_parser("hold").add_argument("state", choices=["status", "off"])
     sub.add_parser("split", help="a canary by share of traffic: the release beside the live one, then promoted "
                    "or rolled back (split.py)").add_argument("release")
+    sub.add_parser("canary-start", help="behind balancers: the release's canary instance").add_argument("release")
+    for name in ("canary-verdict", "canary-finish"):
+        step = sub.add_parser(name, help="behind balancers: by the balancers' counts (JSON)")
+        step.add_argument("release")
+        step.add_argument("--numbers", required=True)
+    sub.add_parser("canary-watch", help="on a balancer: its split for the canary's window").add_argument("release")
+    sub.add_parser("canary-close", help="on a balancer: every client to the live release again")
     audit_parser = sub.add_parser("audit")
     audit_parser.add_argument("--json", action="store_true", help="the log's JSON lines as they are")
     audit_parser.add_argument("-n", type=int, default=0, help="only the last N entries")
@@ -171,7 +184,9 @@ def main(argv: list[str] | None = None, root: Path | None = None) -> int:
         "assets": activation.cmd_assets,
         "health": health.cmd_health, "lock": cmd_lock, "status": status.cmd_status, "exec": execute.cmd_exec,
         "maintenance": maintenance.cmd_maintenance, "audit": audit.cmd_audit, "migrate": hold.cmd_migrate,
-        "hold": hold.cmd_hold, "split": split.cmd_split,
+        "hold": hold.cmd_hold, "split": split.cmd_split, "canary-start": split.cmd_canary_start,
+        "canary-verdict": split.cmd_canary_verdict, "canary-finish": split.cmd_canary_finish,
+        "canary-watch": split.cmd_canary_watch, "canary-close": split.cmd_canary_close,
     }
     try:
         base.configure(args.root)
@@ -187,7 +202,7 @@ def main(argv: list[str] | None = None, root: Path | None = None) -> int:
         elif args.action == "ship" and not base.AUDITED and ship.STAGE != "prune":
             # Before its switch (its activation audits itself; a prune after it changes nothing live).
             audit.audit("deploy", "failed", run=args.run, stage=ship.STAGE, to=args.release, reason=str(failure))
-        elif args.action in ("migrate", "split") and not base.AUDITED:
+        elif args.action in ("migrate", "split", "canary-start", "canary-verdict") and not base.AUDITED:
             # An exclusive migration or a canary that failed before its switch (its activation audits itself).
             audit.audit("deploy", "failed", run=args.run, stage=args.action, to=args.release, reason=str(failure))
         elif args.action == "rollback" and not base.AUDITED:

@@ -78,7 +78,7 @@ def guard():
 # while one of those is at work: a command cut off from its laptop may go on to
 # its end, and the next run must not start beside it.
 CHANGING = ("build-venv", "check", "run", "canary", "ship", "activate", "rollback", "prune", "assets", "migrate", "hold",
-            "split")
+            "split", "canary-start", "canary-verdict", "canary-finish")
 
 
 def _working():

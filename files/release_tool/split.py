@@ -26,6 +26,7 @@ canary that just ended is passed on to the live instance by nginx (`backup`)."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import stat
@@ -34,6 +35,9 @@ import time
 from pathlib import Path
 
 from . import activation, assets, audit, base, releases, steps, uwsgi
+
+# A canary instance outlives its window and promotion by at most this long, whatever happens to the deploy.
+LEFT_OVER_SECONDS = 600
 
 
 def config() -> dict:
@@ -69,6 +73,8 @@ def start(release: str) -> None:
         "-p", "NotifyAccess=main", "-p", f"User={user}", "-p", f"Group={user}", "-p", f"WorkingDirectory={base.ROOT}",
         "-p", f"RuntimeDirectory={Path(canary['socket_dir']).name}", "-p", "RuntimeDirectoryMode=0750",
         "-p", "KillSignal=SIGTERM",
+        # Ended by this tool; systemd ends it all the same if that never comes (the deploy was cut off).
+        "-p", f"RuntimeMaxSec={canary['window'] + base.CONFIG['reload_timeout'] + LEFT_OVER_SECONDS}",
         *[arg for path in base.CONFIG["environment_files"] for arg in ("-p", f"EnvironmentFile=-{path}")],
         *[arg for prop in base.CONFIG["sandbox"] for arg in ("-p", prop)],
         *[arg for where in base.CONFIG["writable"] for arg in ("-p", f"ReadWritePaths=-{where}")],
@@ -121,10 +127,12 @@ def log_size() -> int:
 def count(offset: int) -> dict:
     """The canary log's lines from `offset` (`$msec $status $upstream_addr`), counted by the
     instance that answered last (nginx passes a request on to the next address if one
-    cannot be reached): {"canary": {"requests", "5xx"}, "live": {...}}."""
+    cannot be reached): {"canary": {"requests", "5xx"}, "live": {...}}. On a balancer the
+    log is its own, the instances every app server's."""
     canary = config()
     found = {"canary": {"requests": 0, "5xx": 0}, "live": {"requests": 0, "5xx": 0}}
-    sockets = {f"unix:{canary['socket_dir']}/uwsgi.sock": "canary", f"unix:{canary['live_socket']}": "live"}
+    # nginx's name of each instance's socket ("unix:/run/..." or "10.0.0.11:4031") -> canary or live.
+    sockets = canary["sockets"]
     try:
         fd = os.open(canary["log"], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -164,6 +172,54 @@ def verdict(numbers: dict) -> tuple[bool, str]:
     return True, f"5xx rate within the live release's + {canary['max_error_rate']:g} points ({said})"
 
 
+def judge(numbers: dict) -> tuple[bool, str, dict]:
+    """(promote?, why, the audit entry's details) from the window's counts and times."""
+    canary = config()
+    promote, why = verdict(numbers)
+    return promote, why, {"kind": "canary", "canary": {
+        "canary": numbers["canary"], "live": numbers["live"], "share": canary["share"], "window": canary["window"],
+        "verdict": "promoted" if promote else "rolled-back", "why": why,
+        # The window, by the clock of the host that split the traffic (seconds since the epoch).
+        "opened": round(numbers["opened"], 3), "closed": round(numbers["closed"], 3),
+        **({"balancers": numbers["balancers"]} if "balancers" in numbers else {})}}
+
+
+def roll_back(release: str, why: str, details: dict, host_name: str, run: str) -> None:
+    """The release on trial removed (its instance already ended), the audit's entry, and
+    the failure that says so."""
+    previous = releases.live()
+    releases.discard(release)
+    assets.rebuild(previous)
+    audit.audit("deploy", "rolled-back", run=run, to=release, reason=f"canary: {why}", **{"from": previous},
+                **details)
+    raise base.RolledBack(f"release {release} ROLLED BACK by its canary on host {host_name}: {why}; "
+                          f"{previous} is live")
+
+
+def watch(release: str, still=lambda: None) -> dict:
+    """The split opened (root's flag, which nginx tests on every request), the window
+    waited out (`still` raises if the canary gave up meanwhile), and the window's counts
+    with its times; the flag stays until stop() or close()."""
+    canary = config()
+    offset = log_size()
+    base.write_own(Path(canary["flag"]), release + "\n")
+    os.chmod(canary["flag"], 0o644)
+    opened = time.time()
+    base.log(f"canary: release {release} serves {canary['share']} % of new clients for {canary['window']} s")
+    deadline = time.monotonic() + canary["window"]
+    while time.monotonic() < deadline:
+        still()
+        time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+    return {**count(offset), "opened": opened, "closed": time.time()}
+
+
+def _still_running(release: str) -> None:
+    unit = config()["unit"]
+    if not unit_active(unit):
+        raise base.Failure(f"the canary instance of release {release} stopped during its window:\n"
+                           + _run("journalctl", "-u", unit, "-n", "20", "--no-pager", "-o", "cat").stdout)
+
+
 def _stop_signal(signum, frame):
     raise base.Failure(f"stopped by signal {signal.Signals(signum).name}")
 
@@ -186,33 +242,11 @@ def cmd_split(args) -> None:
         # The canary's static files beside the live ones (the live release's first).
         assets.rebuild(previous)
         start(release)
-        offset = log_size()
-        base.write_own(Path(canary["flag"]), release + "\n")
-        os.chmod(canary["flag"], 0o644)
-        opened = time.time()
-        base.log(f"canary: release {release} serves {canary['share']} % of new clients for {canary['window']} s")
-        deadline = time.monotonic() + canary["window"]
-        while time.monotonic() < deadline:
-            if not unit_active(canary["unit"]):
-                raise base.Failure(f"the canary instance of release {release} stopped during its window:\n"
-                                   + _run("journalctl", "-u", canary["unit"], "-n", "20", "--no-pager",
-                                          "-o", "cat").stdout)
-            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
-        closed = time.time()
-        numbers = count(offset)
-        promote, why = verdict(numbers)
-        details = {"kind": "canary", "canary": {**numbers, "share": canary["share"], "window": canary["window"],
-                                                "verdict": "promoted" if promote else "rolled-back", "why": why,
-                                                # The window, by the host's clock (seconds since the epoch).
-                                                "opened": round(opened, 3), "closed": round(closed, 3)}}
+        numbers = watch(release, still=lambda: _still_running(release))
+        promote, why, details = judge(numbers)
         if not promote:
             stop()
-            releases.discard(release)
-            assets.rebuild(previous)
-            audit.audit("deploy", "rolled-back", run=args.run, to=release, reason=f"canary: {why}",
-                        **{"from": previous}, **details)
-            raise base.RolledBack(f"release {release} ROLLED BACK by its canary on host {args.host_name}: {why}; "
-                                  f"{previous} is live")
+            roll_back(release, why, details, args.host_name, args.run)
         base.log(f"canary: promoting release {release}: {why}")
         # Canary clients stay on the canary until the main instance runs the release too.
         activated = True  # a failed health gate switches back and keeps the release, as for any deploy
@@ -226,3 +260,76 @@ def cmd_split(args) -> None:
                 assets.rebuild(releases.live())
             for number, handler in handlers.items():
                 signal.signal(number, handler)
+
+
+# Behind load balancers (docs/releases.md): the deploy runs the steps of cmd_split on the
+# app servers and the balancers in turn, each step on every host before the next. The
+# app servers' steps ---------------------------------------------------------------
+
+def cmd_canary_start(args) -> None:
+    """The release on trial (checked by `ship`) as the canary instance beside the live one."""
+    release = args.release
+    releases.release_dir(release)
+    previous = releases.live()
+    if previous is None or previous == release or not uwsgi.service_active():
+        raise base.Failure(f"no live release beside which release {release} could go on trial")
+    assets.rebuild(previous)
+    start(release)
+
+
+def cmd_canary_verdict(args) -> None:
+    """The balancers' counts (summed by the deploy) judged; promoted: the release goes live
+    here (health-gated, as any activation) while the canary instance still serves its clients."""
+    release, numbers = args.release, json.loads(args.numbers)
+    promote, why, details = judge(numbers)
+    if not promote:
+        base.log(f"canary: release {release} is not promoted: {why}")
+        return
+    base.log(f"canary: promoting release {release}: {why}")
+    try:
+        activation.activate(release, "auto", args.host_name, run=args.run, details=details)
+    except BaseException:
+        # The main instance is back on the live release: the canary's clients go there too.
+        stop()
+        raise
+
+
+def cmd_canary_finish(args) -> None:
+    """Once the balancers send no client to it: the canary instance ends; a release that was
+    not promoted is removed and the deploy fails saying why."""
+    release, numbers = args.release, json.loads(args.numbers)
+    stop()
+    if releases.live() == release:
+        base.log(f"canary: release {release} is live")
+        return
+    promote, why, details = judge(numbers)
+    if release in releases.releases() and not promote:
+        roll_back(release, why, details, args.host_name, args.run)
+
+
+# The balancers' steps ---------------------------------------------------------------
+
+NUMBERS = "canary numbers: "  # the line of cmd_canary_watch's answer the deploy reads (tasks/tool.py)
+
+
+def cmd_canary_watch(args) -> None:
+    """The balancer's split for the window; its counts as one JSON line."""
+    handlers = {number: signal.signal(number, _stop_signal)
+                for number in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
+    try:
+        numbers = watch(args.release)
+    except BaseException:
+        cmd_canary_close(args)
+        raise
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+    print(NUMBERS + json.dumps(numbers), flush=True)
+
+
+def cmd_canary_close(args) -> None:
+    """Every client to the live release again (the flag removed)."""
+    flag = Path(config()["flag"])
+    if os.path.lexists(flag):
+        flag.unlink()
+        base.log("the balancer sends no client to the canary any more")

@@ -33,6 +33,8 @@ REDIS_CA_PATH = "/etc/pyinfra-flask/redis-server.crt"
 MAINTENANCE_ROOT = "/etc/pyinfra-flask/maintenance"
 # Root's directories of the apps' canaries by share of traffic (App.canary_dir).
 CANARY_ROOT = "/etc/pyinfra-flask/canary"
+# A canary instance on TCP (behind load balancers) listens this far above uWSGI's port (App.canary_address).
+CANARY_PORT_OFFSET = 1000
 
 
 def local_path(value: str) -> Path:
@@ -380,6 +382,16 @@ class App:
     def canary_socket_dir(self) -> str:
         """The canary instance's RuntimeDirectory: its socket, master FIFO and stats."""
         return f"/run/{self.app_name}-canary"
+
+    @property
+    def canary_address(self) -> str:
+        """Where the canary instance listens, as nginx names it: beside uWSGI's unix socket,
+        or (uWSGI on TCP, behind load balancers) at the same address, CANARY_PORT_OFFSET
+        above uWSGI's port."""
+        if self.uwsgi_tcp:
+            address, port = self.uwsgi_tcp.rsplit(":", 1)
+            return f"{address}:{int(port) + CANARY_PORT_OFFSET}"
+        return f"unix:{self.canary_socket_dir}/uwsgi.sock"
 
     @property
     def canary_ini(self) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from tasks.config import release_exclude, reserved
-from tasks.config.app import App
+from tasks.config.app import CANARY_PORT_OFFSET, App
 from tasks.config.settings import SettingsError, parse
 from tasks.config.settings.values import EMAIL_RE
 
@@ -277,9 +277,13 @@ def apps_apart(apps: list[App], login: str | None = None) -> list[str]:
                 problems.append(f"url_prefix = {app.url_prefix!r}: {app.app_name} and {routes[route]} "
                                 f"both claim {name}:{app.nginx_port}{app.url_prefix}")
             routes.setdefault(route, app.app_name)
-        if app.uwsgi_tcp and app.uwsgi_tcp in sockets:
-            problems.append(f"uwsgi_socket = {app.uwsgi_tcp!r}: used by both {sockets[app.uwsgi_tcp]} and {app.app_name}")
-        sockets.setdefault(app.uwsgi_tcp, app.app_name)
+        listens = [(app.uwsgi_tcp, app.app_name)] if app.uwsgi_tcp else []
+        if app.uwsgi_tcp and app.canary_share:
+            listens.append((app.canary_address, f"{app.app_name}'s canary instance (canary_share)"))
+        for address, who in listens:
+            if address in sockets:
+                problems.append(f"uwsgi_socket = {app.uwsgi_tcp!r}: {address} used by both {sockets[address]} and {who}")
+            sockets.setdefault(address, who)
         site = (app.nginx_port, tuple(app.nginx_server_names))
         tls = (app.tls_certificate, app.tls_certificate_key, app.tls_acme, app.tls_port, app.tls_redirect_http,
                app.tls_hsts_max_age)
@@ -373,8 +377,8 @@ def exclusive_migration(app: App) -> None:
 
 
 def canary(app: App) -> None:
-    """A canary by share of traffic (docs/releases.md): one host whose own nginx splits new
-    clients between two uWSGI instances on unix sockets."""
+    """A canary by share of traffic (docs/releases.md): nginx (the host's own, or the
+    balancers') splits new clients between the live uWSGI instance and the canary's."""
     if not app.canary_share:
         return
     for key, refused in (("migrate_exclusive", app.migrate_exclusive), ("websockets", app.websockets),
@@ -382,8 +386,9 @@ def canary(app: App) -> None:
         if refused:
             raise ValueError(f"canary_share: {app.canary_share} % does not go with {key} (choose one; "
                              "docs/releases.md)")
-    if app.uwsgi_tcp:
-        raise ValueError(f"canary_share: needs uWSGI on its unix socket, not uwsgi_socket={app.uwsgi_socket!r}")
+    if app.uwsgi_tcp and int(app.canary_address.rsplit(":", 1)[1]) > 65535:
+        raise ValueError(f"canary_share: the canary instance listens {CANARY_PORT_OFFSET} above uWSGI's port, "
+                         f"and uwsgi_socket={app.uwsgi_socket!r} leaves no room for it (65535 at most)")
 
 
 def certificate_names(app: App) -> tuple[str, ...]:

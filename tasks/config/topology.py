@@ -159,9 +159,6 @@ def place(host, app: App, database_address: Callable[[Any], str]) -> App:
         app = replace(app, runs_migrations=host.name == app.migrations_host)
     if not behind_balancer(host):
         return app
-    if app.canary_share:
-        raise TopologyError(f"canary_share = {app.canary_share}: a canary by share of traffic runs on a host "
-                            "served by its own nginx, not behind load balancers (yet); nothing was changed.")
     if app.jobs_host is None:
         # Behind balancers the app servers serve one site: one of them runs the jobs.
         app = replace(app, runs_jobs=host.name == servers[0])

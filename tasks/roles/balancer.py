@@ -16,9 +16,10 @@ from tasks.steps.uwsgi import sockets
 
 class Upstream(NamedTuple):
     """One place the balancer sends an app's requests: an app server (or one of its
-    Socket.IO instances) and its uWSGI address."""
+    Socket.IO instances), its uWSGI address and (`canary_share`) its canary instance's."""
     name: str
     address: str
+    canary: str | None = None
 
 
 def upstreams(host, app_name: str) -> list[Upstream]:
@@ -38,13 +39,20 @@ def upstreams(host, app_name: str) -> list[Upstream]:
             raise topology.TopologyError(f"socketio: {app.socketio} on app server {app_server.name!r} but not on "
                                          f"balancer {host.name!r}: set it for both (the balancer keeps Socket.IO "
                                          "clients on their instance); nothing was changed.")
+        balanced = load_apps(host)[0]
+        for key in ("canary_share", "canary_window"):
+            if getattr(app, key) != getattr(balanced, key):
+                raise topology.TopologyError(
+                    f"{key}: {getattr(app, key)} on app server {app_server.name!r} but {getattr(balanced, key)} on "
+                    f"balancer {host.name!r}: set the same for both (the balancers split the clients); "
+                    "nothing was changed.")
         if app.socketio:
             # Every Socket.IO instance of every server: the balancer keeps each
             # client on one of them (templates/nginx-balancer.conf.j2).
             found += [Upstream(f"{app_server.name} instance {n}", address)
                       for n, address in enumerate(sockets(app, server=app_server), 1)]
         else:
-            found.append(Upstream(app_server.name, app.uwsgi_tcp))
+            found.append(Upstream(app_server.name, app.uwsgi_tcp, app.canary_address if app.canary_share else None))
     return found
 
 
@@ -58,8 +66,11 @@ def converge(system, app):
 
 @deploy("Load balancer")
 def configure(platform, app, upstreams: list[Upstream]):
+    # With a canary, what the balancer's release tool counts: each app server's two instances.
+    canary = {"sockets": {**{u.canary: "canary" for u in upstreams}, **{u.address: "live" for u in upstreams}}} \
+        if app.canary_share else None
     ops = nginx.configure(platform, [nginx.Site(app.app_name, [app])], template="nginx-balancer.conf.j2",
-                          s=app, upstreams=upstreams)
+                          balancer_canary=canary, s=app, upstreams=upstreams)
     check = healthcheck.spec(app)
     run = healthcheck.command(check, "--host-name", host.name, "--role", "balancer",
                               "--error-log", app.nginx_error_log,

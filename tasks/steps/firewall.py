@@ -122,7 +122,8 @@ def open_ports(platform, s, app: bool = True, nginx: bool = True):
 
 def uwsgi_ports(apps) -> list[int]:
     """The TCP ports uWSGI listens on for balancers, on this app server."""
-    addresses = (sockets(app) or [app.uwsgi_tcp] for app in apps if app.behind_balancer and app.uwsgi_tcp)
+    addresses = (sockets(app) or [app.uwsgi_tcp, *([app.canary_address] if app.canary_share else [])]
+                 for app in apps if app.behind_balancer and app.uwsgi_tcp)
     return sorted({int(address.rsplit(":", 1)[1]) for found in addresses for address in found})
 
 

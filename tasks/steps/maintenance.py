@@ -45,8 +45,10 @@ def page_source(app) -> str:
 
 
 @deploy("Maintenance pages")
-def install(apps) -> list:
-    """Each app's maintenance directory and page (the flag is left as it is)."""
+def install(apps, balancer_canary: dict | None = None) -> list:
+    """Each app's maintenance directory and page (the flag is left as it is); on a
+    balancer, its release tool, which also runs the balancer's part of a canary
+    (`balancer_canary`: the instances it counts; files/release_tool/split.py)."""
     changes = [files.directory(name=f"Create {MAINTENANCE_ROOT} (root's)", path=MAINTENANCE_ROOT,
                                user="root", group="root", mode="755")]
     for s in apps:
@@ -64,8 +66,20 @@ def install(apps) -> list:
             files.put(name="Install the release tool (maintenance switch, audit log)",
                       src=host_tool.upload(), dest=tool(s, balancer=True), mode="700")
             settings = {"app": s.app_name, "maintenance_dir": s.maintenance_dir}
-            files.put(name="Write the release tool's settings (maintenance only)", mode="600",
-                      src=io.StringIO(json.dumps(settings, indent=2) + "\n"), dest=f"{root}/release-tool.json")
+            if balancer_canary:
+                settings["canary"] = {**balancer_canary, "share": s.canary_share, "window": s.canary_window,
+                                      "flag": f"{s.canary_dir}/on", "log": s.canary_log}
+            files.put(name=f"Write the release tool's settings (maintenance{', canary' if balancer_canary else ''})",
+                      mode="600", src=io.StringIO(json.dumps(settings, indent=2) + "\n"),
+                      dest=f"{root}/release-tool.json")
+            if balancer_canary:
+                files.directory(name=f"Create {s.canary_dir} (root's: the canary's flag, read by nginx)",
+                                path=s.canary_dir, user="root", group="root", mode="755")
+                # A deploy cut off during a canary left it: every client goes to the live release.
+                files.file(name="No canary flag left by an interrupted deploy", path=f"{s.canary_dir}/on",
+                           present=False)
+            else:
+                files.directory(name=f"No {s.canary_dir} (canary_share is 0)", path=s.canary_dir, present=False)
     return changes
 
 

@@ -101,16 +101,18 @@ def _log_dirs(apps) -> list[str]:
 
 
 @deploy("nginx sites")
-def configure(platform, sites: list[Site], reload_triggers=(), template="nginx-site.conf.j2", **context):
+def configure(platform, sites: list[Site], reload_triggers=(), template="nginx-site.conf.j2",
+              balancer_canary: dict | None = None, **context):
     """Write every site, disable the distribution's default and sites of apps no
-    longer deployed, check it all with `nginx -t`, reload once."""
+    longer deployed, check it all with `nginx -t`, reload once. `balancer_canary`: on a
+    balancer, what its release tool needs of a canary (tasks/steps/maintenance.py)."""
     for log_dir in _log_dirs(app for site in sites for app in site.apps):
         # nginx refuses to start when a log file's directory is missing.
         files.directory(name=f"Create the log directory {log_dir}", path=log_dir, mode="755")
 
     # The maintenance pages the sites name (tasks/steps/maintenance.py): served from disk,
     # so they need no reload.
-    maintenance.install([app for site in sites for app in site.apps])
+    maintenance.install([app for site in sites for app in site.apps], balancer_canary)
     # RHEL keeps a default server inside nginx.conf: disabled before ours, see there.
     changes = [*default_server.disable(platform)]
     if any(site.apps[0].tls and not site.acme for site in sites):

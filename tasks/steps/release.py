@@ -88,6 +88,7 @@ class Release:
     activated: object = None  # the op of its exclusive migration, which switched to it already
     ship: Ship | None = None  # to ship whole (checks, switch, reload, prune) in activate()
     shipped: object = None  # the op that did, ending with the health gate
+    trial: bool = False  # on trial behind balancers: promoted (and pruned) by tasks/steps/fleet_canary.py
 
 
 def tool_settings(app) -> dict:
@@ -117,7 +118,7 @@ def tool_settings(app) -> dict:
             "share": app.canary_share, "window": app.canary_window, "min_requests": app.canary_min_requests,
             "max_error_rate": float(app.canary_max_error_rate), "ini": app.canary_ini, "link": app.canary_code_dir,
             "flag": f"{app.canary_dir}/on", "socket_dir": app.canary_socket_dir, "log": app.canary_log,
-            "live_socket": app.socket_path, "unit": f"{app.app_name}-canary.service",
+            "sockets": {app.canary_address: "canary", app.uwsgi_address: "live"}, "unit": f"{app.app_name}-canary.service",
         } if app.canary_share else {},
     }
     contract = host_tool.settings_contract()
@@ -203,6 +204,14 @@ def prepare(app, alone: bool = False) -> Release:
     for command in migrations:
         server.shell(name=f"Migrate: {command}",
                      commands=[host_tool.run_in_release(tool, bundle.id, command, identity.RUN_ID, identity.BY)])
+    if split and app.behind_balancer:
+        # The balancers split the traffic: the release goes on trial in the run's canary
+        # steps once every host is deployed (tasks/steps/fleet_canary.py), which promote it or roll it back.
+        checked = server.shell(name=f"Check release {bundle.id} answers GET {app.healthcheck_path} (called "
+                                    "in-process), before its canary behind the balancers",
+                               commands=[host_tool.canary(tool, bundle.id, identity.RUN_ID, identity.BY)])
+        return Release(bundle.id, tool, new=True, settings=settings, environment=environment, activated=checked,
+                       trial=True)
     if split:
         # One command on the host: the in-process check, then the release as a second uWSGI
         # instance for a share of new clients, then its promotion or rollback (split.py).
@@ -306,10 +315,22 @@ def activate(app, release: Release, restart_triggers, reload_triggers):
             commands=[run("auto")],
             _if=lambda: not restarted.did_change() and not reloaded.did_change(),
         ))
-    if release.new:
+    if release.new and not release.trial:
         server.shell(name=f"Keep the newest {app.keep_releases} releases (by this host's record)",
                      commands=[host_tool.prune(release.tool)])
     return ops
+
+
+def on_trial(server, app) -> str | None:
+    """The release `server` puts on trial for `app` in this run behind load balancers (new
+    code beside a live release), else None; read from `server`'s facts, so that every host
+    of the run knows (tasks/steps/fleet_canary.py), as prepare() decides it."""
+    if not (app.canary_share and app.behind_balancer):
+        return None
+    if not server.get_fact(ServiceActive, services=[app.service]).get(app.service, False):
+        return None
+    live, bundle = server.get_fact(LiveRelease, app_root=app.app_root), build_bundle(app)
+    return None if live and live.get("content_hash") == bundle.content_hash else bundle.id
 
 
 class ServiceActive(SystemdStatus):

@@ -19,7 +19,7 @@ from tests.tool.test_release_tool import tool  # noqa: F401 (the fixture)
     ({"canary_share": 60}, "canary_share = 60: Input should be less than or equal to 50"),
     ({"canary_share": 10, "migrate_exclusive": True, "migrate_commands": ["true"]},
      "canary_share: 10 % does not go with migrate_exclusive"),
-    ({"canary_share": 10, "uwsgi_socket": "127.0.0.1:9000"}, "canary_share: needs uWSGI on its unix socket"),
+    ({"canary_share": 10, "uwsgi_socket": "127.0.0.1:65000"}, "canary_share: the canary instance listens 1000 above"),
     ({"canary_window": 1}, "canary_window = 1: Input should be greater than or equal to 2"),
     ({"canary_max_error_rate": -1}, "canary_max_error_rate = -1: Input should be greater than or equal to 0"),
 ])
@@ -64,7 +64,7 @@ def test_the_canary_instance_runs_the_release_on_trial_on_sockets_of_its_own():
 def test_the_tool_counts_each_instance_and_judges_by_the_5xx_rate(tool, tmp_path):  # noqa: F811
     log = tmp_path / "canary.log"
     canary = {"share": 10, "window": 60, "min_requests": 4, "max_error_rate": 1.0, "log": str(log),
-              "socket_dir": "/run/app-canary", "live_socket": "/run/app/uwsgi.sock"}
+              "sockets": {"unix:/run/app-canary/uwsgi.sock": "canary", "unix:/run/app/uwsgi.sock": "live"}}
     tool.CONFIG = {**tool.CONFIG, "canary": canary}
     log.write_text("1.0 200 unix:/run/app/uwsgi.sock\n")
     offset = log.stat().st_size

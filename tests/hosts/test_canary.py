@@ -86,6 +86,46 @@ def share_of(clients: Clients, entry: dict, new_body: str) -> tuple[list[dict], 
     return window, canary, 100.0 * len(canary) / max(1, len(window))
 
 
+def rolled_back(load: Clients, entry: dict, bad: str, label: str) -> tuple[list[dict], list[dict]]:
+    """A canary rolled back under `load`: no client outside it failed or saw the release
+    `bad` answers with; its own clients failed on /broken only. (Clients of the window, of
+    the canary.)"""
+    window, canary, share = share_of(load, entry, bad)
+    # The clients not in the canary: every answer as the live release gives it.
+    live_clients = [c for c in load.clients if c["first"][1] != bad]
+    live_failed = [c for c in live_clients if c["first"][0] != 200 or any(
+        status != (404 if path == "/broken" else 200) for path, status, _ in c["later"])]
+    # The canary's clients: /broken failed on the canary, nothing else did.
+    canary_other = [c for c in canary if any(status != 200 for path, status, _ in c["later"] if path == "/")]
+    print(f"\n{label}: {len(load.clients)} new clients, {len(window)} during the canary, {len(canary)} of them on "
+          f"it ({share:.1f} %); {len(live_failed)} failed among {len(live_clients)} not in the canary; verdict: "
+          f"{entry['canary']['why']}")
+    assert live_failed == [], live_failed[:5]
+    # ... and all from the live release: one client, one version.
+    assert all(body == GREETING for c in live_clients for path, _, body in c["later"] if path == "/")
+    assert canary_other == [], canary_other[:5]
+    assert any(status == 500 for c in canary for path, status, _ in c["later"] if path == "/broken")
+    return window, canary
+
+
+def promoted(load: Clients, entry: dict, good: str, label: str, before: list[dict], before_canary: list[dict]) -> None:
+    """A canary promoted under `load`: nobody failed, each of its clients stayed on it, and
+    the share over this window and the one `before` is the setting's, within 3 points."""
+    failed = [c for c in load.clients if c["first"][0] != 200 or any(s != 200 for _, s, _ in c["later"])]
+    window, canary, share = share_of(load, entry, good)
+    # One user, one version: a canary client's later request is on the canary too (the
+    # main instance runs the release once promoted).
+    moved = [c for c in canary if any(body != good for _, _, body in c["later"])]
+    total, on_canary = len(before) + len(window), len(before_canary) + len(canary)
+    both = 100.0 * on_canary / max(1, total)
+    print(f"{label}: {len(load.clients)} new clients, {len(window)} during the canary, {len(canary)} on it "
+          f"({share:.1f} %); {len(failed)} failed; verdict: {entry['canary']['why']}\n"
+          f"share over both canaries: {on_canary} of {total} new clients = {both:.2f} % (setting {SHARE} %)")
+    assert failed == [], failed[:5]
+    assert moved == [], moved[:5]
+    assert abs(both - SHARE) <= 3, both
+
+
 def test_a_canary_rolls_back_a_failing_release_and_promotes_a_good_one(fork, tmp_path):
     inventory = fork.write_inventory(tmp_path / "inventory.py", {
         "canary_share": SHARE, "canary_window": 8, "canary_min_requests": 50, "canary_max_error_rate": 1.0})
@@ -108,21 +148,7 @@ def test_a_canary_rolls_back_a_failing_release_and_promotes_a_good_one(fork, tmp
     entry = audit_last(fork)
     assert entry["result"] == "rolled-back" and entry["canary"]["verdict"] == "rolled-back", entry
     assert entry["canary"]["canary"]["5xx"] > 0 and entry["canary"]["live"]["5xx"] == 0, entry
-    bad_window, bad_canary, bad_share = share_of(load, entry, "Hello from the bad canary")
-    # The clients not in the canary: every answer as the live release gives it.
-    live_clients = [c for c in load.clients if c["first"][1] != "Hello from the bad canary"]
-    live_failed = [c for c in live_clients if c["first"][0] != 200 or any(
-        status != (404 if path == "/broken" else 200) for path, status, _ in c["later"])]
-    # The canary's clients: /broken failed on the canary, nothing else did.
-    canary_other = [c for c in bad_canary if any(status != 200 for path, status, _ in c["later"] if path == "/")]
-    print(f"\nbad release: {len(load.clients)} new clients, {len(bad_window)} during the canary, "
-          f"{len(bad_canary)} of them on it ({bad_share:.1f} %); {len(live_failed)} failed among "
-          f"{len(live_clients)} not in the canary; verdict: {entry['canary']['why']}")
-    assert live_failed == [], live_failed[:5]
-    # ... and all from the live release: one client, one version.
-    assert all(body == GREETING for c in live_clients for path, _, body in c["later"] if path == "/")
-    assert canary_other == [], canary_other[:5]
-    assert any(status == 500 for c in bad_canary for path, status, _ in c["later"] if path == "/broken")
+    bad_window, bad_canary = rolled_back(load, entry, "Hello from the bad canary", "bad release")
 
     # 2. A good release: promoted, nobody fails; the canary's clients stay on it.
     good = app_variant(tmp_path, "Hello from the good canary")
@@ -131,19 +157,7 @@ def test_a_canary_rolls_back_a_failing_release_and_promotes_a_good_one(fork, tmp
     new = json.loads(fork.exec(f"{TOOL} list --json"))["live"]
     entry = audit_last(fork)
     assert new != old and entry["result"] == "ok" and entry["canary"]["verdict"] == "promoted", entry
-    failed = [c for c in load.clients if c["first"][0] != 200 or any(s != 200 for _, s, _ in c["later"])]
-    good_window, good_canary, good_share = share_of(load, entry, "Hello from the good canary")
-    # One user, one version: a canary client's later request is on the canary too (the
-    # main instance runs the release once promoted).
-    moved = [c for c in good_canary if any(body != "Hello from the good canary" for _, _, body in c["later"])]
-    total, on_canary = len(bad_window) + len(good_window), len(bad_canary) + len(good_canary)
-    share = 100.0 * on_canary / max(1, total)
-    print(f"good release: {len(load.clients)} new clients, {len(good_window)} during the canary, "
-          f"{len(good_canary)} on it ({good_share:.1f} %); {len(failed)} failed; verdict: {entry['canary']['why']}\n"
-          f"share over both canaries: {on_canary} of {total} new clients = {share:.2f} % (setting {SHARE} %)")
-    assert failed == [], failed[:5]
-    assert moved == [], moved[:5]
-    assert abs(share - SHARE) <= 3, share
+    promoted(load, entry, "Hello from the good canary", "good release", bad_window, bad_canary)
     assert get(fork.url + "/").text.strip() == "Hello from the good canary"
     assert fork.exec("systemctl is-active greeting-canary.service || true").strip() != "active"
     assert fork.exec("ls /etc/pyinfra-flask/canary/greeting").strip() == ""

@@ -3,6 +3,7 @@ the tests create: one balancer, three app servers."""
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import sys
@@ -15,6 +16,7 @@ import pytest
 from dev import throwaway
 from tests.conftest import Load, app_variant, get, run_deploy
 from tasks.config.settings import RELEASE_ID_RE
+from tests.hosts.test_canary import BROKEN, SHARE, Clients, promoted, rolled_back
 from tests.hosts.test_deploy import GREETING
 
 pytestmark = pytest.mark.rollout
@@ -30,12 +32,16 @@ class Cluster:
     workdir: Path
 
     def inventory(self, apps=None, extra: dict | None = None, ghosts: dict | None = None,
-                  ghost_balancers: dict | None = None, balancer_address: bool = True) -> Path:
+                  ghost_balancers: dict | None = None, balancer_address: bool = True,
+                  every: dict | None = None) -> Path:
         """An inventory of the cluster; `extra` adds host data per app server name,
-        `ghosts` adds app servers that do not exist, `ghost_balancers` balancers."""
-        members = [(app, {"private_address": app.address(self.network), **(extra or {}).get(app.name, {})})
+        `ghosts` adds app servers that do not exist, `ghost_balancers` balancers, `every`
+        data to every host."""
+        members = [(app, {"private_address": app.address(self.network), **(every or {}),
+                          **(extra or {}).get(app.name, {})})
                    for app in (apps or self.apps)]
         balancer = {"private_address": self.balancer.address(self.network)} if balancer_address else {}
+        balancer.update(every or {})
         path = throwaway.write_group_inventory(
             self.workdir / f"inventory_{len(list(self.workdir.iterdir()))}.py",
             {"app_servers": members, "load_balancers": [(self.balancer, balancer)]},
@@ -265,3 +271,66 @@ def test_removing_an_app_server_updates_the_balancer(cluster):
     assert cluster.apps[2].address(cluster.network) not in site
     served_by = {get(cluster.balancer.url + "/info").json()["host"] for _ in range(20)}
     assert served_by == {app.name for app in kept}
+
+
+def test_a_canary_behind_the_balancer_rolls_back_a_failing_release_and_promotes_a_good_one(cluster, tmp_path):
+    """The canary of tests/hosts/test_canary.py behind a balancer, over the two app servers
+    left by the test above: the balancer splits new clients between every app server's
+    live and canary instances, the app servers promote or roll back by its counts."""
+    kept = cluster.apps[:2]
+    inventory = cluster.inventory(apps=kept, every={"canary_share": SHARE, "canary_window": 8,
+                                                    "canary_min_requests": 50, "canary_max_error_rate": 1.0})
+    tool = f"{ROOT}/bin/release-tool"
+    # The split on the balancer, the canary's ini and port on the app servers; the code is the live one's.
+    run_deploy(inventory, tmp_path, data={"app_source": "files/greeting"})
+    old = {app.name: json.loads(app.exec(f"{tool} list --json"))["live"] for app in kept}
+    kept_releases = {app.name: app.exec(f"ls -A {ROOT}/releases") for app in kept}
+    answer = get(cluster.balancer.url + "/")
+    assert answer.text.strip() == GREETING and "Set-Cookie" not in answer.headers
+
+    # 1. A release whose /broken answers 500: rolled back by its canary on every app server.
+    bad = app_variant(tmp_path, "Hello from the bad canary", append=BROKEN)
+    with Clients(cluster.balancer.url, later=("/broken", "/")) as load:
+        run = run_deploy(inventory, tmp_path, data={"app_source": str(bad)}, check=False)
+    assert run.returncode != 0 and "ROLLED BACK by its canary" in run.output, run.output[-4000:]
+    for app in kept:
+        assert json.loads(app.exec(f"{tool} list --json"))["live"] == old[app.name]
+        assert app.exec(f"ls -A {ROOT}/releases") == kept_releases[app.name], "the rolled back release is removed"
+        assert app.exec("systemctl is-active greeting-canary.service || true").strip() != "active"
+    entries = [json.loads(app.exec(f"tail -n 1 {ROOT}/audit.jsonl")) for app in kept]
+    assert all(e["result"] == "rolled-back" and e["canary"]["verdict"] == "rolled-back" for e in entries), entries
+    entry = entries[0]
+    # Every app server judged the same numbers: the balancer's.
+    assert all(e["canary"]["canary"] == entry["canary"]["canary"] for e in entries), entries
+    assert entry["canary"]["canary"]["5xx"] > 0 and entry["canary"]["live"]["5xx"] == 0, entry
+    assert entry["canary"]["balancers"] == [cluster.balancer.name]
+    bad_window, bad_canary = rolled_back(load, entry, "Hello from the bad canary", "behind the balancer, bad release")
+    assert cluster.balancer.exec("ls /etc/pyinfra-flask/canary/greeting").strip() == ""
+
+    # 2. A good release: promoted everywhere, nobody fails; the canary's clients stay on it.
+    good = app_variant(tmp_path, "Hello from the good canary")
+    with Clients(cluster.balancer.url, later=("/",)) as load:
+        run_deploy(inventory, tmp_path, data={"app_source": str(good)})
+    entries = [json.loads(app.exec(f"tail -n 1 {ROOT}/audit.jsonl")) for app in kept]
+    assert all(e["result"] == "ok" and e["canary"]["verdict"] == "promoted" for e in entries), entries
+    assert all(json.loads(app.exec(f"{tool} list --json"))["live"] != old[app.name] for app in kept)
+    entry = entries[0]
+    promoted(load, entry, "Hello from the good canary", "behind the balancer, good release", bad_window, bad_canary)
+    assert {get(cluster.balancer.url + "/").text.strip() for _ in range(6)} == {"Hello from the good canary"}
+    for app in kept:
+        assert app.exec("systemctl is-active greeting-canary.service || true").strip() != "active"
+    assert cluster.balancer.exec("ls /etc/pyinfra-flask/canary/greeting").strip() == ""
+
+    # 3. A second run after the finished canary changes nothing.
+    second = run_deploy(inventory, tmp_path, data={"app_source": str(good)})
+    assert second.changed_operations() == [], second.changed_operations()
+
+    # 4. Without the balancer in the run there is nobody to split: refused before any change.
+    other = app_variant(tmp_path, "Hello from a limited run")
+    kept_releases = {app.name: app.exec(f"ls -A {ROOT}/releases") for app in kept}
+    limited = run_deploy(inventory, tmp_path, "--limit", "app_servers", data={"app_source": str(other)},
+                         check=False)
+    assert limited.returncode != 0
+    assert f"but {cluster.balancer.name} is not in this run" in limited.output, limited.output[-3000:]
+    assert {app.name: app.exec(f"ls -A {ROOT}/releases") for app in kept} == kept_releases
+    assert {get(cluster.balancer.url + "/").text.strip() for _ in range(4)} == {"Hello from the good canary"}

@@ -26,6 +26,7 @@ from tasks.run import hooks
 from tasks.steps import acme, maintenance
 from tasks.config.app import MAINTENANCE_ROOT
 from tasks.config.checks import validate
+from tasks.roles.balancer import Upstream
 from tasks.steps.nginx import Site
 from tasks.config.settings import SettingsError
 from tests.conftest import REPO_ROOT
@@ -82,7 +83,7 @@ def test_every_app_location_checks_the_flag_but_acme_challenges_do_not():
 
 def test_the_balancer_checks_the_flag_for_its_app_servers():
     s = validate({"maintenance_allow": ["192.0.2.0/24"]})
-    config = render("nginx-balancer.conf.j2", [s], upstreams=[("web1", "10.0.0.11:3031")])
+    config = render("nginx-balancer.conf.j2", [s], upstreams=[Upstream("web1", "10.0.0.11:3031")])
     found = blocks(config)
     assert "return 503;" in found["/"] and "uwsgi_pass greeting_app_servers;" in found["/"]
     assert "add_header Retry-After 300 always;" in found["@pyinfra_flask_greeting_maintenance"]

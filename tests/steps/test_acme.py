@@ -10,6 +10,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from tasks import JINJA, TEMPLATES
 from tasks.steps import acme
+from tasks.roles.balancer import Upstream
 from tasks.steps.nginx import Site
 from tasks.config.checks import validate
 from tasks.config.settings import SettingsError
@@ -66,7 +67,7 @@ def _server_blocks(config: str) -> list[str]:
 @pytest.mark.parametrize("template", ["nginx-site.conf.j2", "nginx-balancer.conf.j2"])
 def test_acme_site_serves_http_with_the_challenge_until_its_certificate_is_here(template):
     s = validate({**ACME, "private_address": "10.0.0.2"})
-    context = {"upstreams": [("app1", "10.0.0.5:3031")]} if "balancer" in template else {}
+    context = {"upstreams": [Upstream("app1", "10.0.0.5:3031")]} if "balancer" in template else {}
     challenge = f"location ^~ /.well-known/acme-challenge/ {{\n        root {acme.WEBROOT};"
 
     first = _render(template, s, https=False, **context)

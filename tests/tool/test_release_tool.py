@@ -213,7 +213,8 @@ def test_lock_of_a_gone_connection_stays_held_while_its_command_is_at_work(tool)
     assert tool.lock_take("run-b", {}, wait=0)[0]
     # Changing commands hold the work flock; reading ones do not.
     assert set(tool.CHANGING) == {"build-venv", "check", "run", "canary", "ship", "activate", "rollback", "prune",
-                                 "assets", "migrate", "hold", "split"}
+                                 "assets", "migrate", "hold", "split", "canary-start", "canary-verdict",
+                                 "canary-finish"}
 
 
 # No links followed where the app user can write ----------------------------------

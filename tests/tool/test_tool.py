@@ -47,6 +47,11 @@ CALLS = {
     host_tool.migrate: (TOOL, "r1", ["flask db upgrade", "--odd 'x y'"], 20, 30, "web 1", RUN, BY),
     host_tool.hold: (TOOL, "off"),
     host_tool.split: (TOOL, "r1", "web 1", RUN, BY),
+    host_tool.canary_start: (TOOL, "r1", "web 1", RUN, BY),
+    host_tool.canary_verdict: (TOOL, "r1", '{"canary": {"requests": 3, "5xx": 0}}', "web 1", RUN, BY),
+    host_tool.canary_finish: (TOOL, "r1", '{"canary": {"requests": 3, "5xx": 0}}', "web 1", RUN, BY),
+    host_tool.canary_watch: (TOOL, "r1"),
+    host_tool.canary_close: (TOOL,),
 }
 
 

@@ -51,8 +51,10 @@ class ReleaseSettings(BaseModel):
         0, ge=0, le=50,
         description="Percent of new clients (a random id in a cookie, set once) a new release serves first, as "
         "a second uWSGI instance beside the live one, for `canary_window` s; then it is promoted or rolled back "
-        "by its own numbers (docs/releases.md). 0: off (the release replaces the live one at once). One host, "
-        "served by its own nginx (no balancers), not with `migrate_exclusive`, `websockets` or `socketio`.",
+        "by its own numbers (docs/releases.md). 0: off (the release replaces the live one at once). On one host "
+        "its nginx splits the clients; behind load balancers the balancers do (set it for them too), over every "
+        "app server's canary instance (uWSGI's port + 1000), in a run over every host. Not with "
+        "`migrate_exclusive`, `websockets` or `socketio`.",
     )
     canary_window: int = Field(
         300, ge=2, le=3600,
