@@ -137,9 +137,10 @@ def count(offset: int) -> dict:
         fd = os.open(canary["log"], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         return found
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise base.Failure(f"refusing the canary log {canary['log']}: not a regular file")
     with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-            raise base.Failure(f"refusing the canary log {canary['log']}: not a regular file")
         # A log rotated meanwhile is shorter: then all of the new one.
         handle.seek(offset if os.fstat(handle.fileno()).st_size >= offset else 0)
         for raw in handle:

@@ -4,10 +4,16 @@ verdict of a canary log. On a real host: tests/hosts/test_canary.py."""
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import subprocess
+
 import pytest
 from jinja2 import Environment, FileSystemLoader
 
 from tasks import JINJA, TEMPLATES
+from tasks import tool as host_tool
 from tasks.config.checks import validate
 from tasks.config.settings import SettingsError
 from tasks.run import hooks
@@ -88,3 +94,78 @@ def test_hooks_and_the_webhook_get_the_canary_verdict_and_numbers():
     entry = {"from": "a", "to": "b", "result": "rolled-back", "kind": "canary", "canary": canary}
     assert hooks._app_outcome(entry) == {"from": "a", "to": "b", "result": "rolled-back", "canary": canary}
     assert hooks._app_outcome({"from": "a", "to": "b", "result": "ok"}) == {"from": "a", "to": "b", "result": "ok"}
+
+
+def _canary(tmp_path, **extra) -> dict:
+    return {"share": 10, "window": 0, "min_requests": 4, "max_error_rate": 1.0, "log": str(tmp_path / "canary.log"),
+            "flag": str(tmp_path / "on"), "socket_dir": str(tmp_path / "run-canary"), "link": str(tmp_path / "canary"),
+            "unit": "greeting-canary.service", "ini": str(tmp_path / "uwsgi-canary.ini"),
+            "sockets": {"10.0.0.11:4031": "canary", "10.0.0.11:3031": "live"}, **extra}
+
+
+def test_a_balancer_splits_for_the_window_answers_its_counts_and_closes(tool, tmp_path, capsys,  # noqa: F811
+                                                                        monkeypatch):
+    tool.CONFIG = {"app": "greeting", "maintenance_dir": str(tmp_path), "canary": _canary(tmp_path, window=0.3)}
+    log = tmp_path / "canary.log"
+    log.write_text("1.0 200 10.0.0.11:3031\n")  # before the window: not counted
+    real_watch = tool.watch
+
+    def nginx_meanwhile():
+        # The flag is up while the window runs; nginx writes its lines meanwhile.
+        assert (tmp_path / "on").read_text() == "r2\n"
+        if log.read_text().count("\n") == 1:
+            with log.open("a") as out:
+                out.write("2.0 500 10.0.0.11:4031\n2.1 200 10.0.0.11:4031, 10.0.0.11:3031\n2.2 200 10.0.0.11:3031\n")
+
+    monkeypatch.setattr(tool, "watch", lambda release: real_watch(release, still=nginx_meanwhile))
+
+    tool.cmd_canary_watch(argparse.Namespace(release="r2"))
+    numbers = host_tool.canary_numbers(capsys.readouterr().out.splitlines())
+    assert numbers["canary"] == {"requests": 1, "5xx": 1} and numbers["live"] == {"requests": 2, "5xx": 0}
+    assert numbers["opened"] <= numbers["closed"]
+    assert (tmp_path / "on").exists(), "the flag stays until the app servers have their verdict"
+    tool.cmd_canary_close(argparse.Namespace())
+    assert not (tmp_path / "on").exists()
+    # A window that fails takes its flag down with it.
+    monkeypatch.setattr(tool, "watch", real_watch)
+    log.unlink()
+    log.mkdir()
+    with pytest.raises(tool.Failure, match="not a regular file"):
+        tool.cmd_canary_watch(argparse.Namespace(release="r3"))
+    assert not (tmp_path / "on").exists()
+
+
+def test_an_app_server_removes_a_release_its_balancers_counts_do_not_promote(tool, tmp_path, monkeypatch):  # noqa: F811
+    tool.CONFIG = {**tool.CONFIG, "canary": _canary(tmp_path), "static_dir": ""}
+    for name in ("r1", "r2"):
+        (tool.RELEASES / name).mkdir()
+        (tool.RELEASES / name / tool.META).write_text(json.dumps({"id": name, "venv": "v1"}))
+    (tmp_path / "current").symlink_to("releases/r1")
+    monkeypatch.setattr(subprocess, "run", lambda argv, **kwargs: subprocess.CompletedProcess(argv, 3, "", ""))
+    numbers = json.dumps({"canary": {"requests": 3, "5xx": 0}, "live": {"requests": 90, "5xx": 0},
+                          "opened": 1.0, "closed": 9.0, "balancers": ["lb1", "lb2"]})
+    args = argparse.Namespace(release="r2", numbers=numbers, host_name="web1", run="run-1")
+    tool.cmd_canary_verdict(args)  # too few requests: nothing switched
+    assert os.readlink(tmp_path / "current") == "releases/r1"
+    with pytest.raises(tool.RolledBack, match="release r2 ROLLED BACK by its canary on host web1: too few requests"):
+        tool.cmd_canary_finish(args)
+    assert sorted(p.name for p in tool.RELEASES.iterdir()) == ["r1"]
+    entry = json.loads((tmp_path / "audit.jsonl").read_text().splitlines()[-1])
+    assert entry["result"] == "rolled-back" and entry["canary"]["balancers"] == ["lb1", "lb2"]
+    assert entry["canary"]["verdict"] == "rolled-back" and entry["from"] == "r1" and entry["to"] == "r2"
+
+
+def test_a_canary_instance_ends_by_itself_when_the_deploy_never_comes_back(tool, tmp_path, monkeypatch):  # noqa: F811
+    tool.CONFIG = {**tool.CONFIG, "canary": _canary(tmp_path, window=300), "reload_timeout": 60, "sandbox": [],
+                   "writable": [], "environment_files": [], "uwsgi": "/srv/venvs/uwsgi/bin/uwsgi"}
+    started = []
+
+    def run(argv, **kwargs):
+        started.append(argv)
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    monkeypatch.setattr(subprocess, "run", run)
+    tool.start("r2")
+    [unit] = [argv for argv in started if argv[0] == "systemd-run"]
+    assert f"RuntimeMaxSec={300 + 60 + tool.LEFT_OVER_SECONDS}" in unit
+    assert os.readlink(tmp_path / "canary") == "releases/r2"

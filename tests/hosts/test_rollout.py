@@ -334,3 +334,25 @@ def test_a_canary_behind_the_balancer_rolls_back_a_failing_release_and_promotes_
     assert f"but {cluster.balancer.name} is not in this run" in limited.output, limited.output[-3000:]
     assert {app.name: app.exec(f"ls -A {ROOT}/releases") for app in kept} == kept_releases
     assert {get(cluster.balancer.url + "/").text.strip() for _ in range(4)} == {"Hello from the good canary"}
+
+    # 5. A deploy cut off during a canary leaves the balancer's flag: the next one takes it down.
+    cluster.balancer.exec("echo leftover > /etc/pyinfra-flask/canary/greeting/on")
+    cleared = run_deploy(inventory, tmp_path, data={"app_source": str(good)})
+    changed = cleared.changed_operations()
+    assert len(changed) == 1 and changed[0].endswith("No canary flag left by an interrupted deploy"), changed
+    assert cluster.balancer.exec("ls /etc/pyinfra-flask/canary/greeting").strip() == ""
+
+    # 6. The canary's port is the balancers' alone, as uWSGI's: with a listener on it (as the
+    # canary instance during a window), another host of the network cannot connect.
+    target, outsider = kept
+    port = 3031 + 1000
+    target.exec(f"setsid python3 -m http.server {port} --bind {target.address(cluster.network)} "
+                ">/dev/null 2>&1 & echo $! > /run/stand-in-canary.pid")
+    try:
+        deadline = time.monotonic() + 10
+        while not reaches_uwsgi(cluster.balancer, target, cluster.network, port=port):
+            assert time.monotonic() < deadline, "the stand-in canary never listened"
+            time.sleep(0.2)
+        assert not reaches_uwsgi(outsider, target, cluster.network, port=port)
+    finally:
+        target.exec("kill $(cat /run/stand-in-canary.pid) || true")
