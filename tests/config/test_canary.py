@@ -16,8 +16,10 @@ from tasks import JINJA, TEMPLATES
 from tasks import tool as host_tool
 from tasks.config.checks import validate
 from tasks.config.settings import SettingsError
+from tasks.roles.balancer import Upstream
 from tasks.run import hooks
 from tests.ops.test_maintenance_audit import render
+from tests.steps.test_socketio import SOCKETIO
 from tests.tool.test_release_tool import tool  # noqa: F401 (the fixture)
 
 
@@ -169,3 +171,23 @@ def test_a_canary_instance_ends_by_itself_when_the_deploy_never_comes_back(tool,
     [unit] = [argv for argv in started if argv[0] == "systemd-run"]
     assert f"RuntimeMaxSec={300 + 60 + tool.LEFT_OVER_SECONDS}" in unit
     assert os.readlink(tmp_path / "canary") == "releases/r2"
+
+
+@pytest.mark.parametrize("data", [{"canary_share": 10}, SOCKETIO])
+def test_locations_with_headers_of_their_own_keep_hsts(data):
+    # nginx gives a location with an add_header of its own none of the server's: the
+    # canary's cookie and Socket.IO's route would drop HSTS from the app's pages.
+    app = validate({**data, "tls_certificate": "README.md", "tls_certificate_key": "README.md",
+                    "tls_hsts_max_age": 3600})
+    config = render("nginx-site.conf.j2", [app], sockets=lambda app: ["/run/greeting/uwsgi-1.sock"])
+    tls_server = config[config.index("ssl_certificate "):]
+    location = tls_server[tls_server.index("    location / {"):]
+    location = location[:location.index("\n    }\n")]
+    assert 'add_header Strict-Transport-Security "max-age=3600" always;' in location
+    behind = validate({**data, "tls_certificate": "README.md", "tls_certificate_key": "README.md",
+                       "tls_hsts_max_age": 3600, "private_address": "10.0.0.2"})
+    balancer = render("nginx-balancer.conf.j2", [behind], upstreams=[Upstream("web1", "10.0.0.11:3031",
+                                                                              "10.0.0.11:4031")])
+    tls_server = balancer[balancer.index("ssl_certificate "):]
+    location = tls_server[tls_server.index("    location / {"):]
+    assert 'add_header Strict-Transport-Security "max-age=3600" always;' in location[:location.index("\n    }\n")]
