@@ -46,11 +46,13 @@ def back_up(app: throwaway.Host, backup: throwaway.Host, app_name: str = "blog")
 
 
 def sftp(app: throwaway.Host, address: str, batch: str, app_name: str = "blog") -> str:
-    """An SFTP session as the app server's root, with the app's own key, to its ingest user."""
+    """An SFTP session as the app user (compromised: it reads the app's key, as it runs the
+    backups), with the app's own key, to its ingest user. Not as root: root owns the key file,
+    which is the app group's too, and OpenSSH refuses a key its owner's others can read."""
     secrets = f"/etc/pyinfra-flask/restic/{app_name}"
-    return app.exec(f"printf %s {shlex.quote(batch)} | sftp -b - -i {secrets}/id_ed25519 -o BatchMode=yes "
-                    f"-o UserKnownHostsFile={secrets}/known_hosts restic-{app_name}@{address} 2>&1; "
-                    "echo status=$?", check=False)
+    return app.exec(f"cd / && printf %s {shlex.quote(batch)} | runuser -u {app_name} -- sftp -b - -i "
+                    f"{secrets}/id_ed25519 -o BatchMode=yes -o UserKnownHostsFile={secrets}/known_hosts "
+                    f"restic-{app_name}@{address} 2>&1; echo status=$?", check=False)
 
 
 @pytest.mark.features
@@ -101,10 +103,13 @@ def test_uploads_reach_the_backup_host_survive_losing_the_app_host_and_cannot_be
         owners = backup.exec(f"find {REPOSITORIES}/blog/snapshots {REPOSITORIES}/blog/index -type f "
                              "-printf '%u:%g %m\\n' | sort -u").split("\n")
         assert [line for line in owners if line] == ["restic:restic-blog 640"], owners
-        # As root on the app server, with the app's key: no shell, nothing removed, renamed or replaced.
+        # As the app user on the app server, with the app's key: no shell, nothing removed, renamed or
+        # replaced. The session itself works (what the backups need: listing, reading).
         snapshot = snapshots[0]
         before = backup.exec(f"sha256sum {REPOSITORIES}/blog/snapshots/{snapshot}")
         repo = f"{REPOSITORIES}/blog"
+        listed = sftp(app, address, f"ls {repo}/snapshots\n")
+        assert "status=0" in listed and snapshot in listed, listed
         attacks = {
             "remove": f"rm {repo}/snapshots/{snapshot}\n",
             "rename": f"rename {repo}/snapshots/{snapshot} {repo}/snapshots/x\n",
@@ -117,15 +122,18 @@ def test_uploads_reach_the_backup_host_survive_losing_the_app_host_and_cannot_be
         for what, batch in attacks.items():
             out = sftp(app, address, batch)
             assert "status=0" not in out, f"{what}: {out}"
-        shell = app.exec(f"ssh -i /etc/pyinfra-flask/restic/blog/id_ed25519 -o BatchMode=yes "
+        shell = app.exec(f"cd / && runuser -u blog -- ssh -i /etc/pyinfra-flask/restic/blog/id_ed25519 -o BatchMode=yes "
                          f"-o UserKnownHostsFile=/etc/pyinfra-flask/restic/blog/known_hosts restic-blog@{address} "
                          "id 2>&1 </dev/null; echo status=$?", check=False)
         assert "uid=" not in shell, shell
-        forget = app.exec(
-            "cd / && RESTIC_PASSWORD_FILE=/etc/pyinfra-flask/restic/blog/password restic --no-cache "
-            f"-o 'sftp.command=ssh -i /etc/pyinfra-flask/restic/blog/id_ed25519 -o UserKnownHostsFile="
-            f"/etc/pyinfra-flask/restic/blog/known_hosts restic-blog@{address} -s sftp' "
-            f"-r sftp:restic-blog@{address}:{repo} forget --prune {snapshot} 2>&1; echo status=$?", check=False)
+        restic = ("cd / && RESTIC_PASSWORD_FILE=/etc/pyinfra-flask/restic/blog/password runuser -u blog -- restic "
+                  "--no-cache -o 'sftp.command=ssh -i /etc/pyinfra-flask/restic/blog/id_ed25519 -o UserKnownHostsFile="
+                  f"/etc/pyinfra-flask/restic/blog/known_hosts restic-blog@{address} -s sftp' "
+                  f"-r sftp:restic-blog@{address}:{repo}")
+        # restic itself reaches the repository this way (it lists the snapshots), and cannot forget one.
+        listed = app.exec(f"{restic} snapshots --json 2>&1; echo status=$?", check=False)
+        assert "status=0" in listed and snapshot in listed, listed
+        forget = app.exec(f"{restic} forget --prune {snapshot} 2>&1; echo status=$?", check=False)
         assert "status=0" not in forget, forget
         assert backup.exec(f"sha256sum {repo}/snapshots/{snapshot}") == before
         # A file whose name lies about its contents, added as the ingest user, is taken out by the sweep.
