@@ -296,12 +296,15 @@ def cmd_canary_verdict(args) -> None:
 
 
 def cmd_canary_finish(args) -> None:
-    """Once the balancers send no client to it: the canary instance ends; a release that was
-    not promoted is removed and the deploy fails saying why."""
+    """Once the balancers send no client to it: the canary instance ends; a promoted release's
+    host keeps its newest releases (the prune), one that was not promoted is removed and the
+    deploy fails saying why."""
     release, numbers = args.release, json.loads(args.numbers)
     stop()
     if releases.live() == release:
         base.log(f"canary: release {release} is live")
+        # Kept from the deploy's own prune until now: it would have counted the release on trial as old.
+        activation.cmd_prune(args)
         return
     promote, why, details = judge(numbers)
     if release in releases.releases() and not promote:

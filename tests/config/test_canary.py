@@ -191,3 +191,18 @@ def test_locations_with_headers_of_their_own_keep_hsts(data):
     tls_server = balancer[balancer.index("ssl_certificate "):]
     location = tls_server[tls_server.index("    location / {"):]
     assert 'add_header Strict-Transport-Security "max-age=3600" always;' in location[:location.index("\n    }\n")]
+
+
+def test_an_app_server_prunes_once_its_promoted_release_is_live(tool, tmp_path, monkeypatch):  # noqa: F811
+    # Behind balancers the deploy's prune waits for the verdict (it would count the release on
+    # trial, not yet in the host's record, as the oldest): the last step does it.
+    tool.CONFIG = {**tool.CONFIG, "canary": _canary(tmp_path), "static_dir": ""}
+    for name in ("r0", "r1", "r2"):
+        (tool.RELEASES / name).mkdir()
+        (tool.RELEASES / name / tool.META).write_text(json.dumps({"id": name, "venv": "v1"}))
+    (tmp_path / "current").symlink_to("releases/r2")
+    monkeypatch.setattr(subprocess, "run", lambda argv, **kwargs: subprocess.CompletedProcess(argv, 3, "", ""))
+    numbers = json.dumps({"canary": {"requests": 90, "5xx": 0}, "live": {"requests": 900, "5xx": 0},
+                          "opened": 1.0, "closed": 9.0, "balancers": ["lb1"]})
+    tool.cmd_canary_finish(argparse.Namespace(release="r2", numbers=numbers, host_name="web1", run="run-1"))
+    assert sorted(p.name for p in tool.RELEASES.iterdir()) == ["r1", "r2"]  # keep_releases = 2

@@ -329,8 +329,9 @@ def test_debian_13_end_to_end(hosts, tmp_path):
         table = host.exec("nft list table inet pyinfra_flask_metrics")
         assert sorted(re.search(r"tcp dport \{ ([^}]*) \}", table).group(1).split(", ")) == ["3903", "9100", "9113"]
         assert f"ip saddr {mon_address} accept" in table, table
-        assert targets_up(mon) == [("mtail", host.name), ("nginx", host.name), ("node", host.name),
-                                   ("node", mon.name)]
+        # Sorted as targets_up sorts: by host name too (t-...-10 comes before t-...-9).
+        assert targets_up(mon) == sorted([("mtail", host.name), ("nginx", host.name), ("node", host.name),
+                                          ("node", mon.name)])
         assert "SUCCESS" in rules_unit_tests_on(mon, tmp_path)
 
         again = run_deploy(inventory, tmp_path)

@@ -279,7 +279,8 @@ def test_a_canary_behind_the_balancer_rolls_back_a_failing_release_and_promotes_
     live and canary instances, the app servers promote or roll back by its counts."""
     kept = cluster.apps[:2]
     inventory = cluster.inventory(apps=kept, every={"canary_share": SHARE, "canary_window": 8,
-                                                    "canary_min_requests": 50, "canary_max_error_rate": 1.0})
+                                                    "canary_min_requests": 50, "canary_max_error_rate": 1.0,
+                                                    "keep_releases": 1})
     tool = f"{ROOT}/bin/release-tool"
     # The split on the balancer, the canary's ini and port on the app servers; the code is the live one's.
     run_deploy(inventory, tmp_path, data={"app_source": "files/greeting"})
@@ -313,7 +314,11 @@ def test_a_canary_behind_the_balancer_rolls_back_a_failing_release_and_promotes_
         run_deploy(inventory, tmp_path, data={"app_source": str(good)})
     entries = [json.loads(app.exec(f"tail -n 1 {ROOT}/audit.jsonl")) for app in kept]
     assert all(e["result"] == "ok" and e["canary"]["verdict"] == "promoted" for e in entries), entries
-    assert all(json.loads(app.exec(f"{tool} list --json"))["live"] != old[app.name] for app in kept)
+    for app in kept:
+        live = json.loads(app.exec(f"{tool} list --json"))["live"]
+        assert live != old[app.name]
+        # Pruned once the promoted release was live (keep_releases = 1), not before.
+        assert app.exec(f"ls -A {ROOT}/releases").split() == [live]
     entry = entries[0]
     promoted(load, entry, "Hello from the good canary", "behind the balancer, good release", bad_window, bad_canary)
     assert {get(cluster.balancer.url + "/").text.strip() for _ in range(6)} == {"Hello from the good canary"}
