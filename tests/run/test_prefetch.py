@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -239,30 +240,48 @@ def test_facts_are_read_again_when_pyinfra_starts_executing(fake, monkeypatch):
     assert len(host.ran) == 2  # once per run, not once per operation
 
 
-def test_after_a_change_the_known_facts_are_read_again_in_one_batch(fake):
+def test_after_a_change_facts_are_read_live_until_an_operation_changes_nothing_then_in_one_batch(
+        fake, monkeypatch):
     host, batch = fake
+    monkeypatch.setitem(prefetch._BATCHES, host, batch)
     live = batch.run_shell_command
 
     def run(command, **arguments):  # batches run for real, here
         if "@@prefetch-" not in str(command):
             return live(command, **arguments)
-        host.ran.append("batch")
+        host.ran.append("batch " + " ".join(sorted(set(re.findall(r"echo (\w+)", str(command))))))
         out = subprocess.run(["sh", "-c", str(command)], capture_output=True, text=True, check=True, timeout=30)
         return True, CommandOutput([OutputLine("stdout", line) for line in lines(out.stdout)])
 
+    def operation(*changes: str, facts: tuple[str, ...] = ()) -> list[list[str]]:
+        """One operation as pyinfra executes it: its facts, then its changes."""
+        prefetch._Callbacks.operation_host_start(None, host, "op")
+        answers = [stdout(host.get_fact(fact, _sudo=False)) for fact in facts]
+        for change in changes:
+            host.run_shell_command(change, _sudo=False)
+        prefetch._Callbacks.operation_host_success(None, host, "op")
+        return answers
+
     batch.run_shell_command = run
-    batch.executing, batch.expected = True, ["echo a", "echo b", "echo c"]
-    host.run_shell_command("systemctl restart app", _sudo=False)  # an operation changes the host
-    assert stdout(host.get_fact("echo new", _sudo=False)) == ["live echo new"]  # unknown: live, no batch
-    assert host.ran == ["systemctl restart app", "echo new"]
-    # The first known one: all of them, now (after the change), in one command.
-    assert stdout(host.get_fact("echo b", _sudo=False)) == ["b"]
-    assert stdout(host.get_fact("echo a", _sudo=False)) == ["a"]
-    assert stdout(host.get_fact("echo c", _sudo=False)) == ["c"]
-    assert host.ran == ["systemctl restart app", "echo new", "batch"]
-    host.put_file("local", "/remote")  # changed again: the next known fact reads them again
-    assert stdout(host.get_fact("echo c", _sudo=False)) == ["c"]
-    assert host.ran[3:] == ["upload", "batch"]
+    batch.executing, batch.expected = True, ["echo a", "echo b", "echo c", "echo d"]
+    batch.results = {"echo a": ["a"]}  # as read when pyinfra started executing
+    assert operation(facts=("echo a",)) == [["a"]]
+    assert host.ran == []
+    operation("systemctl restart app")
+    # Changes in a row (a first deploy): each operation's facts live, no batch that the
+    # next change would throw away.
+    assert operation("apt-get install nginx", facts=("echo b",)) == [["live echo b"]]
+    assert host.ran == ["systemctl restart app", "echo b", "apt-get install nginx"]
+    assert operation(facts=("echo new", "echo b")) == [["live echo new"], ["live echo b"]]  # quiet, still live
+    # Once an operation changed nothing: every known fact, in one command.
+    assert operation(facts=("echo c", "echo b")) == [["c"], ["b"]]
+    assert operation(facts=("echo d",)) == [["d"]]
+    assert host.ran[-1] == "batch a b c d"
+    # Changed again: live until a quiet operation, then the batch again.
+    operation("systemctl reload nginx")
+    assert operation(facts=("echo a",)) == [["live echo a"]]
+    assert operation(facts=("echo d", "echo c")) == [["d"], ["c"]]
+    assert host.ran[-3:] == ["systemctl reload nginx", "echo a", "batch a b c d"]
 
 
 def test_facts_read_side_by_side_by_other_hosts_greenlets_leave_operations_alone(fake):
@@ -328,6 +347,9 @@ def test_facts_read_only_while_preparing_are_not_read_again_once_executing(fake,
     prefetch._Callbacks.operation_host_start(None, host, "op")  # executing: one batch, without the probe
     assert len(host.ran) == 1 and "cat /a" in host.ran[0] and "probe-app" not in host.ran[0]
     host.run_shell_command("systemctl restart app", _sudo=False)
+    prefetch._Callbacks.operation_host_success(None, host, "op")
+    prefetch._Callbacks.operation_host_start(None, host, "op that changes nothing")
+    prefetch._Callbacks.operation_host_success(None, host, "op that changes nothing")
     host.get_fact("cat /a", _sudo=False)  # after a change: the batch again, still without it
     assert "@@prefetch-" in host.ran[2] and "cat /a" in host.ran[2] and "probe-app" not in host.ran[2]
     # Remembered for the next run's first batch, marked.
@@ -523,9 +545,11 @@ def test_a_run_that_changes_nothing_reads_its_facts_in_two_commands(fork, tmp_pa
     fixing = run_deploy(fork, tmp_path, "--debug")
     assert fixing.changed_operations() == ["App server | Log rotation | No log rotation needed for greeting"]
     assert fork.exec("ls /etc/logrotate.d/").split().count("pyinfra-flask-greeting") == 0
-    # The removal ended the batch: the facts still to come were read from the host again,
-    # after it, in one more batch (the two batches, the removal, the one after it).
-    assert remote_commands(fixing) == 4, fixing.output[-4000:]
+    # The removal ended the batch: the next operation's fact was read live (it might have
+    # changed the host too), and once it changed nothing the facts still to come were
+    # read again in one more batch (the two batches, the removal, the live read, the
+    # batch after it).
+    assert remote_commands(fixing) == 5, fixing.output[-4000:]
     assert sum("prefetched" in line for line in fixing.output.splitlines()) == 3
 
     quiet = run_deploy(fork, tmp_path, "--debug")
