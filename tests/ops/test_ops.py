@@ -520,7 +520,10 @@ def serve(path, answer: bytes):
             except OSError:
                 return
             with client:
-                client.sendall(answer)
+                try:
+                    client.sendall(answer)
+                except BrokenPipeError:  # the reader stopped at its size limit, as it should
+                    pass
 
     threading.Thread(target=loop, daemon=True).start()
     return server
