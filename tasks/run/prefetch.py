@@ -129,7 +129,7 @@ class _Batch:
         # Since the last change, an operation ended without changing the host: a batch
         # now is likely to answer more than one operation's facts.
         self.quiet = True
-        self.changes = self.changes_at_start = 0  # changes in this run; at the current operation's start
+        self.op_changed = False  # the operation pyinfra executes now changed the host
         self.get_fact, self.run_shell_command = host.get_fact, host.run_shell_command
         self.changing_command = self.changing(host.run_shell_command)
         self.put_file, self.rsync = self.changing(host.put_file), self.changing(host.rsync)
@@ -160,8 +160,7 @@ class _Batch:
         """`method`, first ending the batch: the host is about to change, so from now
         on no answer read before is used."""
         def call(*args, **kwargs):
-            self.results, self.changed, self.quiet = {}, True, False
-            self.changes += 1
+            self.results, self.changed, self.quiet, self.op_changed = {}, True, False, True
             return method(*args, **kwargs)
         return call
 
@@ -365,12 +364,12 @@ class _Callbacks(BaseStateCallback):
             # what this one asked so far.
             batch.read_again()
         if batch is not None:
-            batch.changes_at_start = batch.changes
+            batch.op_changed = False
 
     @staticmethod
     def operation_host_success(state, host, op_hash, retry_count=0):
         batch = _BATCHES.get(host)
-        if batch is not None and batch.changes == batch.changes_at_start:
+        if batch is not None and not batch.op_changed:
             batch.quiet = True
 
     @staticmethod
