@@ -6,6 +6,7 @@ tool's own argument parser."""
 from __future__ import annotations
 
 import ast
+import importlib
 import inspect
 import io
 import json
@@ -153,6 +154,38 @@ def test_the_zipapp_runs_isolated_and_finds_its_app_root(tmp_path):
         assert (done.returncode, done.stdout, done.stderr) == (0, "no releases yet\n", "")
     done = subprocess.run([sys.executable, "-I", "-S", str(tool), "lock", "nonsense"], capture_output=True, text=True)
     assert done.returncode == 2 and "invalid choice: 'nonsense'" in done.stderr
+
+
+def test_a_command_imports_only_its_own_modules(tmp_path):
+    """Every deploy's first round trip takes the lock with the tool, and a zipapp's
+    modules are compiled from source on each run: `lock` loads three of them, not the
+    tool's nineteen; every other command still finds its module."""
+    root = tmp_path / "greeting"
+    (root / "bin").mkdir(parents=True)
+    tool = root / "bin/release-tool"
+    tool.write_bytes(host_tool.build())
+    (root / "release-tool.json").write_text(json.dumps({"app": "greeting"}))
+
+    def imported(*argv: str) -> tuple[str, set[str]]:
+        """What the command printed, and the tool's modules it had loaded at its exit."""
+        script = ("import atexit, runpy, sys; atexit.register(lambda: print(*sorted(name for name in sys.modules "
+                  "if name.startswith('release_tool.')), file=sys.stderr)); sys.argv = sys.argv[1:]; "
+                  "runpy.run_path(sys.argv[0], run_name='__main__')")
+        done = subprocess.run([sys.executable, "-I", "-S", "-c", script, str(tool), *argv],
+                              capture_output=True, text=True)
+        return done.stdout, set(done.stderr.split())
+
+    assert imported("lock", "show") == (
+        "LOCK free\n", {"release_tool.cli", "release_tool.base", "release_tool.lock", "release_tool.audit"})
+    output, modules = imported("list")
+    assert output == "no releases yet\n" and "release_tool.status" in modules and "release_tool.ship" not in modules
+    # Every command the deploy sends has its handler where the table says.
+    tool = host_tool.load()
+    for module, function in tool.COMMANDS.values():
+        assert callable(getattr(importlib.import_module(f"release_tool.{module}"), function))
+    for builder in host_tool.BUILDERS:
+        action = tool.argument_parser().parse_args(shlex.split(builder(*CALLS[builder]))[1:]).action
+        assert action == "lock" or action in tool.COMMANDS
 
 
 def test_the_loader_gives_a_fresh_tool_whose_names_set_where_they_are_defined(tmp_path):
