@@ -16,12 +16,14 @@ from pyinfra import host
 from tasks.config import platform, topology
 from tasks.config.host import load
 from tasks.roles import app_server, backup_server, balancer, database_server, monitoring_server
-from tasks.run import barriers, hooks, lock, prefetch, preflight
+from tasks.run import barriers, call_sites, hooks, lock, prefetch, preflight
 from tasks.steps import fleet_canary, hardening, uploads
 from tasks.steps.release_preview import warn_if_diff_is_skipped
 
 # `--dry --diff -y` would otherwise end in pyinfra's "Skipping change detection", no diff.
 warn_if_diff_is_skipped()
+# pyinfra reads the call stack for each operation: this file found by name, not searched for.
+call_sites.register(__file__)
 
 this = load(host)
 # Local hooks before the first operation and after the last, a webhook at the end (tasks/run/hooks.py).
