@@ -8,7 +8,9 @@ directory when it connects with sudo) and runs this once, with the tarball's sha
     unpack it into releases/<id> (root's, group the app user's)
     its venv (built in the sandbox if it is not yet), the import check, the
         before-switch commands, the canary: each the very step (and message) of
-        build-venv, check, run and canary, sandboxed as they are
+        build-venv, check, run and canary, sandboxed as they are (with no
+        before-switch command, the check and the canary share one sandboxed start
+        of uWSGI and one import of the app, each still judged with its own message)
     with --activate MODE: the switch, uWSGI's reload and the health gate (activate)
     with --prune: keep the newest releases (prune)
 
@@ -124,13 +126,20 @@ def cmd_ship(args) -> None:
     STAGE = "build-venv"
     steps.cmd_build_venv(step)
     STAGE = "check"
-    steps.cmd_check(step)
-    for command in args.before:
-        STAGE = "run"
-        steps.cmd_run(Namespace(release=release, run=args.run, cmd=[command]))
-    if args.canary:
+    if args.canary and not args.before:
+        # Nothing runs between the two: one start of uWSGI and the app for both.
+        checked, answered = steps.check_and_canary(release)
+        steps.cmd_check(step, checked)
         STAGE = "canary"
-        steps.cmd_canary(step)
+        steps.cmd_canary(step, answered)
+    else:
+        steps.cmd_check(step)
+        for command in args.before:
+            STAGE = "run"
+            steps.cmd_run(Namespace(release=release, run=args.run, cmd=[command]))
+        if args.canary:
+            STAGE = "canary"
+            steps.cmd_canary(step)
     if args.activate:
         STAGE = "activate"  # audits itself
         activation.activate(release, args.activate, args.host_name, kind="deploy", run=args.run)

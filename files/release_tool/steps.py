@@ -118,19 +118,21 @@ def message_queue(url):
           f"{getattr(client, '__version__', '')})", flush=True)
 
 
-def main():
-    loader, check, what, module, queue = json.loads(os.environ["DEPLOY_CANARY"])
+def main(what, loader, check, module, queue):
     spec = importlib.util.spec_from_file_location("healthcheck", module)
     healthcheck = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(healthcheck)
     application = runpy.run_path(loader, run_name="deploy_canary")["application"]
-    if what == "import":
+    if what in ("import", "both"):
         print("the app imports (under uWSGI)", flush=True)
         if queue:
             if not os.environ.get("REDIS_URL"):
                 sys.exit("socketio: the app's environment has no REDIS_URL for its message queue")
             message_queue(os.environ["REDIS_URL"])
-        return
+        if what == "import":
+            return
+    global CALLING
+    CALLING = True
     status, text = healthcheck.wsgi_get(check, application)
     wrong = healthcheck.verdict(check, status, text)
     if wrong:
@@ -138,13 +140,25 @@ def main():
     print(f"canary: GET {check['path']} answered {status} (called in-process, under uWSGI)", flush=True)
 
 
-# uWSGI ends with 0 after a script that raised: only SystemExit sets its exit code.
+# what: "import" (the check), "call" (the canary) or "both" (the one, then the other,
+# in one start: a failure once the app is being called ends with `call_failed`, any
+# earlier one with 1). uWSGI ends with 0 after a script that raised: only SystemExit
+# sets its exit code.
+CALLING = False
+loader, check, what, module, queue, call_failed = json.loads(os.environ["DEPLOY_CANARY"])
 try:
-    main()
+    main(what, loader, check, module, queue)
+except SystemExit as stop:
+    if stop.code in (None, 0):
+        raise
+    if not isinstance(stop.code, int):
+        print(stop.code, file=sys.stderr, flush=True)
+    sys.exit(call_failed if CALLING else 1)
 except Exception:
     traceback.print_exc()
-    sys.exit(1)
+    sys.exit(call_failed if CALLING else 1)
 """
+CALL_FAILED = 4  # "both": the app imported; its health path did not answer as expected
 CANARY_FILE = ".deploy-canary.py"
 
 
@@ -157,7 +171,7 @@ def _canary(release: str, what: str) -> int:
         handle.write(CANARY)
     os.chown(path / CANARY_FILE, 0, pwd.getpwnam(base.CONFIG["user"]).pw_gid, follow_symlinks=False)
     arguments = json.dumps([str(path / base.LOADER), base.CONFIG["health"], what, base.CONFIG["health_module"],
-                            base.CONFIG["message_queue"]])
+                            base.CONFIG["message_queue"], CALL_FAILED])
     try:
         return sandbox.in_release(release, [base.CONFIG["uwsgi"], "--pyrun", str(path / CANARY_FILE), "--virtualenv",
                                     f"{path}/.venv"], {"DEPLOY_CANARY": arguments})
@@ -166,10 +180,10 @@ def _canary(release: str, what: str) -> int:
         (path / CANARY_FILE).unlink(missing_ok=True)
 
 
-def cmd_check(args) -> None:
+def cmd_check(args, code: int | None = None) -> None:
     """Before the switch, first: the release's app must import (as the app user, in
-    the sandbox)."""
-    if _canary(args.release, "import") != 0:
+    the sandbox). `code`: the check's exit code from `check_and_canary`, already run."""
+    if (_canary(args.release, "import") if code is None else code) != 0:
         releases.discard(args.release)
         what = "import, or its message queue does not work" if base.CONFIG["message_queue"] else "import"
         raise base.Failure(f"release {args.release} failed its check before the switch: the app does not "
@@ -178,16 +192,25 @@ def cmd_check(args) -> None:
     base.log(f"release {args.release}: the app imports")
 
 
-def cmd_canary(args) -> None:
+def cmd_canary(args, code: int | None = None) -> None:
     """Before the switch, last (after the before-switch commands, so that the tables
     a first `flask init-db` creates exist): the app answers its health path, called
-    in-process, so a release that would fail never takes live traffic."""
-    if _canary(args.release, "call") != 0:
+    in-process, so a release that would fail never takes live traffic. `code`: the
+    canary's exit code from `check_and_canary`, already run."""
+    if (_canary(args.release, "call") if code is None else code) != 0:
         releases.discard(args.release)
         raise base.Failure(f"release {args.release} failed its check before the switch: the app does not "
                       "answer its health path as expected (output above); the live release was left alone "
                       "and kept serving")
     base.log(f"release {args.release}: the app answers its health check")
+
+
+def check_and_canary(release: str) -> tuple[int, int]:
+    """The check and then the canary in one sandboxed start of uWSGI and one import of
+    the app, for when no before-switch command runs between them: their exit codes,
+    for cmd_check and cmd_canary to judge with their own messages."""
+    code = _canary(release, "both")
+    return (0, code) if code == CALL_FAILED else (code, code)
 
 
 def cmd_run(args) -> None:

@@ -286,7 +286,7 @@ def test_app_that_fails_to_import_fails_the_deploy_with_its_traceback(fork, tmp_
     run = run_deploy(fork, tmp_path, data={"app_entry": "wsgi:no_such_callable"}, check=False)
     assert run.returncode != 0
     assert "ImportError: cannot import name 'no_such_callable' from 'wsgi'" in run.output, run.output[-4000:]
-    assert "failed its check before the switch" in run.output
+    assert "failed its check before the switch: the app does not import" in run.output
     # Refused before the switch: the live release never changed and still serves.
     assert fork.exec("readlink /srv/greeting/current") == live
     assert get(fork.url + "/").text.strip() == GREETING

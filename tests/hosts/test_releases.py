@@ -75,7 +75,9 @@ def test_release_failing_its_health_check_never_takes_traffic(fork, tmp_path):
     assert run.returncode != 0
     # Called in-process before the switch, the new release answered 500: refused.
     assert "GET / answered 500, expected 200" in run.output, run.output[-4000:]
-    assert "failed its check before the switch" in run.output
+    # The import check and the canary ran in one start: this one failed as the canary.
+    assert "the app does not answer its health path as expected" in run.output
+    assert "the app imports (under uWSGI)" in run.output
     assert load.failures == [] and load.sent > 20
     assert live_release(fork) == before and release_dirs(fork) == [before]
 

@@ -103,7 +103,7 @@ def test_a_socketio_release_proves_its_message_queue_before_its_switch(monkeypat
     # the package; an unreachable queue, one line naming the error (never the URL's
     # password); another kind of queue, not checked.
     canary = {}
-    exec(_tool().CANARY.split("\ndef main():")[0], canary)
+    exec(_tool().CANARY.split("\ndef main(")[0], canary)
     monkeypatch.setitem(sys.modules, "redis", None)
     with pytest.raises(SystemExit, match="^socketio: the release's venv has no redis package, the client of the "
                                          "message queue \\(REDIS_URL\\)"):

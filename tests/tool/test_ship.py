@@ -10,10 +10,13 @@ import hashlib
 import io
 import json
 import os
+import subprocess
+import sys
 import tarfile
 
 import pytest
 
+from tasks import REPO_ROOT
 from tasks import tool as host_tool
 
 
@@ -125,7 +128,8 @@ def test_a_failing_check_stops_before_the_switch_with_its_own_message(tool, root
         raise tool.Failure(f"release {args.release} failed its check before the switch: the app does not import")
 
     monkeypatch.setattr(tool, "cmd_build_venv", lambda args: done.append("build-venv"))
-    monkeypatch.setattr(tool, "cmd_check", check)
+    monkeypatch.setattr(tool, "check_and_canary", lambda release: (1, 1))
+    monkeypatch.setattr(tool, "cmd_check", lambda args, code: check(args))
     monkeypatch.setattr(tool, "activate", lambda *args, **kwargs: done.append("activate"))
     data = tarball(CODE)
     code = tool.main(["ship", RELEASE, "--upload", str(upload(tmp_path, data)), "--sha256",
@@ -134,3 +138,69 @@ def test_a_failing_check_stops_before_the_switch_with_its_own_message(tool, root
     assert "failed its check before the switch: the app does not import" in capsys.readouterr().err
     [entry] = audit(root)
     assert (entry["result"], entry["stage"]) == ("failed", "check")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="unpacking gives the files to root and the app user's group")
+@pytest.mark.parametrize("ended, stage, message", [
+    ("with 1", "check", "the app does not import (output above)"),
+    ("call failed", "canary", "the app does not answer its health path as expected"),
+    ("with 0", None, None),
+])
+def test_with_no_command_between_them_the_check_and_the_canary_share_one_start(
+        tool, root, tmp_path, monkeypatch, capsys, ended, stage, message):
+    """One sandboxed run for both (how the canary script ends: `ended`), each judged
+    with its own message and stage."""
+    runs, done = [], []
+    code = tool.CALL_FAILED if ended == "call failed" else int(ended[-1])
+    monkeypatch.setattr(tool, "cmd_build_venv", lambda args: done.append("build-venv"))
+    monkeypatch.setattr(tool, "_canary", lambda release, what: runs.append(what) or code)
+    monkeypatch.setattr(tool, "discard", lambda release: done.append("discarded"))
+    monkeypatch.setattr(tool, "activate", lambda *args, **kwargs: done.append("activate"))
+    data = tarball(CODE)
+    exit_code = tool.main(["ship", RELEASE, "--upload", str(upload(tmp_path, data)), "--sha256",
+                           hashlib.sha256(data).hexdigest(), "--canary", "--activate", "auto"], root=root)
+    assert runs == ["both"]
+    printed = capsys.readouterr()
+    output = printed.out + printed.err
+    if stage is None:
+        assert exit_code == 0 and done == ["build-venv", "activate"]
+        assert f"release {RELEASE}: the app imports" in output and "the app answers its health check" in output
+        return
+    assert exit_code == 1 and done == ["build-venv", "discarded"]
+    assert message in printed.err
+    [entry] = audit(root)
+    assert (entry["result"], entry["stage"]) == ("failed", stage)
+    # A canary that fails comes after a check that passed, as when they run apart.
+    assert (f"release {RELEASE}: the app imports" in output) == (stage == "canary")
+
+
+APP = """
+def application(environ, start_response):
+    if BROKEN == "raises":
+        raise RuntimeError("the health path blew up")
+    start_response("500 Internal Server Error" if BROKEN == "500" else "200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+"""
+
+
+@pytest.mark.parametrize("what, app, exit_code, said", [
+    ("both", "fine", 0, "canary: GET / answered 200"),
+    ("both", "import", 1, "No module named 'no_such_module'"),
+    ("both", "500", "call failed", "GET / answered 500, expected 200"),
+    ("both", "raises", "call failed", "RuntimeError: the health path blew up"),
+    ("import", "500", 0, "the app imports"),
+    ("call", "500", "call failed", "GET / answered 500, expected 200"),
+])
+def test_the_canary_script_tells_a_failed_import_from_a_failed_call(tool, tmp_path, what, app, exit_code, said):
+    """The script the check and the canary run (under uWSGI on the hosts: tests/hosts),
+    here with this Python: how it ends is how ship tells the two apart."""
+    loader = tmp_path / "loader.py"
+    loader.write_text("import no_such_module\n" if app == "import" else f"BROKEN = {app!r}\n{APP}")
+    script = tmp_path / "canary.py"
+    script.write_text(tool.CANARY)
+    check = {"path": "/", "status": 200, "body": "", "host_header": "greeting.test"}
+    arguments = [str(loader), check, what, str(REPO_ROOT / "files/healthcheck.py"), False, tool.CALL_FAILED]
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          env={**os.environ, "DEPLOY_CANARY": json.dumps(arguments)})
+    assert done.returncode == (tool.CALL_FAILED if exit_code == "call failed" else exit_code), done.stderr
+    assert said in done.stdout + done.stderr
