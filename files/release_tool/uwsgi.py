@@ -117,6 +117,9 @@ def worker_pids() -> set[int]:
     return found
 
 
+POLL = 0.05  # seconds between two looks at the workers while they are replaced
+
+
 def wait_for_new_workers(old: set[int], timeout: float) -> None:
     """Until every worker is a new process (by the kernel: none of `old` is left) and
     uWSGI reports each of them loaded and accepting. The report alone decides nothing:
@@ -129,7 +132,10 @@ def wait_for_new_workers(old: set[int], timeout: float) -> None:
         if (pids and not pids & old and workers and {w.get("pid") for w in workers} <= pids
                 and all(w.get("accepting", 1) == 1 and w.get("status") in ("idle", "busy") for w in workers)):
             return
-        time.sleep(0.2)
+        # Often: an idle master notices a worker's end, and moves a chain reload on to
+        # the next, only when it wakes (once a second, or on a request to its stats
+        # socket such as the one above).
+        time.sleep(POLL)
     raise base.Failure(f"uWSGI workers were not all replaced within {timeout:.0f}s\n"
                   f"its last log lines:\n{journal_tail()}")
 
