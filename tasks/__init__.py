@@ -21,6 +21,7 @@ package's paths, so that steps may name the run and call the tool. The scripts (
 rollout.py, rollback.py, releases.py) are above everything.
 """
 
+import os
 import sys
 from pathlib import Path
 
@@ -35,6 +36,19 @@ if not sys.flags.dont_write_bytecode:
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = REPO_ROOT / "templates"
+
+
+
+def laptop_cache() -> Path:
+    """This machine's cache for the deploy, outside any checkout: uWSGI's wheels
+    (tasks/steps/uwsgi_wheel.py) and the fact lists (tasks/run/prefetch.py). Set by
+    PYINFRA_FLASK_CACHE, else $XDG_CACHE_HOME/pyinfra-flask (~/.cache/pyinfra-flask);
+    `PYINFRA_FLASK_CACHE=off` turns only the wheels off, so the lists stay here."""
+    setting = os.environ.get("PYINFRA_FLASK_CACHE", "")
+    if setting and setting.lower() != "off":
+        return Path(setting).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pyinfra-flask"
+
 
 # Templates drop the lines their {% %} tags stand on, so the files they render read
 # like hand-written config.

@@ -3,7 +3,8 @@
 pyinfra 3 runs one remote command per fact while it works out what would change:
 about 45 for this deploy, each a full SSH exec (~50 ms), so a run that changes
 nothing spent most of its time waiting on the network. At the end of a run we note
-which fact commands it asked each host (locally, in ~/.cache/pyinfra-flask/facts/, one file per host,
+which fact commands it asked each host (locally, in the facts/ directory of this
+machine's cache, ~/.cache/pyinfra-flask or $PYINFRA_FLASK_CACHE: one file per host,
 commands only); the next run sends them all to the host in one command, run side by
 side there, and answers the same requests from that output.
 
@@ -66,12 +67,12 @@ from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS, pop_global_arguments
 from pyinfra.api.state import BaseStateCallback
 from pyinfra.connectors.util import CommandOutput, OutputLine
 
-from tasks import REPO_ROOT
+from tasks import REPO_ROOT, laptop_cache
 from tasks.run.fact_script import Kind, batch_script, kind_of, parse
 
 # pyinfra releases this was tested with (`version()` prefixes); any other runs plain.
 TESTED_PYINFRA = ("3.10.",)
-CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pyinfra-flask" / "facts"
+CACHE_DIR = laptop_cache() / "facts"
 FORMAT = 5  # 5: lists noted before facts were per greenlet may hold operation commands
 _BATCHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # pyinfra Host -> its _Batch
 

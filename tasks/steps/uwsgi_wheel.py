@@ -28,6 +28,8 @@ from typing import NamedTuple
 from pyinfra import logger
 from pyinfra.api import FactBase
 
+from tasks import laptop_cache
+
 # The wheel's place on the host while it is built or installed: root's only.
 HOST_DIR = "/var/cache/pyinfra-flask/uwsgi"
 
@@ -64,13 +66,9 @@ class Wheel(NamedTuple):
 
 def cache_root() -> Path | None:
     """Where this machine keeps wheels, or None when the cache is off."""
-    setting = os.environ.get("PYINFRA_FLASK_CACHE", "")
-    if setting.lower() == "off":
+    if os.environ.get("PYINFRA_FLASK_CACHE", "").lower() == "off":
         return None
-    if setting:
-        return Path(setting).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "pyinfra-flask"
+    return laptop_cache()
 
 
 def _directory(version: str, key: str) -> Path | None:

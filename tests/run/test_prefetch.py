@@ -10,6 +10,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -400,10 +401,21 @@ def test_anything_unexpected_leaves_the_run_to_plain_pyinfra(monkeypatch, caplog
         assert "fact batch off for this run (ZeroDivisionError" in caplog.text
 
 
-def test_the_remembered_commands_live_outside_the_checkout():
+def test_the_remembered_commands_live_outside_the_checkout(tmp_path):
     from tasks import REPO_ROOT
 
     assert REPO_ROOT not in prefetch.CACHE_DIR.parents
+    # In this machine's cache, with uWSGI's wheels: where PYINFRA_FLASK_CACHE moves them (and
+    # with the wheels off, where they would be). The test runs keep theirs in the run's own.
+    script = "from tasks.run import prefetch; print(prefetch.CACHE_DIR)"
+    environment = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    where = {}
+    for setting in (str(tmp_path / "moved"), "off", ""):
+        done = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True,
+                              env={**environment, "PYINFRA_FLASK_CACHE": setting}, check=True)
+        where[setting] = done.stdout.strip()
+    assert where == {str(tmp_path / "moved"): str(tmp_path / "moved/facts"),
+                     "off": str(tmp_path / "xdg/pyinfra-flask/facts"), "": str(tmp_path / "xdg/pyinfra-flask/facts")}
 
 
 

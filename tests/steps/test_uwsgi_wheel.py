@@ -50,6 +50,8 @@ def test_cache_location_and_off(monkeypatch, tmp_path):
     monkeypatch.delenv("PYINFRA_FLASK_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert uwsgi_wheel.cache_root() == tmp_path / "pyinfra-flask"
+    monkeypatch.setenv("PYINFRA_FLASK_CACHE", str(tmp_path / "moved"))
+    assert uwsgi_wheel.cache_root() == tmp_path / "moved"
     monkeypatch.setenv("PYINFRA_FLASK_CACHE", "off")
     assert uwsgi_wheel.cache_root() is None
 
