@@ -14,7 +14,7 @@ import testinfra
 
 from tasks.steps.uwsgi import _wheel_script
 from tasks.steps.uwsgi_wheel import Wheel
-from tests.conftest import REPO_ROOT, WHEEL_CACHE, get, run_deploy
+from tests.conftest import REPO_ROOT, RUN_DIR, WHEEL_CACHE, get, run_deploy
 
 pytestmark = pytest.mark.e2e
 
@@ -170,6 +170,13 @@ def test_rejected_nginx_config_keeps_the_previous_one_serving(fork, tmp_path):
     assert get(fork.url + "/").status_code == 200
 
 
+def _no_wheel_cache(patch: pytest.MonkeyPatch) -> None:
+    """Deploys with uWSGI's wheels off (PYINFRA_FLASK_CACHE=off), whose fact lists then go
+    to $XDG_CACHE_HOME: the run's own directory, not this machine's cache."""
+    patch.setenv("PYINFRA_FLASK_CACHE", "off")
+    patch.setenv("XDG_CACHE_HOME", str(RUN_DIR / "xdg-cache"))
+
+
 @pytest.fixture(scope="module")
 def no_pcre(hosts, deployed_image, tmp_path_factory):
     """One fork where uWSGI cannot get PCRE, deployed once with no wheel kept on this
@@ -179,7 +186,7 @@ def no_pcre(hosts, deployed_image, tmp_path_factory):
     compilations of uWSGI for the two tests, 125 s of a fresh-clone run; now two)."""
     host = hosts.from_spare(deployed_image)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PYINFRA_FLASK_CACHE", "off")
+        _no_wheel_cache(patch)
         # pcre-config is how uWSGI's build finds PCRE; a broken one means no PCRE at all.
         host.exec("printf '#!/bin/sh\\nexit 1\\n' > /usr/local/bin/pcre-config && chmod +x /usr/local/bin/pcre-config")
         _remove_uwsgi(host)  # installed from a wheel, pip removes its binary too
@@ -205,7 +212,7 @@ def test_uwsgi_built_without_pcre_is_rebuilt(no_pcre, tmp_path, monkeypatch):
     # above compiled with a broken pcre-config, from root's pip cache), on a host
     # otherwise as deployed: pcre-config working, pip's cache the deploy's own.
     fork, _, _ = no_pcre
-    monkeypatch.setenv("PYINFRA_FLASK_CACHE", "off")  # as with no wheel kept on this machine
+    _no_wheel_cache(monkeypatch)  # as with no wheel kept on this machine
     [wheel] = fork.exec("find /root/.cache/pip -name 'uWSGI-2.0.31-*.whl'").split()
     fork.exec(f"{UWSGI_VENV}/bin/pip install -q --no-index --no-deps --force-reinstall {wheel}")
     fork.exec("rm -rf /root/.cache/pip /usr/local/bin/pcre-config && mv /root/.pip-cache-of-the-deploy /root/.cache/pip")
