@@ -38,7 +38,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = REPO_ROOT / "templates"
 
 
-
 def laptop_cache() -> Path:
     """This machine's cache for the deploy, outside any checkout: uWSGI's wheels
     (tasks/steps/uwsgi_wheel.py) and the fact lists (tasks/run/prefetch.py). Set by

@@ -68,8 +68,9 @@ from . import audit, base, lock
 # Each command's module, imported only when that command runs: the tool is a zipapp,
 # so every run compiles what it imports from source (all modules: ~75 ms of the host's
 # CPU before anything is done; the deploy lock, taken in every deploy's first round
-# trip, needs only the three above).
+# trip, needs only the three above and this one).
 COMMANDS = {
+    "lock": ("cli", "cmd_lock"),
     "list": ("status", "cmd_list"), "history": ("status", "cmd_history"), "status": ("status", "cmd_status"),
     "build-venv": ("steps", "cmd_build_venv"), "check": ("steps", "cmd_check"), "canary": ("steps", "cmd_canary"),
     "run": ("steps", "cmd_run"), "ship": ("ship", "cmd_ship"),
@@ -203,11 +204,8 @@ def main(argv: list[str] | None = None, root: Path | None = None) -> int:
     try:
         base.configure(args.root)
         with lock._working() if args.action in lock.CHANGING else contextlib.nullcontext():
-            if args.action == "lock":
-                code = cmd_lock(args)
-            else:
-                module, function = COMMANDS[args.action]
-                code = getattr(_module(module), function)(args)
+            module, function = COMMANDS[args.action]
+            code = getattr(_module(module), function)(args)
     except base.RolledBack as failure:  # audited by activate()
         print(f"ERROR: {failure}", file=sys.stderr, flush=True)
         return 1
@@ -215,9 +213,9 @@ def main(argv: list[str] | None = None, root: Path | None = None) -> int:
         if args.action in ("build-venv", "check", "run", "canary"):
             # A new release that never went live: the deploy failed before its switch.
             audit.audit("deploy", "failed", run=args.run, stage=args.action, to=args.release, reason=str(failure))
-        elif args.action == "ship" and not base.AUDITED and _module("ship").STAGE != "prune":
+        elif args.action == "ship" and not base.AUDITED and (stage := _module("ship").STAGE) != "prune":
             # Before its switch (its activation audits itself; a prune after it changes nothing live).
-            audit.audit("deploy", "failed", run=args.run, stage=_module("ship").STAGE, to=args.release, reason=str(failure))
+            audit.audit("deploy", "failed", run=args.run, stage=stage, to=args.release, reason=str(failure))
         elif args.action in ("migrate", "split", "canary-start", "canary-verdict") and not base.AUDITED:
             # An exclusive migration or a canary that failed before its switch (its activation audits itself).
             audit.audit("deploy", "failed", run=args.run, stage=args.action, to=args.release, reason=str(failure))
