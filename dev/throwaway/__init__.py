@@ -232,13 +232,15 @@ def start_host(image: str, name: str | None = None, network: str | None = None,
     host = Host(container=container, name=hostname, ssh_port=0, http_port=0, key_path=key_path)
     try:
         host._refresh_ports()
+        # Booted first: Host.exec keeps a command's output in /tmp, which systemd empties
+        # while it boots (an exec before that once lost its output file, and the run).
+        host.wait_until_ready()
         key = json.dumps(public_key)
         host.exec(
             f"umask 077 && mkdir -p /root/.ssh && echo {key} > /root/.ssh/authorized_keys && "
             f"mkdir -p /home/{DEPLOY_USER}/.ssh && echo {key} > /home/{DEPLOY_USER}/.ssh/authorized_keys && "
             f"chown -R {DEPLOY_USER}: /home/{DEPLOY_USER}/.ssh"
         )
-        host.wait_until_ready()
     except Exception:
         host.remove()
         raise
